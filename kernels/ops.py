@@ -1,0 +1,138 @@
+"""The FP8 ops as torch.library custom ops: `torch.ops.fp8pass.<name>`.
+
+Each op has a fake (meta) kernel for tracing and a device-generic default kernel, the plain
+torch reference in `reference.py`, which is what runs on the CPU. `fp8pass.kernels.triton_*`
+registers faster CUDA kernels for the same ops; the graph pass only ever emits these ops, so the
+CPU and GPU paths share one graph.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import reference
+from .reference import FP8_DTYPE, TILE, _cdiv
+
+__all__ = [
+    "quantize_1x128",
+    "quantize_128x1",
+    "quantize_1x128_128x1",
+    "quantize_128x128",
+    "dequantize",
+    "gemm_blockwise",
+]
+
+
+def _check_float_input(op: str, x: torch.Tensor) -> None:
+    if not x.dtype.is_floating_point or x.dtype in (FP8_DTYPE, torch.float8_e5m2):
+        raise TypeError(f"fp8pass.{op}: expected a bf16/fp16/fp32 tensor, got {x.dtype} of shape {tuple(x.shape)}")
+
+
+@torch.library.custom_op("fp8pass::quantize_1x128", mutates_args=())
+def quantize_1x128(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """E4M3 copy of x in 1x128 tiles along the last dim, and the fp32 tile scales."""
+    _check_float_input("quantize_1x128", x)
+    return reference.quantize_1x128(x)
+
+
+@quantize_1x128.register_fake
+def _(x):
+    return (
+        torch.empty(x.shape, dtype=FP8_DTYPE, device=x.device),
+        x.new_empty((*x.shape[:-1], _cdiv(x.shape[-1], TILE)), dtype=torch.float32),
+    )
+
+
+@torch.library.custom_op("fp8pass::quantize_128x1", mutates_args=())
+def quantize_128x1(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """E4M3 copy of a 2-D x in 128x1 tiles (128 rows, one column), and the fp32 tile scales."""
+    _check_float_input("quantize_128x1", x)
+    return reference.quantize_128x1(x)
+
+
+@quantize_128x1.register_fake
+def _(x):
+    m, k = x.shape
+    return (
+        torch.empty((m, k), dtype=FP8_DTYPE, device=x.device),
+        x.new_empty((_cdiv(m, TILE), k), dtype=torch.float32),
+    )
+
+
+@torch.library.custom_op("fp8pass::quantize_1x128_128x1", mutates_args=())
+def quantize_1x128_128x1(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Both the 1x128 and the 128x1 copies of a 2-D x: (q_row, s_row, q_col, s_col)."""
+    _check_float_input("quantize_1x128_128x1", x)
+    return reference.quantize_1x128_128x1(x)
+
+
+@quantize_1x128_128x1.register_fake
+def _(x):
+    m, k = x.shape
+    return (
+        torch.empty((m, k), dtype=FP8_DTYPE, device=x.device),
+        x.new_empty((m, _cdiv(k, TILE)), dtype=torch.float32),
+        torch.empty((m, k), dtype=FP8_DTYPE, device=x.device),
+        x.new_empty((_cdiv(m, TILE), k), dtype=torch.float32),
+    )
+
+
+@torch.library.custom_op("fp8pass::quantize_128x128", mutates_args=())
+def quantize_128x128(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """E4M3 copy of a 2-D w in 128x128 blocks, and the fp32 block scales."""
+    _check_float_input("quantize_128x128", w)
+    return reference.quantize_128x128(w)
+
+
+@quantize_128x128.register_fake
+def _(w):
+    r, c = w.shape
+    return (
+        torch.empty((r, c), dtype=FP8_DTYPE, device=w.device),
+        w.new_empty((_cdiv(r, TILE), _cdiv(c, TILE)), dtype=torch.float32),
+    )
+
+
+@torch.library.custom_op("fp8pass::dequantize", mutates_args=())
+def dequantize(q: torch.Tensor, scale: torch.Tensor, tile_rows: int, tile_cols: int,
+               out_dtype: torch.dtype) -> torch.Tensor:
+    """q times its tile scales, for (tile_rows, tile_cols) in {(1,128), (128,1), (128,128)}."""
+    if (tile_rows, tile_cols) not in ((1, TILE), (TILE, 1), (TILE, TILE)):
+        raise ValueError(f"fp8pass.dequantize: unsupported tile {tile_rows}x{tile_cols}")
+    return reference.dequantize(q, scale, tile_rows, tile_cols, out_dtype)
+
+
+@dequantize.register_fake
+def _(q, scale, tile_rows, tile_cols, out_dtype):
+    return torch.empty(q.shape, dtype=out_dtype, device=q.device)
+
+
+def check_gemm_operands(a: torch.Tensor, a_scale: torch.Tensor, b: torch.Tensor, b_scale: torch.Tensor) -> None:
+    """Shape/dtype checks shared by every gemm_blockwise kernel (clear errors, not wrong numbers)."""
+    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[0]:
+        raise ValueError(f"fp8pass.gemm_blockwise: expected a[M, K] @ b[K, N], got {tuple(a.shape)} and {tuple(b.shape)}")
+    if a.dtype != FP8_DTYPE or b.dtype != FP8_DTYPE:
+        raise TypeError(f"fp8pass.gemm_blockwise: operands must be {FP8_DTYPE}, got {a.dtype} and {b.dtype}")
+    m, k = a.shape
+    n = b.shape[1]
+    kb = _cdiv(k, TILE)
+    if tuple(a_scale.shape) != (m, kb):
+        raise ValueError(f"fp8pass.gemm_blockwise: a_scale must be [M, ceil(K/128)] = {(m, kb)}, got {tuple(a_scale.shape)}")
+    if tuple(b_scale.shape) not in ((kb, _cdiv(n, TILE)), (kb, n)):
+        raise ValueError(
+            f"fp8pass.gemm_blockwise: b_scale must be [ceil(K/128), ceil(N/128)] (128x128 blocks) or "
+            f"[ceil(K/128), N] (128x1 tiles) = {(kb, _cdiv(n, TILE))} or {(kb, n)}, got {tuple(b_scale.shape)}"
+        )
+
+
+@torch.library.custom_op("fp8pass::gemm_blockwise", mutates_args=())
+def gemm_blockwise(a: torch.Tensor, a_scale: torch.Tensor, b: torch.Tensor, b_scale: torch.Tensor,
+                   out_dtype: torch.dtype) -> torch.Tensor:
+    """Blockwise-scaled FP8 GEMM, FP32 promotion per 128-wide K block (see reference.py)."""
+    check_gemm_operands(a, a_scale, b, b_scale)
+    return reference.gemm_blockwise(a, a_scale, b, b_scale, out_dtype)
+
+
+@gemm_blockwise.register_fake
+def _(a, a_scale, b, b_scale, out_dtype):
+    return torch.empty((a.shape[0], b.shape[1]), dtype=out_dtype, device=a.device)

@@ -1,0 +1,137 @@
+"""Plain-torch reference implementations of the FP8 ops (the CPU path, and the ground truth
+the Triton kernels are checked against).
+
+Numerics (DeepSeek-V3, sections 3.3 and B):
+  * E4M3 (float8_e4m3fn) for every tensor; FP8_MAX = 448.
+  * Online scaling: per tile, amax = max|x| (computed in fp32), clamped to at least
+    AMAX_EPS so an all-zero tile gives exact zeros; scale = amax / 448 (fp32);
+    q = clamp(x / scale, -448, 448) cast to E4M3 (round to nearest even).
+    NaN propagates: a NaN makes amax NaN, so the whole tile becomes NaN; an Inf makes the
+    scale Inf and the tile NaN (Inf / Inf). Nothing non-finite is silently hidden.
+  * Tile shapes: 1x128 along the last dim (activations, gradients), 128x1 along the first
+    dim (token-dim grouping for Wgrad operands), 128x128 blocks (weights). Tails are allowed:
+    a partial tile is scaled by its own amax.
+  * GEMM: per 128-wide K block, the FP32 product of the FP8 values is multiplied by the two
+    scales of that block and added into an FP32 accumulator ("promotion every N_C = 128").
+
+Scale layouts (the contract between the graph pass and the kernels):
+  quantize_1x128(x[..., K])  -> q[..., K], scale[..., ceil(K/128)]
+  quantize_128x1(x[M, K])    -> q[M, K],   scale[ceil(M/128), K]
+  quantize_128x128(w[R, C])  -> q[R, C],   scale[ceil(R/128), ceil(C/128)]
+  gemm_blockwise(a[M, K], a_scale[M, ceil(K/128)],
+                 b[K, N], b_scale[ceil(K/128), ceil(N/128)]   (128x128 blocks: Fprop, Dgrad)
+                       or b_scale[ceil(K/128), N]             (128x1 tiles:    Wgrad))
+Transposed views are fine everywhere: a 128x128-quantized W[N, K] used as B = W.T has
+scale.T as its B scale, and a 128x1-quantized dY[M, N] used as A = dY.T (Wgrad) has scale.T
+as its 1x128 A scale.
+"""
+
+from __future__ import annotations
+
+import torch
+
+FP8_DTYPE = torch.float8_e4m3fn
+FP8_MAX = 448.0
+AMAX_EPS = 1e-12
+TILE = 128
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _scale_from_amax(amax: torch.Tensor) -> torch.Tensor:
+    # clamp_min keeps NaN (so a NaN tile stays visible) and lifts an all-zero tile off 0.
+    return torch.clamp_min(amax, AMAX_EPS) / FP8_MAX
+
+
+def _cast_to_fp8(x_over_scale: torch.Tensor) -> torch.Tensor:
+    # Values that land a hair above 448 after the division are clamped first: the E4M3 cast
+    # of an out-of-range value is NaN, not saturation. clamp keeps NaN.
+    return torch.clamp(x_over_scale, -FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+
+
+def _pad_dim(x: torch.Tensor, dim: int, multiple: int) -> torch.Tensor:
+    size = x.shape[dim]
+    pad = _cdiv(size, multiple) * multiple - size
+    if pad == 0:
+        return x
+    pad_shape = list(x.shape)
+    pad_shape[dim] = pad
+    return torch.cat([x, x.new_zeros(pad_shape)], dim=dim)
+
+
+def quantize_1x128(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantize in 1x128 tiles along the last dim. Returns (q, scale[..., ceil(K/128)])."""
+    k = x.shape[-1]
+    xf = _pad_dim(x.float(), -1, TILE)
+    tiles = xf.reshape(*xf.shape[:-1], -1, TILE)
+    scale = _scale_from_amax(tiles.abs().amax(dim=-1))
+    q = _cast_to_fp8(tiles / scale.unsqueeze(-1)).reshape(xf.shape)[..., :k]
+    return q.contiguous(), scale
+
+
+def quantize_128x1(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantize a 2-D tensor in 128x1 tiles (128 rows x 1 column). Returns (q, scale[ceil(M/128), K])."""
+    if x.dim() != 2:
+        raise ValueError(f"quantize_128x1 expects a 2-D tensor, got shape {tuple(x.shape)}")
+    m = x.shape[0]
+    xf = _pad_dim(x.float(), 0, TILE)
+    tiles = xf.reshape(-1, TILE, xf.shape[1])
+    scale = _scale_from_amax(tiles.abs().amax(dim=1))
+    q = _cast_to_fp8(tiles / scale.unsqueeze(1)).reshape(xf.shape)[:m]
+    return q.contiguous(), scale
+
+
+def quantize_1x128_128x1(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Both copies of a 2-D tensor, as one op (the GPU kernel reads the input once)."""
+    q_row, s_row = quantize_1x128(x)
+    q_col, s_col = quantize_128x1(x)
+    return q_row, s_row, q_col, s_col
+
+
+def quantize_128x128(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantize a 2-D tensor in 128x128 blocks. Returns (q, scale[ceil(R/128), ceil(C/128)])."""
+    if w.dim() != 2:
+        raise ValueError(f"quantize_128x128 expects a 2-D tensor, got shape {tuple(w.shape)}")
+    r, c = w.shape
+    wf = _pad_dim(_pad_dim(w.float(), 0, TILE), 1, TILE)
+    rb, cb = wf.shape[0] // TILE, wf.shape[1] // TILE
+    blocks = wf.reshape(rb, TILE, cb, TILE)
+    scale = _scale_from_amax(blocks.abs().amax(dim=(1, 3)))
+    q = _cast_to_fp8(blocks / scale[:, None, :, None]).reshape(wf.shape)[:r, :c]
+    return q.contiguous(), scale
+
+
+def dequantize(q: torch.Tensor, scale: torch.Tensor, tile_rows: int, tile_cols: int,
+               out_dtype: torch.dtype) -> torch.Tensor:
+    """Inverse of the quantizers: q (2-D, or N-D for 1x128) times its tile scales.
+
+    (tile_rows, tile_cols) is (1, 128), (128, 1) or (128, 128)."""
+    expanded = scale
+    if tile_cols > 1:
+        expanded = expanded.repeat_interleave(tile_cols, dim=-1)[..., : q.shape[-1]]
+    if tile_rows > 1:
+        expanded = expanded.repeat_interleave(tile_rows, dim=-2)[..., : q.shape[-2], :]
+    return (q.float() * expanded).to(out_dtype)
+
+
+def gemm_blockwise(a: torch.Tensor, a_scale: torch.Tensor, b: torch.Tensor, b_scale: torch.Tensor,
+                   out_dtype: torch.dtype) -> torch.Tensor:
+    """out[M, N] = sum over 128-wide K blocks of (a_blk @ b_blk in FP32) * a_scale * b_scale.
+
+    b_scale of shape [ceil(K/128), ceil(N/128)] means 128x128 blocks, [ceil(K/128), N] means
+    128x1 tiles. A K tail (Wgrad over a token count not a multiple of 128) is a short block."""
+    m, k = a.shape
+    n = b.shape[1]
+    kb = _cdiv(k, TILE)
+    b_blockwise = b_scale.shape[1] != n
+    acc = torch.zeros(m, n, dtype=torch.float32, device=a.device)
+    for blk in range(kb):
+        ks = slice(blk * TILE, min((blk + 1) * TILE, k))
+        partial = a[:, ks].float() @ b[ks, :].float()
+        sb = b_scale[blk]
+        if b_blockwise:
+            sb = sb.repeat_interleave(TILE)[:n]
+        acc += partial * a_scale[:, blk : blk + 1] * sb.unsqueeze(0)
+    return acc.to(out_dtype)
