@@ -1,1 +1,19 @@
-"""fp8pass."""
+"""fp8pass: `torch.compile(model, backend="fp8")` trains unmodified models in FP8 with
+DeepSeek-V3 fine-grained scaling (1x128 activation/gradient tiles, 128x128 weight blocks).
+
+Public surface:
+    fp8pass.Config            all options (frozen dataclass)
+    fp8pass.backend(**opts)   a backend callable with options bound
+    fp8pass.high_precision    keep functions / modules / regions out of FP8
+    fp8pass.explain(m, *a)    compile, run once, report what became FP8 and why
+"""
+
+from .config import Config
+from .graph_pass import MatmulRecord
+from .markers import high_precision
+from .report import Report, SavedTensor, explain
+from . import kernels  # noqa: F401  (registers torch.ops.fp8pass.*)
+from .lowering import backend
+
+__all__ = ["Config", "MatmulRecord", "Report", "SavedTensor", "backend", "explain", "high_precision"]
+__version__ = "0.1.0"

@@ -1,0 +1,84 @@
+"""All options of the fp8 backend, as one frozen dataclass.
+
+Defaults follow DeepSeek-V3: E4M3 everywhere, 1x128 tiles for activations and gradients,
+128x128 blocks for weights, the output head kept in high precision.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+from typing import Callable, Optional
+
+import torch
+
+RECIPES = ("deepseek_v3",)
+FORMATS = ("e4m3",)
+
+ModuleFilter = Callable[[str, Optional[torch.nn.Module]], bool]
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Options of `backend="fp8"`; pass them as `torch.compile(m, backend="fp8", options={...})`
+    or `fp8pass.backend(**options)`.
+
+    recipe: the scaling recipe; "deepseek_v3" = 1x128 activation/gradient tiles, 128x128 weight
+        blocks, online amax scaling, FP32 promotion per 128-wide K block.
+    fp8_format: element format of every FP8 tensor; "e4m3" (DeepSeek uses E4M3 for all tensors).
+    fprop, dgrad, wgrad: which of the three GEMMs of a Linear run in FP8.
+    fp8_output_head: convert the model's output head too (the last projection before the graph's
+        outputs, or a Linear whose weight is tied to an embedding). Off by default, as in DeepSeek.
+    module_filter: `fn(fqn, module) -> bool`; a matmul site is converted only if it returns True.
+        `module` is the nn.Module instance when it can be found, else None.
+    save_fp8_activations: save the FP8 (128x1) copy of a Linear's input for Wgrad instead of the
+        high-precision input (the memory saving of FP8 training).
+    log_decisions: print each compiled graph's decisions (one line per matmul site).
+    """
+
+    recipe: str = "deepseek_v3"
+    fp8_format: str = "e4m3"
+    fprop: bool = True
+    dgrad: bool = True
+    wgrad: bool = True
+    fp8_output_head: bool = False
+    module_filter: Optional[ModuleFilter] = None
+    save_fp8_activations: bool = True
+    log_decisions: bool = False
+
+    def __post_init__(self):
+        if self.recipe not in RECIPES:
+            raise ValueError(f"fp8pass.Config: unknown recipe {self.recipe!r}; choose one of {RECIPES}")
+        if self.fp8_format not in FORMATS:
+            raise ValueError(f"fp8pass.Config: unsupported fp8_format {self.fp8_format!r}; choose one of {FORMATS}")
+        if self.module_filter is not None and not callable(self.module_filter):
+            raise TypeError("fp8pass.Config: module_filter must be a callable fn(fqn, module) -> bool")
+
+    @classmethod
+    def from_options(cls, options: Optional[dict] = None, **kwargs) -> "Config":
+        """Build from a torch.compile `options=` dict (or keyword options); unknown keys are an error."""
+        merged = dict(options or {})
+        merged.update(kwargs)
+        if isinstance(merged.get("config"), Config):
+            base = merged.pop("config")
+            return dataclasses.replace(base, **merged)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(merged) - known)
+        if unknown:
+            raise TypeError(f"fp8pass: unknown option(s) {unknown}; valid options are {sorted(known)}")
+        return cls(**merged)
+
+    def cache_key(self) -> str:
+        """A stable digest of every option, for Inductor's FX graph cache."""
+        parts = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if callable(value):
+                try:
+                    src = inspect.getsource(value)
+                except (OSError, TypeError):
+                    src = repr(getattr(value, "__code__", value))
+                value = f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', '')}:{src}"
+            parts.append(f"{f.name}={value!r}")
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()

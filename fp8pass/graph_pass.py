@@ -1,0 +1,71 @@
+"""The FP8 pass as a plain graph function: find sites, decide, rewrite, record."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Optional
+
+from torch.fx import Graph, Node
+
+from .policy import SiteContext, embedding_tied_weights, output_head_fprops, role_skip_reason, site_skip_reason
+from .rewrite import GemmRewrite, rewrite_gemms
+from .sites import find_linear_sites, module_of, tensor_meta
+
+PAIRING = {"fprop": "1x128 x 128x128", "dgrad": "1x128 x 128x128", "wgrad": "1x128 x 128x1"}
+
+
+@dataclasses.dataclass(frozen=True)
+class MatmulRecord:
+    """One GEMM site of one compiled graph and what the pass did with it.
+
+    shape is the GEMM's own (M, K, N): Fprop (tokens, in, out), Dgrad (tokens, out, in),
+    Wgrad (out, tokens, in) for an nn.Linear."""
+
+    module: str
+    role: str
+    shape: tuple
+    fp8: bool
+    reason: str
+    weight: str = ""
+    graph: str = ""
+
+
+def _gemm_shape(node: Node) -> tuple:
+    out = tensor_meta(node)
+    if node.target.__name__.startswith("addmm"):
+        a = node.args[1]
+    else:
+        a = node.args[0]
+    a_val = tensor_meta(a)
+    if out is None or a_val is None:
+        return ()
+    return (a_val.shape[0], a_val.shape[-1], out.shape[-1])
+
+
+def fp8_graph_pass(graph: Graph, ctx: SiteContext, is_weight: Callable[[Node], bool],
+                   graph_name: str = "") -> list[MatmulRecord]:
+    """Rewrite every eligible Linear-like matmul of `graph` (joint or inference) to FP8."""
+    sites, others = find_linear_sites(graph, is_weight)
+    heads = output_head_fprops(graph, sites)
+    tied = embedding_tied_weights(graph)
+    records: list[MatmulRecord] = []
+    rewrites: list[GemmRewrite] = []
+    for site in sites:
+        fqn, _, _ = module_of(site.fprop)
+        weight = ctx.weight_fqn(site.weight)
+        site_reason = site_skip_reason(site, ctx, heads, tied)
+        for role, node in (("fprop", site.fprop), ("dgrad", site.dgrad), ("wgrad", site.wgrad)):
+            if node is None:
+                continue
+            reason = site_reason or role_skip_reason(role, ctx.config)
+            records.append(MatmulRecord(fqn, role, _gemm_shape(node), reason is None,
+                                        reason or f"FP8 {PAIRING[role]}", weight, graph_name))
+            if reason is None:
+                rewrites.append(GemmRewrite(node, role, fqn, site.weight if role != "wgrad" else None))
+    for node in others:
+        fqn, _, _ = module_of(node)
+        records.append(MatmulRecord(fqn, "fprop", _gemm_shape(node), False,
+                                    "not Linear-like: neither operand is a parameter", "", graph_name))
+    rewrite_gemms(graph, rewrites)
+    graph.lint()
+    return records

@@ -1,0 +1,156 @@
+"""Rewriting converted matmuls into quantize + blockwise-scaled FP8 GEMM nodes.
+
+Each GEMM operand asks its source tensor for one FP8 copy:
+  * the A operand needs 1x128 tiles along its K (last) dim: the "row" copy of A, or, when A is
+    a transpose T^T (Wgrad's dY^T), the "col" (128x1) copy of T, transposed;
+  * the B operand of Wgrad needs 128x1 tiles along its K (first) dim: the "col" copy;
+  * a weight B needs its 128x128 "block" copy, transposed as the graph uses it.
+A tensor asked for both row and col copies (a Linear's input, the output gradient) gets the
+single-read op that emits both. The weight's block copy is made once and serves Fprop and Dgrad.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+from typing import Optional
+
+import torch
+from torch._guards import detect_fake_mode
+from torch.fx import Graph, Node
+
+from .sites import is_2d_transpose, strip_to_placeholder, tensor_meta
+
+aten = torch.ops.aten
+fp8_ops = torch.ops.fp8pass
+
+FP8_META_KEY = "fp8pass"  # node.meta[FP8_META_KEY] = {"role": ..., "module": ...} on new nodes
+
+
+@dataclasses.dataclass(frozen=True)
+class GemmRewrite:
+    """One matmul node to replace: mm(a, b) or addmm(bias, a, b) in a Linear's `role`."""
+
+    node: Node
+    role: str  # "fprop" | "dgrad" | "wgrad"
+    module: str
+    weight: Optional[Node] = None  # set for fprop/dgrad: B is this weight's 128x128 copy
+
+
+@dataclasses.dataclass(frozen=True)
+class _Request:
+    source: Node
+    kind: str  # "row" | "col" | "block"
+    transpose: bool
+
+
+class _Builder:
+    """Creates nodes with fake-tensor metadata, so later passes (partitioner) see shapes."""
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        vals = [n.meta["val"] for n in graph.nodes if isinstance(n.meta.get("val"), torch.Tensor)]
+        self.fake_mode = detect_fake_mode(vals)
+
+    def call(self, target, args, meta_from: Optional[Node] = None, fp8_meta: Optional[dict] = None) -> Node:
+        node = self.graph.call_function(target, args)
+        fake_args = [a.meta["val"] if isinstance(a, Node) else a for a in args]
+        if self.fake_mode is not None:
+            with self.fake_mode:
+                node.meta["val"] = target(*fake_args)
+        if meta_from is not None:
+            for key in ("seq_nr", "nn_module_stack", "stack_trace", "custom", "source_fn_stack"):
+                if key in meta_from.meta:
+                    node.meta[key] = meta_from.meta[key]
+        if fp8_meta is not None:
+            node.meta[FP8_META_KEY] = dict(fp8_meta)
+        return node
+
+    def getitem(self, node: Node, index: int) -> Node:
+        item = self.graph.call_function(operator.getitem, (node, index))
+        if isinstance(node.meta.get("val"), (tuple, list)):
+            item.meta["val"] = node.meta["val"][index]
+        for key in ("seq_nr", "nn_module_stack", "stack_trace", "custom", FP8_META_KEY):
+            if key in node.meta:
+                item.meta[key] = node.meta[key]
+        return item
+
+    def transpose(self, node: Node) -> Node:
+        return self.call(aten.permute.default, (node, [1, 0]), meta_from=node)
+
+
+def _operand_requests(rw: GemmRewrite) -> tuple[_Request, _Request]:
+    if rw.node.target is aten.addmm.default:
+        a, b = rw.node.args[1:3]
+    else:
+        a, b = rw.node.args[:2]
+    if is_2d_transpose(a):
+        req_a = _Request(a.args[0], "col", True)
+    else:
+        req_a = _Request(a, "row", False)
+    if rw.weight is not None:
+        weight, transposed = strip_to_placeholder(b)
+        assert weight is rw.weight, "B operand must be the site's weight"
+        req_b = _Request(weight, "block", transposed)
+    elif is_2d_transpose(b):
+        req_b = _Request(b.args[0], "row", True)
+    else:
+        req_b = _Request(b, "col", False)
+    return req_a, req_b
+
+
+def rewrite_gemms(graph: Graph, rewrites: list[GemmRewrite]) -> list[Node]:
+    """Replace each matmul by its FP8 form; returns the new gemm nodes."""
+    if not rewrites:
+        return []
+    builder = _Builder(graph)
+    order = {node: i for i, node in enumerate(graph.nodes)}
+    requests = {rw.node: _operand_requests(rw) for rw in rewrites}
+
+    # Which copies each source needs, and the earliest consumer (the copies go right before it).
+    kinds: dict[Node, set[str]] = {}
+    first_use: dict[Node, Node] = {}
+    owner: dict[Node, GemmRewrite] = {}
+    for rw in sorted(rewrites, key=lambda r: order[r.node]):
+        for req in requests[rw.node]:
+            kinds.setdefault(req.source, set()).add(req.kind)
+            first_use.setdefault(req.source, rw.node)
+            owner.setdefault(req.source, rw)
+
+    copies: dict[tuple[Node, str], tuple[Node, Node]] = {}
+    for source, wanted in kinds.items():
+        rw = owner[source]
+        meta = {"role": "quantize", "module": rw.module, "for": rw.role}
+        with graph.inserting_before(first_use[source]):
+            if wanted >= {"row", "col"}:
+                both = builder.call(fp8_ops.quantize_1x128_128x1.default, (source,), source, meta)
+                items = [builder.getitem(both, i) for i in range(4)]
+                copies[(source, "row")] = (items[0], items[1])
+                copies[(source, "col")] = (items[2], items[3])
+            for kind, op in (("row", fp8_ops.quantize_1x128.default), ("col", fp8_ops.quantize_128x1.default),
+                             ("block", fp8_ops.quantize_128x128.default)):
+                if kind in wanted and (source, kind) not in copies:
+                    q = builder.call(op, (source,), source, meta)
+                    copies[(source, kind)] = (builder.getitem(q, 0), builder.getitem(q, 1))
+
+    new_nodes = []
+    for rw in rewrites:
+        node = rw.node
+        operands = []
+        with graph.inserting_before(node):
+            for req in requests[node]:
+                q, s = copies[(req.source, req.kind)]
+                if req.transpose:
+                    q, s = builder.transpose(q), builder.transpose(s)
+                operands += [q, s]
+            out_dtype = tensor_meta(node).dtype
+            fp8_meta = {"role": rw.role, "module": rw.module}
+            gemm = builder.call(fp8_ops.gemm_blockwise.default, (*operands, out_dtype), node, fp8_meta)
+            result = gemm
+            if node.target is aten.addmm.default:
+                result = builder.call(aten.add.Tensor, (gemm, node.args[0]), node)
+        node.replace_all_uses_with(result)
+        graph.erase_node(node)
+        new_nodes.append(gemm)
+    graph.eliminate_dead_code()
+    return new_nodes

@@ -1,0 +1,191 @@
+"""Finding Linear-like matmul sites in an AOTAutograd joint (or inference) graph.
+
+A Linear `y = x @ W^T` appears as `mm`/`addmm(view(x), permute(W))` in forward (Fprop); its
+backward as `mm(dY, permute(permute(W)))` (Dgrad) and `mm(permute(dY), view(x))` (Wgrad).
+Backward nodes carry the same `meta["seq_nr"]` as the forward node they differentiate, which is
+how the three are grouped; each one is then checked by its operands.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+import re
+from typing import Optional
+
+import torch
+from torch.fx import Graph, Node
+
+aten = torch.ops.aten
+prims = torch.ops.prims
+
+MM_TARGETS = (aten.mm.default, aten.addmm.default)
+# Ops that change only the view or the dtype of a weight on its way to a matmul (autocast adds
+# the casts); the pass quantizes the parameter itself, so these are looked through.
+_WEIGHT_PASSTHROUGH = (aten.alias.default, aten.detach.default, aten._to_copy.default,
+                       prims.convert_element_type.default)
+_TRANSPOSES = (aten.permute.default, aten.t.default, aten.transpose.int)
+
+
+def is_2d_transpose(node: Node) -> bool:
+    if not isinstance(node, Node) or node.op != "call_function" or node.target not in _TRANSPOSES:
+        return False
+    if node.target is aten.permute.default:
+        return list(node.args[1]) == [1, 0]
+    if node.target is aten.transpose.int:
+        return sorted(d % 2 for d in node.args[1:3]) == [0, 1]
+    return True
+
+
+def strip_to_placeholder(node: Node) -> tuple[Optional[Node], bool]:
+    """Follow transposes and dtype/alias ops back to a placeholder.
+
+    Returns (placeholder or None, transposed) where transposed tells whether an odd number of
+    2-D transposes lies on the way."""
+    transposed = False
+    while isinstance(node, Node):
+        if node.op == "placeholder":
+            return node, transposed
+        if node.op != "call_function":
+            return None, False
+        if is_2d_transpose(node):
+            transposed = not transposed
+        elif node.target in _WEIGHT_PASSTHROUGH:
+            if node.target is aten._to_copy.default and set(node.kwargs) - {"dtype"}:
+                return None, False
+        else:
+            return None, False
+        node = node.args[0]
+    return None, False
+
+
+def transposed_source(node: Node) -> Optional[Node]:
+    """If `node` is a 2-D transpose of another node, that node."""
+    return node.args[0] if is_2d_transpose(node) else None
+
+
+def tensor_meta(node: Node):
+    val = node.meta.get("val") if isinstance(node, Node) else None
+    return val if isinstance(val, torch.Tensor) else None
+
+
+def tangent_dependent_nodes(graph: Graph) -> set[Node]:
+    """Nodes computed from a tangent: the backward part of a joint graph."""
+    seen: set[Node] = set()
+    for node in graph.nodes:
+        if node.op == "placeholder" and node.name.startswith("tangents"):
+            seen.add(node)
+        elif node in seen:
+            continue
+        elif any(inp in seen for inp in node.all_input_nodes):
+            seen.add(node)
+    return seen
+
+
+_SEGMENT = re.compile(r"\._modules\[['\"]([^'\"]+)['\"]\]|\[['\"]([^'\"]+)['\"]\]|\[(\d+)\]|\.([A-Za-z_]\w*)")
+
+
+def normalize_module_path(path: str) -> tuple[str, list[str]]:
+    """"L['self'].layers[0]._modules['attn'].wq" -> ("self", ["layers", "0", "attn", "wq"])."""
+    m = re.match(r"^L\[['\"]([^'\"]+)['\"]\]", path)
+    if not m:
+        root, rest = "", path
+    else:
+        root, rest = m.group(1), path[m.end():]
+    parts = []
+    for seg in _SEGMENT.finditer(rest):
+        name = next(g for g in seg.groups() if g is not None)
+        if name in ("_modules", "_parameters", "_buffers"):
+            continue
+        parts.append(name)
+    return root, parts
+
+
+def module_of(node: Node) -> tuple[str, Optional[type], Optional[str]]:
+    """(fqn, module class, raw dynamo path) of the innermost module a forward node was traced in."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return "", None, None
+    raw, cls = list(stack.values())[-1]
+    _, parts = normalize_module_path(raw)
+    return ".".join(parts), cls, raw
+
+
+@dataclasses.dataclass
+class LinearSite:
+    """One Linear-like matmul and its backward GEMMs.
+
+    fprop computes x2d[M, K] @ B[K, N] where B is the weight placeholder, transposed
+    (`weight_transposed`, the nn.Linear case W[N, K]) or not (x @ W with W[K, N])."""
+
+    fprop: Node
+    x2d: Node
+    weight: Node
+    weight_transposed: bool
+    bias: Optional[Node] = None
+    dgrad: Optional[Node] = None
+    wgrad: Optional[Node] = None
+
+    @property
+    def mkn(self) -> tuple:
+        m, k = tensor_meta(self.x2d).shape
+        n = tensor_meta(self.fprop).shape[1]
+        return m, k, n
+
+
+def _fprop_operands(node: Node):
+    if node.target is aten.addmm.default:
+        if node.kwargs.get("beta", 1) != 1 or node.kwargs.get("alpha", 1) != 1:
+            return None
+        bias, a, b = node.args[:3]
+    else:
+        bias, (a, b) = None, node.args[:2]
+    return bias, a, b
+
+
+def find_linear_sites(graph: Graph, is_weight) -> tuple[list[LinearSite], list[Node]]:
+    """All matmuls with a weight operand, grouped with their Dgrad/Wgrad.
+
+    `is_weight(placeholder) -> bool` says which placeholders are parameters. Returns the sites
+    and the matmuls that are not Linear-like (activation @ activation), for the report."""
+    backward = tangent_dependent_nodes(graph)
+    backward_mms_by_seq: dict[int, list[Node]] = {}
+    for node in graph.nodes:
+        if node in backward and node.op == "call_function" and node.target is aten.mm.default:
+            backward_mms_by_seq.setdefault(node.meta.get("seq_nr"), []).append(node)
+
+    sites, others = [], []
+    for node in graph.nodes:
+        if node.op != "call_function" or node.target not in MM_TARGETS or node in backward:
+            continue
+        operands = _fprop_operands(node)
+        if operands is None:
+            others.append(node)
+            continue
+        bias, a, b = operands
+        weight, transposed = strip_to_placeholder(b)
+        if weight is None or not is_weight(weight):
+            others.append(node)
+            continue
+        site = LinearSite(fprop=node, x2d=a, weight=weight, weight_transposed=transposed, bias=bias)
+        seq = node.meta.get("seq_nr")
+        for bw in backward_mms_by_seq.get(seq, []) if seq is not None else []:
+            _classify_backward(site, bw)
+        sites.append(site)
+    return sites, others
+
+
+def _classify_backward(site: LinearSite, mm: Node) -> None:
+    left, right = mm.args[:2]
+    w_left, _ = strip_to_placeholder(left)
+    w_right, _ = strip_to_placeholder(right)
+    if site.dgrad is None and site.weight in (w_left, w_right) and w_left is not w_right:
+        # dX = dY @ W (nn.Linear) or dY @ W^T (x @ W): the weight is the right operand.
+        if w_right is site.weight:
+            site.dgrad = mm
+        return
+    # Wgrad contracts over tokens: one operand is the forward input (transposed when on the
+    # left: dY^T @ x -> dW[N, K]; x^T @ dY -> dW[K, N]).
+    x = site.x2d
+    if site.wgrad is None and (right is x or transposed_source(left) is x):
+        site.wgrad = mm

@@ -1,0 +1,190 @@
+"""The `fp8` torch.compile backend: Inductor with the FP8 pass installed on the joint graph.
+
+Dynamo hands the backend its FX graph (parameters lifted to inputs). The backend notes which
+inputs are parameters and which modules the graph came from, then calls Inductor's
+`compile_fx` with the pass as `joint_custom_pre_pass`: it runs on the joint forward+backward
+graph before partitioning (and on inference graphs), so the partitioner sees the FP8 copies and
+saves them for backward instead of the high-precision inputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import logging
+import pathlib
+from typing import Optional
+
+import torch
+from torch._inductor.compile_fx import compile_fx
+from torch._inductor.custom_graph_pass import CustomGraphPass
+
+import fp8pass.kernels  # noqa: F401  (registers torch.ops.fp8pass.*)
+from fp8pass.config import Config
+from fp8pass.graph_pass import MatmulRecord, fp8_graph_pass
+from fp8pass.policy import SiteContext
+from fp8pass.sites import normalize_module_path
+
+from .recorder import Recorder
+
+log = logging.getLogger("fp8pass")
+
+_SOURCE_DIGEST = None
+
+
+def _source_digest() -> str:
+    """Digest of the pass's own source, so an edited pass never reuses a cached graph."""
+    global _SOURCE_DIGEST
+    if _SOURCE_DIGEST is None:
+        h = hashlib.sha256()
+        for pkg in (pathlib.Path(__file__).parent, pathlib.Path(fp8pass.kernels.__file__).parent,
+                    pathlib.Path(fp8pass.config.__file__).parent):
+            for path in sorted(pkg.glob("*.py")):
+                h.update(path.read_bytes())
+        _SOURCE_DIGEST = h.hexdigest()
+    return _SOURCE_DIGEST
+
+
+@dataclasses.dataclass(frozen=True)
+class InputInfo:
+    """What the backend knows of one graph input: is it a parameter, and its fqn."""
+
+    is_param: bool
+    fqn: str
+
+
+def _describe_inputs(gm: torch.fx.GraphModule) -> list[InputInfo]:
+    infos = []
+    for node in gm.graph.nodes:
+        if node.op != "placeholder":
+            continue
+        example = node.meta.get("example_value")
+        grapharg = node.meta.get("grapharg")
+        name = node.name
+        if grapharg is not None and getattr(grapharg, "source", None) is not None:
+            _, parts = normalize_module_path(grapharg.source.name)
+            name = ".".join(parts) or name
+        infos.append(InputInfo(isinstance(example, torch.nn.Parameter), name))
+    return infos
+
+
+def _module_lookup(gm: torch.fx.GraphModule):
+    """fqn -> module instance, resolved against the frame dynamo is compiling (if reachable)."""
+    try:
+        from torch._dynamo.symbolic_convert import InstructionTranslator
+
+        f_locals = InstructionTranslator.current_tx().f_locals
+    except Exception:  # noqa: BLE001  (no frame: module instances are simply unknown)
+        f_locals = {}
+    modules: dict[str, Optional[torch.nn.Module]] = {}
+    for node in gm.graph.nodes:
+        for raw, _cls in (node.meta.get("nn_module_stack") or {}).values():
+            root, parts = normalize_module_path(raw)
+            fqn = ".".join(parts)
+            if fqn in modules:
+                continue
+            module = f_locals.get(root)
+            for part in parts:
+                if module is None:
+                    break
+                module = getattr(module, part, None) if not part.isdigit() else (
+                    module[int(part)] if hasattr(module, "__getitem__") else getattr(module, part, None))
+            modules[fqn] = module if isinstance(module, torch.nn.Module) else None
+    return modules
+
+
+class Fp8JointPass(CustomGraphPass):
+    """`joint_custom_pre_pass`: the FP8 rewrite, with a uuid for Inductor's caches."""
+
+    def __init__(self, config: Config, inputs: list[InputInfo], modules: dict, recorder: Recorder, name: str):
+        self.config = config
+        self.inputs = inputs
+        self.modules = modules
+        self.recorder = recorder
+        self.name = name
+
+    def __call__(self, graph: torch.fx.Graph) -> None:
+        primals = [n for n in graph.nodes if n.op == "placeholder" and not n.name.startswith("tangents")]
+        if len(primals) != len(self.inputs):
+            log.warning("fp8pass: graph %s has %d inputs but dynamo gave %d; no weights identified, nothing "
+                        "converted", self.name, len(primals), len(self.inputs))
+            info = {}
+        else:
+            info = dict(zip(primals, self.inputs))
+        ctx = SiteContext(
+            config=self.config,
+            weight_fqn=lambda n: info[n].fqn if n in info else n.name,
+            module_instance=lambda fqn: self.modules.get(fqn),
+        )
+        is_training = len(primals) != sum(1 for n in graph.nodes if n.op == "placeholder")
+        kind = "joint" if is_training else "inference"
+        records = fp8_graph_pass(graph, ctx, lambda n: n in info and info[n].is_param, f"{self.name}_{kind}")
+        self.recorder.add_records(records)
+        self.recorder.add_graph(f"{self.name}_{kind}", graph)
+        if self.config.log_decisions:
+            for r in records:
+                print(f"[fp8pass] {self.name} {r.role:5s} {r.module or '<root>'} {r.shape}: "
+                      f"{'FP8' if r.fp8 else 'high precision'} ({r.reason})")
+
+    def uuid(self):
+        mask = "".join("1" if i.is_param else "0" for i in self.inputs)
+        return f"fp8pass-{_source_digest()[:16]}-{self.config.cache_key()[:16]}-{mask}"
+
+
+class _CapturePartitioned(CustomGraphPass):
+    """`post_grad_custom_post_pass` that records the partitioned graphs Inductor lowers."""
+
+    def __init__(self, recorder: Recorder, name: str):
+        self.recorder = recorder
+        self.name = name
+
+    def __call__(self, graph: torch.fx.Graph) -> None:
+        names = [n.name for n in graph.nodes if n.op == "placeholder"]
+        if any(n.startswith("tangents") for n in names):
+            kind = "backward"
+        elif any(n.startswith("primals") for n in names):
+            kind = "forward"
+        else:
+            kind = "inference"
+        self.recorder.add_graph(f"{self.name}_{kind}", graph)
+
+    def uuid(self):
+        return f"fp8pass-capture-{_source_digest()[:16]}"
+
+
+_graph_counter = itertools.count()
+
+
+def compile_with_fp8(gm: torch.fx.GraphModule, example_inputs, config: Config,
+                     recorder: Optional[Recorder] = None):
+    """Compile a dynamo graph with Inductor and the FP8 pass."""
+    recorder = recorder if recorder is not None else Recorder(keep_graphs=False)
+    name = f"graph_{next(_graph_counter)}"
+    patches = {
+        "joint_custom_pre_pass": Fp8JointPass(config, _describe_inputs(gm), _module_lookup(gm), recorder, name),
+    }
+    if recorder.keep_graphs:
+        patches["post_grad_custom_post_pass"] = _CapturePartitioned(recorder, name)
+    return compile_fx(gm, example_inputs, config_patches=patches)
+
+
+def backend(config: Optional[Config] = None, **options):
+    """A backend callable: `torch.compile(model, backend=fp8pass.backend(wgrad=False))`.
+
+    Takes a `Config`, or its fields as keywords (the same keys as `options=` of backend="fp8")."""
+    cfg = Config.from_options(options, config=config) if config is not None else Config.from_options(options)
+
+    def fp8(gm, example_inputs, **kwargs):
+        if kwargs.get("options"):
+            raise TypeError("fp8pass.backend(...) already holds its options; pass them there, "
+                            "not as torch.compile(options=...)")
+        return compile_with_fp8(gm, example_inputs, cfg)
+
+    fp8.config = cfg
+    return fp8
+
+
+def fp8_backend(gm, example_inputs, options: Optional[dict] = None, mode: Optional[str] = None):
+    """The `backend="fp8"` entry point: `torch.compile(m, backend="fp8", options={...})`."""
+    return compile_with_fp8(gm, example_inputs, Config.from_options(options))
