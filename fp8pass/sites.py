@@ -82,7 +82,7 @@ def tangent_dependent_nodes(graph: Graph) -> set[Node]:
     return seen
 
 
-_SEGMENT = re.compile(r"\._modules\[['\"]([^'\"]+)['\"]\]|\[['\"]([^'\"]+)['\"]\]|\[(\d+)\]|\.([A-Za-z_]\w*)")
+_SEGMENT = re.compile(r"\._modules\[['\"]([^'\"]+)['\"]\]|\[['\"]([^'\"]+)['\"]\]|\[(\d+)\]|\.(\w+)")
 
 
 def normalize_module_path(path: str) -> tuple[str, list[str]]:

@@ -65,7 +65,7 @@ def quantize_1x128(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantize in 1x128 tiles along the last dim. Returns (q, scale[..., ceil(K/128)])."""
     k = x.shape[-1]
     xf = _pad_dim(x.float(), -1, TILE)
-    tiles = xf.reshape(*xf.shape[:-1], -1, TILE)
+    tiles = xf.reshape(*xf.shape[:-1], xf.shape[-1] // TILE, TILE)
     scale = _scale_from_amax(tiles.abs().amax(dim=-1))
     q = _cast_to_fp8(tiles / scale.unsqueeze(-1)).reshape(xf.shape)[..., :k]
     return q.contiguous(), scale
@@ -77,7 +77,7 @@ def quantize_128x1(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise ValueError(f"quantize_128x1 expects a 2-D tensor, got shape {tuple(x.shape)}")
     m = x.shape[0]
     xf = _pad_dim(x.float(), 0, TILE)
-    tiles = xf.reshape(-1, TILE, xf.shape[1])
+    tiles = xf.reshape(xf.shape[0] // TILE, TILE, xf.shape[1])
     scale = _scale_from_amax(tiles.abs().amax(dim=1))
     q = _cast_to_fp8(tiles / scale.unsqueeze(1)).reshape(xf.shape)[:m]
     return q.contiguous(), scale

@@ -1,0 +1,216 @@
+"""Train a small GPT on the bytes of Python's own standard library, in FP8 and beside a baseline.
+
+    python examples/train_gpt.py                 # CPU-sized default: a few minutes on 2 cores
+    python examples/train_gpt.py --device cuda --dim 1024 --layers 12 --heads 16 --seq 1024 \
+        --batch 16 --steps 2000 --dtype bf16     # a GPU-sized run
+
+The model is plain PyTorch (RMSNorm, causal attention, SwiGLU MLP, tied or untied head); the
+only FP8-specific line is `torch.compile(model, backend="fp8")`. The run prints what the backend
+converted (fp8pass.explain) and both loss curves, FP8 beside the same model under the stock
+torch.compile backend, from the same seed and the same batches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import pathlib
+import sysconfig
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclasses.dataclass(frozen=True)
+class GPTConfig:
+    vocab_size: int = 256  # bytes
+    dim: int = 128
+    n_layers: int = 2
+    n_heads: int = 4
+    mlp_hidden: int = 384  # SwiGLU width; a multiple of 128 so the MLP runs in FP8
+    seq_len: int = 128
+    tied_head: bool = False
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.wqkv = nn.Linear(cfg.dim, 3 * cfg.dim, bias=False)
+        self.wo = nn.Linear(cfg.dim, cfg.dim, bias=False)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = self.wqkv(x).split(d, dim=-1)
+        q, k, v = (z.view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2) for z in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.wo(y.transpose(1, 2).reshape(b, t, d))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.w1 = nn.Linear(cfg.dim, cfg.mlp_hidden, bias=False)
+        self.w3 = nn.Linear(cfg.dim, cfg.mlp_hidden, bias=False)
+        self.w2 = nn.Linear(cfg.mlp_hidden, cfg.dim, bias=False)
+
+    def forward(self, x):
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.attn_norm = nn.RMSNorm(cfg.dim)
+        self.attn = Attention(cfg)
+        self.mlp_norm = nn.RMSNorm(cfg.dim)
+        self.mlp = SwiGLU(cfg)
+
+    def forward(self, x):
+        x = x + self.attn(self.attn_norm(x))
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.pos = nn.Parameter(torch.zeros(cfg.seq_len, cfg.dim))
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = nn.RMSNorm(cfg.dim)
+        self.head = None if cfg.tied_head else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m):
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+
+    def forward(self, tokens, targets=None):
+        x = self.embed(tokens) + self.pos[: tokens.shape[1]]
+        for block in self.blocks:
+            x = block(x)
+        x = self.norm(x)
+        logits = F.linear(x, self.embed.weight) if self.head is None else self.head(x)
+        if targets is None:
+            return logits
+        return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+def load_corpus(max_bytes: int = 8 << 20) -> torch.Tensor:
+    """The bytes of the standard library's .py files (ships with every Python), as uint8."""
+    stdlib = pathlib.Path(sysconfig.get_paths()["stdlib"])
+    chunks, total = [], 0
+    for path in sorted(stdlib.glob("*.py")) + sorted(stdlib.glob("*/*.py")):
+        data = path.read_bytes()
+        chunks.append(data)
+        total += len(data)
+        if total >= max_bytes:
+            break
+    return torch.frombuffer(bytearray(b"".join(chunks)[:max_bytes]), dtype=torch.uint8).long()
+
+
+def batches(corpus: torch.Tensor, batch: int, seq_len: int, steps: int, seed: int, device):
+    """The same sequence of random windows for every run with the same seed."""
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        starts = torch.randint(0, corpus.numel() - seq_len - 1, (batch,), generator=gen)
+        window = torch.stack([corpus[s : s + seq_len + 1] for s in starts.tolist()])
+        yield window[:, :-1].to(device), window[:, 1:].to(device)
+
+
+def train(cfg: GPTConfig, backend: str, steps: int, batch: int, lr: float, seed: int = 0, device="cpu",
+          dtype=torch.float32, corpus=None, log_every: int = 0, label: str = ""):
+    """Train from `seed`; returns the per-step losses (floats)."""
+    corpus = load_corpus() if corpus is None else corpus
+    torch.manual_seed(seed)
+    model = GPT(cfg).to(device=device, dtype=dtype)
+    compiled = torch.compile(model, backend=backend)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20))
+    losses, t0 = [], time.perf_counter()
+    for step, (x, y) in enumerate(batches(corpus, batch, cfg.seq_len, steps, seed + 1, device)):
+        loss = compiled(x, y)
+        loss.backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if log_every and (step % log_every == 0 or step == steps - 1):
+            print(f"  [{label}] step {step:5d}  loss {losses[-1]:.4f}  ({time.perf_counter() - t0:.0f}s)", flush=True)
+    return losses
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--mlp-hidden", type=int, default=None, help="default: 3 * dim (a multiple of 128)")
+    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--tied-head", action="store_true")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default=None, help="default: bf16 on cuda, fp32 on cpu")
+    p.add_argument("--baseline", default="inductor", help="backend of the comparison run ('none' to skip)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+
+    import fp8pass
+
+    dtype_name = args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    cfg = GPTConfig(dim=args.dim, n_layers=args.layers, n_heads=args.heads,
+                    mlp_hidden=args.mlp_hidden or 3 * args.dim, seq_len=args.seq, tied_head=args.tied_head)
+    corpus = load_corpus()
+    print(f"corpus: {corpus.numel() / 1e6:.1f} MB of standard-library source; model {cfg}; {dtype_name} "
+          f"on {args.device}")
+
+    torch.manual_seed(args.seed)
+    probe = GPT(cfg).to(device=args.device, dtype=dtype)
+    x, y = next(batches(corpus, args.batch, cfg.seq_len, 1, args.seed + 1, args.device))
+    print("\nWhat backend='fp8' converts (fp8pass.explain on one training step):")
+    print(fp8pass.explain(probe, x, y))
+    del probe
+    torch._dynamo.reset()
+
+    runs = {}
+    print(f"\nFP8 run ({args.steps} steps):")
+    runs["fp8"] = train(cfg, "fp8", args.steps, args.batch, args.lr, args.seed, args.device, dtype, corpus,
+                        log_every=max(1, args.steps // 10), label="fp8")
+    if args.baseline != "none":
+        torch._dynamo.reset()
+        print(f"\nBaseline run, backend={args.baseline!r} ({dtype_name}):")
+        runs["baseline"] = train(cfg, args.baseline, args.steps, args.batch, args.lr, args.seed, args.device, dtype,
+                                 corpus, log_every=max(1, args.steps // 10), label="base")
+
+    print("\nLoss curves (mean over windows of steps):")
+    window = max(1, args.steps // 20)
+    header = f"{'steps':>11}  {'fp8':>8}" + (f"  {'baseline':>8}  {'rel diff':>8}" if "baseline" in runs else "")
+    print(header)
+    for start in range(0, args.steps, window):
+        end = min(args.steps, start + window)
+        f = sum(runs["fp8"][start:end]) / (end - start)
+        line = f"{start:5d}-{end - 1:<5d}  {f:8.4f}"
+        if "baseline" in runs:
+            b = sum(runs["baseline"][start:end]) / (end - start)
+            line += f"  {b:8.4f}  {(f - b) / b:+8.2%}"
+        print(line)
+    tail = max(1, args.steps // 10)
+    f_end = sum(runs["fp8"][-tail:]) / tail
+    finite = all(math.isfinite(v) for v in runs["fp8"])
+    print(f"\nfinal (mean of last {tail} steps): fp8 {f_end:.4f}" + ("" if finite else "  (NON-FINITE LOSS SEEN)"))
+    if "baseline" in runs:
+        b_end = sum(runs["baseline"][-tail:]) / tail
+        print(f"                                baseline {b_end:.4f}  relative difference {(f_end - b_end) / b_end:+.3%}")
+    return runs
+
+
+if __name__ == "__main__":
+    main()

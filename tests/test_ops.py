@@ -1,0 +1,164 @@
+"""The FP8 ops against float64 references (CPU reference kernels; shapes and layouts of the contract)."""
+
+import pytest
+import torch
+
+from conftest import sqnr_db
+from fp8pass.kernels import reference
+from fp8pass.kernels.reference import FP8_MAX
+
+ops = torch.ops.fp8pass
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+def _dequant(q, s, tile):
+    return ops.dequantize(q, s, tile[0], tile[1], torch.float64)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("op,tile,shape", [
+    ("quantize_1x128", (1, 128), (300, 384)),
+    ("quantize_1x128", (1, 128), (2, 5, 256)),
+    ("quantize_128x1", (128, 1), (300, 256)),
+    ("quantize_128x128", (128, 128), (384, 256)),
+    ("quantize_128x128", (128, 128), (200, 136)),
+])
+def test_quantize_round_trip_sqnr(op, tile, shape, dtype):
+    torch.manual_seed(0)
+    x = torch.randn(shape, dtype=dtype)
+    q, s = getattr(ops, op)(x)
+    assert q.dtype == torch.float8_e4m3fn and q.shape == x.shape and s.dtype == torch.float32
+    back = _dequant(q, s, tile)
+    assert sqnr_db(x, back) >= 28.0
+    # every tile's largest magnitude maps to exactly +-448
+    assert q.float().abs().max().item() == FP8_MAX
+
+
+def test_scale_layouts():
+    x = torch.randn(300, 384)
+    assert ops.quantize_1x128(x)[1].shape == (300, 3)
+    assert ops.quantize_128x1(x)[1].shape == (3, 384)
+    assert ops.quantize_128x128(x)[1].shape == (3, 3)
+    q_row, s_row, q_col, s_col = ops.quantize_1x128_128x1(x)
+    torch.testing.assert_close(q_row.float(), ops.quantize_1x128(x)[0].float(), rtol=0, atol=0)
+    torch.testing.assert_close(s_col, ops.quantize_128x1(x)[1], rtol=0, atol=0)
+    # scale = amax / 448 per tile
+    torch.testing.assert_close(s_row[7, 1], x[7, 128:256].abs().max() / 448)
+    torch.testing.assert_close(s_col[2, 5], x[256:300, 5].abs().max() / 448)
+
+
+def test_zero_tile_gives_exact_zeros():
+    x = torch.randn(256, 256)
+    x[:, :128] = 0
+    x[128:, 128:] = 0
+    for op, tile in (("quantize_1x128", (1, 128)), ("quantize_128x1", (128, 1)), ("quantize_128x128", (128, 128))):
+        q, s = getattr(ops, op)(x)
+        assert torch.isfinite(s).all() and (s > 0).all()
+        back = _dequant(q, s, tile)
+        assert (back[:, :128] == 0).all() and (back[128:, 128:] == 0).all()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_input_shows_as_nan(bad):
+    x = torch.randn(256, 256)
+    x[3, 5] = bad
+    w = torch.randn(256, 256)
+    xq, xs = ops.quantize_1x128(x)
+    wq, ws = ops.quantize_128x128(w)
+    y = ops.gemm_blockwise(xq, xs, wq.t(), ws.t(), torch.float32)
+    assert torch.isnan(y[3]).all(), "the row fed by the non-finite tile must be NaN"
+    assert torch.isfinite(y[4:]).all(), "other rows are unaffected"
+    wq2, ws2 = ops.quantize_128x128(x)  # the same tensor as a weight: its whole block is NaN
+    assert torch.isnan(_dequant(wq2, ws2, (128, 128))[:128, :128]).all()
+
+
+def _gemm_case(pairing, m, k, n, dtype=torch.float32):
+    a = torch.randn(m, k, dtype=dtype)
+    if pairing == "128x128":  # Fprop: y = x @ W^T with W[N, K] in 128x128 blocks
+        w = torch.randn(n, k, dtype=dtype)
+        aq, as_ = ops.quantize_1x128(a)
+        wq, ws = ops.quantize_128x128(w)
+        return a.double() @ w.double().t(), (aq, as_, wq.t(), ws.t())
+    # Wgrad: dW = dY^T @ x, contraction over tokens (k here), dY in 128x1 tiles, x in 128x1 tiles
+    dy = torch.randn(k, m, dtype=dtype)
+    x = torch.randn(k, n, dtype=dtype)
+    dyq, dys = ops.quantize_128x1(dy)
+    xq, xs = ops.quantize_128x1(x)
+    return dy.double().t() @ x.double(), (dyq.t(), dys.t(), xq, xs)
+
+
+@pytest.mark.parametrize("pairing", ["128x128", "128x1"])
+@pytest.mark.parametrize("m,k,n", [(64, 512, 256), (200, 384, 128), (1, 128, 384), (130, 250, 256)])
+def test_gemm_sqnr(pairing, m, k, n):
+    if pairing == "128x128" and k % 128:
+        pytest.skip("Fprop/Dgrad K is always a multiple of 128")
+    torch.manual_seed(1)
+    ref, operands = _gemm_case(pairing, m, k, n)
+    for out_dtype in DTYPES:
+        y = ops.gemm_blockwise(*operands, out_dtype)
+        assert y.dtype == out_dtype and y.shape == (m, n)
+        assert sqnr_db(ref, y) >= 28.0, (pairing, m, k, n, out_dtype)
+
+
+def test_gemm_promotes_per_k_block():
+    """Each 128-wide K block is scaled by its own two scales: blocks with very different
+    magnitudes must come out right (a single scale per row would lose the small block)."""
+    torch.manual_seed(2)
+    a = torch.randn(64, 256)
+    a[:, 128:] *= 1e-3
+    w = torch.randn(128, 256)
+    w[:, :128] *= 1e3
+    aq, as_ = ops.quantize_1x128(a)
+    wq, ws = ops.quantize_128x128(w)
+    y = ops.gemm_blockwise(aq, as_, wq.t(), ws.t(), torch.float32)
+    assert sqnr_db(a.double() @ w.double().t(), y) >= 28.0
+
+
+def test_gemm_reference_equals_blockwise_definition():
+    """The reference computes sum_k (a_blk @ b_blk) * sa * sb in FP32 (what the kernels do)."""
+    torch.manual_seed(3)
+    ref, (aq, as_, bq, bs) = _gemm_case("128x128", 32, 256, 256)
+    y = reference.gemm_blockwise(aq, as_, bq, bs, torch.float32)
+    expect = torch.zeros(32, 256)
+    for kb in range(2):
+        part = aq[:, kb * 128:(kb + 1) * 128].float() @ bq[kb * 128:(kb + 1) * 128].float()
+        expect += part * as_[:, kb:kb + 1] * bs[kb].repeat_interleave(128)[None]
+    assert torch.equal(y, expect)
+
+
+def test_gemm_rejects_bad_operands():
+    aq, as_ = ops.quantize_1x128(torch.randn(16, 256))
+    wq, ws = ops.quantize_128x128(torch.randn(128, 256))
+    with pytest.raises(ValueError, match="a_scale"):
+        ops.gemm_blockwise(aq, as_[:, :1], wq.t(), ws.t(), torch.float32)
+    with pytest.raises(TypeError, match="float8"):
+        ops.gemm_blockwise(aq.float(), as_, wq.t(), ws.t(), torch.float32)
+    with pytest.raises(TypeError, match="bf16/fp16/fp32"):
+        ops.quantize_1x128(torch.randint(0, 3, (4, 128)))
+
+
+def test_zero_rows():
+    q, s = ops.quantize_1x128(torch.randn(0, 256))
+    assert q.shape == (0, 256) and s.shape == (0, 2)
+    q2, s2 = ops.quantize_128x1(torch.randn(0, 256))
+    assert q2.shape == (0, 256) and s2.shape == (0, 256)
+    wq, ws = ops.quantize_128x128(torch.randn(128, 256))
+    assert ops.gemm_blockwise(q, s, wq.t(), ws.t(), torch.bfloat16).shape == (0, 128)
+
+
+@pytest.mark.parametrize("op,args", [
+    ("quantize_1x128", (torch.randn(3, 256),)),
+    ("quantize_128x1", (torch.randn(130, 256),)),
+    ("quantize_1x128_128x1", (torch.randn(130, 256),)),
+    ("quantize_128x128", (torch.randn(256, 384),)),
+])
+def test_opcheck_quantizers(op, args):
+    torch.library.opcheck(getattr(ops, op), args)
+
+
+def test_opcheck_gemm():
+    # opcheck's schema test does arithmetic on the (fp8) inputs, which CPU torch lacks: fake only.
+    _, operands = _gemm_case("128x128", 40, 256, 128)
+    torch.library.opcheck(ops.gemm_blockwise, (*operands, torch.bfloat16), test_utils="test_faketensor")
+    _, operands = _gemm_case("128x1", 40, 200, 128)
+    torch.library.opcheck(ops.gemm_blockwise, (*operands, torch.float32), test_utils="test_faketensor")
