@@ -1,0 +1,226 @@
+"""CUDA kernels of the fp8pass ops, and the GEMM dispatcher.
+
+`register()` makes the Triton kernels the CUDA implementations of `torch.ops.fp8pass.*`
+(through `register_kernel("cuda")` on the custom ops of ops.py: the ops stay opaque nodes with
+fake kernels, so torch.compile traces them without a graph break; the CPU path keeps the torch
+reference). `import fp8pass.kernels` calls it when Triton imports and torch is a CUDA build.
+Importing this module touches no GPU: devices are queried at the first call.
+
+GEMM dispatch: per (M, N, K, scale pairing, out dtype, operand layouts, device) the first call
+times each candidate once and caches the fastest:
+  * "triton"  - the plain-Triton kernel (triton_gemm.py), operands read as given;
+  * "gluon"   - the Gluon sm90 kernel (triton_gemm_gluon.py), which needs K-major operands:
+                used directly when they are, else after K-major copies (their cost is timed);
+  * "cublas"  - cuBLAS blockwise through torch's scaled_mm, with whatever layout copies it
+                needs (A row-major, B column-major, MN-major scales), also timed.
+A candidate is kept only if its result agrees with the Triton kernel's (calc_diff < 1e-4), so a
+misread scale layout can never be picked. FP8PASS_GEMM_BACKEND=triton|gluon|cublas forces one.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import torch
+
+from . import ops
+from .reference import TILE, _cdiv
+
+__all__ = ["register", "registered", "gemm_blockwise", "dispatch_choice", "cublas_gemm_blockwise",
+           "calc_diff", "clear_cache"]
+
+_REGISTERED = False
+_LOCK = threading.Lock()
+
+
+def registered() -> bool:
+    return _REGISTERED
+
+
+def register() -> bool:
+    """Register the Triton kernels as the CUDA kernels of torch.ops.fp8pass.*; idempotent."""
+    global _REGISTERED
+    with _LOCK:
+        if _REGISTERED:
+            return True
+        from . import triton_quantize as tq
+
+        @ops.quantize_1x128.register_kernel("cuda")
+        def _q1x128(x):
+            ops._check_float_input("quantize_1x128", x)
+            return tq.quantize_1x128(x)
+
+        @ops.quantize_128x1.register_kernel("cuda")
+        def _q128x1(x):
+            ops._check_float_input("quantize_128x1", x)
+            return tq.quantize_128x1(x)
+
+        @ops.quantize_1x128_128x1.register_kernel("cuda")
+        def _qdual(x):
+            ops._check_float_input("quantize_1x128_128x1", x)
+            return tq.quantize_1x128_128x1(x)
+
+        @ops.quantize_128x128.register_kernel("cuda")
+        def _q128x128(w):
+            ops._check_float_input("quantize_128x128", w)
+            return tq.quantize_128x128(w)
+
+        @ops.gemm_blockwise.register_kernel("cuda")
+        def _gemm(a, a_scale, b, b_scale, out_dtype):
+            ops.check_gemm_operands(a, a_scale, b, b_scale)
+            return gemm_blockwise(a, a_scale, b, b_scale, out_dtype)
+
+        _REGISTERED = True
+        return True
+
+
+# --------------------------------------------------------------------------------------------
+# numerics helper (the DeepGEMM gate)
+# --------------------------------------------------------------------------------------------
+def calc_diff(x: torch.Tensor, y: torch.Tensor) -> float:
+    """1 - 2*sum(x*y) / sum(x*x + y*y), in float64 (DeepGEMM's accuracy measure)."""
+    x, y = x.double(), y.double()
+    denom = (x * x + y * y).sum()
+    if denom == 0:
+        return 0.0
+    return float(1 - 2 * (x * y).sum() / denom)
+
+
+# --------------------------------------------------------------------------------------------
+# cuBLAS blockwise
+# --------------------------------------------------------------------------------------------
+def _mn_major(scale: torch.Tensor) -> torch.Tensor:
+    """[R, C] scale with strides (1, R): 'outer-dim-major' as cuBLAS blockwise wants it."""
+    if scale.stride(0) == 1 and (scale.shape[1] <= 1 or scale.stride(1) == scale.shape[0]):
+        return scale
+    return scale.t().contiguous().t()
+
+
+def cublas_gemm_blockwise(a, a_scale, b, b_scale, out_dtype):
+    """cuBLAS blockwise FP8 through torch (F.scaled_mm where present, else torch._scaled_mm).
+
+    A must be row-major and B column-major; the 1x128 scale of A is passed MN-major; B's 128x128
+    block scale as [KB, NB] with strides (1, KB); B's 128x1 scale as [KB, N] row-major
+    (cuBLAS calls it 1x128 along K of B^T). Copies are made where the given layouts differ."""
+    n = b.shape[1]
+    b_block = b_scale.shape[1] != n
+    if a.stride(1) != 1:
+        a = a.contiguous()
+    if b.stride(0) != 1:
+        b = b.t().contiguous().t()
+    sa = _mn_major(a_scale)
+    if b_block:
+        sb = _mn_major(b_scale)  # [KB, NB], strides (1, KB)
+    else:
+        sb = b_scale.contiguous()  # [KB, N] row-major == (B^T's [N, KB]) outer-dim-major
+    F = torch.nn.functional
+    if hasattr(F, "scaled_mm") and hasattr(F, "ScalingType"):
+        st = F.ScalingType
+        return F.scaled_mm(a, b, sa, st.BlockWise1x128, sb,
+                           st.BlockWise128x128 if b_block else st.BlockWise1x128,
+                           output_dtype=out_dtype)
+    return torch._scaled_mm(a, b, sa, sb, out_dtype=out_dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# dispatcher
+# --------------------------------------------------------------------------------------------
+_choice: dict = {}
+_choice_info: dict = {}
+
+
+def clear_cache() -> None:
+    _choice.clear()
+    _choice_info.clear()
+
+
+def _key(a, a_scale, b, b_scale, out_dtype):
+    m, k = a.shape
+    n = b.shape[1]
+    return (m, n, k, b_scale.shape[1] != n, out_dtype, a.stride(1) == 1, b.stride(0) == 1,
+            a_scale.stride(0) == 1, b_scale.stride(0) == 1, a.device.index)
+
+
+def _k_major_copies(a, b):
+    if a.stride(1) != 1:
+        a = a.contiguous()
+    if b.stride(0) != 1:
+        b = b.t().contiguous().t()
+    return a, b
+
+
+def _run(name, a, a_scale, b, b_scale, out_dtype):
+    from . import triton_gemm, triton_gemm_gluon
+
+    if name == "triton":
+        return triton_gemm.gemm_blockwise(a, a_scale, b, b_scale, out_dtype)
+    if name == "gluon":
+        a2, b2 = _k_major_copies(a, b)
+        return triton_gemm_gluon.gemm_blockwise(a2, a_scale, b2, b_scale, out_dtype)
+    if name == "cublas":
+        return cublas_gemm_blockwise(a, a_scale, b, b_scale, out_dtype)
+    raise ValueError(f"unknown GEMM backend {name!r}")
+
+
+def _candidates(a, b):
+    from . import triton_gemm_gluon
+
+    names = ["triton"]
+    a2_ok = (a.shape[1] * a.element_size()) % 16 == 0  # K-major copy rows must be 16-byte aligned
+    if triton_gemm_gluon.available() and a2_ok and (b.shape[1] > 0):
+        names.append("gluon")
+    names.append("cublas")
+    return names
+
+
+def dispatch_choice(a, a_scale, b, b_scale, out_dtype):
+    """The cached backend for these operands, or None if not yet measured."""
+    return _choice.get(_key(a, a_scale, b, b_scale, out_dtype))
+
+
+def _measure(a, a_scale, b, b_scale, out_dtype, key):
+    import triton.testing
+
+    ref = _run("triton", a, a_scale, b, b_scale, out_dtype)
+    results = {}
+    for name in _candidates(a, b):
+        try:
+            out = _run(name, a, a_scale, b, b_scale, out_dtype)
+            if name != "triton":
+                diff = calc_diff(out.float(), ref.float())
+                if not (diff < 1e-4):
+                    results[name] = f"rejected: calc_diff {diff:.3g} vs the Triton kernel"
+                    continue
+            ms = triton.testing.do_bench(lambda: _run(name, a, a_scale, b, b_scale, out_dtype),
+                                         warmup=10, rep=40, return_mode="median")
+            results[name] = ms
+        except Exception as exc:  # a backend that cannot take these operands is skipped
+            results[name] = f"unavailable: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    timed = {k: v for k, v in results.items() if isinstance(v, float)}
+    best = min(timed, key=timed.get) if timed else "triton"
+    _choice[key] = best
+    _choice_info[key] = results
+    return best
+
+
+def gemm_blockwise(a, a_scale, b, b_scale, out_dtype):
+    forced = os.environ.get("FP8PASS_GEMM_BACKEND", "auto")
+    if forced != "auto":
+        return _run(forced, a, a_scale, b, b_scale, out_dtype)
+    key = _key(a, a_scale, b, b_scale, out_dtype)
+    name = _choice.get(key)
+    if name is None:
+        if torch.cuda.is_current_stream_capturing():
+            from . import triton_gemm
+            cfg = triton_gemm.GEMM_CONFIGS[0]
+            return triton_gemm.gemm_blockwise(a, a_scale, b, b_scale, out_dtype,
+                                              config={**cfg.kwargs, "num_warps": cfg.num_warps,
+                                                      "num_stages": cfg.num_stages})
+        name = _measure(a, a_scale, b, b_scale, out_dtype, key)
+    return _run(name, a, a_scale, b, b_scale, out_dtype)
+
+
+def dispatch_report() -> dict:
+    """{key: {backend: ms or reason}} for every measured key (for benchmarks and explain())."""
+    return {k: dict(v) for k, v in _choice_info.items()}

@@ -1,0 +1,295 @@
+"""Blockwise-scaled FP8 GEMM in Gluon for sm90 (Hopper): the MMA of the next K block stays in
+flight while the previous block's partial product is scaled into the fp32 accumulator.
+
+Same numerics and argument contract as `triton_gemm.gemm_blockwise` (see reference.py), but
+the operands must be K-major in memory (A[M, K] with stride(1) == 1, B[K, N] with
+stride(0) == 1, i.e. B.T row-major: the Fprop layout, or Dgrad/Wgrad on transposed FP8
+copies) with 16-byte aligned row strides, because FP8 wgmma reads both operands K-major from
+shared memory and TMA needs aligned strides. Tails in M, N and K come zero-filled from TMA.
+
+Per CTA (BLOCK_M x BLOCK_N output tile, 2 warpgroups for BLOCK_M = 128):
+    TMA ring of NUM_STAGES (A, B) stages, one mbarrier each, all filled before the loop;
+    iteration k:  wait stage k  ->  issue wgmma(k) async into a fresh partial (use_acc=False)
+                  wgmma_wait(1)  -> partial k-1 done (k is still running on the tensor cores)
+                  CTA barrier    -> every warpgroup is done with stage k-1: refill it by TMA
+                  acc += partial(k-1) * sa(k-1) * sb(k-1)   (on the CUDA cores, overlapped)
+The scales for block k are loaded one iteration ahead, so their latency is hidden too.
+
+Import is harmless without a GPU; `available()` says whether Gluon is usable here.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+
+from .reference import TILE
+
+try:  # Gluon is experimental: absent from older Triton, names move between releases
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import (
+        fence_async_shared,
+        mbarrier,
+        tma,
+        warpgroup_mma,
+        warpgroup_mma_wait,
+    )
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
+    _cta_barrier = getattr(gl, "barrier", None) or gl.thread_barrier
+    _GLUON_IMPORT_ERROR = None
+except Exception as exc:  # pragma: no cover - depends on the installed Triton
+    gluon = None
+    _GLUON_IMPORT_ERROR = exc
+
+__all__ = ["available", "supports", "gemm_blockwise", "GLUON_CONFIGS"]
+
+
+def available() -> bool:
+    if gluon is None or not torch.cuda.is_available():
+        return False
+    return torch.cuda.get_device_capability()[0] == 9
+
+
+def _k_major(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return (a.stride(1) == 1 and b.stride(0) == 1
+            and (a.stride(0) * a.element_size()) % 16 == 0 and (b.stride(1) * b.element_size()) % 16 == 0
+            and a.data_ptr() % 16 == 0 and b.data_ptr() % 16 == 0)
+
+
+def supports(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Operands this kernel can take as they are (no copy)."""
+    return available() and a.is_cuda and _k_major(a, b) and a.shape[1] > 0
+
+
+if gluon is not None:
+
+    @gluon.jit
+    def _promote(acc, part, sa, sb, SCALAR_SB: gl.constexpr):
+        if SCALAR_SB:
+            acc = acc + part * (sa * sb)[:, None]
+        else:
+            acc = acc + part * sa[:, None] * sb[None, :]
+        # An opaque (non-pure) copy of acc: the next wgmma (also an opaque asm) cannot be
+        # issued before every FMA above has read the partial, so the partial's registers are
+        # free by then and LLVM reuses them for the next partial instead of copying an
+        # in-flight wgmma accumulator at the loop back-edge (ptxas C7514 serialization).
+        return gl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [acc], dtype=gl.float32, is_pure=False,
+                                         pack=1)
+
+    @gluon.jit
+    def _load_scales(as_ptrs, bs_ptrs, kblk, s_ask, s_bsk):
+        return gl.load(as_ptrs + kblk * s_ask), gl.load(bs_ptrs + kblk * s_bsk)
+
+    @gluon.jit
+    def _load_scales_vec(as_ptrs, bs_base, cols_lin, kblk, s_ask, s_bsk, s_bsn, col_layout: gl.constexpr):
+        """128x1 b scales: one coalesced load (32-bit offsets, one value a thread), then a
+        layout conversion, instead of a 64-bit pointer per accumulator column in registers."""
+        sb = gl.load(bs_base + kblk * s_bsk + cols_lin * s_bsn)
+        return gl.load(as_ptrs + kblk * s_ask), gl.convert_layout(sb, col_layout)
+
+    @gluon.jit
+    def _refill(a_desc, b_desc, a_bufs, b_bufs, ready, kdone, num_k, off_m, off_n,
+                NUM_STAGES: gl.constexpr, nbytes: gl.constexpr):
+        """Block kdone's wgmma has completed in this warpgroup: once every warpgroup has,
+        load block kdone + NUM_STAGES into its stage."""
+        _cta_barrier()
+        kn = kdone + NUM_STAGES
+        sn = kdone % NUM_STAGES
+        pred = kn < num_k
+        mbarrier.expect(ready.index(sn), nbytes, pred=pred)
+        _tma_load(a_desc, [off_m, kn * 128], ready.index(sn), a_bufs.index(sn), pred=pred)
+        _tma_load(b_desc, [off_n, kn * 128], ready.index(sn), b_bufs.index(sn), pred=pred)
+
+    @gluon.jit
+    def _gluon_gemm_kernel(
+        a_desc, b_desc, c_ptr, as_ptr, bs_ptr,
+        M, N, K,
+        s_cm, s_cn, s_asm, s_ask, s_bsk, s_bsn,
+        B_BLOCK: gl.constexpr,
+        BLOCK_M: gl.constexpr,
+        BLOCK_N: gl.constexpr,
+        NUM_STAGES: gl.constexpr,
+        GROUP_M: gl.constexpr,
+        num_warps: gl.constexpr,
+    ):
+        BLOCK_K: gl.constexpr = 128
+        pid = gl.program_id(0)
+        num_pid_m = (M + BLOCK_M - 1) // BLOCK_M
+        num_pid_n = (N + BLOCK_N - 1) // BLOCK_N
+        num_pid_in_group = GROUP_M * num_pid_n
+        group_id = pid // num_pid_in_group
+        first_pid_m = group_id * GROUP_M
+        group_size_m = gl.minimum(num_pid_m - first_pid_m, GROUP_M)
+        pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
+        pid_n = (pid % num_pid_in_group) // group_size_m
+        off_m = pid_m * BLOCK_M
+        off_n = pid_n * BLOCK_N
+
+        a_bufs = gl.allocate_shared_memory(a_desc.dtype, [NUM_STAGES, BLOCK_M, BLOCK_K], a_desc.layout)
+        b_bufs = gl.allocate_shared_memory(b_desc.dtype, [NUM_STAGES, BLOCK_N, BLOCK_K], b_desc.layout)
+        ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(NUM_STAGES):
+            mbarrier.init(ready.index(i), count=1)
+        fence_async_shared()
+
+        num_k = (K + BLOCK_K - 1) // BLOCK_K
+        nbytes: gl.constexpr = (BLOCK_M + BLOCK_N) * BLOCK_K  # fp8: one byte an element
+        for i in gl.static_range(NUM_STAGES):
+            pred = i < num_k
+            mbarrier.expect(ready.index(i), nbytes, pred=pred)
+            _tma_load(a_desc, [off_m, i * BLOCK_K], ready.index(i), a_bufs.index(i), pred=pred)
+            _tma_load(b_desc, [off_n, i * BLOCK_K], ready.index(i), b_bufs.index(i), pred=pred)
+
+        WARPS_M: gl.constexpr = num_warps if BLOCK_M >= 16 * num_warps else BLOCK_M // 16
+        WARPS_N: gl.constexpr = num_warps // WARPS_M
+        mma_layout: gl.constexpr = gl.NVMMADistributedLayout(
+            version=[3, 0], warps_per_cta=[WARPS_M, WARPS_N], instr_shape=[16, BLOCK_N // WARPS_N, 32])
+        row_layout: gl.constexpr = gl.SliceLayout(1, mma_layout)
+        col_layout: gl.constexpr = gl.SliceLayout(0, mma_layout)
+
+        offs_m = off_m + gl.arange(0, BLOCK_M, layout=row_layout)
+        offs_n = off_n + gl.arange(0, BLOCK_N, layout=col_layout)
+        rm = (offs_m % M).to(gl.int64)
+        rn = (offs_n % N).to(gl.int64)
+        as_ptrs = as_ptr + rm * s_asm
+        gl.static_assert(BLOCK_N <= 128, "the two fp32 partials cap BLOCK_N at 128")
+        SCALAR_SB: gl.constexpr = B_BLOCK
+        if SCALAR_SB:
+            bs_ptrs = bs_ptr + (off_n // 128) * s_bsn  # one 128x128 block column: a scalar
+        else:
+            lin_layout: gl.constexpr = gl.BlockedLayout([1], [32], [num_warps], [0])
+            cols_lin = (off_n + gl.arange(0, BLOCK_N, layout=lin_layout)) % N
+            bs_ptrs = bs_ptr
+
+        acc = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, mma_layout)
+        zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, mma_layout)
+
+        # Two partials, P0 and P1, in fixed registers: the loop is unrolled by two so that no
+        # register copy ever touches an accumulator of a wgmma in flight (ptxas would then
+        # serialize every wgmma). With 128x128 block scales the scales of a block are loaded one
+        # step ahead (PREFETCH); 128x1 scales are vectors that would not fit in registers twice,
+        # so they are loaded just before the wait on the block's wgmma.
+        PREFETCH: gl.constexpr = SCALAR_SB
+        if PREFETCH:
+            sa0, sb0 = _load_scales(as_ptrs, bs_ptrs, 0, s_ask, s_bsk)
+        mbarrier.wait(ready.index(0), 0)
+        p0 = warpgroup_mma(a_bufs.index(0), b_bufs.index(0).permute((1, 0)), zero, use_acc=False, is_async=True)
+        for k in range(1, num_k - 1, 2):
+            # issue block k into P1, promote block k-1 from P0
+            s1 = k % NUM_STAGES
+            mbarrier.wait(ready.index(s1), (k // NUM_STAGES) & 1)
+            p1 = warpgroup_mma(a_bufs.index(s1), b_bufs.index(s1).permute((1, 0)), zero, use_acc=False,
+                               is_async=True)
+            if PREFETCH:
+                sa1, sb1 = _load_scales(as_ptrs, bs_ptrs, k, s_ask, s_bsk)
+            else:
+                sa0, sb0 = _load_scales_vec(as_ptrs, bs_ptr, cols_lin, k - 1, s_ask, s_bsk, s_bsn, col_layout)
+            d0 = warpgroup_mma_wait(1, deps=(p0, ))
+            _refill(a_desc, b_desc, a_bufs, b_bufs, ready, k - 1, num_k, off_m, off_n, NUM_STAGES, nbytes)
+            acc = _promote(acc, d0, sa0, sb0, SCALAR_SB)
+            # issue block k+1 into P0, promote block k from P1
+            k2 = k + 1
+            s0 = k2 % NUM_STAGES
+            mbarrier.wait(ready.index(s0), (k2 // NUM_STAGES) & 1)
+            p0 = warpgroup_mma(a_bufs.index(s0), b_bufs.index(s0).permute((1, 0)), zero, use_acc=False,
+                               is_async=True)
+            if PREFETCH:
+                sa0, sb0 = _load_scales(as_ptrs, bs_ptrs, k2, s_ask, s_bsk)
+            else:
+                sa1, sb1 = _load_scales_vec(as_ptrs, bs_ptr, cols_lin, k, s_ask, s_bsk, s_bsn, col_layout)
+            d1 = warpgroup_mma_wait(1, deps=(p1, ))
+            _refill(a_desc, b_desc, a_bufs, b_bufs, ready, k, num_k, off_m, off_n, NUM_STAGES, nbytes)
+            acc = _promote(acc, d1, sa1, sb1, SCALAR_SB)
+        if num_k % 2 == 0:
+            # one block left: issue it into P1, then drain both
+            k = num_k - 1
+            s1 = k % NUM_STAGES
+            mbarrier.wait(ready.index(s1), (k // NUM_STAGES) & 1)
+            p1 = warpgroup_mma(a_bufs.index(s1), b_bufs.index(s1).permute((1, 0)), zero, use_acc=False,
+                               is_async=True)
+            if PREFETCH:
+                sa1, sb1 = _load_scales(as_ptrs, bs_ptrs, k, s_ask, s_bsk)
+            else:
+                sa0, sb0 = _load_scales_vec(as_ptrs, bs_ptr, cols_lin, k - 1, s_ask, s_bsk, s_bsn, col_layout)
+            d0 = warpgroup_mma_wait(1, deps=(p0, ))
+            acc = _promote(acc, d0, sa0, sb0, SCALAR_SB)
+            if not PREFETCH:
+                sa1, sb1 = _load_scales_vec(as_ptrs, bs_ptr, cols_lin, k, s_ask, s_bsk, s_bsn, col_layout)
+            d1 = warpgroup_mma_wait(0, deps=(p1, ))
+            acc = _promote(acc, d1, sa1, sb1, SCALAR_SB)
+        else:
+            if not PREFETCH:
+                sa0, sb0 = _load_scales_vec(as_ptrs, bs_ptr, cols_lin, num_k - 1, s_ask, s_bsk, s_bsn, col_layout)
+            d0 = warpgroup_mma_wait(0, deps=(p0, ))
+            acc = _promote(acc, d0, sa0, sb0, SCALAR_SB)
+
+        for i in gl.static_range(NUM_STAGES):
+            mbarrier.invalidate(ready.index(i))
+
+        c = acc.to(c_ptr.dtype.element_ty)
+        c_ptrs = c_ptr + offs_m.to(gl.int64)[:, None] * s_cm + offs_n.to(gl.int64)[None, :] * s_cn
+        mask = (offs_m < M)[:, None] & (offs_n < N)[None, :]
+        gl.store(c_ptrs, c, mask=mask)
+
+
+# (BLOCK_M, BLOCK_N, num_warps, NUM_STAGES): the fp32 accumulator and two fp32 partials must
+# fit in registers, which caps a warpgroup at a 64x128 share of the tile.
+GLUON_CONFIGS = [(128, 128, 8, 4), (128, 128, 8, 5), (128, 128, 8, 3), (64, 128, 4, 4)]
+
+_choice_cache: dict = {}
+
+
+def _launch(a, a_scale, b, b_scale, out, cfg):
+    bm, bn, warps, stages = cfg
+    m, k = a.shape
+    n = b.shape[1]
+    a_layout = gl.NVMMASharedLayout.get_default_for([bm, TILE], gl.float8e4nv)
+    b_layout = gl.NVMMASharedLayout.get_default_for([bn, TILE], gl.float8e4nv)
+    a_desc = TensorDescriptor.from_tensor(a, [bm, TILE], a_layout)
+    b_desc = TensorDescriptor.from_tensor(b.t(), [bn, TILE], b_layout)
+    b_block = b_scale.shape[1] != n
+    grid = (triton.cdiv(m, bm) * triton.cdiv(n, bn),)
+    _gluon_gemm_kernel[grid](
+        a_desc, b_desc, out, a_scale, b_scale, m, n, k,
+        out.stride(0), out.stride(1), a_scale.stride(0), a_scale.stride(1), b_scale.stride(0), b_scale.stride(1),
+        B_BLOCK=b_block, BLOCK_M=bm, BLOCK_N=bn, NUM_STAGES=stages, GROUP_M=8, num_warps=warps,
+    )
+    return out
+
+
+def gemm_blockwise(a: torch.Tensor, a_scale: torch.Tensor, b: torch.Tensor, b_scale: torch.Tensor,
+                   out_dtype: torch.dtype, *, config: tuple | None = None, out: torch.Tensor | None = None
+                   ) -> torch.Tensor:
+    """K-major operands only (see `supports`). Without `config`, the first call for a
+    (shape, pairing, dtype) times GLUON_CONFIGS and keeps the fastest."""
+    m, k = a.shape
+    n = b.shape[1]
+    if out is None:
+        out = torch.empty((m, n), dtype=out_dtype, device=a.device)
+    if m == 0 or n == 0:
+        return out
+    if config is not None:
+        return _launch(a, a_scale, b, b_scale, out, config)
+    key = (m, n, k, b_scale.shape[1] != n, out_dtype, a_scale.stride(), b_scale.stride())
+    cfg = _choice_cache.get(key)
+    if cfg is None:
+        if torch.cuda.is_current_stream_capturing():
+            cfg = GLUON_CONFIGS[0]
+        else:
+            best = None
+            for c in GLUON_CONFIGS:
+                try:
+                    t = triton.testing.do_bench(lambda: _launch(a, a_scale, b, b_scale, out, c),
+                                                warmup=5, rep=20, return_mode="median")
+                except Exception:  # a config that does not compile here is skipped
+                    continue
+                if best is None or t < best[0]:
+                    best = (t, c)
+            if best is None:
+                raise RuntimeError("no Gluon GEMM config compiled on this device")
+            cfg = best[1]
+        _choice_cache[key] = cfg
+    return _launch(a, a_scale, b, b_scale, out, cfg)

@@ -1,0 +1,340 @@
+"""Triton quantization kernels (E4M3, fine-grained scales), bit-identical to `reference.py`.
+
+Numerics, per tile (see reference.py):
+    amax  = max |x| in fp32, NaN if any element of the tile is NaN
+    scale = clamp_min(amax, AMAX_EPS) / 448           (IEEE division, round to nearest)
+    q     = fp8e4nv(clamp(x / scale, -448, 448))       (IEEE division, RNE cast, NaN kept)
+
+Two details make this bit-identical rather than close:
+  * fp32 `/` in Triton lowers to an approximate division on NVIDIA; `tl.math.div_rn` is
+    the correctly rounded one that torch uses.
+  * `tl.max` / `tl.maximum` / `tl.minimum` may drop NaN (PTX max.f32 returns the other
+    operand), so a NaN flag is reduced separately and the clamp restores NaN explicitly.
+
+Kernels (all read the input through its strides, with no copy; tails are masked):
+    quantize_1x128(x[..., K])          rows of any rank (leading dims folded when their strides
+                                       allow, else up to two leading dims addressed by stride)
+    quantize_128x1(x[M, K])            optionally also/only writing the FP8 copy transposed
+    quantize_1x128_128x1(x[M, K])      one read, both copies
+    quantize_128x128(w[R, C])          optionally also writing the transposed FP8 copy
+The transposed outputs are an addition to the contract: the Wgrad/Dgrad GEMM operands in
+K-major storage, which the tensor cores want for FP8 (see triton_gemm.py).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from .reference import AMAX_EPS, FP8_DTYPE, FP8_MAX, TILE, _cdiv
+
+__all__ = [
+    "quantize_1x128",
+    "quantize_128x1",
+    "quantize_1x128_128x1",
+    "quantize_128x128",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# device helpers
+# --------------------------------------------------------------------------------------------
+_EPS = tl.constexpr(AMAX_EPS)
+_FMAX = tl.constexpr(FP8_MAX)
+_NAN = tl.constexpr(float("nan"))
+
+
+@triton.jit
+def _scale_of(amax, nan_flag):
+    """scale = clamp_min(amax, eps) / 448, NaN when the tile holds a NaN."""
+    scale = tl.math.div_rn(tl.maximum(amax, _EPS), _FMAX)
+    return tl.where(nan_flag > 0, _NAN, scale)
+
+
+@triton.jit
+def _to_fp8(x, scale):
+    """clamp(x / scale, -448, 448) cast to E4M3 (RNE); NaN stays NaN."""
+    y = tl.math.div_rn(x, scale)
+    c = tl.minimum(tl.maximum(y, -_FMAX), _FMAX)
+    c = tl.where(y != y, y, c)
+    return c.to(tl.float8e4nv)
+
+
+# --------------------------------------------------------------------------------------------
+# 1x128 tiles along the last dim
+# --------------------------------------------------------------------------------------------
+@triton.jit
+def _quant_1x128_kernel(
+    x_ptr, q_ptr, s_ptr,
+    R, D1, K, KB,
+    sx0, sx1, sxk,
+    BLOCK_R: tl.constexpr,
+    EVEN_K: tl.constexpr,
+):
+    pid_r = tl.program_id(0)
+    kb = tl.program_id(1)
+    rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = kb * 128 + tl.arange(0, 128)
+    r0 = rows // D1
+    r1 = rows - r0 * D1
+    row_off = r0.to(tl.int64) * sx0 + r1.to(tl.int64) * sx1
+    rmask = rows < R
+    if EVEN_K:
+        mask = rmask[:, None]
+    else:
+        mask = rmask[:, None] & (cols < K)[None, :]
+    x = tl.load(x_ptr + row_off[:, None] + cols[None, :].to(tl.int64) * sxk, mask=mask, other=0.0).to(tl.float32)
+    amax = tl.max(tl.abs(x), axis=1)
+    nan_flag = tl.max((x != x).to(tl.int32), axis=1)
+    scale = _scale_of(amax, nan_flag)
+    q = _to_fp8(x, scale[:, None])
+    out_off = rows.to(tl.int64)[:, None] * K + cols[None, :]
+    tl.store(q_ptr + out_off, q, mask=mask)
+    tl.store(s_ptr + rows.to(tl.int64) * KB + kb, scale, mask=rmask)
+
+
+def _fold_leading(x: torch.Tensor):
+    """Fold the leading dims of x (all but the last) into at most two strided dims.
+
+    Returns (D0, D1, s0, s1) with row r -> (r // D1) * s0 + (r % D1) * s1, or None if more than
+    two dims remain after merging the ones whose strides allow it."""
+    dims = [(s, st) for s, st in zip(x.shape[:-1], x.stride()[:-1]) if s != 1]
+    merged: list[list[int]] = []
+    for size, stride in dims:
+        if merged and merged[-1][1] == stride * size:
+            merged[-1][0] *= size
+            merged[-1][1] = stride
+        else:
+            merged.append([size, stride])
+    if len(merged) == 0:
+        return 1, 1, 0, 0
+    if len(merged) == 1:
+        return 1, merged[0][0], 0, merged[0][1]
+    if len(merged) == 2:
+        return merged[0][0], merged[1][0], merged[0][1], merged[1][1]
+    return None
+
+
+_BLOCK_R_1x128 = int(os.environ.get("FP8PASS_Q1X128_BLOCK_R", "32"))
+_WARPS_1x128 = int(os.environ.get("FP8PASS_Q1X128_WARPS", "4"))
+
+
+def quantize_1x128(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """q[..., K] (contiguous), scale[..., ceil(K/128)] (contiguous)."""
+    if x.dim() == 0:
+        raise ValueError("quantize_1x128 needs at least one dim")
+    k = x.shape[-1]
+    kb = _cdiv(k, TILE)
+    q = torch.empty(x.shape, dtype=FP8_DTYPE, device=x.device)
+    s = torch.empty((*x.shape[:-1], kb), dtype=torch.float32, device=x.device)
+    rows = x.numel() // k if k else 0
+    if rows == 0 or k == 0:
+        return q, s
+    folded = _fold_leading(x)
+    if folded is None:  # more than two non-mergeable leading dims: rare, pay a copy
+        x = x.contiguous()
+        folded = _fold_leading(x)
+    d0, d1, s0, s1 = folded
+    grid = (triton.cdiv(rows, _BLOCK_R_1x128), kb)
+    _quant_1x128_kernel[grid](
+        x, q, s, rows, d1, k, kb, s0, s1, x.stride(-1),
+        BLOCK_R=_BLOCK_R_1x128, EVEN_K=(k % TILE == 0), num_warps=_WARPS_1x128,
+    )
+    return q, s
+
+
+# --------------------------------------------------------------------------------------------
+# 128x1 tiles (128 rows, one column)
+# --------------------------------------------------------------------------------------------
+@triton.jit
+def _quant_128x1_kernel(
+    x_ptr, q_ptr, qt_ptr, s_ptr, st_ptr,
+    M, K, MB,
+    sxm, sxk,
+    BLOCK_C: tl.constexpr,
+    WRITE_Q: tl.constexpr,
+    WRITE_QT: tl.constexpr,
+):
+    mb = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    rows = mb * 128 + tl.arange(0, 128)
+    cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    rmask = rows < M
+    cmask = cols < K
+    mask = rmask[:, None] & cmask[None, :]
+    x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * sxm + cols.to(tl.int64)[None, :] * sxk,
+                mask=mask, other=0.0).to(tl.float32)
+    amax = tl.max(tl.abs(x), axis=0)
+    nan_flag = tl.max((x != x).to(tl.int32), axis=0)
+    scale = _scale_of(amax, nan_flag)
+    q = _to_fp8(x, scale[None, :])
+    if WRITE_Q:
+        tl.store(q_ptr + rows.to(tl.int64)[:, None] * K + cols[None, :], q, mask=mask)
+        tl.store(s_ptr + mb.to(tl.int64) * K + cols, scale, mask=cmask)
+    if WRITE_QT:
+        # transposed copy: qt[K, M], st[K, MB]
+        tl.store(qt_ptr + cols.to(tl.int64)[None, :] * M + rows[:, None], q, mask=mask)
+        tl.store(st_ptr + cols.to(tl.int64) * MB + mb, scale, mask=cmask)
+
+
+_BLOCK_C_128x1 = int(os.environ.get("FP8PASS_Q128X1_BLOCK_C", "64"))
+_WARPS_128x1 = int(os.environ.get("FP8PASS_Q128X1_WARPS", "8"))
+
+
+def quantize_128x1(x: torch.Tensor, *, layout: str = "normal"):
+    """128x1 tiles of a 2-D x[M, K].
+
+    layout="normal":     (q[M, K], scale[ceil(M/128), K])              -- the contract
+    layout="transposed": (qt[K, M], scale_t[K, ceil(M/128)]) contiguous -- q.T and scale.T
+    layout="both":       (q, scale, qt, scale_t)
+    """
+    if x.dim() != 2:
+        raise ValueError(f"quantize_128x1 expects a 2-D tensor, got shape {tuple(x.shape)}")
+    m, k = x.shape
+    mb = _cdiv(m, TILE)
+    want_q = layout in ("normal", "both")
+    want_qt = layout in ("transposed", "both")
+    if not (want_q or want_qt):
+        raise ValueError(f"unknown layout {layout!r}")
+    dev = x.device
+    q = torch.empty((m, k), dtype=FP8_DTYPE, device=dev) if want_q else None
+    s = torch.empty((mb, k), dtype=torch.float32, device=dev) if want_q else None
+    qt = torch.empty((k, m), dtype=FP8_DTYPE, device=dev) if want_qt else None
+    st = torch.empty((k, mb), dtype=torch.float32, device=dev) if want_qt else None
+    if m and k:
+        dummy_q = q if q is not None else qt
+        dummy_s = s if s is not None else st
+        grid = (mb, triton.cdiv(k, _BLOCK_C_128x1))
+        _quant_128x1_kernel[grid](
+            x, q if want_q else dummy_q, qt if want_qt else dummy_q,
+            s if want_q else dummy_s, st if want_qt else dummy_s,
+            m, k, mb, x.stride(0), x.stride(1),
+            BLOCK_C=_BLOCK_C_128x1, WRITE_Q=want_q, WRITE_QT=want_qt, num_warps=_WARPS_128x1,
+        )
+    if layout == "normal":
+        return q, s
+    if layout == "transposed":
+        return qt, st
+    return q, s, qt, st
+
+
+# --------------------------------------------------------------------------------------------
+# both copies from one read
+# --------------------------------------------------------------------------------------------
+@triton.jit
+def _quant_dual_kernel(
+    x_ptr, qr_ptr, sr_ptr, qc_ptr, sc_ptr,
+    M, K, KB, MB,
+    sxm, sxk,
+    COL_TRANSPOSED: tl.constexpr,
+    EVEN_K: tl.constexpr,
+):
+    mb = tl.program_id(0)
+    kb = tl.program_id(1)
+    rows = mb * 128 + tl.arange(0, 128)
+    cols = kb * 128 + tl.arange(0, 128)
+    rmask = rows < M
+    cmask = cols < K
+    if EVEN_K:
+        mask = rmask[:, None]
+    else:
+        mask = rmask[:, None] & cmask[None, :]
+    x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * sxm + cols.to(tl.int64)[None, :] * sxk,
+                mask=mask, other=0.0).to(tl.float32)
+    isnan = (x != x).to(tl.int32)
+    ax = tl.abs(x)
+    # 1x128 (row tiles)
+    s_row = _scale_of(tl.max(ax, axis=1), tl.max(isnan, axis=1))
+    q_row = _to_fp8(x, s_row[:, None])
+    tl.store(qr_ptr + rows.to(tl.int64)[:, None] * K + cols[None, :], q_row, mask=mask)
+    tl.store(sr_ptr + rows.to(tl.int64) * KB + kb, s_row, mask=rmask)
+    # 128x1 (column tiles)
+    s_col = _scale_of(tl.max(ax, axis=0), tl.max(isnan, axis=0))
+    q_col = _to_fp8(x, s_col[None, :])
+    if COL_TRANSPOSED:
+        tl.store(qc_ptr + cols.to(tl.int64)[None, :] * M + rows[:, None], q_col, mask=mask)
+        tl.store(sc_ptr + cols.to(tl.int64) * MB + mb, s_col, mask=cmask)
+    else:
+        tl.store(qc_ptr + rows.to(tl.int64)[:, None] * K + cols[None, :], q_col, mask=mask)
+        tl.store(sc_ptr + mb.to(tl.int64) * K + cols, s_col, mask=cmask)
+
+
+_WARPS_DUAL = int(os.environ.get("FP8PASS_QDUAL_WARPS", "8"))
+
+
+def quantize_1x128_128x1(x: torch.Tensor, *, col_layout: str = "normal"):
+    """(q_row[M, K], s_row[M, KB], q_col, s_col) from one read of a 2-D x.
+
+    col_layout="normal": q_col[M, K], s_col[MB, K] (the contract);
+    col_layout="transposed": q_col is q_col.T stored contiguous [K, M], s_col is [K, MB]."""
+    if x.dim() != 2:
+        raise ValueError(f"quantize_1x128_128x1 expects a 2-D tensor, got shape {tuple(x.shape)}")
+    if col_layout not in ("normal", "transposed"):
+        raise ValueError(f"unknown col_layout {col_layout!r}")
+    m, k = x.shape
+    kb, mb = _cdiv(k, TILE), _cdiv(m, TILE)
+    dev = x.device
+    q_row = torch.empty((m, k), dtype=FP8_DTYPE, device=dev)
+    s_row = torch.empty((m, kb), dtype=torch.float32, device=dev)
+    trans = col_layout == "transposed"
+    q_col = torch.empty((k, m) if trans else (m, k), dtype=FP8_DTYPE, device=dev)
+    s_col = torch.empty((k, mb) if trans else (mb, k), dtype=torch.float32, device=dev)
+    if m and k:
+        _quant_dual_kernel[(mb, kb)](
+            x, q_row, s_row, q_col, s_col, m, k, kb, mb, x.stride(0), x.stride(1),
+            COL_TRANSPOSED=trans, EVEN_K=(k % TILE == 0), num_warps=_WARPS_DUAL,
+        )
+    return q_row, s_row, q_col, s_col
+
+
+# --------------------------------------------------------------------------------------------
+# 128x128 blocks
+# --------------------------------------------------------------------------------------------
+@triton.jit
+def _quant_128x128_kernel(
+    x_ptr, q_ptr, qt_ptr, s_ptr,
+    R, C, CB,
+    sxr, sxc,
+    WRITE_QT: tl.constexpr,
+):
+    rb = tl.program_id(0)
+    cb = tl.program_id(1)
+    rows = rb * 128 + tl.arange(0, 128)
+    cols = cb * 128 + tl.arange(0, 128)
+    mask = (rows < R)[:, None] & (cols < C)[None, :]
+    x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * sxr + cols.to(tl.int64)[None, :] * sxc,
+                mask=mask, other=0.0).to(tl.float32)
+    amax = tl.max(tl.max(tl.abs(x), axis=1), axis=0)
+    nan_flag = tl.max(tl.max((x != x).to(tl.int32), axis=1), axis=0)
+    scale = _scale_of(amax, nan_flag)
+    q = _to_fp8(x, scale)
+    tl.store(q_ptr + rows.to(tl.int64)[:, None] * C + cols[None, :], q, mask=mask)
+    if WRITE_QT:
+        tl.store(qt_ptr + cols.to(tl.int64)[None, :] * R + rows[:, None], q, mask=mask)
+    tl.store(s_ptr + rb * CB + cb, scale)
+
+
+_WARPS_128x128 = int(os.environ.get("FP8PASS_Q128X128_WARPS", "8"))
+
+
+def quantize_128x128(w: torch.Tensor, *, with_transposed: bool = False):
+    """(q[R, C], scale[ceil(R/128), ceil(C/128)]); with_transposed=True adds q.T stored
+    contiguous ([C, R]) as a third output (its scale is scale.T)."""
+    if w.dim() != 2:
+        raise ValueError(f"quantize_128x128 expects a 2-D tensor, got shape {tuple(w.shape)}")
+    r, c = w.shape
+    rb, cb = _cdiv(r, TILE), _cdiv(c, TILE)
+    q = torch.empty((r, c), dtype=FP8_DTYPE, device=w.device)
+    s = torch.empty((rb, cb), dtype=torch.float32, device=w.device)
+    qt = torch.empty((c, r), dtype=FP8_DTYPE, device=w.device) if with_transposed else None
+    if r and c:
+        _quant_128x128_kernel[(rb, cb)](
+            w, q, qt if with_transposed else q, s, r, c, cb, w.stride(0), w.stride(1),
+            WRITE_QT=with_transposed, num_warps=_WARPS_128x128,
+        )
+    if with_transposed:
+        return q, s, qt
+    return q, s

@@ -1,0 +1,296 @@
+"""Exactness checks of the Triton kernels under Triton's CPU interpreter.
+
+Run as `TRITON_INTERPRET=1 python tests/triton_interp_checks.py quantize|gemm` (the tests in
+test_triton_interpreter.py do that in a subprocess: the variable must be set before Triton jits
+anything). Prints one line per check, "OK <name>" or "FAIL <name>: <detail>", and exits 1 if
+any check failed.
+
+Inputs need no rounding (DESIGN.md: the interpreter's float -> float8e4nv cast mis-rounds values
+that round up across a power of two, and maps NaN and out-of-range values wrongly):
+  * quantize: FP8-representable values times a power of two per 128x128 block, with +-448 on the
+    block diagonal, so every 1x128, 128x1 and 128x128 tile has amax = 448 * 2^e, scale = 2^e and
+    x / scale is exactly an FP8 value. All-zero tiles (scale = eps/448, q = 0) and NaN tiles
+    (scale NaN; the FP8 bits of NaN tiles are checked on the GPU only) are included.
+  * gemm: small half-integer operands and power-of-two scales, so every partial and the fp32
+    accumulation are exact, and the result must equal reference.gemm_blockwise bit for bit in
+    fp32 (bf16/fp16 outputs within one rounding of the output cast).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+if os.environ.get("TRITON_INTERPRET") != "1":
+    raise SystemExit("run with TRITON_INTERPRET=1")
+
+import torch  # noqa: E402
+
+from fp8pass.kernels import reference as ref  # noqa: E402
+
+FAILED: list[str] = []
+
+
+def report(name: str, ok: bool, detail: str = "") -> None:
+    if ok:
+        print(f"OK {name}", flush=True)
+    else:
+        print(f"FAIL {name}: {detail}", flush=True)
+        FAILED.append(name)
+
+
+def check(name, fn):
+    try:
+        ok, detail = fn()
+    except Exception:
+        ok, detail = False, traceback.format_exc(limit=6)
+    report(name, ok, detail)
+
+
+# --------------------------------------------------------------------------------------------
+# quantize
+# --------------------------------------------------------------------------------------------
+_FP8_VALUES = torch.arange(256, dtype=torch.int32).to(torch.uint8).view(torch.float8_e4m3fn).float()
+_FP8_VALUES = _FP8_VALUES[torch.isfinite(_FP8_VALUES)]
+
+
+def exact_input(m: int, k: int, dtype: torch.dtype, gen: torch.Generator) -> torch.Tensor:
+    idx = torch.randint(0, _FP8_VALUES.numel(), (m, k), generator=gen)
+    v = _FP8_VALUES[idx]
+    # in each (partial) 128x128 block of h rows and w cols, put +-448 at (i, i % w) and
+    # (j % h, j): every row tile and every column tile of the block then holds one
+    sign = torch.where(torch.rand(m, k, generator=gen) < 0.5, 448.0, -448.0)
+    for r0 in range(0, m, 128):
+        h = min(128, m - r0)
+        for c0 in range(0, k, 128):
+            w = min(128, k - c0)
+            i = torch.arange(h)
+            j = torch.arange(w)
+            v[r0 + i, c0 + i % w] = sign[r0 + i, c0 + i % w]
+            v[r0 + j % h, c0 + j] = sign[r0 + j % h, c0 + j]
+    # fp16 holds 2^-14 .. 65504: keep 448 * 2^e and the smallest subnormal products in range
+    lo, hi = (-3, 4) if dtype == torch.float16 else (-8, 8)
+    e = torch.randint(lo, hi, (-(-m // 128), -(-k // 128)), generator=gen).float()
+    e = e.repeat_interleave(128, 0)[:m].repeat_interleave(128, 1)[:, :k]
+    x = v * torch.exp2(e)
+    if dtype == torch.float16:  # values below fp16's range would round: drop them to zero
+        x = torch.where(x.abs() < 2.0 ** -14, torch.zeros_like(x), x)
+    if dtype == torch.bfloat16:
+        assert torch.equal(x.to(dtype).float(), x)
+    return x.to(dtype)
+
+
+def _same(got: torch.Tensor, exp: torch.Tensor, nan_tiles: torch.Tensor | None = None) -> tuple[bool, str]:
+    if got.shape != exp.shape or got.dtype != exp.dtype:
+        return False, f"shape/dtype {tuple(got.shape)} {got.dtype} vs {tuple(exp.shape)} {exp.dtype}"
+    if got.dtype == torch.float8_e4m3fn:
+        g, e = got.view(torch.uint8), exp.view(torch.uint8)
+        keep = torch.ones_like(g, dtype=torch.bool) if nan_tiles is None else ~nan_tiles
+        bad = (g != e) & keep
+        if bad.any():
+            i = bad.nonzero()[0].tolist()
+            return False, f"{int(bad.sum())} FP8 bytes differ, first at {i}: {g[tuple(i)]} vs {e[tuple(i)]}"
+        return True, ""
+    if not torch.equal(torch.isnan(got), torch.isnan(exp)):
+        return False, "NaN positions differ"
+    if not torch.equal(torch.nan_to_num(got), torch.nan_to_num(exp)):
+        d = (torch.nan_to_num(got) - torch.nan_to_num(exp)).abs().max().item()
+        return False, f"scales differ by up to {d}"
+    return True, ""
+
+
+def _nan_rows_mask(q_shape, scale, tile_rows, tile_cols):
+    """Elements of q that belong to a tile whose scale is NaN."""
+    nan = torch.isnan(scale)
+    if tile_cols > 1:
+        nan = nan.repeat_interleave(tile_cols, dim=-1)[..., : q_shape[-1]]
+    if tile_rows > 1:
+        nan = nan.repeat_interleave(tile_rows, dim=-2)[..., : q_shape[-2], :]
+    return nan
+
+
+def run_quantize() -> None:
+    from fp8pass.kernels import triton_quantize as tq
+
+    gen = torch.Generator().manual_seed(1234)
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        tag = str(dtype).replace("torch.", "")
+        base = exact_input(200, 384, dtype, gen)
+        base[5, 7] = float("nan")          # a NaN tile (row 5 / col 7 / block (0, 0))
+        base[130:150, 128:256] = 0         # all-zero 1x128 tiles ...
+        base[199, 128:256] = base[128:200, 128:256].abs().amax()  # ... column tiles keep their amax
+        base[128:200, 300] = 0             # an all-zero 128x1 tail tile
+        inputs = {
+            "contiguous": base,
+            "transposed_view": base.t().contiguous().t(),                  # column-major storage
+            "column_slice": torch.cat([base, base[:, :128]], dim=1)[:, :384],  # row stride 512
+        }
+        for layout, x in inputs.items():
+            def q1x128(x=x):
+                g, e = tq.quantize_1x128(x), ref.quantize_1x128(x)
+                ok, d = _same(g[1], e[1])
+                if ok:
+                    ok, d = _same(g[0], e[0], _nan_rows_mask(g[0].shape, e[1], 1, 128))
+                return ok, d
+
+            def q128x1(x=x):
+                g, e = tq.quantize_128x1(x), ref.quantize_128x1(x)
+                ok, d = _same(g[1], e[1])
+                if ok:
+                    ok, d = _same(g[0], e[0], _nan_rows_mask(g[0].shape, e[1], 128, 1))
+                return ok, d
+
+            def qdual(x=x):
+                g, e = tq.quantize_1x128_128x1(x), ref.quantize_1x128_128x1(x)
+                for gi, ei in zip((g[1], g[3]), (e[1], e[3])):
+                    ok, d = _same(gi, ei)
+                    if not ok:
+                        return ok, d
+                ok, d = _same(g[0], e[0], _nan_rows_mask(g[0].shape, e[1], 1, 128))
+                if ok:
+                    ok, d = _same(g[2], e[2], _nan_rows_mask(g[2].shape, e[3], 128, 1))
+                return ok, d
+
+            def q128x128(x=x):
+                g, e = tq.quantize_128x128(x), ref.quantize_128x128(x)
+                ok, d = _same(g[1], e[1])
+                if ok:
+                    ok, d = _same(g[0], e[0], _nan_rows_mask(g[0].shape, e[1], 128, 128))
+                return ok, d
+
+            check(f"quantize_1x128[{tag},{layout}]", q1x128)
+            check(f"quantize_128x1[{tag},{layout}]", q128x1)
+            check(f"quantize_1x128_128x1[{tag},{layout}]", qdual)
+            check(f"quantize_128x128[{tag},{layout}]", q128x128)
+
+    # N-D input for 1x128, strided in two leading dims that cannot merge, and a K tail
+    x3 = exact_input(6 * 40, 256, torch.bfloat16, gen).reshape(6, 40, 256).transpose(0, 1)  # [40, 6, 256]
+
+    def q_nd():
+        g, e = tq.quantize_1x128(x3), ref.quantize_1x128(x3)
+        ok, d = _same(g[1], e[1])
+        return (ok, d) if not ok else _same(g[0], e[0])
+
+    check("quantize_1x128[3-D transposed leading dims]", q_nd)
+    xt = torch.zeros(70, 384)
+    xt[:, :320] = exact_input(70, 320, torch.float32, gen)
+    xt = xt[:, :320]  # K = 320 (a 64-wide tail tile), row stride 384
+
+    def q_ktail():
+        out = []
+        for fn, rf in ((tq.quantize_1x128, ref.quantize_1x128), (tq.quantize_1x128_128x1, ref.quantize_1x128_128x1),
+                       (tq.quantize_128x1, ref.quantize_128x1), (tq.quantize_128x128, ref.quantize_128x128)):
+            g, e = fn(xt), rf(xt)
+            for gi, ei in zip(g, e):
+                ok, d = _same(gi, ei)
+                if not ok:
+                    return False, f"{fn.__name__}: {d}"
+        return True, ""
+
+    check("quantize_all[K tail 320, M tail 70]", q_ktail)
+
+    # the additions to the contract: transposed FP8 outputs
+    xw = exact_input(256, 384, torch.bfloat16, gen)
+
+    def q_transposed():
+        q, s = ref.quantize_128x1(xw)
+        qt, st = tq.quantize_128x1(xw, layout="transposed")
+        for a, b in ((qt, q.t().contiguous()), (st, s.t().contiguous())):
+            ok, d = _same(a, b)
+            if not ok:
+                return False, "128x1 transposed: " + d
+        both = tq.quantize_128x1(xw, layout="both")
+        for a, b in zip(both, (q, s, q.t().contiguous(), s.t().contiguous())):
+            ok, d = _same(a, b)
+            if not ok:
+                return False, "128x1 both: " + d
+        g = tq.quantize_1x128_128x1(xw, col_layout="transposed")
+        e = ref.quantize_1x128_128x1(xw)
+        for a, b in zip(g, (e[0], e[1], e[2].t().contiguous(), e[3].t().contiguous())):
+            ok, d = _same(a, b)
+            if not ok:
+                return False, "dual transposed: " + d
+        qw, sw, qwt = tq.quantize_128x128(xw, with_transposed=True)
+        eq, es = ref.quantize_128x128(xw)
+        for a, b in ((qw, eq), (sw, es), (qwt, eq.t().contiguous())):
+            ok, d = _same(a, b)
+            if not ok:
+                return False, "128x128 with_transposed: " + d
+        return True, ""
+
+    check("quantize transposed outputs", q_transposed)
+
+
+# --------------------------------------------------------------------------------------------
+# gemm
+# --------------------------------------------------------------------------------------------
+def _fp8_small(shape, gen):
+    return (torch.randint(-16, 17, shape, generator=gen).float() / 2).to(torch.float8_e4m3fn)
+
+
+def _pow2(shape, gen):
+    return torch.exp2(torch.randint(-6, 6, shape, generator=gen).float())
+
+
+def _gemm_operands(role: str, m: int, k: int, n: int, gen):
+    kb = -(-k // 128)
+    if role == "fprop":      # y = x @ W^T: B = W.T (a view), b_scale = W's 128x128 scale .T
+        a, sa = _fp8_small((m, k), gen), _pow2((m, kb), gen)
+        w, sw = _fp8_small((n, k), gen), _pow2((-(-n // 128), kb), gen)
+        return a, sa, w.t(), sw.t()
+    if role == "dgrad":      # dx = dy @ W: B = W in its own [N_out, K_in] layout (N-major)
+        a, sa = _fp8_small((m, k), gen), _pow2((m, kb), gen)
+        return a, sa, _fp8_small((k, n), gen), _pow2((kb, -(-n // 128)), gen)
+    if role == "wgrad":      # dW = dy^T @ x: A = dy^T (view), 128x1 scales on both sides
+        dy, sdy = _fp8_small((k, m), gen), _pow2((kb, m), gen)
+        return dy.t(), sdy.t(), _fp8_small((k, n), gen), _pow2((kb, n), gen)
+    raise ValueError(role)
+
+
+def _close(out, exp):
+    if out.dtype == torch.float32:
+        if torch.equal(out, exp):
+            return True, ""
+        return False, f"max abs diff {(out - exp).abs().max().item()}"
+    # the interpreter's fp32 -> bf16/fp16 cast may differ from torch's by one unit in the last place
+    o, e = out.float(), exp.float()
+    ulp = 2.0 ** -7 if out.dtype == torch.bfloat16 else 2.0 ** -10
+    bad = (o - e).abs() > ulp * e.abs() + 1e-30
+    if bad.any():
+        return False, f"{int(bad.sum())} elements beyond one ulp, max abs diff {(o - e).abs().max().item()}"
+    return True, ""
+
+
+def run_gemm() -> None:
+    from fp8pass.kernels import triton_gemm as tg
+
+    gen = torch.Generator().manual_seed(4321)
+    configs = [
+        {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4},   # 128x128 b scales: scalar per tile
+        {"BLOCK_M": 32, "BLOCK_N": 256, "num_warps": 4},  # 128x128 b scales: two blocks per tile
+    ]
+    shapes = [(100, 320, 192), (64, 256, 128)]  # M tail, K tail (Wgrad's token tail), N partial block
+    for role in ("fprop", "dgrad", "wgrad"):
+        for (m, k, n) in shapes:
+            if role != "wgrad" and k % 128:
+                k = 256 + 128  # Fprop/Dgrad reduce over features: a multiple of 128
+            a, sa, b, sb = _gemm_operands(role, m, k, n, gen)
+            for out_dtype in (torch.float32, torch.bfloat16, torch.float16):
+                for cfg in configs:
+                    def one(a=a, sa=sa, b=b, sb=sb, out_dtype=out_dtype, cfg=cfg):
+                        out = torch.full((a.shape[0], b.shape[1]), float("nan"), dtype=out_dtype)
+                        tg.gemm_blockwise(a, sa, b, sb, out_dtype, config=cfg, out=out)
+                        return _close(out, ref.gemm_blockwise(a, sa, b, sb, out_dtype))
+                    tag = f"{role},{m}x{k}x{n},{str(out_dtype).replace('torch.', '')},BN={cfg['BLOCK_N']}"
+                    check(f"gemm_blockwise[{tag}]", one)
+
+
+if __name__ == "__main__":
+    which = sys.argv[1:] or ["quantize", "gemm"]
+    if "quantize" in which:
+        run_quantize()
+    if "gemm" in which:
+        run_gemm()
+    print(f"{len(FAILED)} failed", flush=True)
+    sys.exit(1 if FAILED else 0)
