@@ -123,17 +123,30 @@ def batches(corpus: torch.Tensor, batch: int, seq_len: int, steps: int, seed: in
         yield window[:, :-1].to(device), window[:, 1:].to(device)
 
 
-def train(cfg: GPTConfig, backend: str, steps: int, batch: int, lr: float, seed: int = 0, device="cpu",
+@torch.no_grad()
+def evaluate(model, corpus: torch.Tensor, batch: int, seq_len: int, device, n_batches: int = 8) -> float:
+    """Mean loss on fixed held-out windows (the same for every run)."""
+    was_training = model.training
+    model.eval()
+    losses = [model(x, y).item() for x, y in batches(corpus, batch, seq_len, n_batches, 1234, device)]
+    model.train(was_training)
+    return sum(losses) / len(losses)
+
+
+def train(cfg: GPTConfig, backend, steps: int, batch: int, lr: float, seed: int = 0, device="cpu",
           dtype=torch.float32, corpus=None, log_every: int = 0, label: str = ""):
-    """Train from `seed`; returns the per-step losses (floats)."""
+    """Train from `seed` on the first 90% of the corpus; returns (per-step losses, held-out loss
+    on the last 10%, measured with the same compiled model in eval mode under no_grad)."""
     corpus = load_corpus() if corpus is None else corpus
+    split = corpus.numel() * 9 // 10
+    train_bytes, heldout_bytes = corpus[:split], corpus[split:]
     torch.manual_seed(seed)
     model = GPT(cfg).to(device=device, dtype=dtype)
     compiled = torch.compile(model, backend=backend)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20))
     losses, t0 = [], time.perf_counter()
-    for step, (x, y) in enumerate(batches(corpus, batch, cfg.seq_len, steps, seed + 1, device)):
+    for step, (x, y) in enumerate(batches(train_bytes, batch, cfg.seq_len, steps, seed + 1, device)):
         loss = compiled(x, y)
         loss.backward()
         opt.step()
@@ -142,7 +155,7 @@ def train(cfg: GPTConfig, backend: str, steps: int, batch: int, lr: float, seed:
         losses.append(loss.item())
         if log_every and (step % log_every == 0 or step == steps - 1):
             print(f"  [{label}] step {step:5d}  loss {losses[-1]:.4f}  ({time.perf_counter() - t0:.0f}s)", flush=True)
-    return losses
+    return losses, evaluate(compiled, heldout_bytes, batch, cfg.seq_len, device)
 
 
 def main(argv=None):
@@ -154,7 +167,7 @@ def main(argv=None):
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--tied-head", action="store_true")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default=None, help="default: bf16 on cuda, fp32 on cpu")
@@ -180,14 +193,14 @@ def main(argv=None):
     del probe
     torch._dynamo.reset()
 
-    runs = {}
+    runs, heldout = {}, {}
     print(f"\nFP8 run ({args.steps} steps):")
-    runs["fp8"] = train(cfg, "fp8", args.steps, args.batch, args.lr, args.seed, args.device, dtype, corpus,
+    runs["fp8"], heldout["fp8"] = train(cfg, "fp8", args.steps, args.batch, args.lr, args.seed, args.device, dtype, corpus,
                         log_every=max(1, args.steps // 10), label="fp8")
     if args.baseline != "none":
         torch._dynamo.reset()
         print(f"\nBaseline run, backend={args.baseline!r} ({dtype_name}):")
-        runs["baseline"] = train(cfg, args.baseline, args.steps, args.batch, args.lr, args.seed, args.device, dtype,
+        runs["baseline"], heldout["baseline"] = train(cfg, args.baseline, args.steps, args.batch, args.lr, args.seed, args.device, dtype,
                                  corpus, log_every=max(1, args.steps // 10), label="base")
 
     print("\nLoss curves (mean over windows of steps):")
@@ -202,14 +215,13 @@ def main(argv=None):
             b = sum(runs["baseline"][start:end]) / (end - start)
             line += f"  {b:8.4f}  {(f - b) / b:+8.2%}"
         print(line)
-    tail = max(1, args.steps // 10)
-    f_end = sum(runs["fp8"][-tail:]) / tail
     finite = all(math.isfinite(v) for v in runs["fp8"])
-    print(f"\nfinal (mean of last {tail} steps): fp8 {f_end:.4f}" + ("" if finite else "  (NON-FINITE LOSS SEEN)"))
+    print(f"\nheld-out loss after {args.steps} steps: fp8 {heldout['fp8']:.4f}"
+          + ("" if finite else "  (NON-FINITE TRAINING LOSS SEEN)"))
     if "baseline" in runs:
-        b_end = sum(runs["baseline"][-tail:]) / tail
-        print(f"                                baseline {b_end:.4f}  relative difference {(f_end - b_end) / b_end:+.3%}")
-    return runs
+        rel = (heldout["fp8"] - heldout["baseline"]) / heldout["baseline"]
+        print(f"{'':>32}baseline {heldout['baseline']:.4f}  relative difference {rel:+.3%}")
+    return runs, heldout
 
 
 if __name__ == "__main__":

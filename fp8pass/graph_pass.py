@@ -30,7 +30,7 @@ class MatmulRecord:
     graph: str = ""
 
 
-def _gemm_shape(node: Node) -> tuple:
+def _gemm_shape(node: Node, swap: bool = False) -> tuple:
     out = tensor_meta(node)
     if node.target.__name__.startswith("addmm"):
         a = node.args[1]
@@ -39,6 +39,8 @@ def _gemm_shape(node: Node) -> tuple:
     a_val = tensor_meta(a)
     if out is None or a_val is None:
         return ()
+    if swap:  # reported as the (M, K, N) of the GEMM actually run: (R^T @ L^T)
+        return (out.shape[-1], a_val.shape[-1], out.shape[0])
     return (a_val.shape[0], a_val.shape[-1], out.shape[-1])
 
 
@@ -58,10 +60,12 @@ def fp8_graph_pass(graph: Graph, ctx: SiteContext, is_weight: Callable[[Node], b
             if node is None:
                 continue
             reason = site_reason or role_skip_reason(role, ctx.config)
-            records.append(MatmulRecord(fqn, role, _gemm_shape(node), reason is None,
+            swap = role == "dgrad" and site.dgrad_swapped
+            records.append(MatmulRecord(fqn, role, _gemm_shape(node, swap), reason is None,
                                         reason or f"FP8 {PAIRING[role]}", weight, graph_name))
             if reason is None:
-                rewrites.append(GemmRewrite(node, role, fqn, site.weight if role != "wgrad" else None))
+                rewrites.append(GemmRewrite(node, role, fqn, site.weight if role != "wgrad" else None,
+                                            swap=swap))
     for node in others:
         fqn, _, _ = module_of(node)
         records.append(MatmulRecord(fqn, "fprop", _gemm_shape(node), False,

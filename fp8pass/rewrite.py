@@ -35,6 +35,7 @@ class GemmRewrite:
     role: str  # "fprop" | "dgrad" | "wgrad"
     module: str
     weight: Optional[Node] = None  # set for fprop/dgrad: B is this weight's 128x128 copy
+    swap: bool = False  # the weight is the left operand (Dgrad of a transposed-layout input)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,23 +80,30 @@ class _Builder:
         return self.call(aten.permute.default, (node, [1, 0]), meta_from=node)
 
 
+def _reduce_transposes(node: Node, transposed: bool = False) -> tuple[Node, bool]:
+    """(source, transposed) such that the operand is source, or source^T when transposed."""
+    while is_2d_transpose(node):
+        node, transposed = node.args[0], not transposed
+    return node, transposed
+
+
 def _operand_requests(rw: GemmRewrite) -> tuple[_Request, _Request]:
     if rw.node.target is aten.addmm.default:
         a, b = rw.node.args[1:3]
     else:
         a, b = rw.node.args[:2]
-    if is_2d_transpose(a):
-        req_a = _Request(a.args[0], "col", True)
-    else:
-        req_a = _Request(a, "row", False)
+    a_src, a_t = _reduce_transposes(a)
+    b_src, b_t = _reduce_transposes(b)
+    if rw.swap:  # mm(L, R) computed as (R^T @ L^T)^T so that the weight is the B operand
+        (a_src, a_t), (b_src, b_t) = (b_src, not b_t), (a_src, not a_t)
+    # A needs 1x128 tiles along its last dim: a row copy, or a transposed col copy.
+    req_a = _Request(a_src, "col" if a_t else "row", a_t)
     if rw.weight is not None:
-        weight, transposed = strip_to_placeholder(b)
+        weight, transposed = strip_to_placeholder(b_src)
         assert weight is rw.weight, "B operand must be the site's weight"
-        req_b = _Request(weight, "block", transposed)
-    elif is_2d_transpose(b):
-        req_b = _Request(b.args[0], "row", True)
-    else:
-        req_b = _Request(b, "col", False)
+        req_b = _Request(weight, "block", transposed != b_t)
+    else:  # B needs 128x1 tiles along its first dim: a col copy, or a transposed row copy.
+        req_b = _Request(b_src, "row" if b_t else "col", b_t)
     return req_a, req_b
 
 
@@ -146,7 +154,7 @@ def rewrite_gemms(graph: Graph, rewrites: list[GemmRewrite]) -> list[Node]:
             out_dtype = tensor_meta(node).dtype
             fp8_meta = {"role": rw.role, "module": rw.module}
             gemm = builder.call(fp8_ops.gemm_blockwise.default, (*operands, out_dtype), node, fp8_meta)
-            result = gemm
+            result = builder.transpose(gemm) if rw.swap else gemm
             if node.target is aten.addmm.default:
                 result = builder.call(aten.add.Tensor, (gemm, node.args[0]), node)
         node.replace_all_uses_with(result)

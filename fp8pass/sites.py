@@ -125,6 +125,7 @@ class LinearSite:
     bias: Optional[Node] = None
     dgrad: Optional[Node] = None
     wgrad: Optional[Node] = None
+    dgrad_swapped: bool = False
 
     @property
     def mkn(self) -> tuple:
@@ -180,9 +181,10 @@ def _classify_backward(site: LinearSite, mm: Node) -> None:
     w_left, _ = strip_to_placeholder(left)
     w_right, _ = strip_to_placeholder(right)
     if site.dgrad is None and site.weight in (w_left, w_right) and w_left is not w_right:
-        # dX = dY @ W (nn.Linear) or dY @ W^T (x @ W): the weight is the right operand.
-        if w_right is site.weight:
-            site.dgrad = mm
+        # dX = dY @ W (nn.Linear) or dY @ W^T (x @ W): the weight is the right operand; autograd
+        # computes dX^T = W^T @ dY^T instead when the input is stored transposed.
+        site.dgrad = mm
+        site.dgrad_swapped = w_left is site.weight
         return
     # Wgrad contracts over tokens: one operand is the forward input (transposed when on the
     # left: dY^T @ x -> dW[N, K]; x^T @ dY -> dW[K, N]).

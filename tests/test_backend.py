@@ -1,0 +1,75 @@
+"""The backend's front doors: backend="fp8" by entry point, options=, fp8pass.backend(**options)."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import fp8pass
+from conftest import MLP
+
+
+def test_backend_fp8_by_name_without_importing_fp8pass():
+    code = textwrap.dedent("""
+        import sys, torch
+        m = torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.ReLU(), torch.nn.Linear(256, 128))
+        y = torch.compile(m, backend="fp8")(torch.randn(8, 256))
+        assert "fp8pass" in sys.modules, "the entry point loaded the backend"
+        assert y.shape == (8, 128)
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": ""}, cwd="/")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "ok" in out.stdout
+
+
+def test_backend_is_listed():
+    from torch._dynamo import list_backends
+    assert "fp8" in list_backends()
+
+
+def test_options_reach_the_pass(capsys):
+    model = MLP()
+    x = torch.randn(8, 256)
+    torch.compile(model, backend="fp8", options={"fprop": False, "log_decisions": True})(x)
+    out = capsys.readouterr().out
+    assert "Config(fprop=False)" in out
+    assert "[fp8pass]" in out
+
+
+def test_backend_callable_with_options(capsys):
+    model = MLP()
+    with torch.no_grad():  # inference: one GEMM per Linear
+        torch.compile(model, backend=fp8pass.backend(fp8_output_head=True, log_decisions=True))(torch.randn(8, 256))
+    out = capsys.readouterr().out
+    assert out.count(": FP8 (") == 3
+
+
+def test_unknown_option_is_a_clear_error():
+    with pytest.raises(TypeError, match="unknown option.*fp8_head"):
+        fp8pass.backend(fp8_head=True)
+    with pytest.raises(Exception, match="unknown option"):
+        torch.compile(MLP(), backend="fp8", options={"bogus": 1})(torch.randn(8, 256))
+
+
+def test_bad_config_values():
+    with pytest.raises(ValueError, match="recipe"):
+        fp8pass.Config(recipe="tensorwise")
+    with pytest.raises(ValueError, match="fp8_format"):
+        fp8pass.Config(fp8_format="e5m2")
+    with pytest.raises(TypeError, match="module_filter"):
+        fp8pass.Config(module_filter="attn")
+
+
+def test_config_is_frozen_and_cache_key_tracks_options():
+    cfg = fp8pass.Config()
+    with pytest.raises(Exception):
+        cfg.fprop = False
+    assert cfg.cache_key() == fp8pass.Config().cache_key()
+    assert cfg.cache_key() != fp8pass.Config(wgrad=False).cache_key()
+    assert fp8pass.Config(module_filter=lambda f, m: True).cache_key() != \
+        fp8pass.Config(module_filter=lambda f, m: f != "x").cache_key()
