@@ -19,6 +19,27 @@ FORMATS = ("e4m3",)
 ModuleFilter = Callable[[str, Optional[torch.nn.Module]], bool]
 
 
+def _callable_key(fn) -> str:
+    """Source, captured values and defaults of a callable: two filters that can decide differently
+    must not share a cached graph. (A captured object without a stable repr makes the key unique
+    to this process, which costs a cache miss, never a wrong graph.)"""
+    try:
+        src = inspect.getsource(fn)
+    except (OSError, TypeError):
+        src = repr(getattr(fn, "__code__", fn))
+    cells = [c.cell_contents for c in (getattr(fn, "__closure__", None) or ()) if _has_contents(c)]
+    return (f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', '')}:{src}:"
+            f"{cells!r}:{getattr(fn, '__defaults__', None)!r}")
+
+
+def _has_contents(cell) -> bool:
+    try:
+        cell.cell_contents
+    except ValueError:
+        return False
+    return True
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Options of `backend="fp8"`; pass them as `torch.compile(m, backend="fp8", options={...})`
@@ -32,9 +53,8 @@ class Config:
         outputs, or a Linear whose weight is tied to an embedding). Off by default, as in DeepSeek.
     module_filter: `fn(fqn, module) -> bool`; a matmul site is converted only if it returns True.
         `module` is the nn.Module instance when it can be found, else None.
-    save_fp8_activations: save the FP8 (128x1) copy of a Linear's input for Wgrad instead of the
-        high-precision input (the memory saving of FP8 training).
-    log_decisions: print each compiled graph's decisions (one line per matmul site).
+    log_decisions: print each compiled graph's decisions (one line per matmul site); graphs
+        compiled with it on bypass Inductor's caches, so the pass runs and prints every time.
     """
 
     recipe: str = "deepseek_v3"
@@ -44,7 +64,6 @@ class Config:
     wgrad: bool = True
     fp8_output_head: bool = False
     module_filter: Optional[ModuleFilter] = None
-    save_fp8_activations: bool = True
     log_decisions: bool = False
 
     def __post_init__(self):
@@ -75,10 +94,6 @@ class Config:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if callable(value):
-                try:
-                    src = inspect.getsource(value)
-                except (OSError, TypeError):
-                    src = repr(getattr(value, "__code__", value))
-                value = f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', '')}:{src}"
+                value = _callable_key(value)
             parts.append(f"{f.name}={value!r}")
         return hashlib.sha256("|".join(parts).encode()).hexdigest()

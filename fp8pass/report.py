@@ -31,6 +31,11 @@ class SavedTensor:
     def fp8(self) -> bool:
         return self.dtype in (torch.float8_e4m3fn, torch.float8_e5m2)
 
+    @property
+    def is_graph_input(self) -> bool:
+        """A parameter or input the backward reads: alive anyway, no extra memory."""
+        return self.producer == "placeholder"
+
 
 def _nbytes(val: torch.Tensor) -> int:
     try:
@@ -90,9 +95,11 @@ class Report:
         n_fp8 = len(self.fp8_matmuls)
         lines.append(f"{n_fp8} of {len(self.matmuls)} GEMMs in FP8")
         if self.saved:
-            fp8_bytes = sum(s.bytes for s in self.saved if s.fp8)
-            lines.append(f"saved for backward: {len(self.saved)} tensors, {self.saved_bytes / 2**20:.2f} MiB "
-                         f"({fp8_bytes / 2**20:.2f} MiB of it FP8)")
+            acts = [s for s in self.saved if not s.is_graph_input]
+            fp8_bytes = sum(s.bytes for s in acts if s.fp8)
+            lines.append(f"saved for backward: {len(acts)} activations, {sum(s.bytes for s in acts) / 2**20:.2f} MiB "
+                         f"({fp8_bytes / 2**20:.2f} MiB of it FP8), plus {len(self.saved) - len(acts)} graph inputs "
+                         f"(parameters, inputs) kept alive")
         return "\n".join(lines)
 
 
@@ -119,15 +126,12 @@ def explain(model, *args, fp8_config: Optional[Config] = None, **kwargs) -> Repo
 
     leaves = _leaf_tensors(model, args, kwargs)
     old_grads = [None if t.grad is None else t.grad.clone() for t in leaves]
-    # Fresh compile without the FX/AOT caches, so that the pass runs and is recorded.
-    with torch._inductor.config.patch(fx_graph_cache=False), \
-            torch._functorch.config.patch(enable_autograd_cache=False):
-        compiled = torch.compile(model, backend=fp8_explain)
-        out = compiled(*args, **kwargs)
-        flat, _ = tree_flatten(out)
-        needs_grad = [t for t in flat if isinstance(t, torch.Tensor) and t.requires_grad]
-        if needs_grad:
-            torch.autograd.backward(needs_grad, [torch.ones_like(t) for t in needs_grad])
+    compiled = torch.compile(model, backend=fp8_explain)
+    out = compiled(*args, **kwargs)
+    flat, _ = tree_flatten(out)
+    needs_grad = [t for t in flat if isinstance(t, torch.Tensor) and t.requires_grad]
+    if needs_grad:
+        torch.autograd.backward(needs_grad, [torch.ones_like(t) for t in needs_grad])
     for t, g in zip(leaves, old_grads):
         t.grad = g
 

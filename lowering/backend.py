@@ -166,7 +166,12 @@ def compile_with_fp8(gm: torch.fx.GraphModule, example_inputs, config: Config,
     }
     if recorder.keep_graphs:
         patches["post_grad_custom_post_pass"] = _CapturePartitioned(recorder, name)
-    return compile_fx(gm, example_inputs, config_patches=patches)
+    if not (recorder.keep_graphs or config.log_decisions):
+        return compile_fx(gm, example_inputs, config_patches=patches)
+    # A cached graph would skip the pass, and with it what explain() and the log must show.
+    patches["fx_graph_cache"] = False
+    with torch._functorch.config.patch(enable_autograd_cache=False):
+        return compile_fx(gm, example_inputs, config_patches=patches)
 
 
 def backend(config: Optional[Config] = None, **options):

@@ -73,3 +73,10 @@ def test_config_is_frozen_and_cache_key_tracks_options():
     assert cfg.cache_key() != fp8pass.Config(wgrad=False).cache_key()
     assert fp8pass.Config(module_filter=lambda f, m: True).cache_key() != \
         fp8pass.Config(module_filter=lambda f, m: f != "x").cache_key()
+
+    def skipping(names):
+        return lambda fqn, module: fqn not in names
+
+    # same source, different captured values: different keys
+    assert fp8pass.Config(module_filter=skipping({"a"})).cache_key() != \
+        fp8pass.Config(module_filter=skipping({"b"})).cache_key()
