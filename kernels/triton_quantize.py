@@ -5,11 +5,13 @@ Numerics, per tile (see reference.py):
     scale = clamp_min(amax, AMAX_EPS) / 448           (IEEE division, round to nearest)
     q     = fp8e4nv(clamp(x / scale, -448, 448))       (IEEE division, RNE cast, NaN kept)
 
-Two details make this bit-identical rather than close:
-  * fp32 `/` in Triton lowers to an approximate division on NVIDIA; `tl.math.div_rn` is
-    the correctly rounded one that torch uses.
-  * `tl.max` / `tl.maximum` / `tl.minimum` may drop NaN (PTX max.f32 returns the other
-    operand), so a NaN flag is reduced separately and the clamp restores NaN explicitly.
+Three details make this bit-identical rather than close:
+  * fp32 `/` in Triton lowers to an approximate division on NVIDIA. The scale uses
+    `tl.math.div_rn`; x / scale uses the reciprocal and an FMA correction (see `_to_fp8`),
+    which is the correctly rounded quotient, as torch's division is.
+  * `tl.max` may drop NaN (PTX max.f32 returns the other operand): amax is reduced with a
+    NaN-propagating maximum instead.
+  * The clamp to +-448 is the saturating cast itself on the GPU (see `_INTERPRET`).
 
 Kernels (all read the input through its strides, with no copy; tails are masked):
     quantize_1x128(x[..., K])          rows of any rank (leading dims folded when their strides
@@ -44,23 +46,59 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 _EPS = tl.constexpr(AMAX_EPS)
 _FMAX = tl.constexpr(FP8_MAX)
-_NAN = tl.constexpr(float("nan"))
+_R448 = tl.constexpr(float(torch.tensor(1.0 / FP8_MAX, dtype=torch.float32)))  # RN_fp32(1/448)
+# Under the interpreter the float -> e4m3 cast neither saturates nor keeps NaN, so the clamp of
+# the reference is spelled out there; on the GPU the cast is cvt.rn.satfinite.e4m3x2.f32, which
+# rounds to nearest even, saturates finite values and +-inf to +-448 and keeps NaN: exactly
+# clamp-then-cast, for one instruction per two elements. (Also, `tl.reduce` with a Python
+# combine function is slow in the interpreter, so amax is spelled differently there.)
+_INTERPRET = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
 
 
 @triton.jit
-def _scale_of(amax, nan_flag):
-    """scale = clamp_min(amax, eps) / 448, NaN when the tile holds a NaN."""
-    scale = tl.math.div_rn(tl.maximum(amax, _EPS), _FMAX)
-    return tl.where(nan_flag > 0, _NAN, scale)
+def _nanmax(a, b):
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
 
 
 @triton.jit
-def _to_fp8(x, scale):
-    """clamp(x / scale, -448, 448) cast to E4M3 (RNE); NaN stays NaN."""
-    y = tl.math.div_rn(x, scale)
-    c = tl.minimum(tl.maximum(y, -_FMAX), _FMAX)
-    c = tl.where(y != y, y, c)
-    return c.to(tl.float8e4nv)
+def _amax(x, axis: tl.constexpr):
+    """max |x| along axis; NaN if any element is NaN (PTX max.NaN.f32 on the GPU)."""
+    if _INTERPRET:
+        m = tl.max(tl.abs(x), axis=axis)
+        has_nan = tl.max((x != x).to(tl.float32), axis=axis)
+        return tl.where(has_nan > 0, has_nan * 0.0 + tl.sum(tl.where(x != x, x, 0.0), axis=axis), m)
+    else:
+        return tl.reduce(tl.abs(x), axis, _nanmax)
+
+
+@triton.jit
+def _scale_and_recip(amax):
+    """scale = clamp_min(amax, eps) / 448 correctly rounded (NaN stays NaN), and 1/scale
+    correctly rounded (one Newton step on top of div_rn guards against a last-bit error)."""
+    amax_c = tl.where(amax != amax, amax, tl.maximum(amax, _EPS))
+    # amax_c / 448 correctly rounded, by the same reciprocal-and-FMA correction as _to_fp8
+    # (R448 = RN(1/448)), instead of a div.rn sequence per tile and thread
+    s0 = amax_c * _R448
+    scale = tl.fma(tl.fma(-s0, _FMAX, amax_c), _R448, s0)
+    r = tl.math.div_rn(1.0, scale)
+    r = tl.fma(r, tl.fma(-scale, r, 1.0), r)
+    return scale, r
+
+
+@triton.jit
+def _to_fp8(x, scale, r):
+    """fp8(clamp(x / scale, -448, 448)) with x / scale correctly rounded, computed as
+    q0 = x * r, q = q0 + r * (x - q0 * scale) with FMAs (Markstein: with r = RN(1/scale) and
+    q0 within an ulp, the residual is exact and q is the correctly rounded quotient), three
+    FMA-pipe instructions instead of a div.rn sequence."""
+    q0 = x * r
+    # q = q0 + r * e, written as -((-e) * r - q0) so that a zero quotient keeps its sign
+    # (+0 + -0 is +0 under round-to-nearest; the negated form gives -0 for x = -0)
+    q = -tl.fma(-tl.fma(-q0, scale, x), r, -q0)
+    if _INTERPRET:
+        c = tl.minimum(tl.maximum(q, -_FMAX), _FMAX)
+        q = tl.where(q != q, q, c)
+    return q.to(tl.float8e4nv)
 
 
 # --------------------------------------------------------------------------------------------
@@ -87,10 +125,8 @@ def _quant_1x128_kernel(
     else:
         mask = rmask[:, None] & (cols < K)[None, :]
     x = tl.load(x_ptr + row_off[:, None] + cols[None, :].to(tl.int64) * sxk, mask=mask, other=0.0).to(tl.float32)
-    amax = tl.max(tl.abs(x), axis=1)
-    nan_flag = tl.max((x != x).to(tl.int32), axis=1)
-    scale = _scale_of(amax, nan_flag)
-    q = _to_fp8(x, scale[:, None])
+    scale, r = _scale_and_recip(_amax(x, 1))
+    q = _to_fp8(x, scale[:, None], r[:, None])
     out_off = rows.to(tl.int64)[:, None] * K + cols[None, :]
     tl.store(q_ptr + out_off, q, mask=mask)
     tl.store(s_ptr + rows.to(tl.int64) * KB + kb, scale, mask=rmask)
@@ -167,10 +203,8 @@ def _quant_128x1_kernel(
     mask = rmask[:, None] & cmask[None, :]
     x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * sxm + cols.to(tl.int64)[None, :] * sxk,
                 mask=mask, other=0.0).to(tl.float32)
-    amax = tl.max(tl.abs(x), axis=0)
-    nan_flag = tl.max((x != x).to(tl.int32), axis=0)
-    scale = _scale_of(amax, nan_flag)
-    q = _to_fp8(x, scale[None, :])
+    scale, r = _scale_and_recip(_amax(x, 0))
+    q = _to_fp8(x, scale[None, :], r[None, :])
     if WRITE_Q:
         tl.store(q_ptr + rows.to(tl.int64)[:, None] * K + cols[None, :], q, mask=mask)
         tl.store(s_ptr + mb.to(tl.int64) * K + cols, scale, mask=cmask)
@@ -244,16 +278,14 @@ def _quant_dual_kernel(
         mask = rmask[:, None] & cmask[None, :]
     x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * sxm + cols.to(tl.int64)[None, :] * sxk,
                 mask=mask, other=0.0).to(tl.float32)
-    isnan = (x != x).to(tl.int32)
-    ax = tl.abs(x)
     # 1x128 (row tiles)
-    s_row = _scale_of(tl.max(ax, axis=1), tl.max(isnan, axis=1))
-    q_row = _to_fp8(x, s_row[:, None])
+    s_row, r_row = _scale_and_recip(_amax(x, 1))
+    q_row = _to_fp8(x, s_row[:, None], r_row[:, None])
     tl.store(qr_ptr + rows.to(tl.int64)[:, None] * K + cols[None, :], q_row, mask=mask)
     tl.store(sr_ptr + rows.to(tl.int64) * KB + kb, s_row, mask=rmask)
     # 128x1 (column tiles)
-    s_col = _scale_of(tl.max(ax, axis=0), tl.max(isnan, axis=0))
-    q_col = _to_fp8(x, s_col[None, :])
+    s_col, r_col = _scale_and_recip(_amax(x, 0))
+    q_col = _to_fp8(x, s_col[None, :], r_col[None, :])
     if COL_TRANSPOSED:
         tl.store(qc_ptr + cols.to(tl.int64)[None, :] * M + rows[:, None], q_col, mask=mask)
         tl.store(sc_ptr + cols.to(tl.int64) * MB + mb, s_col, mask=cmask)
@@ -307,10 +339,8 @@ def _quant_128x128_kernel(
     mask = (rows < R)[:, None] & (cols < C)[None, :]
     x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * sxr + cols.to(tl.int64)[None, :] * sxc,
                 mask=mask, other=0.0).to(tl.float32)
-    amax = tl.max(tl.max(tl.abs(x), axis=1), axis=0)
-    nan_flag = tl.max(tl.max((x != x).to(tl.int32), axis=1), axis=0)
-    scale = _scale_of(amax, nan_flag)
-    q = _to_fp8(x, scale)
+    scale, r = _scale_and_recip(_amax(_amax(x, 1), 0))
+    q = _to_fp8(x, scale, r)
     tl.store(q_ptr + rows.to(tl.int64)[:, None] * C + cols[None, :], q, mask=mask)
     if WRITE_QT:
         tl.store(qt_ptr + cols.to(tl.int64)[None, :] * R + rows[:, None], q, mask=mask)

@@ -78,16 +78,24 @@ def test_quantize_bit_identical(dtype, m, k, view):
         x = x.t().contiguous().t()
     elif view == "sliced":
         x = torch.cat([x, x[:, :128]], dim=1)[:, :k]
-    cases = [
-        ("1x128", tq.quantize_1x128(x), ref.quantize_1x128(x)),
-        ("128x1", tq.quantize_128x1(x), ref.quantize_128x1(x)),
-        ("dual", tq.quantize_1x128_128x1(x), ref.quantize_1x128_128x1(x)),
-        ("128x128", tq.quantize_128x128(x), ref.quantize_128x128(x)),
-    ]
-    for name, got, exp in cases:
-        for gi, ei in zip(got, exp):
-            ok, detail = (_bytes_equal if ei.dtype == FP8 else _scales_equal)(gi, ei)
-            assert ok, f"{name}: {detail}"
+    xc = x.cpu()
+    failures = []
+    for name in ("quantize_1x128", "quantize_128x1", "quantize_1x128_128x1", "quantize_128x128"):
+        got = getattr(tq, name)(x)
+        exp_gpu = getattr(ref, name)(x)
+        exp_cpu = getattr(ref, name)(xc)  # the ground truth: IEEE arithmetic on the CPU
+        for gi, eg, ec in zip(got, exp_gpu, exp_cpu):
+            cmp = _bytes_equal if ec.dtype == FP8 else _scales_equal
+            ok, detail = cmp(gi.cpu(), ec)
+            if not ok:
+                failures.append(f"{name} vs CPU reference: {detail}")
+            ok, detail = cmp(gi, eg)
+            if not ok:
+                failures.append(f"{name} vs GPU reference: {detail}")
+            ok, detail = cmp(eg.cpu(), ec)
+            if not ok:
+                failures.append(f"(torch's own GPU reference vs its CPU reference: {detail})")
+    assert not failures, "; ".join(failures)
 
 
 def test_quantize_transposed_outputs_and_nd():
