@@ -1,0 +1,87 @@
+"""Llama-style block fwd+bwd: BF16 eager, BF16 torch.compile and backend="fp8", on one card.
+
+    python benchmarks/block.py [--dim 4096 --heads 32 --hidden 14336 --batch 4 --seq 4096] [--profile]
+
+Block: RMSNorm -> attention (fused QKV projection, SDPA in BF16, output projection) -> residual;
+RMSNorm -> SwiGLU MLP -> residual. Prints median fwd+bwd time, kernels per step and the peak
+memory of a step above what was allocated before it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from common import kernel_count, median_ms, peak_step_bytes, top_kernels, versions
+
+
+class LlamaBlock(nn.Module):
+    def __init__(self, dim, heads, hidden):
+        super().__init__()
+        self.heads = heads
+        self.attn_norm = nn.RMSNorm(dim)
+        self.wqkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.wo = nn.Linear(dim, dim, bias=False)
+        self.mlp_norm = nn.RMSNorm(dim)
+        self.w1 = nn.Linear(dim, hidden, bias=False)
+        self.w3 = nn.Linear(dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = self.wqkv(self.attn_norm(x)).split(d, dim=-1)
+        q, k, v = (z.view(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.wo(a.transpose(1, 2).reshape(b, t, d))
+        h = self.mlp_norm(x)
+        return x + self.w2(F.silu(self.w1(h)) * self.w3(h))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser()
+    p.add_argument("--dim", type=int, default=4096)
+    p.add_argument("--heads", type=int, default=32)
+    p.add_argument("--hidden", type=int, default=14336)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--seq", type=int, default=4096)
+    p.add_argument("--profile", action="store_true")
+    args = p.parse_args(argv)
+    import fp8pass  # noqa: F401
+
+    print(versions())
+    torch.manual_seed(0)
+    block = LlamaBlock(args.dim, args.heads, args.hidden).to("cuda", torch.bfloat16)
+    x = torch.randn(args.batch, args.seq, args.dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    dy = torch.randn_like(x)
+
+    def make_step(model):
+        def step():
+            model(x).backward(dy)
+        return step
+
+    print(f"{'variant':>14} {'ms':>8} {'kernels':>8} {'peak MiB':>9} {'vs bf16 compiled':>17}")
+    ref = None
+    for name, model in (("bf16 eager", block), ("bf16 compiled", torch.compile(block)),
+                        ("fp8", torch.compile(block, backend="fp8"))):
+        step = make_step(model)
+        try:
+            ms, kernels, peak = median_ms(step), kernel_count(step), peak_step_bytes(step) / 2**20
+        except Exception as exc:  # noqa: BLE001
+            print(f"{name:>14} FAILED: {type(exc).__name__}: {str(exc)[:300]}")
+            continue
+        if name == "bf16 compiled":
+            ref = (ms, peak)
+        extra = f"{ref[0] / ms:.2f}x time, {peak / ref[1]:.2f}x memory" if ref and name == "fp8" else ""
+        print(f"{name:>14} {ms:8.2f} {kernels:8d} {peak:9.0f} {extra:>17}", flush=True)
+        if args.profile and name == "fp8":
+            print(top_kernels(step))
+        block.zero_grad(set_to_none=True)
+        x.grad = None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

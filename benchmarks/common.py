@@ -1,0 +1,64 @@
+"""Shared measuring helpers for the GPU benchmarks (fwd+bwd time, peak memory, kernel count)."""
+
+from __future__ import annotations
+
+import platform
+
+import torch
+
+
+def versions() -> str:
+    import triton
+
+    card = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    return f"{card}, torch {torch.__version__}, triton {triton.__version__}, python {platform.python_version()}"
+
+
+def median_ms(step, warmup: int = 5, iters: int = 20) -> float:
+    """Median time of `step()` in ms with CUDA events, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        step()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        step()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    times.sort()
+    return times[len(times) // 2]
+
+
+def peak_step_bytes(step) -> int:
+    """Peak memory of one `step()` above what was allocated before it."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    step()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - before
+
+
+def kernel_count(step) -> int:
+    """CUDA kernels launched by one `step()` (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    return sum(1 for e in prof.events() if e.device_type.name == "CUDA" and "memcpy" not in e.name.lower()
+               and "memset" not in e.name.lower())
+
+
+def top_kernels(step, n: int = 12) -> str:
+    """The `n` CUDA kernels of one `step()` that take the most time, as a table."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    return prof.key_averages().table(sort_by="cuda_time_total", row_limit=n, max_name_column_width=70)
