@@ -158,6 +158,15 @@ def train(cfg: GPTConfig, backend, steps: int, batch: int, lr: float, seed: int 
     return losses, evaluate(compiled, heldout_bytes, batch, cfg.seq_len, device)
 
 
+def explain_factory():
+    """For `python -m fp8pass explain examples/train_gpt.py:explain_factory`: the CPU-default
+    model and one batch of real text."""
+    torch.manual_seed(0)
+    cfg = GPTConfig()
+    x, y = next(batches(load_corpus(1 << 20), 4, cfg.seq_len, 1, 1, "cpu"))
+    return GPT(cfg), (x, y)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dim", type=int, default=128)

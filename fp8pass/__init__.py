@@ -8,12 +8,15 @@ Public surface:
     fp8pass.explain(m, *a)    compile, run once, report what became FP8 and why
 """
 
+from . import logs
 from .config import Config
 from .graph_pass import MatmulRecord
 from .markers import high_precision
 from .report import Report, SavedTensor, explain
 from . import kernels  # noqa: F401  (registers torch.ops.fp8pass.*)
 from .lowering import backend
+
+logs.register_with_torch_logging()
 
 __all__ = ["Config", "MatmulRecord", "Report", "SavedTensor", "backend", "explain", "high_precision"]
 __version__ = "0.1.0"

@@ -8,7 +8,8 @@ from typing import Callable, Optional
 from torch.fx import Graph, Node
 
 from .policy import SiteContext, embedding_tied_weights, output_head_fprops, role_skip_reason, site_skip_reason
-from .rewrite import GemmRewrite, rewrite_gemms
+from . import numerics  # noqa: F401  (registers torch.ops.fp8pass.observe_mm)
+from .rewrite import GemmRewrite, observe_gemms, rewrite_gemms
 from .sites import find_linear_sites, module_of, tensor_meta
 
 PAIRING = {"fprop": "1x128 x 128x128", "dgrad": "1x128 x 128x128", "wgrad": "1x128 x 128x1"}
@@ -30,6 +31,18 @@ class MatmulRecord:
     graph: str = ""
 
 
+def matmul_table(records: list[MatmulRecord]) -> str:
+    """Every GEMM site on its own row, with its full reason."""
+    rows = [("module", "role", "M x K x N", "fp8", "reason")]
+    for m in records:
+        rows.append((m.module or "<root>", m.role, " x ".join(str(d) for d in m.shape), "yes" if m.fp8 else "no",
+                     m.reason))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4] for r in rows]
+    lines.insert(1, "-" * (sum(widths) + 14))
+    return "\n".join(lines)
+
+
 def _gemm_shape(node: Node, swap: bool = False) -> tuple:
     out = tensor_meta(node)
     if node.target.__name__.startswith("addmm"):
@@ -45,8 +58,11 @@ def _gemm_shape(node: Node, swap: bool = False) -> tuple:
 
 
 def fp8_graph_pass(graph: Graph, ctx: SiteContext, is_weight: Callable[[Node], bool],
-                   graph_name: str = "") -> list[MatmulRecord]:
-    """Rewrite every eligible Linear-like matmul of `graph` (joint or inference) to FP8."""
+                   graph_name: str = "", observe: bool = False) -> list[MatmulRecord]:
+    """Rewrite every eligible Linear-like matmul of `graph` (joint or inference) to FP8.
+
+    With observe=True the sites are decided the same way but left in high precision, each
+    GEMM that would convert wrapped in an observer instead (see numerics.py)."""
     sites, others = find_linear_sites(graph, is_weight)
     heads = output_head_fprops(graph, sites)
     tied = embedding_tied_weights(graph)
@@ -70,6 +86,9 @@ def fp8_graph_pass(graph: Graph, ctx: SiteContext, is_weight: Callable[[Node], b
         fqn, _, _ = module_of(node)
         records.append(MatmulRecord(fqn, "fprop", _gemm_shape(node), False,
                                     "not Linear-like: neither operand is a parameter", "", graph_name))
-    rewrite_gemms(graph, rewrites)
+    if observe:
+        observe_gemms(graph, rewrites, graph_name)
+    else:
+        rewrite_gemms(graph, rewrites)
     graph.lint()
     return records

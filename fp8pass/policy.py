@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import linecache
+import os
+import re
 from typing import Callable, Optional
 
 import torch
@@ -33,19 +36,40 @@ def _multiple_of_tile(size) -> bool:
     return statically_known_true(size % TILE == 0)
 
 
-def _user_location(node: Node) -> str:
+def _user_location(node: Node) -> tuple[str, int]:
+    """(file, line) of the innermost user frame in the node's stack trace."""
     trace = node.meta.get("stack_trace") or ""
-    lines = [ln.strip() for ln in trace.splitlines() if ln.strip().startswith("File ")]
-    return lines[-1].replace("File ", "").replace('"', "") if lines else ""
+    frames = re.findall(r'File "([^"]+)", line (\d+)', trace)
+    return (frames[-1][0], int(frames[-1][1])) if frames else ("", 0)
+
+
+def _enclosing_with_line(filename: str, lineno: int) -> int:
+    """The line of the `with ...high_precision(...)` block that encloses `lineno`, or 0."""
+    lines = linecache.getlines(filename)
+    if not 0 < lineno <= len(lines):
+        return 0
+    indent = len(lines[lineno - 1]) - len(lines[lineno - 1].lstrip())
+    for i in range(lineno - 2, -1, -1):
+        text = lines[i]
+        if not text.strip():
+            continue
+        this_indent = len(text) - len(text.lstrip())
+        if this_indent < indent:
+            if re.match(r"\s*with\b.*high_precision\s*\(", text):
+                return i + 1
+            indent = this_indent
+    return 0
 
 
 def high_precision_mark(node: Node) -> Optional[str]:
     label = (node.meta.get("custom") or {}).get(MARK_KEY)
     if label is None:
         return None
-    if " at " not in label:  # context manager under compile: name the matmul's own line
-        where = _user_location(node)
-        label = f"{label} around {where}" if where else label
+    if " at " not in label:  # context manager under compile: find the `with` around the matmul
+        filename, lineno = _user_location(node)
+        with_line = _enclosing_with_line(filename, lineno) if filename else 0
+        where = f"{os.path.relpath(filename)}:{with_line or lineno}" if filename else "an unknown line"
+        label = f"{label} at {where}" if with_line else f"{label} around {where}"
     return label
 
 

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
-from typing import Optional
+import re
+from typing import Callable, Optional
 
 import torch
 from torch.utils._pytree import tree_flatten
 
 from .config import Config
-from .graph_pass import MatmulRecord
+from .graph_pass import MatmulRecord, matmul_table
+from .numerics import NumericsReport, site_numerics, take_observed
 from .rewrite import FP8_META_KEY
 from .sites import module_of
+
+_FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +34,7 @@ class SavedTensor:
 
     @property
     def fp8(self) -> bool:
-        return self.dtype in (torch.float8_e4m3fn, torch.float8_e5m2)
+        return self.dtype in _FP8_DTYPES
 
     @property
     def is_graph_input(self) -> bool:
@@ -62,6 +67,30 @@ def saved_tensors(forward: torch.fx.GraphModule, backward: torch.fx.GraphModule,
     return saved
 
 
+def _saved_from(graphs: dict) -> list[SavedTensor]:
+    saved = []
+    for name, fw in graphs.items():
+        if name.endswith("_forward"):
+            base = name[: -len("_forward")]
+            bw = graphs.get(base + "_backward")
+            if isinstance(fw, torch.fx.GraphModule) and isinstance(bw, torch.fx.GraphModule):
+                saved += saved_tensors(fw, bw, base)
+    return saved
+
+
+def _module_pattern(fqn: str) -> str:
+    return re.sub(r"(?<=\.)\d+(?=\.|$)|^\d+(?=\.|$)", "*", fqn)
+
+
+_RULES = (("output head", "output head"), ("high precision:", "marked high precision"),
+          ("not a multiple of 128", "K/N not multiple of 128"), ("module_filter", "module_filter"),
+          ("Config(", "disabled in Config"), ("dtype", "unsupported dtype"), ("not Linear-like", "not Linear-like"))
+
+
+def _rule(reason: str) -> str:
+    return next((short for key, short in _RULES if key in reason), reason[:40])
+
+
 @dataclasses.dataclass
 class Report:
     """What the fp8 backend did to one model call.
@@ -69,12 +98,18 @@ class Report:
     matmuls: one MatmulRecord per GEMM site (.module, .role, .shape, .fp8, .reason).
     graphs: the rewritten graphs by name (`graph_N_joint` / `graph_N_inference` as the pass left
         them, `graph_N_forward` / `graph_N_backward` as Inductor lowers them after partitioning).
-    saved: the tensors saved for backward, from the partitioned graphs.
+    saved: the tensors saved for backward, from the partitioned graphs; saved_bytes counts the
+        activations among them (not parameters and inputs, which are alive anyway), and
+        baseline_saved_bytes the same for the same model compiled without the pass.
     """
 
     matmuls: list[MatmulRecord]
     graphs: dict
     saved: list[SavedTensor]
+    baseline_saved: Optional[list[SavedTensor]] = None
+    graphs_before: dict = dataclasses.field(default_factory=dict, repr=False)
+    _rerun: Optional[Callable] = dataclasses.field(default=None, repr=False)
+    _numerics: Optional[NumericsReport] = dataclasses.field(default=None, repr=False)
 
     @property
     def fp8_matmuls(self) -> list[MatmulRecord]:
@@ -82,64 +117,189 @@ class Report:
 
     @property
     def saved_bytes(self) -> int:
-        return sum(s.bytes for s in self.saved)
+        return sum(s.bytes for s in self.saved if not s.is_graph_input)
 
+    @property
+    def baseline_saved_bytes(self) -> Optional[int]:
+        if self.baseline_saved is None:
+            return None
+        return sum(s.bytes for s in self.baseline_saved if not s.is_graph_input)
+
+    # ---- text -------------------------------------------------------------------------------
     def __str__(self) -> str:
-        rows = [("module", "role", "M x K x N", "fp8", "reason")]
+        """One row per module (numbered layers folded into '*'), roles in FP8, and why not."""
+        groups: dict[tuple, list] = {}
         for m in self.matmuls:
-            rows.append((m.module or "<root>", m.role, " x ".join(str(d) for d in m.shape), "yes" if m.fp8 else "no",
-                         m.reason))
-        widths = [max(len(r[i]) for r in rows) for i in range(4)]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4] for r in rows]
-        lines.insert(1, "-" * min(120, len(lines[0]) + 20))
-        n_fp8 = len(self.fp8_matmuls)
-        lines.append(f"{n_fp8} of {len(self.matmuls)} GEMMs in FP8")
+            key = (_module_pattern(m.module) or "<root>", m.weight.split(".")[-1] if m.weight else "")
+            groups.setdefault(key, []).append(m)
+        rows = [("module", "x", "fprop M x K x N", "FP8 roles", "why not FP8")]
+        for (pattern, _), ms in groups.items():
+            count = len({m.module for m in ms})
+            fprop = next((m for m in ms if m.role == "fprop"), ms[0])
+            roles = [r for r in ("fprop", "dgrad", "wgrad") if any(m.role == r and m.fp8 for m in ms)]
+            skipped = {_rule(m.reason) for m in ms if not m.fp8}
+            rows.append((pattern, str(count), " x ".join(map(str, fprop.shape)), ",".join(roles) or "-",
+                         "; ".join(sorted(skipped))))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        lines.insert(1, "-" * len(lines[0]))
+        lines.append(f"{len(self.fp8_matmuls)} of {len(self.matmuls)} GEMMs in FP8")
+        seen = set()
+        for m in self.matmuls:
+            if not m.fp8 and m.reason not in seen and m.role == "fprop":
+                seen.add(m.reason)
+                lines.append(f"  {m.module or '<root>'}: {m.reason}")
         if self.saved:
             acts = [s for s in self.saved if not s.is_graph_input]
             fp8_bytes = sum(s.bytes for s in acts if s.fp8)
-            lines.append(f"saved for backward: {len(acts)} activations, {sum(s.bytes for s in acts) / 2**20:.2f} MiB "
-                         f"({fp8_bytes / 2**20:.2f} MiB of it FP8), plus {len(self.saved) - len(acts)} graph inputs "
-                         f"(parameters, inputs) kept alive")
+            line = (f"saved for backward: {len(acts)} activations, {self.saved_bytes / 2**20:.2f} MiB "
+                    f"({fp8_bytes / 2**20:.2f} MiB of it FP8)")
+            if self.baseline_saved_bytes:
+                line += (f"; without the pass {self.baseline_saved_bytes / 2**20:.2f} MiB "
+                         f"({self.saved_bytes / self.baseline_saved_bytes:.2f}x)")
+            lines.append(line)
         return "\n".join(lines)
 
+    def table(self) -> str:
+        """Every GEMM site on its own row, with its full reason."""
+        return matmul_table(self.matmuls)
 
-def _leaf_tensors(model: torch.nn.Module, args, kwargs) -> list[torch.Tensor]:
-    leaves = [p for p in model.parameters()] if isinstance(model, torch.nn.Module) else []
+    def readable(self, name: Optional[str] = None) -> str:
+        """The rewritten graphs' code (all, or the one named), each FP8 node marked."""
+        out = []
+        for gname, gm in self.graphs.items():
+            if name is not None and gname != name:
+                continue
+            if not isinstance(gm, torch.fx.GraphModule):
+                out.append(f"# {gname}: {gm}")
+                continue
+            marks = {n.name: n.meta[FP8_META_KEY] for n in gm.graph.nodes if FP8_META_KEY in n.meta}
+            out.append(f"# ===== {gname} =====")
+            for line in gm.code.splitlines():
+                target = line.strip().split(" = ", 1)[0]
+                mark = marks.get(target)
+                if mark and "getitem" not in target:
+                    what = "quantize" if mark["role"] == "quantize" else f"FP8 GEMM, {mark['role']}"
+                    line = f"{line}  # <-- {what} of {mark['module'] or '<root>'}"
+                out.append(line)
+        return "\n".join(out)
+
+    def diff(self) -> str:
+        """Unified diff of each joint/inference graph before and after the pass."""
+        chunks = []
+        for gname, before in self.graphs_before.items():
+            after = self.graphs.get(gname)
+            if not isinstance(before, torch.fx.GraphModule) or not isinstance(after, torch.fx.GraphModule):
+                continue
+            chunks.extend(difflib.unified_diff(before.code.splitlines(), after.code.splitlines(),
+                                               f"{gname} (before)", f"{gname} (after fp8pass)", lineterm="", n=1))
+        return "\n".join(chunks)
+
+    def to_dot(self, path: str, name: Optional[str] = None) -> list[str]:
+        """Draw the graphs (or the one named) with graphviz; returns the files written.
+
+        Needs the optional packages pydot and graphviz (the `dot` program)."""
+        try:
+            from torch.fx.passes.graph_drawer import FxGraphDrawer
+        except ImportError as exc:  # pydot missing
+            raise RuntimeError("Report.to_dot needs the optional package pydot and graphviz's `dot` program: "
+                               "pip install pydot; apt-get install graphviz") from exc
+        written = []
+        for gname, gm in self.graphs.items():
+            if (name is not None and gname != name) or not isinstance(gm, torch.fx.GraphModule):
+                continue
+            dot = FxGraphDrawer(gm, gname).get_dot_graph()
+            out = path if name is not None else f"{path.rsplit('.', 1)[0]}_{gname}.{path.rsplit('.', 1)[-1]}"
+            fmt = out.rsplit(".", 1)[-1]
+            dot.write(out, format="raw" if fmt == "dot" else fmt)
+            written.append(out)
+        return written
+
+    def to_dict(self) -> dict:
+        """Everything as JSON-serialisable data."""
+        def saved(items):
+            return [dict(dataclasses.asdict(s), dtype=str(s.dtype), shape=[str(d) for d in s.shape],
+                         fp8=s.fp8, is_graph_input=s.is_graph_input) for s in items or []]
+
+        return {
+            "matmuls": [dict(dataclasses.asdict(m), shape=[str(d) for d in m.shape]) for m in self.matmuls],
+            "fp8_matmuls": len(self.fp8_matmuls),
+            "saved": saved(self.saved),
+            "saved_bytes": self.saved_bytes,
+            "baseline_saved_bytes": self.baseline_saved_bytes,
+            "graphs": sorted(self.graphs),
+            "numerics": self._numerics.to_dict() if self._numerics is not None else None,
+        }
+
+    # ---- numerics ---------------------------------------------------------------------------
+    def numerics(self, threshold_db: float = 25.0, outlier_ratio: float = 1e3) -> NumericsReport:
+        """Run every GEMM the pass converts on the real inputs of the explained call, in FP8 and
+        in float64: per-site SQNR and calc_diff, and per-operand underflow/subnormal/outlier
+        counts; sites under `threshold_db`, or with a tile whose largest value is over
+        `outlier_ratio` times the tile's median magnitude, are flagged.
+
+        Recompiles the model in observation mode and runs it once more (with the same inputs),
+        keeping every converted GEMM's operands in memory while it runs."""
+        if self._rerun is None:
+            raise RuntimeError("Report.numerics() needs a report made by fp8pass.explain(model, *args)")
+        take_observed()
+        self._rerun()
+        observed = take_observed()
+        sites = []
+        for key in sorted(observed):
+            _graph, _index, module, role = key.split("|")
+            a, b = observed[key]
+            sites.append(site_numerics(module, role, a, b, threshold_db, outlier_ratio))
+        self._numerics = NumericsReport(sites, threshold_db)
+        return self._numerics
+
+
+def _leaf_tensors(model, args, kwargs) -> list[torch.Tensor]:
+    leaves = list(model.parameters()) if isinstance(model, torch.nn.Module) else []
     flat, _ = tree_flatten((args, kwargs))
     leaves += [t for t in flat if isinstance(t, torch.Tensor) and t.is_leaf and t.requires_grad]
     return leaves
 
 
-def explain(model, *args, fp8_config: Optional[Config] = None, **kwargs) -> Report:
+def _run_once(model, args, kwargs, backend) -> None:
+    """Compile with `backend`, run forward (and backward with ones when an output requires grad);
+    the model's and inputs' .grad are left as they were."""
+    leaves = _leaf_tensors(model, args, kwargs)
+    old_grads = [None if t.grad is None else t.grad.clone() for t in leaves]
+    try:
+        out = torch.compile(model, backend=backend)(*args, **kwargs)
+        flat, _ = tree_flatten(out)
+        needs_grad = [t for t in flat if isinstance(t, torch.Tensor) and t.requires_grad]
+        if needs_grad:
+            torch.autograd.backward(needs_grad, [torch.ones_like(t) for t in needs_grad])
+    finally:
+        for t, g in zip(leaves, old_grads):
+            t.grad = g
+
+
+def explain(model, *args, fp8_config: Optional[Config] = None, baseline: bool = True, **kwargs) -> Report:
     """Compile `model` with the fp8 backend, run one forward (and a backward, with ones as the
     output gradient, when an output requires grad) on the given inputs, and report.
 
-    The model's and inputs' .grad are left as they were. Pass `fp8_config=Config(...)` to explain
-    a non-default configuration."""
+    fp8_config: a non-default Config to explain. baseline: also compile without the pass (one
+    more compile and run) to report `baseline_saved_bytes`. The model's and inputs' .grad are
+    left as they were."""
     from fp8pass.lowering import Recorder, compile_with_fp8
 
     config = fp8_config or Config()
-    recorder = Recorder(keep_graphs=True)
 
-    def fp8_explain(gm, example_inputs, **_):
-        return compile_with_fp8(gm, example_inputs, config, recorder)
+    def run(cfg: Config, observe: bool = False) -> Recorder:
+        recorder = Recorder(keep_graphs=True)
 
-    leaves = _leaf_tensors(model, args, kwargs)
-    old_grads = [None if t.grad is None else t.grad.clone() for t in leaves]
-    compiled = torch.compile(model, backend=fp8_explain)
-    out = compiled(*args, **kwargs)
-    flat, _ = tree_flatten(out)
-    needs_grad = [t for t in flat if isinstance(t, torch.Tensor) and t.requires_grad]
-    if needs_grad:
-        torch.autograd.backward(needs_grad, [torch.ones_like(t) for t in needs_grad])
-    for t, g in zip(leaves, old_grads):
-        t.grad = g
+        def fp8_explain(gm, example_inputs, **_):
+            return compile_with_fp8(gm, example_inputs, cfg, recorder, observe=observe)
 
-    saved = []
-    for name in recorder.graphs:
-        if name.endswith("_forward"):
-            base = name[: -len("_forward")]
-            fw, bw = recorder.graphs[name], recorder.graphs.get(base + "_backward")
-            if isinstance(fw, torch.fx.GraphModule) and isinstance(bw, torch.fx.GraphModule):
-                saved += saved_tensors(fw, bw, base)
-    return Report(list(recorder.records), dict(recorder.graphs), saved)
+        _run_once(model, args, kwargs, fp8_explain)
+        return recorder
+
+    recorder = run(config)
+    baseline_saved = None
+    if baseline:
+        baseline_saved = _saved_from(run(dataclasses.replace(config, fprop=False, dgrad=False, wgrad=False)).graphs)
+    return Report(list(recorder.records), dict(recorder.graphs), _saved_from(recorder.graphs), baseline_saved,
+                  dict(recorder.before), _rerun=lambda: run(config, observe=True))

@@ -162,3 +162,25 @@ def rewrite_gemms(graph: Graph, rewrites: list[GemmRewrite]) -> list[Node]:
         new_nodes.append(gemm)
     graph.eliminate_dead_code()
     return new_nodes
+
+
+def observe_gemms(graph: Graph, rewrites: list[GemmRewrite], graph_name: str) -> None:
+    """Observation mode (Report.numerics): replace each matmul by `observe_mm(A, B, key)` on its
+    canonical operands, computing the same high-precision product and keeping A and B."""
+    builder = _Builder(graph)
+    for index, rw in enumerate(rewrites):
+        node = rw.node
+        a, b = node.args[1:3] if node.target is aten.addmm.default else node.args[:2]
+        with graph.inserting_before(node):
+            if rw.swap:
+                a, b = builder.transpose(b), builder.transpose(a)
+            key = f"{graph_name}|{index:05d}|{rw.module}|{rw.role}"
+            result = builder.call(torch.ops.fp8pass.observe_mm.default, (a, b, key), node,
+                                  {"role": rw.role, "module": rw.module})
+            if rw.swap:
+                result = builder.transpose(result)
+            if node.target is aten.addmm.default:
+                result = builder.call(aten.add.Tensor, (result, node.args[0]), node)
+        node.replace_all_uses_with(result)
+        graph.erase_node(node)
+    graph.eliminate_dead_code()

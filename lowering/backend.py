@@ -22,13 +22,14 @@ from torch._inductor.custom_graph_pass import CustomGraphPass
 
 import fp8pass.kernels  # noqa: F401  (registers torch.ops.fp8pass.*)
 from fp8pass.config import Config
-from fp8pass.graph_pass import MatmulRecord, fp8_graph_pass
+from fp8pass import logs
+from fp8pass.graph_pass import fp8_graph_pass, matmul_table
 from fp8pass.policy import SiteContext
 from fp8pass.sites import normalize_module_path
 
 from .recorder import Recorder
 
-log = logging.getLogger("fp8pass")
+log = logs.log
 
 _SOURCE_DIGEST = None
 
@@ -97,8 +98,10 @@ def _module_lookup(gm: torch.fx.GraphModule):
 class Fp8JointPass(CustomGraphPass):
     """`joint_custom_pre_pass`: the FP8 rewrite, with a uuid for Inductor's caches."""
 
-    def __init__(self, config: Config, inputs: list[InputInfo], modules: dict, recorder: Recorder, name: str):
+    def __init__(self, config: Config, inputs: list[InputInfo], modules: dict, recorder: Recorder, name: str,
+                 observe: bool = False):
         self.config = config
+        self.observe = observe
         self.inputs = inputs
         self.modules = modules
         self.recorder = recorder
@@ -119,17 +122,25 @@ class Fp8JointPass(CustomGraphPass):
         )
         is_training = len(primals) != sum(1 for n in graph.nodes if n.op == "placeholder")
         kind = "joint" if is_training else "inference"
-        records = fp8_graph_pass(graph, ctx, lambda n: n in info and info[n].is_param, f"{self.name}_{kind}")
+        self.recorder.add_graph(f"{self.name}_{kind}", graph, before=True)
+        records = fp8_graph_pass(graph, ctx, lambda n: n in info and info[n].is_param, f"{self.name}_{kind}",
+                                 observe=self.observe)
         self.recorder.add_records(records)
         self.recorder.add_graph(f"{self.name}_{kind}", graph)
         if self.config.log_decisions:
             for r in records:
                 print(f"[fp8pass] {self.name} {r.role:5s} {r.module or '<root>'} {r.shape}: "
                       f"{'FP8' if r.fp8 else 'high precision'} ({r.reason})")
+        if records:
+            n_fp8 = sum(r.fp8 for r in records)
+            log.info("%s_%s: %d of %d GEMMs in FP8\n%s", self.name, kind, n_fp8, len(records), matmul_table(records))
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s_%s after the fp8 pass:\n%s", self.name, kind, graph.python_code("self").src)
 
     def uuid(self):
         mask = "".join("1" if i.is_param else "0" for i in self.inputs)
-        return f"fp8pass-{_source_digest()[:16]}-{self.config.cache_key()[:16]}-{mask}"
+        mode = "observe" if self.observe else "fp8"
+        return f"fp8pass-{mode}-{_source_digest()[:16]}-{self.config.cache_key()[:16]}-{mask}"
 
 
 class _CapturePartitioned(CustomGraphPass):
@@ -157,18 +168,19 @@ _graph_counter = itertools.count()
 
 
 def compile_with_fp8(gm: torch.fx.GraphModule, example_inputs, config: Config,
-                     recorder: Optional[Recorder] = None):
-    """Compile a dynamo graph with Inductor and the FP8 pass."""
+                     recorder: Optional[Recorder] = None, observe: bool = False):
+    """Compile a dynamo graph with Inductor and the FP8 pass (observe=True: see fp8pass.numerics)."""
     recorder = recorder if recorder is not None else Recorder(keep_graphs=False)
     name = f"graph_{next(_graph_counter)}"
     patches = {
-        "joint_custom_pre_pass": Fp8JointPass(config, _describe_inputs(gm), _module_lookup(gm), recorder, name),
+        "joint_custom_pre_pass": Fp8JointPass(config, _describe_inputs(gm), _module_lookup(gm), recorder, name,
+                                              observe),
     }
     if recorder.keep_graphs:
         patches["post_grad_custom_post_pass"] = _CapturePartitioned(recorder, name)
-    if not (recorder.keep_graphs or config.log_decisions):
+    if not (recorder.keep_graphs or config.log_decisions or logs.enabled()):
         return compile_fx(gm, example_inputs, config_patches=patches)
-    # A cached graph would skip the pass, and with it what explain() and the log must show.
+    # A cached graph would skip the pass, and with it what explain() and the logs must show.
     patches["fx_graph_cache"] = False
     with torch._functorch.config.patch(enable_autograd_cache=False):
         return compile_fx(gm, example_inputs, config_patches=patches)

@@ -18,13 +18,16 @@ class Recorder:
         self.keep_graphs = keep_graphs
         self.records = []
         self.graphs: dict[str, torch.fx.GraphModule] = {}
+        self.before: dict[str, torch.fx.GraphModule] = {}  # joint/inference graphs as the pass got them
 
     def add_records(self, records) -> None:
         self.records.extend(records)
 
-    def add_graph(self, name: str, graph: torch.fx.Graph) -> None:
-        if self.keep_graphs:
-            try:
-                self.graphs[name] = snapshot_graph(graph)
-            except Exception as exc:  # noqa: BLE001  (a graph we cannot copy must not fail the compile)
-                self.graphs[name] = f"<graph could not be copied: {exc}>"
+    def add_graph(self, name: str, graph: torch.fx.Graph, before: bool = False) -> None:
+        if not self.keep_graphs:
+            return
+        target = self.before if before else self.graphs
+        try:
+            target[name] = snapshot_graph(graph)
+        except Exception as exc:  # noqa: BLE001  (a graph we cannot copy must not fail the compile)
+            target[name] = f"<graph could not be copied: {exc}>"

@@ -1,0 +1,172 @@
+"""Per-GEMM numerics on real inputs: what FP8 costs at each converted site.
+
+`Report.numerics()` recompiles the model in observation mode: each GEMM the pass would convert
+is replaced by `torch.ops.fp8pass.observe_mm`, which computes the high-precision product and
+keeps its operands (in the canonical form A[M, K] @ B[K, N]). Each kept pair is then run both
+ways: in float64, and quantized exactly as the pass quantizes that role (A in 1x128 tiles; B in
+128x128 blocks for Fprop/Dgrad, 128x1 tiles for Wgrad) through the FP8 GEMM op.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+
+import torch
+
+from fp8pass.kernels.reference import TILE, _pad_dim
+
+MIN_NORMAL_E4M3 = 2.0 ** -6
+_OBSERVED: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+_LOCK = threading.Lock()
+
+
+@torch.library.custom_op("fp8pass::observe_mm", mutates_args=())
+def observe_mm(a: torch.Tensor, b: torch.Tensor, key: str) -> torch.Tensor:
+    """a @ b, keeping (a, b) under `key` for Report.numerics()."""
+    with _LOCK:
+        _OBSERVED[key] = (a.detach().clone(), b.detach().clone())
+    return a @ b
+
+
+@observe_mm.register_fake
+def _(a, b, key):
+    return a.new_empty((a.shape[0], b.shape[1]))
+
+
+def take_observed() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    with _LOCK:
+        out = dict(_OBSERVED)
+        _OBSERVED.clear()
+    return out
+
+
+def sqnr_db(ref: torch.Tensor, x: torch.Tensor) -> float:
+    ref, x = ref.double(), x.double()
+    noise = (ref - x).pow(2).sum()
+    if noise == 0:
+        return float("inf")
+    return float(10 * torch.log10(ref.pow(2).sum() / noise))
+
+
+def calc_diff(x: torch.Tensor, y: torch.Tensor) -> float:
+    """DeepGEMM's gate: 1 - 2 sum(xy) / sum(x^2 + y^2); 0 for identical tensors."""
+    x, y = x.double(), y.double()
+    denom = (x * x + y * y).sum()
+    return float(1 - 2 * (x * y).sum() / denom) if denom > 0 else 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantStats:
+    """How one operand fares in E4M3 with its tiling.
+
+    underflow: nonzero values that became 0; subnormal: values that landed below E4M3's normal
+    range (fewer mantissa bits); nonfinite: NaN/Inf inputs; outlier_tiles: tiles whose largest
+    magnitude is over `outlier_ratio` times the median nonzero magnitude of the tile (one value
+    sets the scale for all 128 or 16384 of them)."""
+
+    tiling: str
+    amax: float
+    numel: int
+    underflow: int
+    subnormal: int
+    nonfinite: int
+    outlier_tiles: int
+    tiles: int
+
+
+def _tiles(x: torch.Tensor, tiling: str) -> torch.Tensor:
+    """[number of tiles, elements per tile] view of a 2-D tensor (tails padded with zeros)."""
+    if tiling == "1x128":
+        x = _pad_dim(x, -1, TILE)
+        return x.reshape(-1, TILE)
+    if tiling == "128x1":
+        x = _pad_dim(x, 0, TILE)
+        return x.reshape(x.shape[0] // TILE, TILE, x.shape[1]).permute(0, 2, 1).reshape(-1, TILE)
+    x = _pad_dim(_pad_dim(x, 0, TILE), 1, TILE)
+    blocks = x.reshape(x.shape[0] // TILE, TILE, x.shape[1] // TILE, TILE).permute(0, 2, 1, 3)
+    return blocks.reshape(-1, TILE * TILE)
+
+
+def quant_stats(x: torch.Tensor, q: torch.Tensor, tiling: str, outlier_ratio: float = 1e3) -> QuantStats:
+    x = x.float()
+    qa = q.float().abs()
+    finite = torch.isfinite(x)
+    nonzero = (x != 0) & finite
+    zeroed = nonzero & (qa == 0)
+    low = nonzero & (qa < MIN_NORMAL_E4M3) & ~zeroed
+    mags = _tiles(torch.where(nonzero, x.abs(), torch.full_like(x, float("nan"))), tiling)
+    counts = (~torch.isnan(mags)).sum(1)
+    median = torch.nanmedian(mags, dim=1).values
+    tile_amax = torch.nan_to_num(mags, nan=0.0).amax(1)
+    outliers = (counts >= 8) & (tile_amax > outlier_ratio * median)
+    return QuantStats(tiling, float(x[finite].abs().max()) if finite.any() else float("nan"), x.numel(),
+                      int(zeroed.sum()), int(low.sum()), int((~finite).sum()), int(outliers.sum()), mags.shape[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class SiteNumerics:
+    module: str
+    role: str
+    shape: tuple
+    sqnr_db: float
+    calc_diff: float
+    a: QuantStats
+    b: QuantStats
+    flagged: bool
+    why: str
+
+
+def site_numerics(module: str, role: str, a: torch.Tensor, b: torch.Tensor, threshold_db: float,
+                  outlier_ratio: float = 1e3) -> SiteNumerics:
+    ops = torch.ops.fp8pass
+    aq, a_scale = ops.quantize_1x128(a)
+    if role == "wgrad":
+        bq, b_scale = ops.quantize_128x1(b)
+        b_tiling = "128x1"
+    else:
+        bq, b_scale = ops.quantize_128x128(b)
+        b_tiling = "128x128"
+    out = ops.gemm_blockwise(aq, a_scale, bq, b_scale, torch.float32)
+    ref = a.double() @ b.double()
+    sq, cd = sqnr_db(ref, out), calc_diff(ref, out)
+    a_stats = quant_stats(a, aq, "1x128", outlier_ratio)
+    b_stats = quant_stats(b, bq, b_tiling, outlier_ratio)
+    why = []
+    if not sq >= threshold_db:  # NaN compares false: flagged too
+        why.append(f"SQNR {sq:.1f} dB < {threshold_db:g} dB")
+    for name, st in (("A", a_stats), ("B", b_stats)):
+        if st.outlier_tiles:
+            why.append(f"{name} has {st.outlier_tiles} outlier tile(s) of {st.tiles} ({st.tiling} tiles): a value "
+                       f"over {outlier_ratio:g}x the tile's median sets the scale of all of it")
+        if st.nonfinite:
+            why.append(f"{name} has {st.nonfinite} NaN/Inf value(s)")
+    return SiteNumerics(module, role, (a.shape[0], a.shape[1], b.shape[1]), sq, cd, a_stats, b_stats,
+                        bool(why), "; ".join(why))
+
+
+@dataclasses.dataclass
+class NumericsReport:
+    sites: list[SiteNumerics]
+    threshold_db: float
+
+    @property
+    def flagged(self) -> list[SiteNumerics]:
+        return [s for s in self.sites if s.flagged]
+
+    def __str__(self) -> str:
+        rows = [("module", "role", "M x K x N", "SQNR dB", "calc_diff", "A under/sub", "B under/sub", "flag")]
+        for s in self.sites:
+            rows.append((s.module or "<root>", s.role, " x ".join(map(str, s.shape)), f"{s.sqnr_db:.1f}",
+                         f"{s.calc_diff:.2e}", f"{s.a.underflow}/{s.a.subnormal}", f"{s.b.underflow}/{s.b.subnormal}",
+                         "FLAG" if s.flagged else ""))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        lines.insert(1, "-" * len(lines[0]))
+        lines.append(f"{len(self.flagged)} of {len(self.sites)} GEMMs flagged (threshold {self.threshold_db:g} dB)")
+        lines += [f"  {s.module} {s.role}: {s.why}" for s in self.flagged]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {"threshold_db": self.threshold_db, "sites": [dataclasses.asdict(s) for s in self.sites]}
+

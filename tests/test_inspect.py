@@ -1,0 +1,172 @@
+"""Seeing inside: saved-tensor accounting, per-GEMM numerics, readable graphs, logs and the CLI."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import fp8pass
+from conftest import MLP, load_example
+
+train_gpt = load_example("train_gpt")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def block_report():
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    cfg = train_gpt.GPTConfig(dim=256, n_heads=4, mlp_hidden=768, seq_len=64)
+    block = train_gpt.Block(cfg)
+    x = torch.randn(4, 64, 256, requires_grad=True)
+    return fp8pass.explain(block, x)
+
+
+def test_saved_bytes_match_the_partitioned_forward_outputs(block_report):
+    fw = block_report.graphs["graph_0_forward"]
+    bw = block_report.graphs["graph_0_backward"]
+    needed = {n.name for n in bw.graph.nodes if n.op == "placeholder" and not n.name.startswith("tangents")}
+    outputs = next(n for n in fw.graph.nodes if n.op == "output").all_input_nodes
+    expect = sum(n.meta["val"].numel() * n.meta["val"].element_size() for n in outputs
+                 if n.name in needed and n.op != "placeholder")
+    assert expect > 0 and block_report.saved_bytes == expect
+    fp8 = [s for s in block_report.saved if s.fp8]
+    assert fp8 and all(s.dtype == torch.float8_e4m3fn for s in fp8)
+    # FP8 saves less than the same block compiled without the pass
+    assert block_report.baseline_saved_bytes > block_report.saved_bytes
+    assert "without the pass" in str(block_report)
+
+
+def test_numerics_on_random_data_clears_25db(block_report):
+    numerics = block_report.numerics()
+    assert len(numerics.sites) == len(block_report.fp8_matmuls) == 15
+    for site in numerics.sites:
+        assert site.sqnr_db >= 25, site
+        assert site.calc_diff < 1e-2, site
+        assert site.a.nonfinite == 0 and site.a.outlier_tiles == 0, site
+    assert not numerics.flagged
+    assert "0 of 15 GEMMs flagged" in str(numerics)
+
+
+def test_numerics_flags_a_planted_outlier_tile():
+    torch.manual_seed(0)
+    model = MLP()
+    x = torch.randn(64, 256)
+    x[3, 5] = 1e4 * x.abs().mean()  # one value 1e4 times the rest, in one 1x128 tile of fc1's input
+    report = fp8pass.explain(model, x.requires_grad_())
+    numerics = report.numerics()
+    flagged = {(s.module, s.role) for s in numerics.flagged}
+    assert ("fc1", "fprop") in flagged
+    site = next(s for s in numerics.sites if (s.module, s.role) == ("fc1", "fprop"))
+    assert site.a.outlier_tiles == 1 and "outlier tile" in site.why
+    assert ("fc2", "fprop") not in flagged, "a clean site is not flagged"
+
+
+def test_numerics_quant_stats_count_underflow_and_nonfinite():
+    from fp8pass.numerics import quant_stats
+
+    x = torch.randn(4, 256)
+    x[0, :128] = 1e-3
+    x[0, 0] = 1e4  # the rest of this tile underflows to 0
+    x[1, 200] = float("nan")
+    q, _ = torch.ops.fp8pass.quantize_1x128(x)
+    st = quant_stats(x, q, "1x128")
+    assert st.underflow == 127 and st.nonfinite == 1 and st.outlier_tiles == 1 and st.tiles == 8
+
+
+def test_readable_diff_and_dict(block_report):
+    text = block_report.readable("graph_0_joint")
+    assert "# <-- FP8 GEMM, fprop of mlp.w1" in text and "# <-- quantize of" in text
+    diff = block_report.diff()
+    assert diff.startswith("--- graph_0_joint (before)")
+    assert "-    mm = torch.ops.aten.mm.default" in diff and "+    gemm_blockwise" in diff
+    data = json.loads(json.dumps(block_report.to_dict()))
+    assert data["fp8_matmuls"] == 15 and data["saved_bytes"] == block_report.saved_bytes
+    assert {m["role"] for m in data["matmuls"]} == {"fprop", "dgrad", "wgrad"}
+
+
+def test_str_is_compact():
+    cfg = train_gpt.GPTConfig(dim=128, n_layers=6, n_heads=2, mlp_hidden=384, seq_len=32)
+    tokens = torch.randint(0, 256, (2, 32))
+    report = fp8pass.explain(train_gpt.GPT(cfg), tokens, tokens, baseline=False)
+    text = str(report)
+    assert len(text.splitlines()) <= 15, text  # 6 layers x 5 Linears x 3 GEMMs fold into one screen
+    assert "blocks.*.mlp.w1  6" in text.replace("  ", " ").replace("  ", " ") or "blocks.*.mlp.w1" in text
+    assert "90 of 93 GEMMs in FP8" in text
+
+
+def test_to_dot_without_pydot_says_what_to_install(block_report, tmp_path):
+    try:
+        import pydot  # noqa: F401
+    except ImportError:
+        with pytest.raises(RuntimeError, match="pydot"):
+            block_report.to_dot(str(tmp_path / "g.svg"))
+    else:
+        files = block_report.to_dot(str(tmp_path / "g.dot"), name="graph_0_joint")
+        assert os.path.getsize(files[0]) > 0
+
+
+LOG_SCRIPT = textwrap.dedent("""
+    import sys, torch
+    sys.path.insert(0, {tests!r})
+    from conftest import MLP
+    torch.manual_seed(0)
+    model, x = MLP(), torch.randn(32, 256)
+    y = torch.compile(model, backend="fp8")(x)
+    print("RESULT", repr(y.double().sum().item()), repr(y[0, :4].tolist()))
+""")
+
+
+def _run_logged(torch_logs):
+    env = {**os.environ, "TORCH_LOGS": torch_logs}
+    if not torch_logs:
+        env.pop("TORCH_LOGS")
+    out = subprocess.run([sys.executable, "-c", LOG_SCRIPT.format(tests=os.path.join(REPO, "tests"))],
+                         capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT")]
+    return result, out.stderr
+
+
+def test_torch_logs_fp8pass_prints_decisions_without_changing_results():
+    plain, plain_err = _run_logged("")
+    info, info_err = _run_logged("fp8pass")
+    debug, debug_err = _run_logged("+fp8pass")
+    assert plain == info == debug
+    assert "GEMMs in FP8" not in plain_err
+    assert "5 of 8 GEMMs in FP8" in info_err and "output head" in info_err
+    assert "after the fp8 pass" not in info_err
+    assert "after the fp8 pass" in debug_err and "torch.ops.fp8pass.gemm_blockwise" in debug_err
+
+
+def test_set_logs_alias():
+    import logging
+
+    torch._logging.set_logs(modules={"fp8": logging.INFO})
+    try:
+        assert logging.getLogger("fp8pass").isEnabledFor(logging.INFO)
+    finally:
+        torch._logging.set_logs()
+    assert not logging.getLogger("fp8pass").isEnabledFor(logging.INFO)
+
+
+def test_cli_explain_text_numerics_and_json():
+    cmd = [sys.executable, "-m", "fp8pass", "explain", "examples/train_gpt.py:explain_factory"]
+    text = subprocess.run(cmd + ["--numerics"], capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert text.returncode == 0, text.stderr[-3000:]
+    assert "30 of 33 GEMMs in FP8" in text.stdout and "GEMMs flagged" in text.stdout
+    js = subprocess.run(cmd + ["--json", "-o", "fp8_output_head=True"], capture_output=True, text=True,
+                        timeout=600, cwd=REPO)
+    assert js.returncode == 0, js.stderr[-3000:]
+    data = json.loads(js.stdout)
+    assert data["fp8_matmuls"] == 33 and data["saved_bytes"] < data["baseline_saved_bytes"]
+
+
+def test_cli_bad_target_is_a_clear_error():
+    out = subprocess.run([sys.executable, "-m", "fp8pass", "explain", "no/such.py:f"], capture_output=True,
+                         text=True, timeout=120, cwd=REPO)
+    assert out.returncode != 0 and "no such file" in out.stderr
