@@ -173,8 +173,15 @@ def site_skip_reason(site: LinearSite, ctx: SiteContext, heads: set[Node], tied:
     if cfg.module_filter is not None:
         module = ctx.module_instance(fqn)
         if not cfg.module_filter(fqn, module):
-            return f"module_filter returned False for {where}; change Config(module_filter=...) to convert it"
+            return (f"module_filter {_callable_location(cfg.module_filter)} returned False for {where}; "
+                    f"change Config(module_filter=...) to convert it")
     return None
+
+
+def _callable_location(fn) -> str:
+    code = getattr(fn, "__code__", None)
+    name = getattr(fn, "__qualname__", type(fn).__name__)
+    return f"{name} ({os.path.relpath(code.co_filename)}:{code.co_firstlineno})" if code else name
 
 
 def role_skip_reason(role: str, cfg: Config) -> Optional[str]:

@@ -97,7 +97,9 @@ def test_module_filter_gets_fqn_and_module():
     report = fp8pass.explain(Body(), _x(), fp8_config=fp8pass.Config(module_filter=only_a))
     assert fp8_counts(report) == {"a": 3, "b": 0, "head": 0}
     assert ("b", "Linear") in seen, "the filter receives the module instance"
-    assert all("module_filter returned False" in r for r in _reasons(report, "b"))
+    line = only_a.__code__.co_firstlineno
+    assert all(f"module_filter test_module_filter_gets_fqn_and_module.<locals>.only_a "
+               f"(tests/test_markers.py:{line}) returned False" in r for r in _reasons(report, "b"))
 
 
 def test_marked_model_still_trains_identically_to_eager_at_marked_sites():
