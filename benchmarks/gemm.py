@@ -200,13 +200,13 @@ def run_quant(tune: bool):
         n = x.numel()
         print("\n-- quantizer launch-parameter sweep at 16384x4096 bf16 (GB/s)", flush=True)
         sweeps = [
-            ("1x128 BLOCK_R,warps", "_BLOCK_R_1x128", "_WARPS_1x128", [(16, 4), (32, 4), (64, 4), (32, 8), (64, 8)],
+            ("1x128 BLOCK_R,warps", "_BLOCK_R_1x128", "_WARPS_1x128", [(32, 4), (64, 4)],
              lambda: tq.quantize_1x128(x), 2 * n + n),
-            ("128x1 BLOCK_C,warps", "_BLOCK_C_128x1", "_WARPS_128x1", [(32, 4), (64, 4), (64, 8), (128, 8), (32, 8)],
+            ("128x1 BLOCK_C,warps", "_BLOCK_C_128x1", "_WARPS_128x1", [(64, 4), (64, 2), (128, 4), (32, 4)],
              lambda: tq.quantize_128x1(x), 2 * n + n),
-            ("dual -,warps", None, "_WARPS_DUAL", [(0, 4), (0, 8), (0, 16)], lambda: tq.quantize_1x128_128x1(x),
+            ("dual -,warps", None, "_WARPS_DUAL", [(0, 8), (0, 4)], lambda: tq.quantize_1x128_128x1(x),
              2 * n + 2 * n),
-            ("128x128 -,warps", None, "_WARPS_128x128", [(0, 4), (0, 8), (0, 16)], lambda: tq.quantize_128x128(x),
+            ("128x128 -,warps", None, "_WARPS_128x128", [(0, 4), (0, 8)], lambda: tq.quantize_128x128(x),
              2 * n + n),
         ]
         for label, blk_attr, warp_attr, choices, fn, nbytes in sweeps:

@@ -14,7 +14,8 @@ times each candidate once and caches the fastest:
   * "cublas"  - cuBLAS blockwise through torch's scaled_mm, with whatever layout copies it
                 needs (A row-major, B column-major, MN-major scales), also timed.
 A candidate is kept only if its result agrees with the Triton kernel's (calc_diff < 1e-4), so a
-misread scale layout can never be picked. FP8PASS_GEMM_BACKEND=triton|gluon|cublas forces one.
+misread scale layout can never be picked. FP8PASS_GEMM_BACKEND=triton|gluon|cublas (read at
+import) forces one.
 """
 
 from __future__ import annotations
@@ -97,12 +98,16 @@ def _mn_major(scale: torch.Tensor) -> torch.Tensor:
     return scale.t().contiguous().t()
 
 
+_CUBLAS_B1x128_VARIANT: list = []  # which 128x1 b_scale layout this torch accepted
+
+
 def cublas_gemm_blockwise(a, a_scale, b, b_scale, out_dtype):
     """cuBLAS blockwise FP8 through torch (F.scaled_mm where present, else torch._scaled_mm).
 
-    A must be row-major and B column-major; the 1x128 scale of A is passed MN-major; B's 128x128
-    block scale as [KB, NB] with strides (1, KB); B's 128x1 scale as [KB, N] row-major
-    (cuBLAS calls it 1x128 along K of B^T). Copies are made where the given layouts differ."""
+    A must be row-major and B column-major; the 1x128 scale of A is passed MN-major ([M, KB]
+    with strides (1, M)); B's 128x128 block scale as [KB, NB] with strides (1, KB); B's 128x1
+    scale as cuBLAS's 1x128 scale of B^T, [N, KB] (torch 2.11 wants that shape). Copies are
+    made where the given layouts differ (the dispatcher times them)."""
     n = b.shape[1]
     b_block = b_scale.shape[1] != n
     if a.stride(1) != 1:
@@ -110,17 +115,28 @@ def cublas_gemm_blockwise(a, a_scale, b, b_scale, out_dtype):
     if b.stride(0) != 1:
         b = b.t().contiguous().t()
     sa = _mn_major(a_scale)
-    if b_block:
-        sb = _mn_major(b_scale)  # [KB, NB], strides (1, KB)
-    else:
-        sb = b_scale.contiguous()  # [KB, N] row-major == (B^T's [N, KB]) outer-dim-major
     F = torch.nn.functional
-    if hasattr(F, "scaled_mm") and hasattr(F, "ScalingType"):
-        st = F.ScalingType
-        return F.scaled_mm(a, b, sa, st.BlockWise1x128, sb,
-                           st.BlockWise128x128 if b_block else st.BlockWise1x128,
+    if not (hasattr(F, "scaled_mm") and hasattr(F, "ScalingType")):
+        return torch._scaled_mm(a, b, sa, _mn_major(b_scale) if b_block else b_scale.contiguous(),
+                                out_dtype=out_dtype)
+    st = F.ScalingType
+    if b_block:
+        return F.scaled_mm(a, b, sa, st.BlockWise1x128, _mn_major(b_scale), st.BlockWise128x128,
                            output_dtype=out_dtype)
-    return torch._scaled_mm(a, b, sa, sb, out_dtype=out_dtype)
+    variants = (lambda s: _mn_major(s.t()), lambda s: s.t().contiguous(), lambda s: s.contiguous())
+    order = _CUBLAS_B1x128_VARIANT or list(range(len(variants)))
+    err = None
+    for i in order:
+        try:
+            out = F.scaled_mm(a, b, sa, st.BlockWise1x128, variants[i](b_scale), st.BlockWise1x128,
+                              output_dtype=out_dtype)
+        except (ValueError, RuntimeError) as exc:
+            err = exc
+            continue
+        if not _CUBLAS_B1x128_VARIANT:
+            _CUBLAS_B1x128_VARIANT.append(i)
+        return out
+    raise err
 
 
 # --------------------------------------------------------------------------------------------
@@ -204,10 +220,12 @@ def _measure(a, a_scale, b, b_scale, out_dtype, key):
     return best
 
 
+_FORCED = os.environ.get("FP8PASS_GEMM_BACKEND", "auto")
+
+
 def gemm_blockwise(a, a_scale, b, b_scale, out_dtype):
-    forced = os.environ.get("FP8PASS_GEMM_BACKEND", "auto")
-    if forced != "auto":
-        return _run(forced, a, a_scale, b, b_scale, out_dtype)
+    if _FORCED != "auto":
+        return _run(_FORCED, a, a_scale, b, b_scale, out_dtype)
     key = _key(a, a_scale, b, b_scale, out_dtype)
     name = _choice.get(key)
     if name is None:

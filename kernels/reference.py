@@ -42,7 +42,10 @@ def _cdiv(a: int, b: int) -> int:
 
 def _scale_from_amax(amax: torch.Tensor) -> torch.Tensor:
     # clamp_min keeps NaN (so a NaN tile stays visible) and lifts an all-zero tile off 0.
-    return torch.clamp_min(amax, AMAX_EPS) / FP8_MAX
+    # The divisor is a tensor, not a Python float: on CUDA, torch turns division by a CPU
+    # scalar into multiplication by its reciprocal, which is one ulp off for some amax; a
+    # tensor divisor keeps the IEEE division, so the CPU and GPU references agree bit for bit.
+    return torch.clamp_min(amax, AMAX_EPS) / amax.new_full((), FP8_MAX)
 
 
 def _cast_to_fp8(x_over_scale: torch.Tensor) -> torch.Tensor:
