@@ -82,11 +82,12 @@ def _scale_and_recip(amax):
     # (R448 = RN(1/448)), instead of a div.rn sequence per tile and thread
     s0 = amax_c * _R448
     scale = tl.fma(tl.fma(-s0, _FMAX, amax_c), _R448, s0)
-    r = tl.math.div_rn(1.0, scale)
-    r = tl.fma(r, tl.fma(-scale, r, 1.0), r)
+    scale = tl.where(amax_c == _INF, amax_c, scale)  # inf / 448 = inf (the correction gives NaN)
     # An infinite scale (a tile holding +-inf) gives r = 0 and x / inf = x * 0 exactly (0, or
-    # NaN for an infinite x); the correction term must then vanish instead of making inf * 0.
+    # NaN for an infinite x); the correction terms must then vanish instead of making inf * 0.
     s_fma = tl.where(scale == _INF, 0.0, scale)
+    r = tl.math.div_rn(1.0, scale)
+    r = tl.fma(r, tl.fma(-s_fma, r, 1.0), r)
     return scale, r, s_fma
 
 
