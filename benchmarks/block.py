@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common import kernel_count, median_ms, peak_step_bytes, top_kernels, versions
+from common import grads_after, kernel_count, median_ms, peak_step_bytes, sqnr_db, top_kernels, versions
 
 
 class LlamaBlock(nn.Module):
@@ -64,7 +64,8 @@ def main(argv=None):
         return step
 
     print(f"{'variant':>14} {'ms':>8} {'kernels':>8} {'peak MiB':>9} {'vs bf16 compiled':>17}")
-    ref = None
+    ref, ref_grads = None, None
+    watched = [x, block.wqkv.weight, block.w2.weight]
     for name, model in (("bf16 eager", block), ("bf16 compiled", torch.compile(block)),
                         ("fp8", torch.compile(block, backend="fp8"))):
         step = make_step(model)
@@ -77,6 +78,12 @@ def main(argv=None):
             ref = (ms, peak)
         extra = f"{ref[0] / ms:.2f}x time, {peak / ref[1]:.2f}x memory" if ref and name == "fp8" else ""
         print(f"{name:>14} {ms:8.2f} {kernels:8d} {peak:9.0f} {extra:>17}", flush=True)
+        grads = grads_after(step, watched)
+        if name == "bf16 compiled":
+            ref_grads = grads
+        elif name == "fp8" and ref_grads is not None:
+            print("  fp8 vs bf16 compiled, SQNR dB of grads (x, wqkv, w2): "
+                  + ", ".join(f"{sqnr_db(r, g):.1f}" for r, g in zip(ref_grads, grads)), flush=True)
         if args.profile and name == "fp8":
             print(top_kernels(step))
         block.zero_grad(set_to_none=True)

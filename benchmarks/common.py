@@ -62,3 +62,19 @@ def top_kernels(step, n: int = 12) -> str:
         step()
         torch.cuda.synchronize()
     return prof.key_averages().table(sort_by="cuda_time_total", row_limit=n, max_name_column_width=70)
+
+
+def sqnr_db(ref: torch.Tensor, x: torch.Tensor) -> float:
+    ref, x = ref.double(), x.double()
+    return float(10 * torch.log10(ref.pow(2).sum() / (ref - x).pow(2).sum().clamp_min(1e-300)))
+
+
+def grads_after(step, tensors) -> list[torch.Tensor]:
+    """Run `step()` once from cleared grads; the grads of `tensors` (cloned)."""
+    for t in tensors:
+        t.grad = None
+    step()
+    out = [t.grad.detach().clone() for t in tensors]
+    for t in tensors:
+        t.grad = None
+    return out

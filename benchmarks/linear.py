@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from common import kernel_count, median_ms, peak_step_bytes, top_kernels, versions
+from common import grads_after, kernel_count, median_ms, peak_step_bytes, sqnr_db, top_kernels, versions
 
 
 def make_step(model, x, dy):
@@ -45,7 +45,7 @@ def main(argv=None):
             # a lone Linear is its graph's output head; convert it, as it would be inside a model
             "fp8": torch.compile(lin, backend=fp8pass.backend(fp8_output_head=True)),
         }
-        ref_ms = None
+        ref_ms, ref_grads = None, None
         for name, model in variants.items():
             step = make_step(model, x, dy)
             try:
@@ -60,6 +60,12 @@ def main(argv=None):
             ratio = f"{ref_ms / ms:.2f}x" if ref_ms and name == "fp8" else ""
             print(f"{shape:>20} {name:>14} {ms:8.3f} {flops / ms / 1e9:8.0f} {kernels:8d} {peak:9.0f} {ratio:>17}",
                   flush=True)
+            grads = grads_after(step, [x, lin.weight])
+            if name == "bf16 compiled":
+                ref_grads = grads
+            elif name == "fp8":
+                print(f"{'':>20} fp8 vs bf16 compiled, SQNR dB of dx, dW: "
+                      + ", ".join(f"{sqnr_db(r, g):.1f}" for r, g in zip(ref_grads, grads)), flush=True)
             if args.profile and name == "fp8":
                 print(top_kernels(step))
             lin.weight.grad = None

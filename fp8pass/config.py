@@ -53,6 +53,10 @@ class Config:
         outputs, or a Linear whose weight is tied to an embedding). Off by default, as in DeepSeek.
     module_filter: `fn(fqn, module) -> bool`; a matmul site is converted only if it returns True.
         `module` is the nn.Module instance when it can be found, else None.
+    fp8_saved_activations: also keep in FP8 (1x128 tiles) the converted Linears' outputs that the
+        backward saves as an activation function's input (SwiGLU's two inputs, GELU's input), as
+        DeepSeek-V3 does; the backward dequantizes them inside the activation's backward kernel.
+    fp8_saved_activations_min_bytes: only tensors at least this large are stored so.
     log_decisions: print each compiled graph's decisions (one line per matmul site); graphs
         compiled with it on bypass Inductor's caches, so the pass runs and prints every time.
     """
@@ -64,6 +68,8 @@ class Config:
     wgrad: bool = True
     fp8_output_head: bool = False
     module_filter: Optional[ModuleFilter] = None
+    fp8_saved_activations: bool = True
+    fp8_saved_activations_min_bytes: int = 1 << 20
     log_decisions: bool = False
 
     def __post_init__(self):

@@ -122,7 +122,8 @@ def site_numerics(module: str, role: str, a: torch.Tensor, b: torch.Tensor, thre
     ops = torch.ops.fp8pass
     aq, a_scale = ops.quantize_1x128(a)
     if role == "wgrad":
-        bq, b_scale = ops.quantize_128x1(b)
+        bq_t, b_scale_t = ops.quantize_128x1(b)  # stored transposed
+        bq, b_scale = bq_t.t(), b_scale_t.t()
         b_tiling = "128x1"
     else:
         bq, b_scale = ops.quantize_128x128(b)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import operator
 import re
 from typing import Callable, Optional
 
@@ -18,6 +19,8 @@ from .rewrite import FP8_META_KEY
 from .sites import module_of
 
 _FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+_LOOK_THROUGH = (operator.getitem, torch.ops.aten.permute.default, torch.ops.aten.clone.default,
+                 torch.ops.aten.view.default, torch.ops.aten.reshape.default, torch.ops.aten.t.default)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,8 +61,8 @@ def saved_tensors(forward: torch.fx.GraphModule, backward: torch.fx.GraphModule,
         val = node.meta.get("val")
         if node.name not in wanted or not isinstance(val, torch.Tensor):
             continue
-        producer = node
-        while producer.op == "call_function" and producer.target.__name__ == "getitem":
+        producer = node  # look through views and copies to the op that made the values
+        while producer.op == "call_function" and producer.target in _LOOK_THROUGH:
             producer = producer.args[0]
         target = producer.target if producer.op == "call_function" else producer.op
         fqn = (producer.meta.get(FP8_META_KEY) or {}).get("module") or module_of(producer)[0]

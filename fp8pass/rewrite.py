@@ -6,7 +6,9 @@ Each GEMM operand asks its source tensor for one FP8 copy:
   * the B operand of Wgrad needs 128x1 tiles along its K (first) dim: the "col" copy;
   * a weight B needs its 128x128 "block" copy, transposed as the graph uses it.
 A tensor asked for both row and col copies (a Linear's input, the output gradient) gets the
-single-read op that emits both. The weight's block copy is made once and serves Fprop and Dgrad.
+single-read op that emits both. Col copies are stored transposed, so both Wgrad operands are
+K-major (what FP8 tensor cores read) without copies. The weight's block copy is made once and
+serves Fprop (as W^T, K-major already) and Dgrad (from one transposed copy of the FP8 weight).
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ aten = torch.ops.aten
 fp8_ops = torch.ops.fp8pass
 
 FP8_META_KEY = "fp8pass"  # node.meta[FP8_META_KEY] = {"role": ..., "module": ...} on new nodes
+# Metadata new nodes take from the node they stand for: lineage for reports, and the activation
+# checkpointing tags ("recompute", "ac_graph_id") that tell the partitioner to recompute them.
+_INHERITED_META = ("seq_nr", "nn_module_stack", "stack_trace", "custom", "source_fn_stack", "recompute",
+                   "ac_graph_id")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,14 +59,15 @@ class _Builder:
         vals = [n.meta["val"] for n in graph.nodes if isinstance(n.meta.get("val"), torch.Tensor)]
         self.fake_mode = detect_fake_mode(vals)
 
-    def call(self, target, args, meta_from: Optional[Node] = None, fp8_meta: Optional[dict] = None) -> Node:
-        node = self.graph.call_function(target, args)
+    def call(self, target, args, meta_from: Optional[Node] = None, fp8_meta: Optional[dict] = None,
+             kwargs: Optional[dict] = None) -> Node:
+        node = self.graph.call_function(target, args, kwargs or {})
         fake_args = [a.meta["val"] if isinstance(a, Node) else a for a in args]
         if self.fake_mode is not None:
             with self.fake_mode:
-                node.meta["val"] = target(*fake_args)
+                node.meta["val"] = target(*fake_args, **(kwargs or {}))
         if meta_from is not None:
-            for key in ("seq_nr", "nn_module_stack", "stack_trace", "custom", "source_fn_stack"):
+            for key in _INHERITED_META:
                 if key in meta_from.meta:
                     node.meta[key] = meta_from.meta[key]
         if fp8_meta is not None:
@@ -71,13 +78,20 @@ class _Builder:
         item = self.graph.call_function(operator.getitem, (node, index))
         if isinstance(node.meta.get("val"), (tuple, list)):
             item.meta["val"] = node.meta["val"][index]
-        for key in ("seq_nr", "nn_module_stack", "stack_trace", "custom", FP8_META_KEY):
+        for key in (*_INHERITED_META, FP8_META_KEY):
             if key in node.meta:
                 item.meta[key] = node.meta[key]
         return item
 
     def transpose(self, node: Node) -> Node:
         return self.call(aten.permute.default, (node, [1, 0]), meta_from=node)
+
+    def k_major_weight(self, q: Node) -> Node:
+        """W[N, K] used as the B[K'=N, N'=K] of Dgrad, with K' contiguous: a transposed copy of
+        the FP8 weight (N*K bytes, made where the partitioner puts it, usually in backward)."""
+        q_t = self.call(aten.clone.default, (self.transpose(q),), meta_from=q,
+                        kwargs={"memory_format": torch.contiguous_format})
+        return self.transpose(q_t)
 
 
 def _reduce_transposes(node: Node, transposed: bool = False) -> tuple[Node, bool]:
@@ -134,7 +148,7 @@ def rewrite_gemms(graph: Graph, rewrites: list[GemmRewrite]) -> list[Node]:
                 both = builder.call(fp8_ops.quantize_1x128_128x1.default, (source,), source, meta)
                 items = [builder.getitem(both, i) for i in range(4)]
                 copies[(source, "row")] = (items[0], items[1])
-                copies[(source, "col")] = (items[2], items[3])
+                copies[(source, "col")] = (items[2], items[3])  # stored transposed: (q.T, s.T)
             for kind, op in (("row", fp8_ops.quantize_1x128.default), ("col", fp8_ops.quantize_128x1.default),
                              ("block", fp8_ops.quantize_128x128.default)):
                 if kind in wanted and (source, kind) not in copies:
@@ -142,14 +156,20 @@ def rewrite_gemms(graph: Graph, rewrites: list[GemmRewrite]) -> list[Node]:
                     copies[(source, kind)] = (builder.getitem(q, 0), builder.getitem(q, 1))
 
     new_nodes = []
-    for rw in rewrites:
+    for rw in sorted(rewrites, key=lambda r: order[r.node]):
         node = rw.node
         operands = []
         with graph.inserting_before(node):
             for req in requests[node]:
                 q, s = copies[(req.source, req.kind)]
-                if req.transpose:
+                # col copies are stored transposed (K-major for Wgrad), so a transposed use is free
+                if req.transpose != (req.kind == "col"):
                     q, s = builder.transpose(q), builder.transpose(s)
+                elif req.kind == "block":  # Dgrad's B = W itself: make it K-major once per weight
+                    key = (req.source, "block_k_major")
+                    if key not in copies:  # rewrites run in graph order: this is the first use
+                        copies[key] = (builder.k_major_weight(q), s)
+                    q, s = copies[key]
                 operands += [q, s]
             out_dtype = tensor_meta(node).dtype
             fp8_meta = {"role": rw.role, "module": rw.module}

@@ -55,12 +55,12 @@ def register() -> bool:
         @ops.quantize_128x1.register_kernel("cuda")
         def _q128x1(x):
             ops._check_float_input("quantize_128x1", x)
-            return tq.quantize_128x1(x)
+            return tq.quantize_128x1(x, layout="transposed")
 
         @ops.quantize_1x128_128x1.register_kernel("cuda")
         def _qdual(x):
             ops._check_float_input("quantize_1x128_128x1", x)
-            return tq.quantize_1x128_128x1(x)
+            return tq.quantize_1x128_128x1(x, col_layout="transposed")
 
         @ops.quantize_128x128.register_kernel("cuda")
         def _q128x128(w):

@@ -45,25 +45,31 @@ def _(x):
 
 @torch.library.custom_op("fp8pass::quantize_128x1", mutates_args=())
 def quantize_128x1(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """E4M3 copy of a 2-D x in 128x1 tiles (128 rows, one column), and the fp32 tile scales."""
+    """128x1 tiles (128 rows, one column) of a 2-D x[M, K], stored transposed: (q_t[K, M],
+    s_t[K, ceil(M/128)]), contiguous. q_t.T is the 128x1-quantized x; equivalently q_t is the
+    1x128 quantization of x.T. Stored so because the Wgrad GEMM contracts over M, and FP8 tensor
+    cores read only K-major operands: dY^T = q_t is its A, and x = q_t.T its B, with no copy."""
     _check_float_input("quantize_128x1", x)
-    return reference.quantize_128x1(x)
+    q, s = reference.quantize_128x1(x)
+    return q.t().contiguous(), s.t().contiguous()
 
 
 @quantize_128x1.register_fake
 def _(x):
     m, k = x.shape
     return (
-        torch.empty((m, k), dtype=FP8_DTYPE, device=x.device),
-        x.new_empty((_cdiv(m, TILE), k), dtype=torch.float32),
+        torch.empty((k, m), dtype=FP8_DTYPE, device=x.device),
+        x.new_empty((k, _cdiv(m, TILE)), dtype=torch.float32),
     )
 
 
 @torch.library.custom_op("fp8pass::quantize_1x128_128x1", mutates_args=())
 def quantize_1x128_128x1(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Both the 1x128 and the 128x1 copies of a 2-D x: (q_row, s_row, q_col, s_col)."""
+    """Both copies of a 2-D x[M, K] from one read: (q_row[M, K], s_row[M, ceil(K/128)]) as
+    quantize_1x128, and (q_col_t[K, M], s_col_t[K, ceil(M/128)]) as quantize_128x1 (transposed)."""
     _check_float_input("quantize_1x128_128x1", x)
-    return reference.quantize_1x128_128x1(x)
+    q_row, s_row, q_col, s_col = reference.quantize_1x128_128x1(x)
+    return q_row, s_row, q_col.t().contiguous(), s_col.t().contiguous()
 
 
 @quantize_1x128_128x1.register_fake
@@ -72,8 +78,8 @@ def _(x):
     return (
         torch.empty((m, k), dtype=FP8_DTYPE, device=x.device),
         x.new_empty((m, _cdiv(k, TILE)), dtype=torch.float32),
-        torch.empty((m, k), dtype=FP8_DTYPE, device=x.device),
-        x.new_empty((_cdiv(m, TILE), k), dtype=torch.float32),
+        torch.empty((k, m), dtype=FP8_DTYPE, device=x.device),
+        x.new_empty((k, _cdiv(m, TILE)), dtype=torch.float32),
     )
 
 

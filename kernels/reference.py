@@ -14,7 +14,8 @@ Numerics (DeepSeek-V3, sections 3.3 and B):
   * GEMM: per 128-wide K block, the FP32 product of the FP8 values is multiplied by the two
     scales of that block and added into an FP32 accumulator ("promotion every N_C = 128").
 
-Scale layouts (the contract between the graph pass and the kernels):
+Scale layouts (these reference functions; the ops in ops.py store the 128x1 copies transposed,
+q_t = q.T and s_t = scale.T contiguous, which is the layout the Wgrad GEMM reads):
   quantize_1x128(x[..., K])  -> q[..., K], scale[..., ceil(K/128)]
   quantize_128x1(x[M, K])    -> q[M, K],   scale[ceil(M/128), K]
   quantize_128x128(w[R, C])  -> q[R, C],   scale[ceil(R/128), ceil(C/128)]

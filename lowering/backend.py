@@ -28,6 +28,7 @@ from fp8pass.policy import SiteContext
 from fp8pass.sites import normalize_module_path
 
 from .recorder import Recorder
+from .saved_activations import Fp8SavedActivationsPartitioner
 
 log = logs.log
 
@@ -170,12 +171,16 @@ _graph_counter = itertools.count()
 def compile_with_fp8(gm: torch.fx.GraphModule, example_inputs, config: Config,
                      recorder: Optional[Recorder] = None, observe: bool = False):
     """Compile a dynamo graph with Inductor and the FP8 pass (observe=True: see fp8pass.numerics)."""
+    # explain() gets graph_0, graph_1, ... per report; plain compiles are numbered per process
+    name = f"graph_{next(_graph_counter) if recorder is None else recorder.next_graph_index()}"
     recorder = recorder if recorder is not None else Recorder(keep_graphs=False)
-    name = f"graph_{next(_graph_counter)}"
     patches = {
         "joint_custom_pre_pass": Fp8JointPass(config, _describe_inputs(gm), _module_lookup(gm), recorder, name,
                                               observe),
     }
+    if config.fp8_saved_activations and not observe:
+        patches["custom_partitioner_fn"] = Fp8SavedActivationsPartitioner(config.fp8_saved_activations_min_bytes,
+                                                                          recorder, name)
     if recorder.keep_graphs:
         patches["post_grad_custom_post_pass"] = _CapturePartitioned(recorder, name)
     if not (recorder.keep_graphs or config.log_decisions or logs.enabled()):

@@ -19,6 +19,11 @@ class Recorder:
         self.records = []
         self.graphs: dict[str, torch.fx.GraphModule] = {}
         self.before: dict[str, torch.fx.GraphModule] = {}  # joint/inference graphs as the pass got them
+        self._graphs_compiled = 0
+
+    def next_graph_index(self) -> int:
+        self._graphs_compiled += 1
+        return self._graphs_compiled - 1
 
     def add_records(self, records) -> None:
         self.records.extend(records)

@@ -27,6 +27,9 @@ def test_quantize_round_trip_sqnr(op, tile, shape, dtype):
     torch.manual_seed(0)
     x = torch.randn(shape, dtype=dtype)
     q, s = getattr(ops, op)(x)
+    if op == "quantize_128x1":  # stored transposed (K-major for Wgrad): q.T is the 128x1 copy
+        assert q.is_contiguous() and s.is_contiguous()
+        q, s = q.t(), s.t()
     assert q.dtype == torch.float8_e4m3fn and q.shape == x.shape and s.dtype == torch.float32
     back = _dequant(q, s, tile)
     assert sqnr_db(x, back) >= 28.0
@@ -37,14 +40,20 @@ def test_quantize_round_trip_sqnr(op, tile, shape, dtype):
 def test_scale_layouts():
     x = torch.randn(300, 384)
     assert ops.quantize_1x128(x)[1].shape == (300, 3)
-    assert ops.quantize_128x1(x)[1].shape == (3, 384)
+    q_t, s_t = ops.quantize_128x1(x)
+    assert q_t.shape == (384, 300) and s_t.shape == (384, 3)  # transposed storage
     assert ops.quantize_128x128(x)[1].shape == (3, 3)
-    q_row, s_row, q_col, s_col = ops.quantize_1x128_128x1(x)
+    q_row, s_row, q_col_t, s_col_t = ops.quantize_1x128_128x1(x)
     torch.testing.assert_close(q_row.float(), ops.quantize_1x128(x)[0].float(), rtol=0, atol=0)
-    torch.testing.assert_close(s_col, ops.quantize_128x1(x)[1], rtol=0, atol=0)
+    torch.testing.assert_close(q_col_t.float(), q_t.float(), rtol=0, atol=0)
+    torch.testing.assert_close(s_col_t, s_t, rtol=0, atol=0)
+    # the 128x1 copy of x is the 1x128 copy of x.T
+    q_tt, s_tt = ops.quantize_1x128(x.t())
+    torch.testing.assert_close(q_tt.float(), q_t.float(), rtol=0, atol=0)
+    torch.testing.assert_close(s_tt, s_t, rtol=0, atol=0)
     # scale = amax / 448 per tile
     torch.testing.assert_close(s_row[7, 1], x[7, 128:256].abs().max() / 448)
-    torch.testing.assert_close(s_col[2, 5], x[256:300, 5].abs().max() / 448)
+    torch.testing.assert_close(s_t[5, 2], x[256:300, 5].abs().max() / 448)
 
 
 def test_zero_tile_gives_exact_zeros():
@@ -53,6 +62,8 @@ def test_zero_tile_gives_exact_zeros():
     x[128:, 128:] = 0
     for op, tile in (("quantize_1x128", (1, 128)), ("quantize_128x1", (128, 1)), ("quantize_128x128", (128, 128))):
         q, s = getattr(ops, op)(x)
+        if op == "quantize_128x1":
+            q, s = q.t(), s.t()
         assert torch.isfinite(s).all() and (s > 0).all()
         back = _dequant(q, s, tile)
         assert (back[:, :128] == 0).all() and (back[128:, 128:] == 0).all()
@@ -82,9 +93,9 @@ def _gemm_case(pairing, m, k, n, dtype=torch.float32):
     # Wgrad: dW = dY^T @ x, contraction over tokens (k here), dY in 128x1 tiles, x in 128x1 tiles
     dy = torch.randn(k, m, dtype=dtype)
     x = torch.randn(k, n, dtype=dtype)
-    dyq, dys = ops.quantize_128x1(dy)
-    xq, xs = ops.quantize_128x1(x)
-    return dy.double().t() @ x.double(), (dyq.t(), dys.t(), xq, xs)
+    dyq_t, dys_t = ops.quantize_128x1(dy)  # stored transposed: dY^T is A as it is
+    xq_t, xs_t = ops.quantize_128x1(x)
+    return dy.double().t() @ x.double(), (dyq_t, dys_t, xq_t.t(), xs_t.t())
 
 
 @pytest.mark.parametrize("pairing", ["128x128", "128x1"])
@@ -141,7 +152,7 @@ def test_zero_rows():
     q, s = ops.quantize_1x128(torch.randn(0, 256))
     assert q.shape == (0, 256) and s.shape == (0, 2)
     q2, s2 = ops.quantize_128x1(torch.randn(0, 256))
-    assert q2.shape == (0, 256) and s2.shape == (0, 256)
+    assert q2.shape == (256, 0) and s2.shape == (256, 0)
     wq, ws = ops.quantize_128x128(torch.randn(128, 256))
     assert ops.gemm_blockwise(q, s, wq.t(), ws.t(), torch.bfloat16).shape == (0, 128)
 
