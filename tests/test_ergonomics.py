@@ -7,12 +7,13 @@ test cannot pass because the pass silently stood aside.
 """
 
 import contextlib
+import functools
 
 import pytest
 import torch
 
 import fp8pass
-from conftest import load_example, sqnr_db
+from conftest import MLP, load_example, sqnr_db
 
 train_gpt = load_example("train_gpt")
 
@@ -323,3 +324,29 @@ def test_eval_inference_and_back_to_train(grad_mode, data, capsys):
     assert all(not torch.equal(p, before[n]) for n, p in model.named_parameters())
     logged = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[fp8pass]")]
     assert all(": FP8 (" in ln or " head " in ln for ln in logged), logged  # a recompile, if any, is FP8
+
+
+# --- a forward wrapped in a decorator (as Hugging Face models' are) --------------------------
+
+def _passthrough(fn):
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        return fn(*args, **kwargs)
+    return wrapped
+
+
+class DecoratedMLP(MLP):
+    @_passthrough
+    def forward(self, x):
+        return super().forward(x)
+
+
+@pytest.mark.xfail(strict=True, reason="fp8pass/sites.py normalize_module_path: with a *args-wrapped forward dynamo's "
+                   "sources start at L['args'][0], whose index becomes a path segment: fqns read '0.fc1', so "
+                   "module_filter by name and the report's names are off")
+def test_decorated_forward_keeps_module_names():
+    model = DecoratedMLP()
+    x = torch.randn(32, 256)
+    report = fp8pass.explain(model, x, fp8_config=fp8pass.Config(module_filter=lambda fqn, module: fqn != "fc2"))
+    assert {m.module for m in report.matmuls} == {"fc1", "fc2", "fc3"}
+    assert fp8_roles(report, "fc2") == []

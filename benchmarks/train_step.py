@@ -1,0 +1,230 @@
+"""Full training steps (forward, backward, AdamW step) of a ~1B Llama-style model: BF16
+torch.compile vs backend="fp8", each with and without activation checkpointing, on one card.
+
+    python benchmarks/train_step.py                 # ~1B: dim 2048, 16 layers, SwiGLU 5632, seq 2048, bf16
+    python benchmarks/train_step.py --tiny          # a CPU-sized check of the whole script (fp32)
+    python benchmarks/train_step.py --variants bf16,fp8 --batch 8
+
+The model is examples/train_gpt.GPT (RMSNorm, fused-QKV causal SDPA attention, SwiGLU MLP,
+untied head) with a 32000-token vocabulary: about 0.96B parameters at the default sizes.
+Activation checkpointing wraps each block in torch.utils.checkpoint (non-reentrant), so the
+backward recomputes the block's forward. Every variant starts from the same seed and trains on
+the same random tokens; parameters, gradients and AdamW state stay in the model's dtype.
+
+Printed per variant: compile time (first step), median step time, tokens/s, the peak memory
+during a step (total allocated, and above what was resident before the step: parameters and
+optimizer state), the first step's loss, and the ratios to BF16 with the same checkpointing.
+Then the top kernels of one fp8 step (torch.profiler). On CPU (--tiny) times are wall-clock,
+memory is not measured and the profile lists CPU ops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import pathlib
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
+
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "examples"))
+from common import median_ms, peak_step_bytes, top_kernels, versions  # noqa: E402
+from train_gpt import GPT, GPTConfig  # noqa: E402
+
+VARIANTS = {  # name: (torch.compile backend, activation checkpointing)
+    "bf16": ("inductor", False),
+    "fp8": ("fp8", False),
+    "bf16+ac": ("inductor", True),
+    "fp8+ac": ("fp8", True),
+}
+
+
+class Checkpointed(nn.Module):
+    """A block whose activations are recomputed in backward instead of saved."""
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        self.block = block
+
+    def forward(self, x):
+        return checkpoint(self.block, x, use_reentrant=False)
+
+
+def build(cfg: GPTConfig, ac: bool, device, dtype, seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    model = GPT(cfg).to(device=device, dtype=dtype)
+    if ac:
+        model.blocks = nn.ModuleList(Checkpointed(b) for b in model.blocks)
+    return model
+
+
+def cpu_median_ms(step, warmup: int, iters: int) -> float:
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        step()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def cpu_top_ops(step, n: int) -> str:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=n, max_name_column_width=70)
+
+
+def run_variant(name: str, cfg: GPTConfig, args, device, dtype, tokens, targets) -> dict:
+    backend, ac = VARIANTS[name]
+    cuda = device.type == "cuda"
+    model = build(cfg, ac, device, dtype, args.seed)
+    compiled = torch.compile(model, backend=backend)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=cuda or None)
+    losses = []
+
+    def step():
+        loss = compiled(tokens, targets)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.detach())
+
+    t0 = time.perf_counter()
+    step()  # compiles forward and backward
+    if cuda:
+        torch.cuda.synchronize()
+    compile_s = time.perf_counter() - t0
+    first_loss = losses[0].item()
+    if cuda:
+        ms = median_ms(step, warmup=args.warmup, iters=args.iters)
+        peak_above = peak_step_bytes(step)
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        peak_total = torch.cuda.max_memory_allocated()
+    else:
+        ms = cpu_median_ms(step, args.warmup, args.iters)
+        peak_above = peak_total = float("nan")
+    result = dict(name=name, compile_s=compile_s, ms=ms, tokens_per_s=tokens.numel() / (ms / 1e3),
+                  peak_total=peak_total, peak_above=peak_above, first_loss=first_loss,
+                  last_loss=losses[-1].item())
+    if name == args.profile:
+        result["profile"] = top_kernels(step, args.top) if cuda else cpu_top_ops(step, args.top)
+    return result  # the model, optimizer and compiled code go with this frame (see release())
+
+
+def release(device) -> None:
+    """Free what the last variant held (model, grads, optimizer state, compiled graphs)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    torch._dynamo.reset()
+
+
+def fmt_gib(b: float) -> str:
+    return "-" if b != b else f"{b / 2**30:.2f}"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dim", type=int, default=2048)
+    p.add_argument("--layers", type=int, default=16)
+    p.add_argument("--heads", type=int, default=16)
+    p.add_argument("--hidden", type=int, default=5632, help="SwiGLU width")
+    p.add_argument("--vocab", type=int, default=32000)
+    p.add_argument("--seq", type=int, default=2048)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--dtype", choices=["bf16", "fp32"], default=None, help="default: bf16 on cuda, fp32 on cpu")
+    p.add_argument("--device", default=None, help="default: cuda if available (cpu with --tiny)")
+    p.add_argument("--variants", default=",".join(VARIANTS),
+                   help=f"comma-separated, from {list(VARIANTS)} (bf16 = the baseline in --dtype)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--profile", default="fp8", help="variant whose step is profiled ('none' to skip)")
+    p.add_argument("--top", type=int, default=25, help="kernels listed in the profile")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--explain", action="store_true", help="also print fp8pass.explain of the fp8 model (one more compile)")
+    p.add_argument("--tiny", action="store_true",
+                   help="CPU-sized check: dim 128, 2 layers, SwiGLU 384, vocab 512, seq 128, batch 2, fp32")
+    args = p.parse_args(argv)
+    if args.tiny:
+        args.dim, args.layers, args.heads, args.hidden, args.vocab, args.seq, args.batch = 128, 2, 2, 384, 512, 128, 2
+        args.warmup, args.iters = 1, 3
+        args.device = args.device or "cpu"
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype_name = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype_name]
+    names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in names if v not in VARIANTS]
+    if unknown:
+        p.error(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
+    import fp8pass  # (backend="fp8" itself comes from the entry point; this registers the ops and gives explain)
+
+    cfg = GPTConfig(vocab_size=args.vocab, dim=args.dim, n_layers=args.layers, n_heads=args.heads,
+                    mlp_hidden=args.hidden, seq_len=args.seq)
+    n_params = sum(p.numel() for p in GPT(cfg).parameters()) if args.tiny else None
+    if n_params is None:
+        with torch.device("meta"):
+            n_params = sum(p.numel() for p in GPT(cfg).parameters())
+    print(versions())
+    print(f"model: {n_params / 1e9:.3f}B parameters (dim {args.dim}, {args.layers} layers, {args.heads} heads, "
+          f"SwiGLU {args.hidden}, vocab {args.vocab}); batch {args.batch} x seq {args.seq} = "
+          f"{args.batch * args.seq} tokens/step; {dtype_name} on {device}; AdamW step included; "
+          f"median of {args.iters} steps after {args.warmup} warmup", flush=True)
+
+    gen = torch.Generator().manual_seed(args.seed + 1)
+    data = torch.randint(0, args.vocab, (args.batch, args.seq + 1), generator=gen)
+    tokens, targets = data[:, :-1].to(device), data[:, 1:].to(device)
+
+    if args.explain:
+        model = build(cfg, False, device, dtype, args.seed)
+        print("\nWhat backend='fp8' converts (fp8pass.explain on one training step):")
+        print(fp8pass.explain(model, tokens, targets), flush=True)
+        del model
+        release(device)
+
+    print(f"\nvariants: {dtype_name} = torch.compile(model), fp8 = torch.compile(model, backend='fp8'), "
+          f"+ac = activation checkpointing around each block", flush=True)
+    header = (f"{'variant':>8} {'compile s':>9} {'step ms':>9} {'tokens/s':>10} {'peak GiB':>9} {'above GiB':>9} "
+              f"{'loss@1':>7}  fp8 vs {dtype_name} (same checkpointing)")
+    print(header, flush=True)
+    results = {}
+    for name in names:
+        try:
+            r = run_variant(name, cfg, args, device, dtype, tokens, targets)
+        except Exception as exc:  # noqa: BLE001  (report and go on with the other variants)
+            print(f"{name.replace('bf16', dtype_name):>8} FAILED: {type(exc).__name__}: {str(exc)[:400]}", flush=True)
+            continue
+        finally:
+            release(device)
+        results[name] = r
+        base = results.get(name.replace("fp8", "bf16")) if name.startswith("fp8") else None
+        vs = ""
+        if base:
+            vs = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x tokens/s"
+            if device.type == "cuda":
+                vs += (f", {r['peak_total'] / base['peak_total']:.2f}x peak, "
+                       f"{r['peak_above'] / base['peak_above']:.2f}x above")
+        label = name.replace("bf16", dtype_name)
+        print(f"{label:>8} {r['compile_s']:9.1f} {r['ms']:9.2f} {r['tokens_per_s']:10,.0f} {fmt_gib(r['peak_total']):>9} "
+              f"{fmt_gib(r['peak_above']):>9} {r['first_loss']:7.4f}  {vs}", flush=True)
+
+    for r in results.values():
+        if "profile" in r:
+            what = "CUDA kernels" if device.type == "cuda" else "CPU ops"
+            print(f"\nTop {what} of one {r['name']} training step (torch.profiler):")
+            print(r["profile"])
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""examples/hf_llama.py: an unmodified transformers LlamaForCausalLM trains under backend="fp8".
+
+Skipped when transformers (the optional `hf` extra) is not installed.
+"""
+
+import math
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from conftest import load_example  # noqa: E402
+
+hf_llama = load_example("hf_llama")
+
+TINY = ["--hidden", "128", "--layers", "1", "--heads", "2", "--kv-heads", "2", "--intermediate", "384",
+        "--seq", "64", "--batch", "4", "--steps", "30", "--lr", "3e-3", "--warmup", "5", "--corpus-mb", "1",
+        "--device", "cpu", "--dtype", "fp32", "--quiet"]
+DECODER_LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                   "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+
+
+def model_path(fqn: str) -> str:
+    """The module's path from the LlamaForCausalLM ('model.layers.0.mlp.up_proj', 'lm_head').
+
+    Tolerates the '0.' prefix that the report puts in front of every name today (see
+    test_report_names_modules_from_the_model_root)."""
+    for root in ("model.", "lm_head"):
+        i = fqn.find(root)
+        if i == 0 or (i > 0 and fqn[i - 1] == "."):
+            return fqn[i:]
+    return fqn
+
+
+def roles(report, path):
+    recs = [m for m in report.matmuls if model_path(m.module) == path]
+    return sorted(m.role for m in recs if m.fp8), recs
+
+
+@pytest.fixture(scope="module")
+def run():
+    torch._dynamo.reset()
+    return hf_llama.main(TINY)
+
+
+def test_example_trains_and_loss_falls(run):
+    losses = run["losses"]
+    assert len(losses) == 30 and all(math.isfinite(v) for v in losses)
+    first, last = sum(losses[:3]) / 3, sum(losses[-5:]) / 5
+    assert last < 0.8 * first, f"loss must fall: {first:.3f} -> {last:.3f}"
+    assert run["heldout"] < 0.8 * math.log(256)
+
+
+def test_decoder_layers_fp8_head_and_embedding_high_precision(run):
+    report = run["report"]
+    joints = [name for name in report.graphs if name.endswith("_joint")]
+    assert len(joints) == 1, f"graph breaks in the HF model: {list(report.graphs)}"
+    for linear in DECODER_LINEARS:
+        fp8, recs = roles(report, f"model.layers.0.{linear}")
+        assert fp8 == ["dgrad", "fprop", "wgrad"], (linear, [(r.role, r.reason) for r in recs])
+    fp8, recs = roles(report, "lm_head")
+    assert recs and not fp8 and all("output head" in r.reason for r in recs)
+    assert len(report.fp8_matmuls) == 3 * len(DECODER_LINEARS)
+
+    # the embedding is no matmul: its table goes to aten.embedding as it is, never quantized
+    joint = report.graphs[joints[0]]
+    embeddings = [n for n in joint.graph.nodes if n.op == "call_function" and n.target is torch.ops.aten.embedding.default]
+    assert len(embeddings) == 1
+    table = embeddings[0].args[0]
+    assert table.op == "placeholder" and table.meta["val"].dtype == torch.float32
+    assert embeddings[0].meta["val"].dtype == torch.float32
+    quantized = {n.args[0] for n in joint.graph.nodes
+                 if n.op == "call_function" and "quantize" in str(n.target) and n.args}
+    assert table not in quantized
+    assert not any("embed" in m.module for m in report.matmuls)
+
+
+@pytest.mark.xfail(strict=True, reason="fp8pass/sites.py normalize_module_path keeps the index of dynamo's "
+                   "L['args'][0] root (HF wraps forward in a *args decorator), so names get a '0.' prefix")
+def test_report_names_modules_from_the_model_root(run):
+    names = {m.module for m in run["report"].matmuls}
+    assert "model.layers.0.mlp.up_proj" in names and "lm_head" in names, sorted(names)
+
+
+@pytest.mark.xfail(strict=True, reason="fp8pass/policy.py output_head_fprops: with use_cache=True the training "
+                   "forward returns each layer's K/V (the cache), so k_proj/v_proj reach a graph output and are "
+                   "kept in high precision as 'output heads'")
+def test_kv_cache_outputs_do_not_make_k_v_projections_heads():
+    import fp8pass
+
+    model = hf_llama.make_model(hidden=128, layers=1, heads=2, kv_heads=2, intermediate=384, seq=64)
+    model.config.use_cache = True  # the LlamaConfig default
+    x = torch.randint(0, 256, (2, 64))
+    report = fp8pass.explain(model, input_ids=x, labels=x)
+    for linear in ("self_attn.k_proj", "self_attn.v_proj"):
+        fp8, recs = roles(report, f"model.layers.0.{linear}")
+        assert fp8 == ["dgrad", "fprop", "wgrad"], (linear, [(r.role, r.reason) for r in recs])
