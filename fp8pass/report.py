@@ -53,13 +53,15 @@ def _nbytes(val: torch.Tensor) -> int:
 
 
 def saved_tensors(forward: torch.fx.GraphModule, backward: torch.fx.GraphModule, graph: str) -> list[SavedTensor]:
-    """The forward graph's outputs that the backward graph takes as (non-tangent) inputs."""
-    wanted = {n.name for n in backward.graph.nodes if n.op == "placeholder" and not n.name.startswith("tangents")}
+    """The forward graph's outputs that the backward graph takes as (non-tangent) inputs: the
+    last outputs of the forward, one for each such backward input, in the same order."""
+    n_saved = sum(1 for n in backward.graph.nodes if n.op == "placeholder" and not n.name.startswith("tangents"))
     output = next(n for n in forward.graph.nodes if n.op == "output")
+    outputs = list(output.args[0])
     saved = []
-    for node in output.all_input_nodes:
-        val = node.meta.get("val")
-        if node.name not in wanted or not isinstance(val, torch.Tensor):
+    for node in outputs[len(outputs) - n_saved:] if n_saved else []:
+        val = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
+        if not isinstance(val, torch.Tensor):
             continue
         producer = node  # look through views and copies to the op that made the values
         while producer.op == "call_function" and producer.target in _LOOK_THROUGH:

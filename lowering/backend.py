@@ -179,8 +179,7 @@ def compile_with_fp8(gm: torch.fx.GraphModule, example_inputs, config: Config,
                                               observe),
     }
     if config.fp8_saved_activations and not observe:
-        patches["custom_partitioner_fn"] = Fp8SavedActivationsPartitioner(config.fp8_saved_activations_min_bytes,
-                                                                          recorder, name)
+        patches["custom_partitioner_fn"] = Fp8SavedActivationsPartitioner(config.fp8_saved_activations_min_bytes)
     if recorder.keep_graphs:
         patches["post_grad_custom_post_pass"] = _CapturePartitioned(recorder, name)
     if not (recorder.keep_graphs or config.log_decisions or logs.enabled()):

@@ -62,11 +62,11 @@ def should_store_fp8(node: Node, min_bytes: int) -> bool:
         return False
     if not isinstance(val.shape[-1], int) or val.shape[-1] % TILE:
         return False
-    try:
-        if val.numel() * val.element_size() < min_bytes:
-            return False
-    except (TypeError, ValueError):  # symbolic size: large by assumption
-        pass
+    numel = val.numel()
+    # A symbolic size (dynamic shapes) counts as large: comparing it would add a guard, and a
+    # recompile whenever a length crosses the threshold.
+    if isinstance(numel, int) and numel * val.element_size() < min_bytes:
+        return False
     source = _gemm_source(node)
     if source is None:
         return False
@@ -102,6 +102,9 @@ def store_saved_activations_in_fp8(fw: GraphModule, bw: GraphModule, num_fwd_out
             q = fw.graph.call_function(operator.getitem, (quant, 0))
             s = fw.graph.call_function(operator.getitem, (quant, 1))
             q.meta["val"], s.meta["val"] = quant.meta["val"]
+            module = (_gemm_source(node).meta.get(FP8_META_KEY) or {}).get("module", "")
+            for new in (quant, q, s):  # attribution for reports
+                new.meta[FP8_META_KEY] = {"role": "quantize", "module": module, "for": "saved activation"}
         new_outputs += [q, s]
         with bw.graph.inserting_after(bw_in), fake_mode:
             q_in = bw.graph.placeholder(q.name)
@@ -147,16 +150,16 @@ def _dequantize_with_aten_ops(graph, q: Node, s: Node, dtype: torch.dtype) -> No
 class Fp8SavedActivationsPartitioner(CustomPartitionerFn):
     """Inductor's min-cut partition, then FP8 storage of saved activation inputs."""
 
-    def __init__(self, min_bytes: int, recorder=None, name: str = ""):
+    # Holds one plain value: Inductor pickles its config, this object included, into its cache
+    # keys, so any per-compile state here (a graph name, a recorder) would defeat the caches.
+    def __init__(self, min_bytes: int):
         self.min_bytes = min_bytes
-        self.recorder = recorder
-        self.name = name
 
     def __call__(self, gm: GraphModule, joint_inputs: Sequence[object], **kwargs: Any):
         fw, bw = min_cut_rematerialization_partition(gm, joint_inputs, **kwargs)
         changed = store_saved_activations_in_fp8(fw, bw, kwargs["num_fwd_outputs"], self.min_bytes)
         if changed:
-            log.info("fp8pass %s: saved in FP8 for backward (1x128): %s", self.name, ", ".join(changed))
+            log.info("fp8pass: saved in FP8 for backward (1x128 tiles): %s", ", ".join(changed))
         return fw, bw
 
     def uuid(self):

@@ -1,0 +1,173 @@
+"""The backend inside torch.compile's machinery: FP8 saved activations, activation checkpointing,
+graph breaks, dynamic shapes and Inductor's caches."""
+
+import torch
+import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
+
+import fp8pass
+from conftest import sqnr_db, load_example
+
+train_gpt = load_example("train_gpt")
+CFG = train_gpt.GPTConfig(dim=128, n_heads=2, mlp_hidden=384, seq_len=64)
+
+
+def _block_and_input(seed=0):
+    torch.manual_seed(seed)
+    return train_gpt.Block(CFG), torch.randn(4, 64, 128, requires_grad=True)
+
+
+def test_swiglu_inputs_saved_in_fp8():
+    block, x = _block_and_input()
+    on = fp8pass.explain(block, x, fp8_config=fp8pass.Config(fp8_saved_activations_min_bytes=0))
+    off = fp8pass.explain(block, x, fp8_config=fp8pass.Config(fp8_saved_activations=False))
+
+    def hp_gemm_outputs(report, module):
+        return [s for s in report.saved if s.module == module and "gemm" in s.producer and not s.fp8]
+
+    for module in ("mlp.w1", "mlp.w3"):
+        assert hp_gemm_outputs(off, module), f"without the option {module}'s output is saved in high precision"
+        assert not hp_gemm_outputs(on, module), f"with it, {module}'s output is saved in FP8"
+        assert [s for s in on.saved if s.module == module and s.fp8 and s.producer.endswith("quantize_1x128.default")]
+    # the residual-stream projection (attn.wo feeds an add) is left alone
+    assert hp_gemm_outputs(on, "attn.wo") == hp_gemm_outputs(off, "attn.wo")
+    assert on.saved_bytes < off.saved_bytes
+
+
+def test_fp8_saved_activations_keep_gradients():
+    grads = {}
+    for flag in (False, True):
+        torch._dynamo.reset()
+        block, x = _block_and_input()
+        cfg = fp8pass.Config(fp8_saved_activations=flag, fp8_saved_activations_min_bytes=0)
+        torch.compile(block, backend=fp8pass.backend(config=cfg))(x).sum().backward()
+        grads[flag] = (x.grad, block.mlp.w1.weight.grad, block.mlp.w3.weight.grad)
+    block, x = _block_and_input()
+    block(x).sum().backward()
+    exact = (x.grad, block.mlp.w1.weight.grad, block.mlp.w3.weight.grad)
+    for with_fp8_saves, without, ref in zip(grads[True], grads[False], exact):
+        assert not torch.equal(with_fp8_saves, without), "the option must change what backward reads"
+        assert sqnr_db(ref, with_fp8_saves) >= 20
+        assert sqnr_db(ref, with_fp8_saves) >= sqnr_db(ref, without) - 3
+
+
+class Checkpointed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.ModuleList(train_gpt.Block(CFG) for _ in range(2))
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = checkpoint(block, x, use_reentrant=False)
+        return x
+
+
+def test_checkpointed_blocks_recompute_quantization_and_train():
+    torch.manual_seed(0)
+    model = Checkpointed()
+    x = torch.randn(4, 64, 128, requires_grad=True)
+    report = fp8pass.explain(model, x)
+    assert len(report.fp8_matmuls) == 30
+    # only block inputs and the FP8 weight copies (1 byte per weight element) stay saved
+    weights = sum(p.numel() for n, p in model.named_parameters() if n.endswith("weight") and p.dim() == 2)
+    fp8_saved = sum(s.bytes for s in report.saved if s.fp8)
+    assert fp8_saved <= weights
+    assert report.saved_bytes <= report.baseline_saved_bytes + weights + 4096
+    compiled = torch.compile(model, backend="fp8")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    target = torch.randn(4, 64, 128)
+    losses = []
+    for _ in range(8):
+        loss = (compiled(x.detach()) - target).pow(2).mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+
+
+class WithGraphBreak(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.b1, self.b2 = train_gpt.Block(CFG), train_gpt.Block(CFG)
+
+    def forward(self, x):
+        x = self.b1(x)
+        torch._dynamo.graph_break()
+        return self.b2(x)
+
+
+def test_graph_breaks_each_graph_converted():
+    torch.manual_seed(0)
+    model = WithGraphBreak()
+    x = torch.randn(2, 64, 128, requires_grad=True)
+    report = fp8pass.explain(model, x)
+    assert {n.split("_")[1] for n in report.graphs} == {"0", "1"}, "two graphs"
+    assert len(report.fp8_matmuls) == 30
+    y = torch.compile(model, backend="fp8")(x)
+    assert sqnr_db(model(x), y) >= 25
+
+
+def _counting_backend(counter, **options):
+    inner = fp8pass.backend(**options)
+
+    def count(gm, example_inputs, **kwargs):
+        counter.append(1)
+        return inner(gm, example_inputs, **kwargs)
+
+    return count
+
+
+def test_dynamic_sequence_lengths_compile_once():
+    torch.manual_seed(0)
+    model = train_gpt.GPT(train_gpt.GPTConfig(dim=128, n_layers=1, n_heads=2, mlp_hidden=384, seq_len=256))
+    compiles = []
+    compiled = torch.compile(model, backend=_counting_backend(compiles), dynamic=True)
+    # M = 2 * t tokens, over 128 from the first call on: a first call with M <= 128 makes the
+    # 128x1 scales' ceil(M/128) dimension 1, which torch specializes (one extra recompile).
+    after_first = None
+    for t in (100, 140, 200, 250):
+        tokens = torch.randint(0, 256, (2, t))
+        loss = compiled(tokens, tokens)
+        loss.backward()
+        assert torch.isfinite(loss)
+        # (dynamo may call the backend twice for the first graph: it restarts its analysis once
+        # to specialize a float scalar; that is one compile, not one per length)
+        after_first = after_first or len(compiles)
+    assert len(compiles) == after_first, "no recompile for a new sequence length"
+
+
+def test_automatic_dynamic_recompiles_once_not_per_length():
+    torch.manual_seed(0)
+    model = train_gpt.GPT(train_gpt.GPTConfig(dim=128, n_layers=1, n_heads=2, mlp_hidden=384, seq_len=256))
+    compiles = []
+    compiled = torch.compile(model, backend=_counting_backend(compiles))
+    for t in (80, 100, 140, 200, 250):
+        tokens = torch.randint(0, 256, (2, t))
+        compiled(tokens, tokens).backward()
+    assert len(compiles) == 2  # static first, then one dynamic graph for every later length
+
+
+def test_changing_an_option_recompiles_with_caches_on():
+    from torch._dynamo.utils import counters
+
+    torch._inductor.config.fx_graph_cache = True
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 128))
+    x = torch.randn(32, 256)
+    with torch.no_grad():
+        exact = model(x)
+        y_fp8 = torch.compile(model, backend=fp8pass.backend(fp8_output_head=True))(x)
+        torch._dynamo.reset()
+        counters.clear()
+        y_again = torch.compile(model, backend=fp8pass.backend(fp8_output_head=True))(x)
+        hits = counters["inductor"]["fxgraph_cache_hit"] + counters["aot_autograd"]["autograd_cache_hit"]
+        assert hits >= 1, "same options: served from a cache"
+        torch._dynamo.reset()
+        counters.clear()
+        y_off = torch.compile(model, backend=fp8pass.backend(fp8_output_head=True, fprop=False))(x)
+        hits = counters["inductor"]["fxgraph_cache_hit"] + counters["aot_autograd"]["autograd_cache_hit"]
+        assert hits == 0, "other options: a fresh compile"
+    assert torch.equal(y_fp8, y_again)
+    assert not torch.equal(y_fp8, y_off)
+    torch.testing.assert_close(y_off, exact)
