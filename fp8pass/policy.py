@@ -75,8 +75,9 @@ def high_precision_mark(node: Node) -> Optional[str]:
 
 def output_head_fprops(graph: Graph, sites: list[LinearSite]) -> set[Node]:
     """Fprops whose output reaches a forward output of the graph without passing through another
-    matmul or a residual add (an add whose other input is computed before the matmul's input).
-    That is the model's last projection: the LM head, a classifier, the last layer of an MLP."""
+    matmul or a residual add (an add whose other input is computed before the matmul's input),
+    and with no other Linear after them. That is the model's last projection: the LM head, a
+    classifier, the last layer of an MLP."""
     backward = tangent_dependent_nodes(graph)
     output = next(n for n in graph.nodes if n.op == "output")
     forward_outputs = {o for o in output.all_input_nodes if o not in backward}
@@ -100,7 +101,20 @@ def output_head_fprops(graph: Graph, sites: list[LinearSite]) -> set[Node]:
                     if any(_is_computed_before(o, ancestors) for o in others):
                         continue  # residual stream: this projection is not the model's last
                 frontier.append(user)
-    return heads
+    # The last projection: no other Linear site downstream. (A K/V projection whose output is
+    # also returned, as a KV cache is, reaches an output too, but the rest of the model follows.)
+    fprops = {site.fprop for site in sites}
+    return {head for head in heads if not (_descendants(head, backward) & (fprops - {head}))}
+
+
+def _descendants(node: Node, backward: set[Node]) -> set[Node]:
+    seen, stack = set(), [node]
+    while stack:
+        for user in stack.pop().users:
+            if user not in seen and user not in backward:
+                seen.add(user)
+                stack.append(user)
+    return seen
 
 
 _VIEWS = (aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.alias.default,

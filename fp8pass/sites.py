@@ -86,12 +86,15 @@ _SEGMENT = re.compile(r"\._modules\[['\"]([^'\"]+)['\"]\]|\[['\"]([^'\"]+)['\"]\
 
 
 def normalize_module_path(path: str) -> tuple[str, list[str]]:
-    """"L['self'].layers[0]._modules['attn'].wq" -> ("self", ["layers", "0", "attn", "wq"])."""
-    m = re.match(r"^L\[['\"]([^'\"]+)['\"]\]", path)
+    """"L['self'].layers[0]._modules['attn'].wq" -> ("self", ["layers", "0", "attn", "wq"]).
+
+    A container access right after the root belongs to the root: "L['args'][0].model.norm"
+    (a forward wrapped as fn(*args)) -> ("args[0]", ["model", "norm"])."""
+    m = re.match(r"^L\[['\"]([^'\"]+)['\"]\]((?:\[\d+\]|\[['\"][^'\"]+['\"]\])*)", path)
     if not m:
         root, rest = "", path
     else:
-        root, rest = m.group(1), path[m.end():]
+        root, rest = m.group(1) + re.sub(r"['\"]", "", m.group(2)), path[m.end():]
     parts = []
     for seg in _SEGMENT.finditer(rest):
         name = next(g for g in seg.groups() if g is not None)
@@ -99,6 +102,18 @@ def normalize_module_path(path: str) -> tuple[str, list[str]]:
             continue
         parts.append(name)
     return root, parts
+
+
+def resolve_root(root: str, f_locals: dict):
+    """The object a normalized root names in a frame's locals: "self", "args[0]", "kwargs[model]"."""
+    name, *keys = re.split(r"\[|\]\[|\]$", root.rstrip("]") + ("]" if "[" in root else ""))
+    obj = f_locals.get(name)
+    for key in (k for k in keys if k):
+        try:
+            obj = obj[int(key)] if key.isdigit() else obj[key]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return obj
 
 
 def module_of(node: Node) -> tuple[str, Optional[type], Optional[str]]:

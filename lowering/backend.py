@@ -25,7 +25,7 @@ from fp8pass.config import Config
 from fp8pass import logs
 from fp8pass.graph_pass import fp8_graph_pass, matmul_table
 from fp8pass.policy import SiteContext
-from fp8pass.sites import normalize_module_path
+from fp8pass.sites import normalize_module_path, resolve_root
 
 from .recorder import Recorder
 from .saved_activations import Fp8SavedActivationsPartitioner
@@ -86,7 +86,7 @@ def _module_lookup(gm: torch.fx.GraphModule):
             fqn = ".".join(parts)
             if fqn in modules:
                 continue
-            module = f_locals.get(root)
+            module = resolve_root(root, f_locals)
             for part in parts:
                 if module is None:
                     break

@@ -76,16 +76,11 @@ def test_decoder_layers_fp8_head_and_embedding_high_precision(run):
     assert not any("embed" in m.module for m in report.matmuls)
 
 
-@pytest.mark.xfail(strict=True, reason="fp8pass/sites.py normalize_module_path keeps the index of dynamo's "
-                   "L['args'][0] root (HF wraps forward in a *args decorator), so names get a '0.' prefix")
 def test_report_names_modules_from_the_model_root(run):
     names = {m.module for m in run["report"].matmuls}
     assert "model.layers.0.mlp.up_proj" in names and "lm_head" in names, sorted(names)
 
 
-@pytest.mark.xfail(strict=True, reason="fp8pass/policy.py output_head_fprops: with use_cache=True the training "
-                   "forward returns each layer's K/V (the cache), so k_proj/v_proj reach a graph output and are "
-                   "kept in high precision as 'output heads'")
 def test_kv_cache_outputs_do_not_make_k_v_projections_heads():
     import fp8pass
 
