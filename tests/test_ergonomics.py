@@ -240,12 +240,21 @@ def test_zero_grad(set_to_none, data):
 
 # --- checkpoints ---------------------------------------------------------------------------
 
+def _checkpoint_model(seed=0):
+    # The embedding is frozen here only to make runs bit-reproducible: Inductor's CPU embedding
+    # backward accumulates with atomic adds (ulp-level run-to-run differences, which FP8 rounding
+    # can then amplify), and this test compares two runs bit for bit.
+    model = make_model(seed=seed)
+    model.embed.weight.requires_grad_(False)
+    return model
+
+
 def test_state_dict_round_trip(data, tmp_path):
     """After FP8 steps, model and optimizer state dicts hold no float8 tensors and the same keys
     and dtypes as an untouched model; a fresh model + optimizer loaded from the checkpoint
-    continues as the original does (the same to the last bit or so)."""
+    continues exactly (bit for bit) as the original does."""
     batches = data(6)
-    model = make_model()
+    model = _checkpoint_model()
     compiled = torch.compile(model, backend="fp8")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
     train_steps(compiled, opt, batches[:3])
@@ -259,7 +268,7 @@ def test_state_dict_round_trip(data, tmp_path):
     path = tmp_path / "ckpt.pt"
     torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, path)
     ckpt = torch.load(path, weights_only=True)
-    model2 = make_model(seed=1)
+    model2 = _checkpoint_model(seed=1)
     opt2 = torch.optim.AdamW(model2.parameters(), lr=1e-3, weight_decay=0.1)
     model2.load_state_dict(ckpt["model"])
     opt2.load_state_dict(ckpt["opt"])
@@ -267,20 +276,11 @@ def test_state_dict_round_trip(data, tmp_path):
 
     losses = train_steps(compiled, opt, batches[3:])
     losses2 = train_steps(compiled2, opt2, batches[3:])
-    # Identical up to the last bit or so: Inductor's CPU embedding backward accumulates with
-    # atomic adds (run-to-run differences of ~1e-9 in the weights). A checkpoint missing the
-    # optimizer state or a buffer would put the runs ~1e-3 apart (one AdamW step).
-    torch.testing.assert_close(losses2, losses, rtol=1e-6, atol=0)
+    assert losses2 == losses
     for (name, p), p2 in zip(model.named_parameters(), model2.parameters()):
-        torch.testing.assert_close(p2, p, rtol=0, atol=1e-7, msg=name)
+        assert torch.equal(p2, p), name
     assert not float8_leaves(opt2.state_dict())
-
-    # the tolerance above tells a full checkpoint from one without the optimizer state
-    model3 = make_model(seed=1)
-    model3.load_state_dict(ckpt["model"])
-    opt3 = torch.optim.AdamW(model3.parameters(), lr=1e-3, weight_decay=0.1)
-    train_steps(torch.compile(model3, backend="fp8"), opt3, batches[3:])
-    assert (model3.blocks[0].mlp.w1.weight - model.blocks[0].mlp.w1.weight).abs().max() > 1e-5
+    assert not float8_leaves(model2.state_dict())
 
 
 # --- eval / no_grad inference on the same compiled object ------------------------------------
