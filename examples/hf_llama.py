@@ -15,9 +15,8 @@ mode under no_grad.
 
 Hidden, intermediate and per-head K/V widths (heads or kv_heads times head_dim) must be
 multiples of 128 for the projections to run in FP8 (the report names any that cannot).
-`use_cache` is off, as in any training run: with the KV cache on, a training forward also
-returns every layer's keys and values, which makes k_proj and v_proj look like output heads to
-the pass (see tests/test_hf_llama.py).
+`use_cache` is off, as usual for training (with it on, every training forward also builds and
+returns a KV cache; the projections still convert, see tests/test_hf_llama.py).
 """
 
 from __future__ import annotations

@@ -21,20 +21,8 @@ DECODER_LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "
                    "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 
 
-def model_path(fqn: str) -> str:
-    """The module's path from the LlamaForCausalLM ('model.layers.0.mlp.up_proj', 'lm_head').
-
-    Tolerates the '0.' prefix that the report puts in front of every name today (see
-    test_report_names_modules_from_the_model_root)."""
-    for root in ("model.", "lm_head"):
-        i = fqn.find(root)
-        if i == 0 or (i > 0 and fqn[i - 1] == "."):
-            return fqn[i:]
-    return fqn
-
-
 def roles(report, path):
-    recs = [m for m in report.matmuls if model_path(m.module) == path]
+    recs = [m for m in report.matmuls if m.module == path]
     return sorted(m.role for m in recs if m.fp8), recs
 
 
