@@ -150,8 +150,14 @@ def test_automatic_dynamic_recompiles_once_not_per_length():
 
 def test_changing_an_option_recompiles_with_caches_on():
     from torch._dynamo.utils import counters
+    from torch._inductor.utils import fresh_cache
 
-    torch._inductor.config.fx_graph_cache = True
+    # an empty cache directory: what earlier runs on this machine cached must not count
+    with fresh_cache(), torch._inductor.config.patch(fx_graph_cache=True):
+        _check_option_change_recompiles(counters)
+
+
+def _check_option_change_recompiles(counters):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 128))
     x = torch.randn(32, 256)
