@@ -9,7 +9,6 @@ how the three are grouped; each one is then checked by its operands.
 from __future__ import annotations
 
 import dataclasses
-import operator
 import re
 from typing import Optional
 
