@@ -14,7 +14,7 @@ from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from .config import Config
 from .markers import MARK_KEY
-from .sites import LinearSite, is_2d_transpose, module_of, tangent_dependent_nodes, tensor_meta
+from .sites import LinearSite, module_of, strip_to_placeholder, tangent_dependent_nodes, tensor_meta
 
 aten = torch.ops.aten
 TILE = 128
@@ -148,12 +148,9 @@ def embedding_tied_weights(graph: Graph) -> set[Node]:
     tied = set()
     for node in graph.nodes:
         if node.op == "call_function" and node.target is aten.embedding.default:
-            w = node.args[0]
-            while isinstance(w, Node) and w.op == "call_function" and (is_2d_transpose(w) or w.target in (
-                    aten.alias.default, aten._to_copy.default, torch.ops.prims.convert_element_type.default)):
-                w = w.args[0]
-            if isinstance(w, Node) and w.op == "placeholder":
-                tied.add(w)
+            weight, _ = strip_to_placeholder(node.args[0])
+            if weight is not None:
+                tied.add(weight)
     return tied
 
 
