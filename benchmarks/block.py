@@ -67,7 +67,9 @@ def main(argv=None):
     ref, ref_grads = None, None
     watched = [x, block.wqkv.weight, block.w2.weight]
     for name, model in (("bf16 eager", block), ("bf16 compiled", torch.compile(block)),
-                        ("fp8", torch.compile(block, backend="fp8"))):
+                        ("fp8", torch.compile(block, backend="fp8")),
+                        # the quantizations generated inside the norm/SwiGLU kernels by Inductor
+                        ("fp8 fused", torch.compile(block, backend=fp8pass.backend(fuse_quantization=True)))):
         step = make_step(model)
         try:
             ms, kernels, peak = median_ms(step), kernel_count(step), peak_step_bytes(step) / 2**20
@@ -76,15 +78,15 @@ def main(argv=None):
             continue
         if name == "bf16 compiled":
             ref = (ms, peak)
-        extra = f"{ref[0] / ms:.2f}x time, {peak / ref[1]:.2f}x memory" if ref and name == "fp8" else ""
+        extra = f"{ref[0] / ms:.2f}x time, {peak / ref[1]:.2f}x memory" if ref and name.startswith("fp8") else ""
         print(f"{name:>14} {ms:8.2f} {kernels:8d} {peak:9.0f} {extra:>17}", flush=True)
         grads = grads_after(step, watched)
         if name == "bf16 compiled":
             ref_grads = grads
-        elif name == "fp8" and ref_grads is not None:
-            print("  fp8 vs bf16 compiled, SQNR dB of grads (x, wqkv, w2): "
+        elif name.startswith("fp8") and ref_grads is not None:
+            print(f"  {name} vs bf16 compiled, SQNR dB of grads (x, wqkv, w2): "
                   + ", ".join(f"{sqnr_db(r, g):.1f}" for r, g in zip(ref_grads, grads)), flush=True)
-        if args.profile and name == "fp8":
+        if args.profile and name.startswith("fp8"):
             print(top_kernels(step))
         block.zero_grad(set_to_none=True)
         x.grad = None

@@ -87,7 +87,7 @@ def run_variant(name: str, cfg: GPTConfig, args, device, dtype, tokens, targets)
     backend, ac = VARIANTS[name]
     cuda = device.type == "cuda"
     model = build(cfg, ac, device, dtype, args.seed)
-    compiled = torch.compile(model, backend=backend)
+    compiled = torch.compile(model, backend=backend, mode=args.mode)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=cuda or None)
     losses = []
 
@@ -152,6 +152,7 @@ def main(argv=None):
     p.add_argument("--profile", default="fp8", help="variant whose step is profiled ('none' to skip)")
     p.add_argument("--top", type=int, default=25, help="kernels listed in the profile")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mode", default=None, help="torch.compile mode for every variant, e.g. reduce-overhead (CUDA graphs)")
     p.add_argument("--explain", action="store_true", help="also print fp8pass.explain of the fp8 model (one more compile)")
     p.add_argument("--tiny", action="store_true",
                    help="CPU-sized check: dim 128, 2 layers, SwiGLU 384, vocab 512, seq 128, batch 2, fp32")
@@ -178,7 +179,8 @@ def main(argv=None):
     print(versions())
     print(f"model: {n_params / 1e9:.3f}B parameters (dim {args.dim}, {args.layers} layers, {args.heads} heads, "
           f"SwiGLU {args.hidden}, vocab {args.vocab}); batch {args.batch} x seq {args.seq} = "
-          f"{args.batch * args.seq} tokens/step; {dtype_name} on {device}; AdamW step included; "
+          f"{args.batch * args.seq} tokens/step; {dtype_name} on {device}; compile mode {args.mode or 'default'}; "
+          f"AdamW step included; "
           f"median of {args.iters} steps after {args.warmup} warmup", flush=True)
 
     gen = torch.Generator().manual_seed(args.seed + 1)

@@ -1,21 +1,29 @@
 """Train a small GPT on the bytes of Python's own standard library, in FP8 and beside a baseline.
 
-    python examples/train_gpt.py                 # CPU-sized default: a few minutes on 2 cores
-    python examples/train_gpt.py --device cuda --dim 1024 --layers 12 --heads 16 --seq 1024 \
-        --batch 16 --steps 2000 --dtype bf16     # a GPU-sized run
+    python examples/train_gpt.py                     # CPU-sized default: a few minutes on 2 cores
+    python examples/train_gpt.py --preset gpu-350m --out runs/350m   # 354M parameters, 2000 steps, bf16
+    # the two runs of the preset in parallel on two GPUs, then the comparison, CSV and PNG:
+    CUDA_VISIBLE_DEVICES=1 python examples/train_gpt.py --preset gpu-350m --only fp8 --out runs/350m &
+    CUDA_VISIBLE_DEVICES=0 python examples/train_gpt.py --preset gpu-350m --only baseline --out runs/350m; wait
+    python examples/train_gpt.py --compare runs/350m
 
 The model is plain PyTorch (RMSNorm, causal attention, SwiGLU MLP, tied or untied head); the
 only FP8-specific line is `torch.compile(model, backend="fp8")`. The run prints what the backend
 converted (fp8pass.explain) and both loss curves, FP8 beside the same model under the stock
-torch.compile backend, from the same seed and the same batches.
+torch.compile backend, from the same seed and the same batches. With --out DIR each run writes
+DIR/loss_<run>.csv (one row per step); the comparison writes DIR/loss.csv and DIR/loss.png
+(matplotlib) and prints the relative difference of the mean loss over the last 200 steps.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
+import json
 import math
 import pathlib
+import sys
 import sysconfig
 import time
 
@@ -134,7 +142,7 @@ def evaluate(model, corpus: torch.Tensor, batch: int, seq_len: int, device, n_ba
 
 
 def train(cfg: GPTConfig, backend, steps: int, batch: int, lr: float, seed: int = 0, device="cpu",
-          dtype=torch.float32, corpus=None, log_every: int = 0, label: str = ""):
+          dtype=torch.float32, corpus=None, log_every: int = 0, label: str = "", options=None, mode=None):
     """Train from `seed` on the first 90% of the corpus; returns (per-step losses, held-out loss
     on the last 10%, measured with the same compiled model in eval mode under no_grad)."""
     corpus = load_corpus() if corpus is None else corpus
@@ -142,7 +150,12 @@ def train(cfg: GPTConfig, backend, steps: int, batch: int, lr: float, seed: int 
     train_bytes, heldout_bytes = corpus[:split], corpus[split:]
     torch.manual_seed(seed)
     model = GPT(cfg).to(device=device, dtype=dtype)
-    compiled = torch.compile(model, backend=backend)
+    if backend == "fp8":
+        import fp8pass
+
+        compiled = torch.compile(model, backend=fp8pass.backend(mode=mode, **(options or {})))
+    else:
+        compiled = torch.compile(model, backend=backend, mode=mode)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20))
     losses, t0 = [], time.perf_counter()
@@ -167,8 +180,72 @@ def explain_factory():
     return GPT(cfg), (x, y)
 
 
+# Llama-style shapes: 28 x (4 d^2 + 3 d h) = 354M parameters in the blocks (byte vocabulary).
+PRESETS = {
+    "gpu-350m": dict(dim=1024, layers=28, heads=16, mlp_hidden=2816, seq=1024, batch=8, steps=2000, lr=3e-4,
+                     device="cuda", explain=False),
+}
+
+
+def write_losses(path: pathlib.Path, losses: list[float], heldout: float) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["step", "loss"])
+        w.writerows(enumerate(losses))
+    path.with_suffix(".json").write_text(json.dumps({"heldout": heldout, "steps": len(losses)}))
+
+
+def read_losses(path: pathlib.Path) -> list[float]:
+    with open(path) as f:
+        return [float(row["loss"]) for row in csv.DictReader(f)]
+
+
+def compare(out: pathlib.Path, tail: int = 200) -> dict:
+    """Both runs of `out`: the mean loss over the last `tail` steps, non-finite steps, held-out
+    losses; writes out/loss.csv (step, fp8, baseline) and out/loss.png."""
+    runs = {name: read_losses(out / f"loss_{name}.csv") for name in ("fp8", "baseline")}
+    heldout = {name: json.loads((out / f"loss_{name}.json").read_text())["heldout"] for name in runs}
+    n = min(len(v) for v in runs.values())
+    tail = min(tail, n)
+    with open(out / "loss.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["step", "fp8", "baseline"])
+        w.writerows((i, runs["fp8"][i], runs["baseline"][i]) for i in range(n))
+    mean = {name: sum(v[n - tail:n]) / tail for name, v in runs.items()}
+    rel = (mean["fp8"] - mean["baseline"]) / mean["baseline"]
+    bad = {name: sum(not math.isfinite(x) for x in v) for name, v in runs.items()}
+    print(f"mean loss over steps {n - tail}-{n - 1}: fp8 {mean['fp8']:.4f}, baseline {mean['baseline']:.4f}, "
+          f"relative difference {rel:+.3%}")
+    print(f"non-finite losses: fp8 {bad['fp8']}, baseline {bad['baseline']}; held-out loss: fp8 "
+          f"{heldout['fp8']:.4f}, baseline {heldout['baseline']:.4f}")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no loss.png (loss.csv has the curves)")
+    else:
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        for name, v in runs.items():
+            ax.plot(range(n), v[:n], label=name, linewidth=0.8)
+        ax.set(xlabel="step", ylabel="training loss", yscale="log",
+               title=f"FP8 vs baseline: last {tail} steps mean {rel:+.3%}")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "loss.png", dpi=120)
+        print(f"wrote {out / 'loss.png'} and {out / 'loss.csv'}")
+    return {"mean": mean, "relative": rel, "non_finite": bad, "heldout": heldout}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=sorted(PRESETS), help="a named size; explicit flags override it")
+    p.add_argument("--only", choices=["fp8", "baseline"], help="run only this one of the two runs")
+    p.add_argument("--out", type=pathlib.Path, help="write loss_<run>.csv here (and loss.csv/png with both)")
+    p.add_argument("--compare", type=pathlib.Path, metavar="DIR", help="compare the two runs saved in DIR; no training")
+    p.add_argument("--no-explain", dest="explain", action="store_false", help="skip the fp8pass.explain report")
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--heads", type=int, default=4)
@@ -182,7 +259,18 @@ def main(argv=None):
     p.add_argument("--dtype", choices=["fp32", "bf16"], default=None, help="default: bf16 on cuda, fp32 on cpu")
     p.add_argument("--baseline", default="inductor", help="backend of the comparison run ('none' to skip)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mode", default=None, help="torch.compile mode of both runs, e.g. reduce-overhead (CUDA graphs)")
+    p.add_argument("--fp8-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="an option of backend='fp8' (fp8pass.Config field), e.g. fuse_quantization=False")
     args = p.parse_args(argv)
+    if args.compare:
+        return compare(args.compare)
+    if args.preset:  # preset values, except where a flag was given explicitly
+        given = {a.split("=")[0].lstrip("-").replace("-", "_") for a in (argv if argv is not None else sys.argv[1:])
+                 if a.startswith("--")}
+        for key, value in PRESETS[args.preset].items():
+            if key not in given:
+                setattr(args, key, value)
 
     import fp8pass
 
@@ -194,23 +282,36 @@ def main(argv=None):
     print(f"corpus: {corpus.numel() / 1e6:.1f} MB of standard-library source; model {cfg}; {dtype_name} "
           f"on {args.device}")
 
-    torch.manual_seed(args.seed)
-    probe = GPT(cfg).to(device=args.device, dtype=dtype)
-    x, y = next(batches(corpus, args.batch, cfg.seq_len, 1, args.seed + 1, args.device))
-    print("\nWhat backend='fp8' converts (fp8pass.explain on one training step):")
-    print(fp8pass.explain(probe, x, y))
-    del probe
-    torch._dynamo.reset()
+    n_params = sum(p.numel() for p in GPT(cfg).parameters())
+    print(f"{n_params / 1e6:.1f}M parameters")
+    if args.explain and args.only != "baseline":
+        torch.manual_seed(args.seed)
+        probe = GPT(cfg).to(device=args.device, dtype=dtype)
+        x, y = next(batches(corpus, args.batch, cfg.seq_len, 1, args.seed + 1, args.device))
+        print("\nWhat backend='fp8' converts (fp8pass.explain on one training step):")
+        print(fp8pass.explain(probe, x, y))
+        del probe
+        torch._dynamo.reset()
 
     runs, heldout = {}, {}
-    print(f"\nFP8 run ({args.steps} steps):")
-    runs["fp8"], heldout["fp8"] = train(cfg, "fp8", args.steps, args.batch, args.lr, args.seed, args.device, dtype, corpus,
-                        log_every=max(1, args.steps // 10), label="fp8")
-    if args.baseline != "none":
+    log_every = max(1, args.steps // 10)
+    if args.only != "baseline":
+        print(f"\nFP8 run ({args.steps} steps):")
+        runs["fp8"], heldout["fp8"] = train(cfg, "fp8", args.steps, args.batch, args.lr, args.seed, args.device, dtype,
+                                            corpus, log_every=log_every, label="fp8", mode=args.mode,
+                                            options=dict(map(fp8pass.config.parse_option, args.fp8_option)))
+    if args.baseline != "none" and args.only != "fp8":
         torch._dynamo.reset()
         print(f"\nBaseline run, backend={args.baseline!r} ({dtype_name}):")
-        runs["baseline"], heldout["baseline"] = train(cfg, args.baseline, args.steps, args.batch, args.lr, args.seed, args.device, dtype,
-                                 corpus, log_every=max(1, args.steps // 10), label="base")
+        runs["baseline"], heldout["baseline"] = train(cfg, args.baseline, args.steps, args.batch, args.lr, args.seed,
+                                                      args.device, dtype, corpus, log_every=log_every, label="base",
+                                                      mode=args.mode)
+    if args.out:
+        for name in runs:
+            write_losses(args.out / f"loss_{name}.csv", runs[name], heldout[name])
+    if args.only:
+        print(f"\nheld-out loss after {args.steps} steps: {args.only} {heldout[args.only]:.4f}")
+        return runs, heldout
 
     print("\nLoss curves (mean over windows of steps):")
     window = max(1, args.steps // 20)
@@ -230,6 +331,8 @@ def main(argv=None):
     if "baseline" in runs:
         rel = (heldout["fp8"] - heldout["baseline"]) / heldout["baseline"]
         print(f"{'':>32}baseline {heldout['baseline']:.4f}  relative difference {rel:+.3%}")
+        if args.out:
+            compare(args.out)
     return runs, heldout
 
 

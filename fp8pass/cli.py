@@ -8,11 +8,12 @@ args is a tuple of example inputs; explain compiles the model with the fp8 backe
 from __future__ import annotations
 
 import argparse
-import ast
 import importlib.util
 import json
 import pathlib
 import sys
+
+from fp8pass.config import parse_option
 
 
 def load_factory(target: str):
@@ -34,13 +35,10 @@ def load_factory(target: str):
 
 
 def _parse_option(text: str):
-    key, sep, value = text.partition("=")
-    if not sep:
-        raise SystemExit(f"fp8pass explain: options are key=value, got {text!r}")
     try:
-        return key, ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        return key, value
+        return parse_option(text)
+    except ValueError as exc:
+        raise SystemExit(f"fp8pass explain: {exc}") from None
 
 
 def main(argv=None) -> int:

@@ -6,6 +6,7 @@ Defaults follow DeepSeek-V3: E4M3 everywhere, 1x128 tiles for activations and gr
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import hashlib
 import inspect
@@ -57,6 +58,14 @@ class Config:
         backward saves as an activation function's input (SwiGLU's two inputs, GELU's input), as
         DeepSeek-V3 does; the backward dequantizes them inside the activation's backward kernel.
     fp8_saved_activations_min_bytes: only tensors at least this large are stored so.
+    recompute_fp8_weights: quantize each weight again in backward (for Dgrad) instead of keeping
+        its FP8 copy from forward to backward: one FP8 copy per weight less held through the step,
+        for one more pass over the weight.
+    fuse_quantization: generate each activation/gradient quantization inside the Inductor kernel
+        that produces its input (norm, SiLU*mul, residual add, backward kernels) instead of as a
+        separate kernel reading the input back from memory. Off by default: on an H200 the
+        Inductor-generated quantization was slower than the hand-written Triton kernels (Llama
+        block 39.5 vs 34.2 ms; benchmarks/RESULTS.md).
     log_decisions: print each compiled graph's decisions (one line per matmul site); graphs
         compiled with it on bypass Inductor's caches, so the pass runs and prints every time.
     """
@@ -70,6 +79,8 @@ class Config:
     module_filter: Optional[ModuleFilter] = None
     fp8_saved_activations: bool = True
     fp8_saved_activations_min_bytes: int = 1 << 20
+    recompute_fp8_weights: bool = True
+    fuse_quantization: bool = False
     log_decisions: bool = False
 
     def __post_init__(self):
@@ -103,3 +114,15 @@ class Config:
                 value = _callable_key(value)
             parts.append(f"{f.name}={value!r}")
         return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+
+def parse_option(text: str) -> tuple[str, object]:
+    """"key=value" from a command line -> (key, Python value): True/False/numbers as literals,
+    anything else as a string (`fuse_quantization=False`, `fp8_saved_activations_min_bytes=0`)."""
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise ValueError(f"fp8pass: options are key=value, got {text!r}")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value

@@ -27,8 +27,9 @@ from fp8pass.graph_pass import fp8_graph_pass, matmul_table
 from fp8pass.policy import SiteContext
 from fp8pass.sites import normalize_module_path, resolve_root
 
+from .fused_quantize import division_rounding_patch, fuse_quantize_ops
 from .recorder import Recorder
-from .saved_activations import Fp8SavedActivationsPartitioner
+from .partitioner import Fp8Partitioner
 
 log = logs.log
 
@@ -144,44 +145,63 @@ class Fp8JointPass(CustomGraphPass):
         return f"fp8pass-{mode}-{_source_digest()[:16]}-{self.config.cache_key()[:16]}-{mask}"
 
 
-class _CapturePartitioned(CustomGraphPass):
-    """`post_grad_custom_post_pass` that records the partitioned graphs Inductor lowers."""
+class Fp8PartitionedPass(CustomGraphPass):
+    """`post_grad_custom_pre_pass` on each partitioned graph (forward, backward or inference):
+    records it for explain() as the pass left it (with a recorder), then fuses the activation and
+    gradient quantizations into their producers' kernels (`fuse`, see fused_quantize.py)."""
 
-    def __init__(self, recorder: Recorder, name: str):
+    def __init__(self, fuse: bool, recorder: Optional[Recorder] = None, name: str = ""):
+        self.fuse = fuse
         self.recorder = recorder
         self.name = name
 
     def __call__(self, graph: torch.fx.Graph) -> None:
-        names = [n.name for n in graph.nodes if n.op == "placeholder"]
-        if any(n.startswith("tangents") for n in names):
-            kind = "backward"
-        elif any(n.startswith("primals") for n in names):
-            kind = "forward"
-        else:
-            kind = "inference"
-        self.recorder.add_graph(f"{self.name}_{kind}", graph)
+        if self.recorder is not None:
+            names = [n.name for n in graph.nodes if n.op == "placeholder"]
+            if any(n.startswith("tangents") for n in names):
+                kind = "backward"
+            elif any(n.startswith("primals") for n in names):
+                kind = "forward"
+            else:
+                kind = "inference"
+            self.recorder.add_graph(f"{self.name}_{kind}", graph)
+        if self.fuse:
+            fused = fuse_quantize_ops(graph)
+            if fused:
+                log.debug("fp8pass: %d quantize op(s) fused into their producers' kernels", fused)
 
     def uuid(self):
-        return f"fp8pass-capture-{_source_digest()[:16]}"
+        return f"fp8pass-partitioned-{_source_digest()[:16]}-fuse={self.fuse}"
 
 
 _graph_counter = itertools.count()
 
 
 def compile_with_fp8(gm: torch.fx.GraphModule, example_inputs, config: Config,
-                     recorder: Optional[Recorder] = None, observe: bool = False):
-    """Compile a dynamo graph with Inductor and the FP8 pass (observe=True: see fp8pass.numerics)."""
+                     recorder: Optional[Recorder] = None, observe: bool = False, mode: Optional[str] = None):
+    """Compile a dynamo graph with Inductor and the FP8 pass (observe=True: see fp8pass.numerics).
+
+    mode: torch.compile's mode ("reduce-overhead": CUDA graphs, which remove the per-op launch
+    cost that dominates small FP8 GEMMs; "max-autotune"...), as Inductor applies it."""
     # explain() gets graph_0, graph_1, ... per report; plain compiles are numbered per process
     name = f"graph_{next(_graph_counter) if recorder is None else recorder.next_graph_index()}"
     recorder = recorder if recorder is not None else Recorder(keep_graphs=False)
-    patches = {
+    patches = dict(torch._inductor.list_mode_options(mode)) if mode not in (None, "default") else {}
+    patches |= {
         "joint_custom_pre_pass": Fp8JointPass(config, _describe_inputs(gm), _module_lookup(gm), recorder, name,
                                               observe),
     }
-    if config.fp8_saved_activations and not observe:
-        patches["custom_partitioner_fn"] = Fp8SavedActivationsPartitioner(config.fp8_saved_activations_min_bytes)
-    if recorder.keep_graphs:
-        patches["post_grad_custom_post_pass"] = _CapturePartitioned(recorder, name)
+    if not observe and (config.fp8_saved_activations or config.recompute_fp8_weights):
+        patches["custom_partitioner_fn"] = Fp8Partitioner(
+            config.recompute_fp8_weights,
+            config.fp8_saved_activations_min_bytes if config.fp8_saved_activations else None)
+    fuse = config.fuse_quantization and not observe
+    if fuse:
+        patches.update(division_rounding_patch())
+    if recorder.keep_graphs or fuse:
+        # Without a recorder the pass holds only `fuse`: per-compile state would defeat the caches.
+        patches["post_grad_custom_pre_pass"] = (Fp8PartitionedPass(fuse, recorder, name) if recorder.keep_graphs
+                                                else Fp8PartitionedPass(fuse))
     if not (recorder.keep_graphs or config.log_decisions or logs.enabled()):
         return compile_fx(gm, example_inputs, config_patches=patches)
     # A cached graph would skip the pass, and with it what explain() and the logs must show.
@@ -190,17 +210,18 @@ def compile_with_fp8(gm: torch.fx.GraphModule, example_inputs, config: Config,
         return compile_fx(gm, example_inputs, config_patches=patches)
 
 
-def backend(config: Optional[Config] = None, **options):
+def backend(config: Optional[Config] = None, mode: Optional[str] = None, **options):
     """A backend callable: `torch.compile(model, backend=fp8pass.backend(wgrad=False))`.
 
-    Takes a `Config`, or its fields as keywords (the same keys as `options=` of backend="fp8")."""
+    Takes a `Config`, or its fields as keywords (the same keys as `options=` of backend="fp8"),
+    and torch.compile's `mode` ("reduce-overhead" for CUDA graphs)."""
     cfg = Config.from_options(options, config=config) if config is not None else Config.from_options(options)
 
     def fp8(gm, example_inputs, **kwargs):
         if kwargs.get("options"):
             raise TypeError("fp8pass.backend(...) already holds its options; pass them there, "
                             "not as torch.compile(options=...)")
-        return compile_with_fp8(gm, example_inputs, cfg)
+        return compile_with_fp8(gm, example_inputs, cfg, mode=kwargs.get("mode") or mode)
 
     fp8.config = cfg
     return fp8
@@ -208,4 +229,4 @@ def backend(config: Optional[Config] = None, **options):
 
 def fp8_backend(gm, example_inputs, options: Optional[dict] = None, mode: Optional[str] = None):
     """The `backend="fp8"` entry point: `torch.compile(m, backend="fp8", options={...})`."""
-    return compile_with_fp8(gm, example_inputs, Config.from_options(options))
+    return compile_with_fp8(gm, example_inputs, Config.from_options(options), mode=mode)

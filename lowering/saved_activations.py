@@ -3,7 +3,7 @@
 At converted sites the pass already makes the partitioner save FP8 copies of each Linear's input
 and weight. What else the backward keeps is mostly the Linear *outputs* that feed an activation
 function: the two SwiGLU inputs (w1 x, w3 x) or a GELU input. DeepSeek-V3 caches those in FP8 as
-well. This partitioner runs Inductor's usual min-cut partition, then, for each such saved tensor,
+well. After Inductor's usual min-cut partition (partitioner.py), for each such saved tensor this
 makes the forward save its 1x128 FP8 copy and scales instead and the backward dequantize it with
 plain aten ops (views, a cast and a multiply) that Inductor fuses into the activation's backward
 kernel, so no high-precision copy is materialized.
@@ -11,15 +11,10 @@ kernel, so no high-precision copy is materialized.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import operator
-import pathlib
-from typing import Any, Sequence
 
 import torch
-from torch._functorch.partitioners import min_cut_rematerialization_partition
-from torch._inductor.custom_graph_pass import CustomPartitionerFn
 from torch.fx import GraphModule, Node
 
 from fp8pass.kernels.reference import TILE
@@ -145,23 +140,3 @@ def _dequantize_with_aten_ops(graph, q: Node, s: Node, dtype: torch.dtype) -> No
     prod = call(aten.mul.Tensor, qf, su)
     flat = call(aten.view.default, prod, shape)
     return call(torch.ops.prims.convert_element_type.default, flat, dtype)
-
-
-class Fp8SavedActivationsPartitioner(CustomPartitionerFn):
-    """Inductor's min-cut partition, then FP8 storage of saved activation inputs."""
-
-    # Holds one plain value: Inductor pickles its config, this object included, into its cache
-    # keys, so any per-compile state here (a graph name, a recorder) would defeat the caches.
-    def __init__(self, min_bytes: int):
-        self.min_bytes = min_bytes
-
-    def __call__(self, gm: GraphModule, joint_inputs: Sequence[object], **kwargs: Any):
-        fw, bw = min_cut_rematerialization_partition(gm, joint_inputs, **kwargs)
-        changed = store_saved_activations_in_fp8(fw, bw, kwargs["num_fwd_outputs"], self.min_bytes)
-        if changed:
-            log.info("fp8pass: saved in FP8 for backward (1x128 tiles): %s", ", ".join(changed))
-        return fw, bw
-
-    def uuid(self):
-        digest = hashlib.sha256(pathlib.Path(__file__).read_bytes()).hexdigest()[:16]
-        return f"fp8pass-saved-{digest}-{self.min_bytes}"
