@@ -10,7 +10,7 @@ from torch.fx import Graph, Node
 from .policy import SiteContext, embedding_tied_weights, output_head_fprops, role_skip_reason, site_skip_reason
 from . import numerics  # noqa: F401  (registers torch.ops.fp8pass.observe_mm)
 from .rewrite import GemmRewrite, observe_gemms, rewrite_gemms
-from .sites import find_linear_sites, module_of, tensor_meta
+from .sites import find_linear_sites, is_prequantized_weight, module_of, tensor_meta, weight_input
 
 PAIRING = {"fprop": "1x128 x 128x128", "dgrad": "1x128 x 128x128", "wgrad": "1x128 x 128x1"}
 
@@ -63,8 +63,11 @@ def fp8_graph_pass(graph: Graph, ctx: SiteContext, is_weight: Callable[[Node], b
 
     With observe=True the sites are decided the same way but left in high precision, each
     GEMM that would convert wrapped in an observer instead (see numerics.py)."""
-    sites, others = find_linear_sites(graph, is_weight)
-    heads = output_head_fprops(graph, sites)
+    # A weight that arrives pre-quantized (FP8 all-gather) is a dequantize node of two graph
+    # inputs; its parameter flag and name are those of its FP8 data input.
+    ctx = dataclasses.replace(ctx, weight_fqn=lambda n, fqn=ctx.weight_fqn: fqn(weight_input(n)))
+    sites, others = find_linear_sites(graph, lambda n: is_weight(weight_input(n)))
+    heads = output_head_fprops(graph, sites) if ctx.outputs_are_model_outputs else set()
     tied = embedding_tied_weights(graph)
     records: list[MatmulRecord] = []
     rewrites: list[GemmRewrite] = []
@@ -76,6 +79,9 @@ def fp8_graph_pass(graph: Graph, ctx: SiteContext, is_weight: Callable[[Node], b
             if node is None:
                 continue
             reason = site_reason or role_skip_reason(role, ctx.config)
+            if reason is not None and is_prequantized_weight(site.weight):
+                reason += ("; its weight arrives FP8-all-gathered, so this high-precision GEMM reads the "
+                           "dequantized FP8 weight (leave the weight out of fp8pass.enable_fp8_all_gather)")
             swap = role == "dgrad" and site.dgrad_swapped
             records.append(MatmulRecord(fqn, role, _gemm_shape(node, swap), reason is None,
                                         reason or f"FP8 {PAIRING[role]}", weight, graph_name))

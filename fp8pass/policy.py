@@ -30,6 +30,9 @@ class SiteContext:
     config: Config
     weight_fqn: Callable[[Node], str]
     module_instance: Callable[[str], Optional[torch.nn.Module]]
+    # False for a graph whose outputs are not the model's: a piece of DDPOptimizer's split other
+    # than the last (the rest of the model follows it), where no Linear is the output head.
+    outputs_are_model_outputs: bool = True
 
 
 def _multiple_of_tile(size) -> bool:

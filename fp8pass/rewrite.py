@@ -21,7 +21,7 @@ import torch
 from torch._guards import detect_fake_mode
 from torch.fx import Graph, Node
 
-from .sites import is_2d_transpose, strip_to_placeholder, tensor_meta
+from .sites import is_2d_transpose, is_prequantized_weight, strip_to_placeholder, tensor_meta
 
 aten = torch.ops.aten
 fp8_ops = torch.ops.fp8pass
@@ -143,6 +143,10 @@ def rewrite_gemms(graph: Graph, rewrites: list[GemmRewrite]) -> list[Node]:
     for source, wanted in kinds.items():
         rw = owner[source]
         meta = {"role": "quantize", "module": rw.module, "for": rw.role}
+        if is_prequantized_weight(source) and wanted == {"block"}:
+            # FP8 all-gather: the weight's 128x128 copy is the gathered graph input itself
+            copies[(source, "block")] = (source.args[0], source.args[1])
+            continue
         with graph.inserting_before(first_use[source]):
             if wanted >= {"row", "col"}:
                 both = builder.call(fp8_ops.quantize_1x128_128x1.default, (source,), source, meta)

@@ -36,14 +36,34 @@ def is_2d_transpose(node: Node) -> bool:
     return True
 
 
+def is_prequantized_weight(node: Node) -> bool:
+    """`fp8pass.dequantize(q, s, 128, 128, dtype)` of two graph inputs: a weight that arrives
+    already as 128x128 FP8 blocks and their scales (FSDP2's FP8 all-gather, fp8pass.distributed).
+    AOTAutograd flattens the gathered-weight tensor subclass into its FP8 data and scales, and
+    every op of the subclass reads it through this dequantize; the pass treats the dequantize
+    node as the weight and feeds q and s straight to the GEMMs (rewrite.py), so the dequantized
+    copy is dead code and never materialized."""
+    return (isinstance(node, Node) and node.op == "call_function"
+            and node.target is torch.ops.fp8pass.dequantize.default
+            and tuple(node.args[2:4]) == (128, 128)
+            and all(isinstance(a, Node) and a.op == "placeholder" for a in node.args[:2]))
+
+
+def weight_input(node: Node) -> Node:
+    """The graph input that stands for a weight: the placeholder itself, or the FP8 data input
+    of a pre-quantized weight (whose parameter flag and fqn the backend records)."""
+    return node.args[0] if is_prequantized_weight(node) else node
+
+
 def strip_to_placeholder(node: Node) -> tuple[Optional[Node], bool]:
-    """Follow transposes and dtype/alias ops back to a placeholder.
+    """Follow transposes and dtype/alias ops back to a placeholder (or to a pre-quantized
+    weight's dequantize node, see is_prequantized_weight).
 
     Returns (placeholder or None, transposed) where transposed tells whether an odd number of
     2-D transposes lies on the way."""
     transposed = False
     while isinstance(node, Node):
-        if node.op == "placeholder":
+        if node.op == "placeholder" or is_prequantized_weight(node):
             return node, transposed
         if node.op != "call_function":
             return None, False

@@ -14,6 +14,7 @@ import hashlib
 import itertools
 import logging
 import pathlib
+import sys
 from typing import Optional
 
 import torch
@@ -68,8 +69,20 @@ def _describe_inputs(gm: torch.fx.GraphModule) -> list[InputInfo]:
         if grapharg is not None and getattr(grapharg, "source", None) is not None:
             _, parts = normalize_module_path(grapharg.source.name)
             name = ".".join(parts) or name
-        infos.append(InputInfo(isinstance(example, torch.nn.Parameter), name))
+        infos.extend(_flattened_infos(example, isinstance(example, torch.nn.Parameter), name))
     return infos
+
+
+def _flattened_infos(example, is_param: bool, name: str) -> list[InputInfo]:
+    """One InputInfo per joint-graph placeholder of this input: AOTAutograd flattens a traceable
+    tensor subclass (a DTensor, the FP8-all-gathered weight of fp8pass.distributed) into its
+    inner tensors, recursively, in __tensor_flatten__ order; each keeps the input's flag and name."""
+    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+
+    if isinstance(example, torch.Tensor) and is_traceable_wrapper_subclass(example):
+        attrs, _ = example.__tensor_flatten__()
+        return [info for attr in attrs for info in _flattened_infos(getattr(example, attr), is_param, name)]
+    return [InputInfo(is_param, name)]
 
 
 def _module_lookup(gm: torch.fx.GraphModule):
@@ -101,8 +114,9 @@ class Fp8JointPass(CustomGraphPass):
     """`joint_custom_pre_pass`: the FP8 rewrite, with a uuid for Inductor's caches."""
 
     def __init__(self, config: Config, inputs: list[InputInfo], modules: dict, recorder: Recorder, name: str,
-                 observe: bool = False):
+                 observe: bool = False, outputs_are_model_outputs: bool = True):
         self.config = config
+        self.outputs_are_model_outputs = outputs_are_model_outputs
         self.observe = observe
         self.inputs = inputs
         self.modules = modules
@@ -121,6 +135,7 @@ class Fp8JointPass(CustomGraphPass):
             config=self.config,
             weight_fqn=lambda n: info[n].fqn if n in info else n.name,
             module_instance=lambda fqn: self.modules.get(fqn),
+            outputs_are_model_outputs=self.outputs_are_model_outputs,
         )
         is_training = len(primals) != sum(1 for n in graph.nodes if n.op == "placeholder")
         kind = "joint" if is_training else "inference"
@@ -142,7 +157,8 @@ class Fp8JointPass(CustomGraphPass):
     def uuid(self):
         mask = "".join("1" if i.is_param else "0" for i in self.inputs)
         mode = "observe" if self.observe else "fp8"
-        return f"fp8pass-{mode}-{_source_digest()[:16]}-{self.config.cache_key()[:16]}-{mask}"
+        piece = "" if self.outputs_are_model_outputs else "-inner"
+        return f"fp8pass-{mode}-{_source_digest()[:16]}-{self.config.cache_key()[:16]}-{mask}{piece}"
 
 
 class Fp8PartitionedPass(CustomGraphPass):
@@ -177,6 +193,25 @@ class Fp8PartitionedPass(CustomGraphPass):
 _graph_counter = itertools.count()
 
 
+def _outputs_are_model_outputs(gm: torch.fx.GraphModule) -> bool:
+    """False for a piece of DDPOptimizer's split (torch.compile of a DDP module cuts the graph at
+    gradient-bucket boundaries and compiles each piece with this backend) other than the last:
+    its outputs feed the next piece, so the output-head rule must not fire there. DDPOptimizer
+    marks its pieces with `compile_subgraph_reason` and compiles them in order from
+    SubmodCompiler.run_node, whose current node is found on the stack."""
+    if "DDPOptimizer" not in str(getattr(gm, "compile_subgraph_reason", "")):
+        return True
+    frame = sys._getframe(1)
+    while frame is not None:
+        node = frame.f_locals.get("n")
+        if (frame.f_code.co_name == "run_node" and type(frame.f_locals.get("self")).__name__ == "SubmodCompiler"
+                and isinstance(node, torch.fx.Node)):
+            pieces = [m for m in node.graph.nodes if m.op == "call_module"]
+            return node is pieces[-1]
+        frame = frame.f_back
+    return True  # not found: judge the piece as a whole graph (the behaviour without this check)
+
+
 def compile_with_fp8(gm: torch.fx.GraphModule, example_inputs, config: Config,
                      recorder: Optional[Recorder] = None, observe: bool = False, mode: Optional[str] = None):
     """Compile a dynamo graph with Inductor and the FP8 pass (observe=True: see fp8pass.numerics).
@@ -189,7 +224,7 @@ def compile_with_fp8(gm: torch.fx.GraphModule, example_inputs, config: Config,
     patches = dict(torch._inductor.list_mode_options(mode)) if mode not in (None, "default") else {}
     patches |= {
         "joint_custom_pre_pass": Fp8JointPass(config, _describe_inputs(gm), _module_lookup(gm), recorder, name,
-                                              observe),
+                                              observe, _outputs_are_model_outputs(gm)),
     }
     if not observe and (config.fp8_saved_activations or config.recompute_fp8_weights):
         patches["custom_partitioner_fn"] = Fp8Partitioner(

@@ -1,0 +1,221 @@
+"""2-process worker for tests/test_distributed.py (run with torchrun, gloo, CPU).
+
+Trains the same small model with backend="fp8" four ways from the same initial weights and the
+same global batches: in one process (every rank computes it alone, the reference), under DDP
+(both orders: compile(DDP(m)) with DDPOptimizer's graph split, and DDP(compile(m))), under FSDP2
+(fully_shard per block + root, whole model compiled) and FSDP2 with the FP8 weight all-gather.
+Rank 0 writes what the test checks to the JSON file given as argv[1]."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+import fp8pass
+import fp8pass.kernels.reference as reference
+from fp8pass.distributed import CollectiveBytes, Fp8GatheredWeight, enable_fp8_all_gather
+
+STEPS = 10
+BATCH, SEQ, DIM, HIDDEN, CLASSES = 4, 64, 256, 512, 128
+
+GEMMS = [0]
+_gemm = reference.gemm_blockwise
+
+
+def _counting_gemm(*args, **kwargs):  # the CPU kernel of torch.ops.fp8pass.gemm_blockwise
+    GEMMS[0] += 1
+    return _gemm(*args, **kwargs)
+
+
+reference.gemm_blockwise = _counting_gemm
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.norm = nn.LayerNorm(DIM)
+        self.w1 = nn.Linear(DIM, HIDDEN)
+        self.w2 = nn.Linear(HIDDEN, DIM)
+
+    def forward(self, x):
+        return x + self.w2(F.relu(self.w1(self.norm(x))))
+
+
+class Tail(nn.Module):
+    """`proj` has 384 rows (192 per shard on 2 ranks: the FP8 all-gather falls back for it);
+    `head` is the output head (high precision)."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(DIM, 384)
+        self.head = nn.Linear(384, CLASSES)
+
+    def forward(self, x):
+        return self.head(F.gelu(self.proj(x)))
+
+
+class Model(nn.Module):
+    """Two residual blocks (w1: 512 rows, w2: 256 rows: multiples of 128 per shard on 2 ranks)
+    and the tail. The tail is a module of its own because, under FSDP2, dynamo breaks the graph at
+    each block's FSDP hooks, and a graph break inside the `for` loop makes it run the rest of
+    this forward eagerly; submodules called from there still get compiled frames of their own."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.ModuleList([Block() for _ in range(2)])
+        self.tail = Tail()
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = block(x)
+        return self.tail(x)
+
+
+def batches():
+    """Fresh inputs every step; targets from a fixed linear teacher, so the loss has something to learn."""
+    g = torch.Generator().manual_seed(1)
+    teacher = torch.randn(DIM, CLASSES, generator=g)
+    xs = [torch.randn(BATCH, SEQ, DIM, generator=g) for _ in range(STEPS)]
+    return [(x, (x @ teacher).argmax(-1)) for x in xs]
+
+
+def new_model():
+    torch.manual_seed(0)
+    return Model()
+
+
+def train(model, step_model, params, shard: bool):
+    """Losses of the global batch per step, FP8 GEMMs per step, collective bytes per step."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    start = time.perf_counter()
+    params = list(params)
+    opt = torch.optim.AdamW(params, lr=1e-3)
+    losses, gemms = [], []
+    with CollectiveBytes() as comm:
+        for x, y in batches():
+            if shard:  # contiguous halves: each rank's 128 tokens are the same 128-token Wgrad groups
+                n = BATCH // world
+                x, y = x[rank * n:(rank + 1) * n], y[rank * n:(rank + 1) * n]
+            GEMMS[0] = 0
+            loss = F.cross_entropy(step_model(x).flatten(0, 1), y.flatten())
+            loss.backward()
+            opt.step()
+            grad_types = sorted({type(getattr(p.grad, "_local_tensor", p.grad)).__name__ for p in params})
+            # the gradients DDP buckets and FSDP2 reduce-scatters: the parameter's dtype and layout
+            layout_ok = all(p.grad.dtype == p.dtype and p.grad.shape == p.shape and p.grad.stride() == p.stride()
+                            for p in params)
+            opt.zero_grad()
+            gemms.append(GEMMS[0])
+            loss = loss.detach()
+            if shard:
+                dist.all_reduce(loss, op=dist.ReduceOp.SUM)
+                loss /= world
+            losses.append(loss.item())
+        bytes_per_step = {"all_gather": comm.all_gather / STEPS, "reduce_scatter": comm.reduce_scatter / STEPS}
+    state_types = sorted({type(getattr(v, "_local_tensor", v)).__name__ for st in opt.state.values()
+                          for v in st.values() if isinstance(v, torch.Tensor) and v.dim() > 0})
+    param_types = sorted({type(getattr(p, "_local_tensor", p)).__name__ for p in params})
+    if rank == 0:
+        print(f"[dist_worker] {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+    return {"losses": losses, "gemms": gemms, "bytes": bytes_per_step, "grad_types": grad_types,
+            "grad_layout_ok": layout_ok,
+            "state_types": state_types, "param_types": param_types}
+
+
+def gathered_weight_checks(model) -> dict:
+    """Unshard blocks.0 and compare its gathered FP8 weights across ranks and with the full
+    master weight quantized in one process."""
+    block = model.blocks[0]
+    block.unshard()
+    out = {}
+    for name in ("w1", "w2"):
+        weight = getattr(block, name).weight
+        out[f"{name}_type"] = type(weight).__name__
+        if not isinstance(weight, Fp8GatheredWeight):
+            continue
+        data, scale = weight._data.view(torch.uint8), weight._scale
+        all_data = [torch.empty_like(data) for _ in range(dist.get_world_size())]
+        all_scale = [torch.empty_like(scale) for _ in range(dist.get_world_size())]
+        dist.all_gather(all_data, data.contiguous())
+        dist.all_gather(all_scale, scale.contiguous())
+        out[f"{name}_same_on_every_rank"] = all(torch.equal(d, all_data[0]) for d in all_data) and all(
+            torch.equal(s, all_scale[0]) for s in all_scale)
+        shards = [torch.empty_like(weight_shard(model, name)) for _ in range(dist.get_world_size())]
+        dist.all_gather(shards, weight_shard(model, name))
+        full = torch.cat(shards)
+        q, s = torch.ops.fp8pass.quantize_128x128(full)
+        out[f"{name}_equals_full_quantization"] = torch.equal(q.view(torch.uint8), data) and torch.equal(s, scale)
+    block.reshard()
+    return out
+
+
+def weight_shard(model, name) -> torch.Tensor:
+    """The rank's shard of blocks.0.<name>.weight (the master tensor inside the wrapper)."""
+    fsdp_param = next(p for p in model.blocks[0]._get_fsdp_state()._fsdp_param_group.fsdp_params
+                      if p._module_info.module is getattr(model.blocks[0], name))
+    local = fsdp_param.sharded_param._local_tensor
+    return getattr(local, "_tensor", local).detach().clone()
+
+
+def main(out_path: str) -> None:
+    from torch.distributed.fsdp import fully_shard
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    results = {}
+
+    model = new_model()
+    results["single"] = train(model, torch.compile(model, backend="fp8"), model.parameters(), shard=False)
+
+    # which graphs the backend judged to be DDPOptimizer pieces whose outputs are not the model's
+    import importlib
+    backend = importlib.import_module("fp8pass.lowering.backend")
+    pieces, judge = [], backend._outputs_are_model_outputs
+    backend._outputs_are_model_outputs = lambda gm: pieces.append(judge(gm)) or pieces[-1]
+
+    torch._dynamo.reset()
+    model = new_model()
+    ddp = DDP(model, bucket_cap_mb=1)  # small buckets: DDPOptimizer splits the graph inside a block
+    results["ddp_compile_outside"] = train(model, torch.compile(ddp, backend="fp8"), ddp.parameters(), shard=True)
+
+    backend._outputs_are_model_outputs = judge
+    results["ddp_pieces_are_whole"] = pieces
+
+    torch._dynamo.reset()
+    model = new_model()
+    ddp = DDP(torch.compile(model, backend="fp8"))
+    results["ddp_compile_inside"] = train(model, ddp, ddp.parameters(), shard=True)
+
+    torch._dynamo.reset()
+    model = new_model()
+    for block in model.blocks:
+        fully_shard(block)
+    fully_shard(model)
+    results["fsdp"] = train(model, torch.compile(model, backend="fp8"), model.parameters(), shard=True)
+
+    torch._dynamo.reset()
+    model = new_model()
+    decisions = enable_fp8_all_gather(model)
+    for block in model.blocks:
+        fully_shard(block)
+    fully_shard(model)
+    results["fsdp_fp8_all_gather"] = train(model, torch.compile(model, backend="fp8"), model.parameters(), shard=True)
+    results["decisions"] = [[d.weight, d.fp8, d.reason] for d in decisions]
+    results["gathered"] = gathered_weight_checks(model)
+
+    if rank == 0:
+        with open(out_path, "w") as f:
+            json.dump(results, f, indent=1)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,217 @@
+"""backend="fp8" under DDP and FSDP2, and FSDP2's FP8 weight all-gather (fp8pass.distributed).
+
+The 2-process tests run tests/dist_worker.py once under torchrun with gloo on the CPU (about a
+minute on 2 cores); the others check the pieces in one process."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+
+import fp8pass
+from fp8pass.distributed import (Fp8AllGatherWeight, Fp8GatheredWeight, enable_fp8_all_gather,
+                                 fp8_all_gather_weights)
+
+TESTS = pathlib.Path(__file__).resolve().parent
+
+
+class _Mesh:
+    """Stands in for FSDP2's DeviceMesh in the hooks (they read only its size)."""
+
+    def __init__(self, size):
+        self._size = size
+
+    def size(self):
+        return self._size
+
+
+def _gather_like_fsdp(weight: torch.Tensor, world_size: int):
+    """Run the extension hooks of `weight`'s shards as FSDP2 does: pre-all-gather on each rank's
+    dim-0 shard, concatenate each input over ranks (the all-gather), post-all-gather."""
+    shards = weight.chunk(world_size)
+    wrapped = [Fp8AllGatherWeight(s.clone()) for s in shards]
+    results = [w.fsdp_pre_all_gather(_Mesh(world_size), weight.shape, weight.stride(), None, None) for w in wrapped]
+    inputs, metadata = zip(*results)
+    outputs = tuple(torch.cat([inp[i] for inp in inputs]) for i in range(len(inputs[0])))
+    gathered, _ = wrapped[0].fsdp_post_all_gather(outputs, metadata[0], weight.dtype)
+    return gathered, inputs
+
+
+def test_fp8_all_gather_of_aligned_shards_equals_quantizing_the_full_weight():
+    torch.manual_seed(0)
+    weight = torch.randn(512, 384) * torch.logspace(-2, 2, 512)[:, None]  # a different amax per block
+    for world_size in (2, 4):  # 256 and 128 rows per shard
+        gathered, inputs = _gather_like_fsdp(weight, world_size)
+        assert isinstance(gathered, Fp8GatheredWeight)
+        assert gathered.shape == weight.shape and gathered.dtype == weight.dtype
+        assert [t.dtype for t in inputs[0]] == [torch.float8_e4m3fn, torch.float32]
+        q, s = torch.ops.fp8pass.quantize_128x128(weight)
+        assert torch.equal(gathered._data.view(torch.uint8), q.view(torch.uint8))
+        assert torch.equal(gathered._scale, s)
+        # every op reads the gathered weight as its dequantized value
+        torch.testing.assert_close(gathered + 0, torch.ops.fp8pass.dequantize(q, s, 128, 128, weight.dtype),
+                                   rtol=0, atol=0)
+
+
+def test_fp8_all_gather_falls_back_when_shard_rows_are_not_a_multiple_of_128():
+    torch.manual_seed(0)
+    weight = torch.randn(384, 256)
+    # Why: 192-row shards quantized on their own put block boundaries at row 192, not 128/256,
+    # so their scales differ from the full weight's 128x128 blocks.
+    q_full, _ = torch.ops.fp8pass.quantize_128x128(weight)
+    q_shards = torch.cat([torch.ops.fp8pass.quantize_128x128(s)[0] for s in weight.chunk(2)])
+    assert not torch.equal(q_full.view(torch.uint8), q_shards.view(torch.uint8))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gathered, inputs = _gather_like_fsdp(weight, 2)
+    assert any("192 rows per shard" in str(w.message) and "BF16 all-gather" in str(w.message) for w in caught)
+    assert [t.dtype for t in inputs[0]] == [weight.dtype]  # the ordinary high-precision all-gather
+    assert type(gathered) is torch.Tensor and torch.equal(gathered, weight)
+
+
+def test_enable_fp8_all_gather_decisions_and_reasons():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(256, 256)
+            self.a = nn.Linear(256, 512)        # FP8: 256 rows per shard
+            self.b = nn.Linear(512, 384)        # 192 rows per shard
+            self.c = nn.Linear(200, 256)        # K not a multiple of 128
+            self.d = nn.Linear(256, 768)        # 384 rows per shard on 2 ranks, 192 on 4
+            self.skip = nn.Linear(256, 256)     # module_filter
+            self.marked = fp8pass.high_precision(nn.Linear(256, 256))
+            self.head = nn.Linear(256, 256)     # last Linear: the head
+
+    torch.manual_seed(0)
+    net = Net()
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    cfg = fp8pass.Config(module_filter=lambda fqn, m: fqn != "skip")
+    decisions = {d.weight: d for d in enable_fp8_all_gather(net, world_size=2, config=cfg)}
+    assert decisions["a.weight"].fp8 and decisions["d.weight"].fp8
+    assert "192 rows per shard" in decisions["b.weight"].reason
+    assert "not multiples of 128" in decisions["c.weight"].reason
+    assert "module_filter" in decisions["skip.weight"].reason
+    assert "high_precision" in decisions["marked.weight"].reason
+    assert "output head" in decisions["head.weight"].reason
+    assert not any(d.fp8 for name, d in decisions.items() if name not in ("a.weight", "d.weight"))
+    assert fp8_all_gather_weights(net) == ["a.weight", "d.weight"]
+    assert isinstance(net.a.weight, nn.Parameter) and isinstance(net.a.weight, Fp8AllGatherWeight)
+    for name, p in net.named_parameters():  # values untouched, and ops see plain tensors
+        assert torch.equal(p.detach() + 0, before[name]) and type(p.detach() + 0) is torch.Tensor
+    # on 4 ranks d has 192 rows per shard
+    d4 = {d.weight: d for d in enable_fp8_all_gather(Net(), world_size=4)}
+    assert "192 rows per shard" in d4["d.weight"].reason and d4["a.weight"].fp8
+    # a weight shared with an embedding
+    tied = Net()
+    tied.emb = nn.Embedding(512, 256)
+    tied.emb.weight = tied.a.weight
+    assert "tied to an embedding" in {d.weight: d for d in enable_fp8_all_gather(tied, 2)}["a.weight"].reason
+
+
+def _gemm_b_inputs(graph):
+    """For each gemm_blockwise node, the node its B operand comes from (through permutes/clones)."""
+    out = []
+    for node in graph.nodes:
+        if node.op == "call_function" and node.target is torch.ops.fp8pass.gemm_blockwise.default:
+            b = node.args[2]
+            while b.op == "call_function" and b.target in (torch.ops.aten.permute.default,
+                                                           torch.ops.aten.clone.default):
+                b = b.args[0]
+            out.append(b)
+    return out
+
+
+def test_pass_feeds_a_gathered_fp8_weight_straight_to_the_gemms():
+    """A Linear whose weight arrives FP8-all-gathered: no quantize and no dequantize of it in the
+    graph, and the same outputs and gradients, bit for bit, as the pass quantizing the plain
+    weight itself (the gathered data and scales are what it would compute)."""
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Linear(256, 512, bias=False), nn.ReLU(), nn.Linear(512, 256), nn.ReLU(),
+                          nn.Linear(256, 128))
+    gathered = nn.Sequential(*[m for m in __import__("copy").deepcopy(plain)])
+    q, s = torch.ops.fp8pass.quantize_128x128(plain[0].weight.detach())
+    gathered[0].weight = nn.Parameter(Fp8GatheredWeight(q, s, torch.float32), requires_grad=True)
+    x = torch.randn(256, 256)
+
+    report = fp8pass.explain(gathered, x.clone().requires_grad_())
+    rows = [m for m in report.matmuls if m.module == "0"]
+    assert {m.role for m in rows if m.fp8} == {"fprop", "dgrad", "wgrad"} and rows[0].weight == "0.weight"
+    joint = next(g for n, g in report.graphs.items() if n.endswith("_joint"))
+    targets = [n.target for n in joint.graph.nodes if n.op == "call_function"]
+    assert torch.ops.fp8pass.dequantize.default not in targets
+    assert targets.count(torch.ops.fp8pass.quantize_128x128.default) == 1  # layer 2 only (4 is the head)
+    b_inputs = _gemm_b_inputs(joint.graph)
+    # Fprop and Dgrad of layer 0 read the gathered FP8 data input itself
+    assert sum(b.op == "placeholder" and b.meta["val"].dtype == torch.float8_e4m3fn for b in b_inputs) == 2
+
+    results = []
+    for model in (plain, gathered):
+        torch._dynamo.reset()
+        xi = x.clone().requires_grad_()
+        out = torch.compile(model, backend="fp8")(xi)
+        out.square().sum().backward()
+        results.append((out.detach(), xi.grad, model[0].weight.grad, model[2].weight.grad))
+        assert type(model[0].weight.grad) is torch.Tensor and model[0].weight.grad.dtype == torch.float32
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dist") / "results.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           str(TESTS / "dist_worker.py"), str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return json.loads(out.read_text())
+
+
+def _rel(a, b):
+    return abs(a - b) / abs(b)
+
+
+@pytest.mark.parametrize("run", ["ddp_compile_outside", "ddp_compile_inside", "fsdp", "fsdp_fp8_all_gather"])
+def test_two_processes_match_one_process_of_the_same_global_batch(two_process_run, run):
+    single, dist_run = two_process_run["single"], two_process_run[run]
+    assert len(dist_run["losses"]) == 10
+    # the same GEMMs run in FP8 as in one process: 5 converted Linears x 3 (the head stays high precision)
+    assert single["gemms"] == [15] * 10 and dist_run["gemms"] == single["gemms"]
+    assert _rel(dist_run["losses"][-1], single["losses"][-1]) < 1e-3
+    assert all(_rel(a, b) < 1e-3 for a, b in zip(dist_run["losses"], single["losses"]))
+    assert single["losses"][-1] < single["losses"][0]  # it trains
+    # gradients and optimizer state as in high-precision training: plain tensors, param dtype/layout
+    assert dist_run["grad_types"] == ["Tensor"] and dist_run["state_types"] == ["Tensor"]
+    assert dist_run["grad_layout_ok"]
+
+
+def test_ddp_optimizer_pieces_do_not_lose_linears_to_the_output_head_rule(two_process_run):
+    # bucket_cap_mb=1 makes DDPOptimizer compile several pieces; only the last one ends in the head
+    pieces = two_process_run["ddp_pieces_are_whole"]
+    assert len(pieces) >= 2 and pieces[-1] is True and False in pieces
+
+
+def test_fp8_all_gather_two_processes(two_process_run):
+    decisions = {w: (fp8, reason) for w, fp8, reason in two_process_run["decisions"]}
+    assert [w for w, (fp8, _) in decisions.items() if fp8] == [
+        "blocks.0.w1.weight", "blocks.0.w2.weight", "blocks.1.w1.weight", "blocks.1.w2.weight"]
+    assert "192 rows per shard" in decisions["tail.proj.weight"][1]
+    assert "output head" in decisions["tail.head.weight"][1]
+    gathered = two_process_run["gathered"]
+    assert gathered["w1_type"] == gathered["w2_type"] == "Fp8GatheredWeight"
+    for name in ("w1", "w2"):  # bit-identical on both ranks, and equal to one-process quantization
+        assert gathered[f"{name}_same_on_every_rank"] and gathered[f"{name}_equals_full_quantization"]
+    run, plain = two_process_run["fsdp_fp8_all_gather"], two_process_run["fsdp"]
+    # the master weights stay with FSDP2 (wrapped, unchanged in dtype); what travels is smaller:
+    # the 4 block weights go as 1 byte per element instead of 4 (fp32 here; 2 with BF16 params)
+    assert "Fp8AllGatherWeight" in run["param_types"]
+    assert run["bytes"]["all_gather"] < 0.4 * plain["bytes"]["all_gather"]
+    assert run["bytes"]["reduce_scatter"] == plain["bytes"]["reduce_scatter"]
+    # with shard rows on block boundaries the gathered weights are what the pass would compute
+    assert run["losses"] == plain["losses"]
