@@ -5,7 +5,10 @@
 #                                           # CUDA fusion tests), then linear/block on GPU 0, GPU tests on GPU 1
 #   bash benchmarks/device_x2.sh trainstep  # 1B train_step.py on GPU 0; FSDP2 benchmark on both GPUs after
 set -o pipefail
-OUT=${OUT:-/tmp/fp8pass_out}; mkdir -p "$OUT"
+# At most 8 files come back from the device: everything is written to a work folder and packed
+# into $OUT/logs.tar.gz at exit, beside the loss curve (loss.png, loss.csv).
+RESULTS=${OUT:-/tmp/fp8pass_out}; OUT=/tmp/fp8pass_work; mkdir -p "$RESULTS" "$OUT"
+trap 'tar czf "$RESULTS/logs.tar.gz" -C "$OUT" . ; cp "$OUT"/loss.png "$OUT"/loss.csv "$RESULTS"/ 2>/dev/null' EXIT
 export PYTHONUNBUFFERED=1
 python3 -m pip install --no-deps --no-build-isolation -e . -q > "$OUT/pip.log" 2>&1 || tail -5 "$OUT/pip.log"
 nvidia-smi --query-gpu=index,name,driver_version --format=csv,noheader
@@ -35,6 +38,26 @@ for what in "$@"; do
       python3 examples/train_gpt.py --compare "$RUN" 2>&1 | tee "$OUT/compare.log"
       tail -14 "$OUT/conv_fp8.log" "$OUT/conv_bf16.log"
       cat "$OUT/linear.log"; head -30 "$OUT/block.log" ;;
+    run2)  # diagnostics, the 350M preset under CUDA graphs (both runs), then 1B train_step on GPU 0
+      (
+        CUDA_VISIBLE_DEVICES=0 timeout 45 python3 -m pytest -x -q -p no:cacheprovider -m gpu tests/test_triton_gpu.py \
+          -k "test_quantize_bit_identical and 300-640" > "$OUT/inf_diag.log" 2>&1; grep -E "^E " "$OUT/inf_diag.log" | head -5 | cut -c1-700
+        python3 -c "import torch._inductor.config as c; print('inductor div config:', [k for k in dir(c) if 'div' in k.lower() or 'numerics' in k.lower()])"
+        CUDA_VISIBLE_DEVICES=0 timeout 200 python3 examples/train_gpt.py --preset gpu-350m --only baseline --out "$OUT" \
+          --mode reduce-overhead > "$OUT/conv_bf16.log" 2>&1; echo "bf16 350M exit $?"
+        CUDA_VISIBLE_DEVICES=0 timeout 250 python3 benchmarks/train_step.py --variants bf16,fp8 \
+          > "$OUT/train_step.log" 2>&1; echo "train_step exit $?"
+      ) &
+      (
+        CUDA_VISIBLE_DEVICES=1 timeout 300 python3 examples/train_gpt.py --preset gpu-350m --only fp8 --out "$OUT" \
+          --mode reduce-overhead > "$OUT/conv_fp8.log" 2>&1; echo "fp8 350M exit $?"
+        CUDA_VISIBLE_DEVICES=1 timeout 240 python3 benchmarks/train_step.py --variants bf16+ac,fp8+ac --profile none \
+          > "$OUT/train_step_ac.log" 2>&1; echo "train_step (checkpointed) exit $?"
+      ) &
+      wait
+      python3 examples/train_gpt.py --compare "$OUT" 2>&1 | tee "$OUT/compare.log"
+      tail -6 "$OUT/conv_fp8.log"; tail -6 "$OUT/conv_bf16.log"
+      head -45 "$OUT/train_step.log"; head -20 "$OUT/train_step_ac.log" ;;
     trainstep)
       CUDA_VISIBLE_DEVICES=0 timeout 420 python3 benchmarks/train_step.py > "$OUT/train_step.log" 2>&1
       echo "train_step exit $?"; head -40 "$OUT/train_step.log" ;;
