@@ -58,6 +58,26 @@ for what in "$@"; do
       python3 examples/train_gpt.py --compare "$OUT" 2>&1 | tee "$OUT/compare.log"
       tail -6 "$OUT/conv_fp8.log"; tail -6 "$OUT/conv_bf16.log"
       head -45 "$OUT/train_step.log"; head -20 "$OUT/train_step_ac.log" ;;
+    final)  # the 350M preset on 64 MB (both runs at once), Inf-tile quantizer tests, then FSDP2 on both GPUs
+      (
+        CUDA_VISIBLE_DEVICES=0 timeout 240 python3 examples/train_gpt.py --preset gpu-350m --only fp8 --out "$OUT" \
+          --mode reduce-overhead > "$OUT/conv_fp8.log" 2>&1; echo "fp8 350M exit $?"
+      ) &
+      (
+        CUDA_VISIBLE_DEVICES=1 timeout 195 python3 examples/train_gpt.py --preset gpu-350m --only baseline --out "$OUT" \
+          --mode reduce-overhead > "$OUT/conv_bf16.log" 2>&1; echo "bf16 350M exit $?"
+        CUDA_VISIBLE_DEVICES=1 timeout 45 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_gpu.py \
+          -k "test_quantize_bit_identical" > "$OUT/quant_gpu.log" 2>&1; echo "quantizer GPU tests exit $?"; tail -2 "$OUT/quant_gpu.log"
+      ) &
+      wait
+      python3 examples/train_gpt.py --compare "$OUT" 2>&1 | tee "$OUT/compare.log"
+      tail -4 "$OUT/conv_fp8.log"; tail -4 "$OUT/conv_bf16.log"
+      timeout 95 torchrun --nproc-per-node 1 benchmarks/fsdp.py --loss-run 200 --json "$OUT/single.json" \
+        > "$OUT/fsdp_single.log" 2>&1; echo "fsdp 1-GPU loss run exit $?"; tail -3 "$OUT/fsdp_single.log"
+      timeout 95 torchrun --nproc-per-node 2 benchmarks/fsdp.py --loss-run 200 --json "$OUT/fsdp2.json" \
+        --reference "$OUT/single.json" > "$OUT/fsdp_loss.log" 2>&1; echo "fsdp 2-GPU loss run exit $?"; tail -4 "$OUT/fsdp_loss.log"
+      timeout 135 torchrun --nproc-per-node 2 benchmarks/fsdp.py --size gpu-small --steps 20 > "$OUT/fsdp.log" 2>&1; echo "fsdp table exit $?"
+      tail -25 "$OUT/fsdp.log" ;;
     trainstep)
       CUDA_VISIBLE_DEVICES=0 timeout 420 python3 benchmarks/train_step.py > "$OUT/train_step.log" 2>&1
       echo "train_step exit $?"; head -40 "$OUT/train_step.log" ;;

@@ -98,9 +98,12 @@ def _to_fp8(x, scale, r):
     q0 within an ulp, the residual is exact and q is the correctly rounded quotient), three
     FMA-pipe instructions instead of a div.rn sequence."""
     q0 = x * r
-    # q = q0 + r * e, written as -((-e) * r - q0) so that a zero quotient keeps its sign
-    # (+0 + -0 is +0 under round-to-nearest; the negated form gives -0 for x = -0)
-    q = -tl.fma(-tl.fma(-q0, scale, x), r, -q0)
+    q = tl.fma(tl.fma(-q0, scale, x), r, q0)
+    # A zero quotient carries the sign of x (the scale is positive): x = -0, or a finite x in a
+    # tile whose scale is inf. The FMA sum above can give +0 there (-0 + +0), and sign games in
+    # float arithmetic are fair game for the compiler, so the sign is set on the bits.
+    sign = x.to(tl.int32, bitcast=True) & -2147483648
+    q = tl.where(q == 0.0, sign.to(tl.float32, bitcast=True), q)
     if _INTERPRET:
         c = tl.minimum(tl.maximum(q, -_FMAX), _FMAX)
         q = tl.where(q != q, q, c)

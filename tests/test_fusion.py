@@ -95,7 +95,13 @@ def test_fusion_keeps_training_numerics():
         torch.testing.assert_close(fused, unfused, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+# On CUDA (H200, torch 2.11) the generated scales differ from the reference in the last bit for
+# some tiles (seen 2026-11-28, benchmarks/RESULTS.md), even with Inductor's eager division
+# rounding on; fuse_quantization is off by default partly for this.
+_CUDA_SCALES_OFF_BY_AN_ULP = pytest.mark.xfail(strict=True, reason="generated scales not bit-identical on CUDA")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, _CUDA_SCALES_OFF_BY_AN_ULP])])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("rows", [256, 200])  # a tail of 72 tokens in the 128x1 tiles
 def test_generated_quantization_is_bit_identical_to_reference(dtype, rows, device):

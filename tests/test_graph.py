@@ -67,13 +67,14 @@ def test_gpt_block_every_linear_converted_and_fp8_saved():
     _check_saved_activations_are_fp8(report, GPT_BLOCK_LINEARS)
 
 
-def _check_saved_activations_are_fp8(report, converted_modules):
+def _check_saved_activations_are_fp8(report, converted_modules, weight_copies_saved=False):
     """At converted sites the forward saves FP8 copies (plus fp32 scales) for backward, never the
-    high-precision input of the Linear."""
+    high-precision input of the Linear. The 128x128 weight copy for Dgrad is saved only with
+    recompute_fp8_weights=False; by default backward quantizes the weight again."""
     assert report.saved, "no partitioned graphs were captured"
     for name in converted_modules:
-        # the 128x128 copy of the weight, for Dgrad
-        assert [s for s in report.saved if s.module == name and s.fp8 and "128x128" in s.producer], name
+        weight_copies = [s for s in report.saved if s.module == name and s.fp8 and "128x128" in s.producer]
+        assert bool(weight_copies) == weight_copies_saved, name
     # the 128x1 copies of the inputs, for Wgrad (Linears reading the same input share one)
     assert [s for s in report.saved if s.fp8 and "quantize_1x128_128x1" in s.producer]
     saved_names = {s.name for s in report.saved}
@@ -89,15 +90,18 @@ def _check_saved_activations_are_fp8(report, converted_modules):
         assert not saved_names & {n.name for n in chain}, f"high-precision input {node} saved for backward"
 
 
-def test_mlp_saves_fp8_at_converted_sites():
+@pytest.mark.parametrize("recompute_weights", [True, False])
+def test_mlp_saves_fp8_at_converted_sites(recompute_weights):
     torch.manual_seed(0)
-    report = fp8pass.explain(MLP(), torch.randn(64, 256, requires_grad=True))
-    _check_saved_activations_are_fp8(report, ["fc1", "fc2"])
+    report = fp8pass.explain(MLP(), torch.randn(64, 256, requires_grad=True),
+                             fp8_config=fp8pass.Config(recompute_fp8_weights=recompute_weights))
+    _check_saved_activations_are_fp8(report, ["fc1", "fc2"], weight_copies_saved=not recompute_weights)
     partitioned = [n for n in report.graphs if n.endswith("_forward")]
     assert partitioned, "the partitioned forward graph must be recorded"
     fw = report.graphs[partitioned[0]]
     outputs = next(n for n in fw.graph.nodes if n.op == "output").all_input_nodes
-    assert sum(1 for n in outputs if n.meta["val"].dtype == torch.float8_e4m3fn) == 4
+    # the 128x1 copies of x and of fc2's input, plus (not recomputed) the two weights' copies
+    assert sum(1 for n in outputs if n.meta["val"].dtype == torch.float8_e4m3fn) == (2 if recompute_weights else 4)
 
 
 class ThreeD(nn.Module):
