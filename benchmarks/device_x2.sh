@@ -78,6 +78,13 @@ for what in "$@"; do
         --reference "$OUT/single.json" > "$OUT/fsdp_loss.log" 2>&1; echo "fsdp 2-GPU loss run exit $?"; tail -4 "$OUT/fsdp_loss.log"
       timeout 135 torchrun --nproc-per-node 2 benchmarks/fsdp.py --size gpu-small --steps 20 > "$OUT/fsdp.log" 2>&1; echo "fsdp table exit $?"
       tail -25 "$OUT/fsdp.log" ;;
+    fsdp)  # FSDP2 on both GPUs: the 200-step loss comparison and the table
+      timeout 85 torchrun --nproc-per-node 1 benchmarks/fsdp.py --loss-run 200 --json "$OUT/single.json" \
+        > "$OUT/fsdp_single.log" 2>&1; echo "fsdp 1-GPU loss run exit $?"; tail -3 "$OUT/fsdp_single.log"
+      timeout 85 torchrun --nproc-per-node 2 benchmarks/fsdp.py --loss-run 200 --json "$OUT/fsdp2.json" \
+        --reference "$OUT/single.json" > "$OUT/fsdp_loss.log" 2>&1; echo "fsdp 2-GPU loss run exit $?"; tail -4 "$OUT/fsdp_loss.log"
+      timeout 130 torchrun --nproc-per-node 2 benchmarks/fsdp.py --size gpu-small --steps 20 > "$OUT/fsdp.log" 2>&1
+      echo "fsdp table exit $?"; tail -25 "$OUT/fsdp.log" ;;
     trainstep)
       CUDA_VISIBLE_DEVICES=0 timeout 420 python3 benchmarks/train_step.py > "$OUT/train_step.log" 2>&1
       echo "train_step exit $?"; head -40 "$OUT/train_step.log" ;;

@@ -140,7 +140,8 @@ def train(label: str, cfg: GPTConfig, mode: str, backend: str, fp8_all_gather: b
     timed = steps - warmup
     elapsed = time.perf_counter() - start if start is not None else float("nan")
     comm.__exit__(None, None, None)
-    peak = torch.tensor(torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else 0.0)
+    # on the device: NCCL reduces CUDA tensors only
+    peak = torch.tensor(torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else 0.0, device=device)
     dist.all_reduce(peak, op=dist.ReduceOp.MAX)
     return RunResult(label, losses, timed * global_batch * cfg.seq_len / elapsed if timed > 0 else float("nan"),
                      peak.item(), comm.all_gather / max(timed, 1), comm.reduce_scatter / max(timed, 1), n_fp8)
