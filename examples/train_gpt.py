@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import itertools
 import json
 import math
 import pathlib
@@ -111,17 +110,33 @@ class GPT(nn.Module):
 
 
 def load_corpus(max_bytes: int = 8 << 20) -> torch.Tensor:
-    """The bytes of the standard library's .py files (ships with every Python), as uint8: the top
-    level and one folder down first (about 25 MB), then deeper folders (over 100 MB in all)."""
+    """Python source as bytes (uint8): the standard library's .py files, which ship with every
+    Python (top level and one folder down first, then deeper folders), then, where a larger corpus
+    is asked for than the standard library holds (a slim Python image has about 10 MB), the .py
+    files of the installed packages (torch's own sources among them)."""
     stdlib = pathlib.Path(sysconfig.get_paths()["stdlib"])
+    packages = pathlib.Path(sysconfig.get_paths()["purelib"])
+
+    def files():  # lazily: listing site-packages takes seconds, and the default size never needs it
+        yield from sorted(stdlib.glob("*.py"))
+        yield from sorted(stdlib.glob("*/*.py"))
+        yield from (p for p in sorted(stdlib.rglob("*.py")) if len(p.relative_to(stdlib).parts) > 2
+                    and packages not in p.parents)
+        if packages != stdlib:
+            yield from sorted(packages.rglob("*.py"))
+
     chunks, total = [], 0
-    deeper = (p for p in sorted(stdlib.rglob("*.py")) if len(p.relative_to(stdlib).parts) > 2)
-    for path in itertools.chain(sorted(stdlib.glob("*.py")), sorted(stdlib.glob("*/*.py")), deeper):
-        data = path.read_bytes()
+    for path in files():
+        try:
+            data = path.read_bytes()
+        except OSError:  # a dangling link or unreadable file in site-packages
+            continue
         chunks.append(data)
         total += len(data)
         if total >= max_bytes:
             break
+    if total < max_bytes:
+        print(f"corpus: only {total / 2**20:.1f} MB of Python source found ({max_bytes / 2**20:.0f} MB asked for)")
     return torch.frombuffer(bytearray(b"".join(chunks)[:max_bytes]), dtype=torch.uint8).long()
 
 
@@ -186,7 +201,8 @@ def explain_factory():
 # Llama-style shapes: 28 x (4 d^2 + 3 d h) = 354M parameters in the blocks (byte vocabulary).
 PRESETS = {
     # 2000 steps x 8 x 1024 tokens read 16M bytes: under one pass over the 64 MB corpus's 90%, so
-    # the loss measures learning, not memorization of a small corpus
+    # the loss measures learning, not memorization (on a slim Python image the standard library
+    # alone is ~10 MB; load_corpus then goes on into site-packages)
     "gpu-350m": dict(dim=1024, layers=28, heads=16, mlp_hidden=2816, seq=1024, batch=8, steps=2000, lr=3e-4,
                      device="cuda", explain=False, corpus_mb=64),
 }
