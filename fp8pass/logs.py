@@ -1,13 +1,13 @@
 """The `fp8pass` logger, wired into torch's logging controls.
 
-    TORCH_LOGS="fp8pass"  python train.py   # each compiled graph's decisions (INFO)
-    TORCH_LOGS="+fp8pass" python train.py   # ... and each rewritten graph's code (DEBUG)
-    torch._logging.set_logs(modules={"fp8": logging.INFO})  # from code ("fp8" is an alias)
+    TORCH_LOGS="fp8"  python train.py   # each compiled graph's decisions (INFO)
+    TORCH_LOGS="+fp8" python train.py   # ... and each rewritten graph's code (DEBUG)
+    torch._logging.set_logs(modules={"fp8": logging.INFO})  # from code
 
-TORCH_LOGS accepts any importable module name, which is how "fp8pass" works with no
-registration. The short name "fp8" is registered when fp8pass is imported, so it works in
-`set_logs`; it cannot work in TORCH_LOGS, which torch validates at `import torch`, before any
-other package can register a name.
+"fp8" is a name registered with torch's logging: during `import torch` by the `torch.backends`
+entry point fp8pass_torch_plugin (torch 2.13 parses TORCH_LOGS after loading those; a torch that
+parses it before them rejects "fp8" at import: not checked on 2.11), and again when fp8pass is
+imported. The module name "fp8pass" works in TORCH_LOGS on every torch version.
 """
 
 from __future__ import annotations

@@ -132,9 +132,11 @@ def _run_logged(torch_logs):
     return result, out.stderr
 
 
-def test_torch_logs_fp8pass_prints_decisions_without_changing_results():
+def test_torch_logs_fp8_prints_decisions_without_changing_results():
+    """TORCH_LOGS="fp8" (the name fp8pass_torch_plugin registers during `import torch`) and the
+    module name "+fp8pass" (always valid) print the decisions; results are unchanged."""
     plain, plain_err = _run_logged("")
-    info, info_err = _run_logged("fp8pass")
+    info, info_err = _run_logged("fp8")
     debug, debug_err = _run_logged("+fp8pass")
     assert plain == info == debug
     assert "GEMMs in FP8" not in plain_err
