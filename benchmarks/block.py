@@ -1,10 +1,11 @@
 """Llama-style block fwd+bwd: BF16 eager, BF16 torch.compile and backend="fp8", on one card.
 
-    python benchmarks/block.py [--dim 4096 --heads 32 --hidden 14336 --batch 4 --seq 4096] [--profile]
+    python benchmarks/block.py [--dim 4096 --heads 32 --hidden 14336 --batch 4 --seq 4096] [--profile] [--memory]
 
 Block: RMSNorm -> attention (fused QKV projection, SDPA in BF16, output projection) -> residual;
 RMSNorm -> SwiGLU MLP -> residual. Prints median fwd+bwd time, kernels per step and the peak
-memory of a step above what was allocated before it.
+memory of a step above what was allocated before it; --memory also lists what is live at each
+compiled variant's peak, by the line that allocated it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common import grads_after, kernel_count, median_ms, peak_step_bytes, sqnr_db, top_kernels, versions
+from common import (grads_after, kernel_count, median_ms, peak_breakdown, peak_step_bytes, sqnr_db, top_kernels,
+                    versions)
 
 
 class LlamaBlock(nn.Module):
@@ -49,6 +51,7 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq", type=int, default=4096)
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--memory", action="store_true", help="what is live at each variant's peak (allocator trace)")
     args = p.parse_args(argv)
     import fp8pass  # noqa: F401
 
@@ -88,6 +91,8 @@ def main(argv=None):
                   + ", ".join(f"{sqnr_db(r, g):.1f}" for r, g in zip(ref_grads, grads)), flush=True)
         if args.profile and name.startswith("fp8"):
             print(top_kernels(step))
+        if args.memory and name != "bf16 eager":
+            print(peak_breakdown(step), flush=True)
         block.zero_grad(set_to_none=True)
         x.grad = None
 

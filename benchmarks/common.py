@@ -78,3 +78,42 @@ def grads_after(step, tensors) -> list[torch.Tensor]:
     for t in tensors:
         t.grad = None
     return out
+
+
+def peak_breakdown(step, top: int = 15) -> str:
+    """What is allocated at the peak of one `step()`: the live allocations at the highest point of
+    the CUDA caching allocator's trace, grouped by the line that allocated them (for compiled code,
+    a line of Inductor's output code, which names the buffer), largest first."""
+    torch.cuda.synchronize()
+    torch.cuda.memory._record_memory_history(max_entries=1_000_000)
+    try:
+        step()
+        torch.cuda.synchronize()
+        snapshot = torch.cuda.memory._snapshot()
+    finally:
+        torch.cuda.memory._record_memory_history(enabled=None)
+    trace = snapshot["device_traces"][torch.cuda.current_device()]
+    live, total, peak, at_peak = {}, 0, -1, {}
+    for event in trace:
+        if event["action"] == "alloc":
+            live[event["addr"]] = event
+            total += event["size"]
+            if total > peak:
+                peak, at_peak = total, dict(live)
+        elif event["action"] == "free_completed" and event["addr"] in live:
+            total -= live.pop(event["addr"])["size"]
+
+    def site(event) -> str:
+        for frame in event.get("frames", []):
+            name = frame.get("filename", "")
+            if "/torch/" not in name and "/triton/" not in name and not name.startswith("<"):
+                return f"{name.rsplit('/', 1)[-1]}:{frame.get('line')} {frame.get('name', '')}"
+        return "(torch internals)"
+
+    groups: dict[str, list[int]] = {}
+    for event in at_peak.values():
+        groups.setdefault(site(event), []).append(event["size"])
+    rows = sorted(groups.items(), key=lambda kv: -sum(kv[1]))[:top]
+    lines = [f"allocations made during the step and live at its peak: {peak / 2**20:.0f} MiB"]
+    lines += [f"  {sum(sizes) / 2**20:9.1f} MiB  {len(sizes):4d} x  {where}" for where, sizes in rows]
+    return "\n".join(lines)

@@ -1,6 +1,6 @@
 #!/bin/bash
 # One GPU call for the pipeline: torch-2.11 CPU suite, a CUDA training smoke run, Linear/block benchmarks.
-# usage: bash benchmarks/device_e2e.sh [suite] [smoke] [linear] [block]   (logs under $OUT)
+# usage: bash benchmarks/device_e2e.sh [suite] [gputests] [smoke] [linear] [block] [blockmem]   (logs under $OUT)
 set -o pipefail
 OUT=${OUT:-/tmp/fp8pass_out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -16,5 +16,6 @@ for what in "$@"; do
               --batch 16 --steps 150 2>&1 | tee "$OUT/smoke.log" | tail -40 ;;
     linear) timeout 200 python3 benchmarks/linear.py --profile 2>&1 | tee "$OUT/linear.log" ;;
     block)  timeout 240 python3 benchmarks/block.py --profile 2>&1 | tee "$OUT/block.log" ;;
+    blockmem) timeout 240 python3 benchmarks/block.py --memory 2>&1 | tee "$OUT/blockmem.log" ;;
   esac
 done
