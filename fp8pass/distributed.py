@@ -49,7 +49,7 @@ aten = torch.ops.aten
 TILE = 128
 
 __all__ = ["AllGatherDecision", "Fp8AllGatherWeight", "Fp8GatheredWeight", "CollectiveBytes",
-           "enable_fp8_all_gather", "fp8_all_gather_weights"]
+           "enable_fp8_all_gather", "fp8_all_gather_weights", "unwrap_fp8_all_gather"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,12 +277,59 @@ def enable_fp8_all_gather(model: nn.Module, world_size: Optional[int] = None, co
             reason = _rows_reason(out_f, world_size)
         if reason is None:
             module.weight = nn.Parameter(Fp8AllGatherWeight(weight.data), requires_grad=weight.requires_grad)
+            module.register_state_dict_post_hook(_plain_weight_in_state_dict)
+            module.register_load_state_dict_post_hook(_rewrap_weight_after_load)
         decisions.append(AllGatherDecision(fqn, shape, reason is None, reason or ""))
     if verbose:
         for d in decisions:
             print(f"[fp8pass] all-gather {d.weight} {list(d.shape)}: {'FP8' if d.fp8 else 'high precision'}"
                   f"{' (' + d.reason + ')' if d.reason else ''}")
     return decisions
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints: state dicts hold plain tensors; loading keeps the wrapper
+# ---------------------------------------------------------------------------------------------
+
+def unwrap_fp8_all_gather(tensor: Any) -> Any:
+    """`tensor` without the Fp8AllGatherWeight wrapper: its master tensor (an alias, same dtype
+    and values), or a DTensor of the same mesh, placements and shape over it. Anything else is
+    returned as it is."""
+    if isinstance(tensor, Fp8AllGatherWeight):
+        return tensor._tensor
+    local = getattr(tensor, "_local_tensor", None)
+    if isinstance(local, Fp8AllGatherWeight):
+        from torch.distributed.tensor import DTensor
+
+        return DTensor.from_local(local._tensor, tensor.device_mesh, tensor.placements, run_check=False,
+                                  shape=tensor.shape, stride=tensor.stride())
+    return tensor
+
+
+def _plain_weight_in_state_dict(module: nn.Module, state_dict: dict, prefix: str, local_metadata) -> None:
+    """state_dict post-hook of a Linear whose weight enable_fp8_all_gather wrapped: the saved
+    weight is the plain master tensor (a DTensor over it under FSDP2), so checkpoints (torch.save,
+    torch.distributed.checkpoint) never see the wrapper. With keep_vars=True the entry is the
+    Parameter itself and stays as it is."""
+    key = prefix + "weight"
+    value = state_dict.get(key)
+    if value is not None and not isinstance(value, nn.Parameter):
+        state_dict[key] = unwrap_fp8_all_gather(value)
+
+
+def _rewrap_weight_after_load(module: nn.Module, incompatible_keys) -> None:
+    """load_state_dict post-hook: an ordinary load copies into the wrapped master tensor, so the
+    wrapper stays; load_state_dict(assign=True) (and torch.distributed.checkpoint's loads into
+    meta-device models) put the loaded tensor in place of the parameter, which is wrapped again
+    here. It runs before FSDP2's own post-load hook (registered later, by fully_shard), which then
+    takes the wrapped local tensor as the shard."""
+    weight = module.weight
+    local = getattr(weight, "_local_tensor", None)
+    if local is not None:
+        if not isinstance(local, Fp8AllGatherWeight):
+            weight._local_tensor = Fp8AllGatherWeight(local)
+    elif not isinstance(weight, Fp8AllGatherWeight):
+        module.weight = nn.Parameter(Fp8AllGatherWeight(weight.data), requires_grad=weight.requires_grad)
 
 
 def _marked_high_precision(model: nn.Module) -> set[str]:

@@ -4,10 +4,13 @@ Trains the same small model with backend="fp8" four ways from the same initial w
 same global batches: in one process (every rank computes it alone, the reference), under DDP
 (both orders: compile(DDP(m)) with DDPOptimizer's graph split, and DDP(compile(m))), under FSDP2
 (fully_shard per block + root, whole model compiled) and FSDP2 with the FP8 weight all-gather.
+The last run is then checkpointed (model and optimizer state dicts, torch.save) and loaded into
+freshly prepared models, which go on training next to the original.
 Rank 0 writes what the test checks to the JSON file given as argv[1]."""
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 import time
@@ -19,9 +22,10 @@ import torch.nn.functional as F
 
 import fp8pass
 import fp8pass.kernels.reference as reference
-from fp8pass.distributed import CollectiveBytes, Fp8GatheredWeight, enable_fp8_all_gather
+from fp8pass.distributed import CollectiveBytes, Fp8GatheredWeight, enable_fp8_all_gather, fp8_all_gather_weights
 
 STEPS = 10
+MORE_STEPS = 2  # after the checkpoint
 BATCH, SEQ, DIM, HIDDEN, CLASSES = 4, 64, 256, 512, 128
 
 GEMMS = [0]
@@ -77,12 +81,15 @@ class Model(nn.Module):
         return self.tail(x)
 
 
-def batches():
+def batches(steps: int = STEPS + MORE_STEPS):
     """Fresh inputs every step; targets from a fixed linear teacher, so the loss has something to learn."""
     g = torch.Generator().manual_seed(1)
     teacher = torch.randn(DIM, CLASSES, generator=g)
-    xs = [torch.randn(BATCH, SEQ, DIM, generator=g) for _ in range(STEPS)]
+    xs = [torch.randn(BATCH, SEQ, DIM, generator=g) for _ in range(steps)]
     return [(x, (x @ teacher).argmax(-1)) for x in xs]
+
+
+BATCHES = batches()
 
 
 def new_model():
@@ -90,15 +97,16 @@ def new_model():
     return Model()
 
 
-def train(model, step_model, params, shard: bool):
-    """Losses of the global batch per step, FP8 GEMMs per step, collective bytes per step."""
+def train(step_model, params, shard: bool, opt=None, data=BATCHES[:STEPS]):
+    """Losses of the global batch per step, FP8 GEMMs per step, collective bytes per step.
+    `opt`: an AdamW of `params` to go on with (default: a new one)."""
     rank, world = dist.get_rank(), dist.get_world_size()
     start = time.perf_counter()
     params = list(params)
-    opt = torch.optim.AdamW(params, lr=1e-3)
+    opt = opt or torch.optim.AdamW(params, lr=1e-3)
     losses, gemms = [], []
     with CollectiveBytes() as comm:
-        for x, y in batches():
+        for x, y in data:
             if shard:  # contiguous halves: each rank's 128 tokens are the same 128-token Wgrad groups
                 n = BATCH // world
                 x, y = x[rank * n:(rank + 1) * n], y[rank * n:(rank + 1) * n]
@@ -117,7 +125,7 @@ def train(model, step_model, params, shard: bool):
                 dist.all_reduce(loss, op=dist.ReduceOp.SUM)
                 loss /= world
             losses.append(loss.item())
-        bytes_per_step = {"all_gather": comm.all_gather / STEPS, "reduce_scatter": comm.reduce_scatter / STEPS}
+        bytes_per_step = {"all_gather": comm.all_gather / len(data), "reduce_scatter": comm.reduce_scatter / len(data)}
     state_types = sorted({type(getattr(v, "_local_tensor", v)).__name__ for st in opt.state.values()
                           for v in st.values() if isinstance(v, torch.Tensor) and v.dim() > 0})
     param_types = sorted({type(getattr(p, "_local_tensor", p)).__name__ for p in params})
@@ -163,6 +171,113 @@ def weight_shard(model, name) -> torch.Tensor:
     return getattr(local, "_tensor", local).detach().clone()
 
 
+def prepare_fp8_all_gather(model=None):
+    """FSDP2 (per block + root) with the FP8 weight all-gather; returns the decisions."""
+    from torch.distributed.fsdp import fully_shard
+
+    model = model if model is not None else new_model()
+    decisions = enable_fp8_all_gather(model)
+    for block in model.blocks:
+        fully_shard(block)
+    fully_shard(model)
+    return model, decisions
+
+
+def _local(t):
+    return getattr(t, "_local_tensor", t)
+
+
+def _types(state: dict) -> dict:
+    """{key: [type, type of the local tensor, dtype]} of a (nested) state dict's tensors."""
+    out = {}
+    for key, value in state.items():
+        if isinstance(value, dict):
+            out.update({f"{key}.{k}": v for k, v in _types(value).items()})
+        elif isinstance(value, torch.Tensor):
+            out[str(key)] = [type(value).__name__, type(_local(value)).__name__, str(value.dtype)]
+    return out
+
+
+def _same_params(a, b) -> bool:
+    pa, pb = dict(a.named_parameters()), dict(b.named_parameters())
+    return pa.keys() == pb.keys() and all(
+        type(_local(pa[k])) is type(_local(pb[k])) and pa[k].dtype == pb[k].dtype
+        and torch.equal(_local(pa[k]) + 0, _local(pb[k]) + 0) for k in pa)
+
+
+def _same_optimizer_state(a, b) -> bool:
+    sa, sb = a.state_dict()["state"], b.state_dict()["state"]
+    return sa.keys() == sb.keys() and all(
+        sa[i].keys() == sb[i].keys() and all(torch.equal(_local(sa[i][k]), _local(sb[i][k])) for k in sa[i])
+        for i in sa)
+
+
+def checkpoint_checks(model, opt) -> dict:
+    """Save `model` (FSDP2 + FP8 all-gather, trained STEPS steps) and `opt`, load them into freshly
+    prepared models, check what was saved and what was restored, then train the original and a
+    restored copy MORE_STEPS more steps each."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict, set_model_state_dict,
+                                                         set_optimizer_state_dict)
+
+    out = {"param_dtypes": sorted({str(p.dtype) for p in model.parameters()}),
+           "fp8_weights": fp8_all_gather_weights(model)}
+    # 1. nn.Module / Optimizer state dicts through torch.save and torch.load(weights_only=True)
+    model_sd, opt_sd = model.state_dict(), opt.state_dict()
+    out["model_state_dict"], out["optim_state_dict"] = _types(model_sd), _types(opt_sd["state"])
+    buf = io.BytesIO()
+    torch.save({"model": model_sd, "optim": opt_sd}, buf)
+    out["pickle_names_fp8pass"] = b"fp8pass" in buf.getvalue() or b"Fp8AllGatherWeight" in buf.getvalue()
+    buf.seek(0)
+    try:
+        ckpt = torch.load(buf, weights_only=True)
+        out["weights_only_load"] = True
+    except Exception as e:  # noqa: BLE001  (reported to the test)
+        out["weights_only_load"] = f"{type(e).__name__}: {str(e)[-300:]}"
+        buf.seek(0)
+        ckpt = torch.load(buf, weights_only=False)
+    out["loaded_state_dict"] = _types(ckpt["model"])
+
+    restored, _ = prepare_fp8_all_gather()
+    restored_opt = torch.optim.AdamW(restored.parameters(), lr=1e-3)
+    out["fresh_differs"] = not _same_params(restored, model)
+    restored.load_state_dict(ckpt["model"])
+    restored_opt.load_state_dict(ckpt["optim"])
+    out["restored_params_equal"] = _same_params(restored, model)
+    out["restored_optim_equal"] = _same_optimizer_state(restored_opt, opt)
+    out["restored_fp8_weights"] = fp8_all_gather_weights(restored)
+
+    # 2. torch.distributed.checkpoint's state dicts (sharded), set_* into another fresh model
+    dcp_model, dcp_optim = get_model_state_dict(model), get_optimizer_state_dict(model, opt)
+    out["dcp_model_state_dict"], out["dcp_optim_state_dict"] = _types(dcp_model), _types(dcp_optim["state"])
+    other, _ = prepare_fp8_all_gather()
+    other_opt = torch.optim.AdamW(other.parameters(), lr=1e-3)
+    set_model_state_dict(other, dcp_model)
+    set_optimizer_state_dict(other, other_opt, dcp_optim)
+    out["dcp_restored_params_equal"] = _same_params(other, model)
+    out["dcp_restored_optim_equal"] = _same_optimizer_state(other_opt, opt)
+    out["dcp_restored_fp8_weights"] = fp8_all_gather_weights(other)
+
+    # 3. a full state dict broadcast from rank 0 into a model built on the meta device
+    #    (torch.distributed.checkpoint loads it with assign=True: the parameters are replaced)
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+    out["full_state_dict"] = _types(full)
+    with torch.device("meta"):
+        meta = Model()
+    meta, _ = prepare_fp8_all_gather(meta)
+    set_model_state_dict(meta, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    out["meta_restored_params_equal"] = _same_params(meta, model)
+    out["meta_restored_fp8_weights"] = fp8_all_gather_weights(meta)
+
+    # 4. both go on training (the same compiled code: torch.compile of an identical model)
+    more = BATCHES[STEPS:]
+    out["original_more"] = train(torch.compile(model, backend="fp8"), model.parameters(), True, opt, more)
+    out["restored_more"] = train(torch.compile(restored, backend="fp8"), restored.parameters(), True,
+                                 restored_opt, more)
+    out["params_equal_after_more"] = _same_params(restored, model)
+    return out
+
+
 def main(out_path: str) -> None:
     from torch.distributed.fsdp import fully_shard
     from torch.nn.parallel import DistributedDataParallel as DDP
@@ -172,7 +287,7 @@ def main(out_path: str) -> None:
     results = {}
 
     model = new_model()
-    results["single"] = train(model, torch.compile(model, backend="fp8"), model.parameters(), shard=False)
+    results["single"] = train(torch.compile(model, backend="fp8"), model.parameters(), shard=False)
 
     # which graphs the backend judged to be DDPOptimizer pieces whose outputs are not the model's
     import importlib
@@ -183,7 +298,7 @@ def main(out_path: str) -> None:
     torch._dynamo.reset()
     model = new_model()
     ddp = DDP(model, bucket_cap_mb=1)  # small buckets: DDPOptimizer splits the graph inside a block
-    results["ddp_compile_outside"] = train(model, torch.compile(ddp, backend="fp8"), ddp.parameters(), shard=True)
+    results["ddp_compile_outside"] = train(torch.compile(ddp, backend="fp8"), ddp.parameters(), shard=True)
 
     backend._outputs_are_model_outputs = judge
     results["ddp_pieces_are_whole"] = pieces
@@ -191,24 +306,22 @@ def main(out_path: str) -> None:
     torch._dynamo.reset()
     model = new_model()
     ddp = DDP(torch.compile(model, backend="fp8"))
-    results["ddp_compile_inside"] = train(model, ddp, ddp.parameters(), shard=True)
+    results["ddp_compile_inside"] = train(ddp, ddp.parameters(), shard=True)
 
     torch._dynamo.reset()
     model = new_model()
     for block in model.blocks:
         fully_shard(block)
     fully_shard(model)
-    results["fsdp"] = train(model, torch.compile(model, backend="fp8"), model.parameters(), shard=True)
+    results["fsdp"] = train(torch.compile(model, backend="fp8"), model.parameters(), shard=True)
 
     torch._dynamo.reset()
-    model = new_model()
-    decisions = enable_fp8_all_gather(model)
-    for block in model.blocks:
-        fully_shard(block)
-    fully_shard(model)
-    results["fsdp_fp8_all_gather"] = train(model, torch.compile(model, backend="fp8"), model.parameters(), shard=True)
+    model, decisions = prepare_fp8_all_gather()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    results["fsdp_fp8_all_gather"] = train(torch.compile(model, backend="fp8"), model.parameters(), True, opt)
     results["decisions"] = [[d.weight, d.fp8, d.reason] for d in decisions]
     results["gathered"] = gathered_weight_checks(model)
+    results["checkpoint"] = checkpoint_checks(model, opt)
 
     if rank == 0:
         with open(out_path, "w") as f:

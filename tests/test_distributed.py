@@ -114,6 +114,33 @@ def test_enable_fp8_all_gather_decisions_and_reasons():
     assert "tied to an embedding" in {d.weight: d for d in enable_fp8_all_gather(tied, 2)}["a.weight"].reason
 
 
+def test_state_dict_of_wrapped_weights_is_plain_and_loading_keeps_the_wrapper():
+    """Without FSDP2 (one process): the state dict holds the plain master tensor (an alias), not
+    the wrapper; load_state_dict copies into it, and assign=True gets wrapped again."""
+    import io
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 128))
+    enable_fp8_all_gather(net, world_size=2)
+    assert fp8_all_gather_weights(net) == ["0.weight"]
+    sd = net.state_dict()
+    assert all(type(v) is torch.Tensor and v.dtype == torch.float32 for v in sd.values())
+    assert sd["0.weight"].data_ptr() == net[0].weight._tensor.data_ptr()  # an alias of the master tensor
+    assert isinstance(net.state_dict(keep_vars=True)["0.weight"], Fp8AllGatherWeight)  # the parameter itself
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    assert b"fp8pass" not in buf.getvalue()
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=True)
+    for assign in (False, True):
+        other = nn.Sequential(nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 128))
+        enable_fp8_all_gather(other, world_size=2)
+        other.load_state_dict({k: v.clone() for k, v in loaded.items()}, assign=assign)
+        assert isinstance(other[0].weight, Fp8AllGatherWeight) and isinstance(other[0].weight, nn.Parameter)
+        assert fp8_all_gather_weights(other) == ["0.weight"]
+        assert all(torch.equal(a, b) for a, b in zip(other.state_dict().values(), sd.values()))
+
+
 def _gemm_b_inputs(graph):
     """For each gemm_blockwise node, the node its B operand comes from (through permutes/clones)."""
     out = []
@@ -215,3 +242,40 @@ def test_fp8_all_gather_two_processes(two_process_run):
     assert run["bytes"]["reduce_scatter"] == plain["bytes"]["reduce_scatter"]
     # with shard rows on block boundaries the gathered weights are what the pass would compute
     assert run["losses"] == plain["losses"]
+
+
+def _plain(types: dict, dtype: str = "torch.float32") -> bool:
+    """Every entry of a state dict's [type, local type, dtype] list is a plain tensor or a DTensor
+    over one, of the parameters' dtype (no wrapper, no FP8)."""
+    return bool(types) and all(t in ("Tensor", "DTensor") and local == "Tensor" and dt == dtype
+                               for t, local, dt in types.values())
+
+
+def test_checkpoints_of_fp8_all_gather_models_are_plain_and_restore_exactly(two_process_run):
+    """FSDP2 + FP8 all-gather, 10 steps, then model/optimizer state dicts: plain DTensors of the
+    parameters' dtype (nn.Module, torch.distributed.checkpoint sharded and full), torch.save
+    without the wrapper class (weights_only load works); loaded into fresh models (load_state_dict,
+    set_model_state_dict, and a meta-device model via a rank-0 broadcast, which assigns) they are
+    bit-exact with the FP8 all-gather still on, and training on goes as the original's, bit for bit
+    (the same compiled code on the same parameters, optimizer state and batches)."""
+    ck = two_process_run["checkpoint"]
+    assert ck["param_dtypes"] == ["torch.float32"] and len(ck["fp8_weights"]) == 4
+    for name in ("model_state_dict", "optim_state_dict", "loaded_state_dict", "dcp_model_state_dict",
+                 "dcp_optim_state_dict"):
+        assert _plain(ck[name]), (name, ck[name])
+        assert all(t[0] == "DTensor" for k, t in ck[name].items() if not k.endswith("step")), name
+    assert _plain(ck["full_state_dict"]) and {t[0] for t in ck["full_state_dict"].values()} == {"Tensor"}
+    assert "blocks.0.w1.weight" in ck["model_state_dict"] and "blocks.0.w1.weight.exp_avg" in ck["dcp_optim_state_dict"]
+    assert ck["pickle_names_fp8pass"] is False and ck["weights_only_load"] is True
+    assert ck["fresh_differs"]
+    for prefix in ("restored", "dcp_restored", "meta_restored"):
+        assert ck[f"{prefix}_params_equal"], prefix  # bit-exact, and the same local tensor types
+        assert ck[f"{prefix}_fp8_weights"] == ck["fp8_weights"], prefix  # the wrapper is still in place
+    assert ck["restored_optim_equal"] and ck["dcp_restored_optim_equal"]
+    original, restored = ck["original_more"], ck["restored_more"]
+    assert len(original["losses"]) == 2 and restored["losses"] == original["losses"]
+    assert restored["gemms"] == original["gemms"] == [15, 15]
+    # the restored model all-gathers in FP8 as the original does
+    assert restored["bytes"] == original["bytes"]
+    assert original["bytes"]["all_gather"] == two_process_run["fsdp_fp8_all_gather"]["bytes"]["all_gather"]
+    assert ck["params_equal_after_more"]
