@@ -90,6 +90,12 @@ class Config:
             raise ValueError(f"fp8pass.Config: unsupported fp8_format {self.fp8_format!r}; choose one of {FORMATS}")
         if self.module_filter is not None and not callable(self.module_filter):
             raise TypeError("fp8pass.Config: module_filter must be a callable fn(fqn, module) -> bool")
+        for f in dataclasses.fields(self):  # a string "false" must not switch an option on
+            value = getattr(self, f.name)
+            if isinstance(f.default, bool) and not isinstance(value, bool):
+                raise TypeError(f"fp8pass.Config: {f.name} must be True or False, got {value!r}")
+            if f.name.endswith("_bytes") and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise TypeError(f"fp8pass.Config: {f.name} must be a non-negative int, got {value!r}")
 
     @classmethod
     def from_options(cls, options: Optional[dict] = None, **kwargs) -> "Config":
@@ -116,12 +122,20 @@ class Config:
         return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
+_BOOL_WORDS = {"true": True, "on": True, "yes": True, "1": True, "false": False, "off": False, "no": False, "0": False}
+
+
 def parse_option(text: str) -> tuple[str, object]:
-    """"key=value" from a command line -> (key, Python value): True/False/numbers as literals,
-    anything else as a string (`fuse_quantization=False`, `fp8_saved_activations_min_bytes=0`)."""
+    """"key=value" from a command line -> (key, Python value): for a boolean option true/false,
+    on/off, yes/no, 1/0 in any case; otherwise Python literals (numbers), else the string."""
     key, sep, value = text.partition("=")
     if not sep:
         raise ValueError(f"fp8pass: options are key=value, got {text!r}")
+    field = next((f for f in dataclasses.fields(Config) if f.name == key), None)
+    if field is not None and isinstance(field.default, bool):
+        if value.strip().lower() not in _BOOL_WORDS:
+            raise ValueError(f"fp8pass: option {key} takes true or false, got {value!r}")
+        return key, _BOOL_WORDS[value.strip().lower()]
     try:
         return key, ast.literal_eval(value)
     except (ValueError, SyntaxError):

@@ -18,13 +18,17 @@ log = logging.getLogger("fp8pass")
 
 
 def register_with_torch_logging() -> None:
+    """Make "fp8" a name for `torch._logging.set_logs(modules=...)` (fp8pass_torch_plugin does it
+    during `import torch` only when TORCH_LOGS asks for it)."""
     try:
-        from torch._logging._internal import log_registry, register_log
-    except ImportError:  # private API moved: plain `logging` configuration still works
+        from fp8pass_torch_plugin import register_log_name
+    except ImportError:  # a source tree used without installing it: the module name still works
         return
-    if not log_registry.is_log("fp8"):
-        register_log("fp8", "fp8pass")
+    register_log_name()
 
 
 def enabled() -> bool:
-    return log.isEnabledFor(logging.INFO)
+    """Logging asked of this logger itself (TORCH_LOGS, set_logs or setLevel), not inherited from
+    the root logger: a script's logging.basicConfig(level=INFO) must not switch off Inductor's
+    caches for every fp8 compile."""
+    return log.level != logging.NOTSET and log.isEnabledFor(logging.INFO)

@@ -212,6 +212,32 @@ def _outputs_are_model_outputs(gm: torch.fx.GraphModule) -> bool:
     return True  # not found: judge the piece as a whole graph (the behaviour without this check)
 
 
+def _mode_patches(mode: Optional[str]) -> dict:
+    if mode in (None, "default"):
+        return {}
+    try:
+        return dict(torch._inductor.list_mode_options(mode))
+    except KeyError:
+        raise ValueError(f"fp8pass: unknown torch.compile mode {mode!r}; the modes are "
+                         f"{sorted(torch._inductor.list_mode_options())}") from None
+
+
+_HOOKS = ("joint_custom_pre_pass", "custom_partitioner_fn", "post_grad_custom_pre_pass")
+_warned_hooks: set = set()
+
+
+def _warn_about_replaced_hooks(patches: dict) -> None:
+    """The backend installs Inductor hooks of its own; one a user set globally is replaced for
+    these graphs, which they should hear about (once per hook)."""
+    import torch._inductor.config as inductor_config
+
+    for key in _HOOKS:
+        if key in patches and getattr(inductor_config, key, None) is not None and key not in _warned_hooks:
+            _warned_hooks.add(key)
+            log.warning("fp8pass: torch._inductor.config.%s is set; backend='fp8' uses its own %s for the graphs "
+                        "it compiles, so yours does not run there", key, key)
+
+
 def compile_with_fp8(gm: torch.fx.GraphModule, example_inputs, config: Config,
                      recorder: Optional[Recorder] = None, observe: bool = False, mode: Optional[str] = None):
     """Compile a dynamo graph with Inductor and the FP8 pass (observe=True: see fp8pass.numerics).
@@ -221,7 +247,7 @@ def compile_with_fp8(gm: torch.fx.GraphModule, example_inputs, config: Config,
     # explain() gets graph_0, graph_1, ... per report; plain compiles are numbered per process
     name = f"graph_{next(_graph_counter) if recorder is None else recorder.next_graph_index()}"
     recorder = recorder if recorder is not None else Recorder(keep_graphs=False)
-    patches = dict(torch._inductor.list_mode_options(mode)) if mode not in (None, "default") else {}
+    patches = _mode_patches(mode)
     patches |= {
         "joint_custom_pre_pass": Fp8JointPass(config, _describe_inputs(gm), _module_lookup(gm), recorder, name,
                                               observe, _outputs_are_model_outputs(gm)),
@@ -237,6 +263,7 @@ def compile_with_fp8(gm: torch.fx.GraphModule, example_inputs, config: Config,
         # Without a recorder the pass holds only `fuse`: per-compile state would defeat the caches.
         patches["post_grad_custom_pre_pass"] = (Fp8PartitionedPass(fuse, recorder, name) if recorder.keep_graphs
                                                 else Fp8PartitionedPass(fuse))
+    _warn_about_replaced_hooks(patches)
     if not (recorder.keep_graphs or config.log_decisions or logs.enabled()):
         return compile_fx(gm, example_inputs, config_patches=patches)
     # A cached graph would skip the pass, and with it what explain() and the logs must show.

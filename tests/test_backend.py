@@ -63,6 +63,22 @@ def test_bad_config_values():
         fp8pass.Config(fp8_format="e5m2")
     with pytest.raises(TypeError, match="module_filter"):
         fp8pass.Config(module_filter="attn")
+    # a string must not switch a boolean option on ("false" is truthy)
+    with pytest.raises(TypeError, match="fuse_quantization must be True or False"):
+        fp8pass.Config(fuse_quantization="false")
+    with pytest.raises(TypeError, match="min_bytes must be a non-negative int"):
+        fp8pass.Config(fp8_saved_activations_min_bytes=-1)
+
+
+def test_command_line_options_parse_booleans_by_word():
+    from fp8pass.config import parse_option
+
+    assert parse_option("fuse_quantization=false") == ("fuse_quantization", False)
+    assert parse_option("wgrad=Off") == ("wgrad", False)
+    assert parse_option("fp8_output_head=TRUE") == ("fp8_output_head", True)
+    assert parse_option("fp8_saved_activations_min_bytes=0") == ("fp8_saved_activations_min_bytes", 0)
+    with pytest.raises(ValueError, match="takes true or false"):
+        parse_option("wgrad=maybe")
 
 
 def test_config_is_frozen_and_cache_key_tracks_options():
