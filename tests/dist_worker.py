@@ -1,7 +1,7 @@
 """2-process worker for tests/test_distributed.py (run with torchrun, gloo, CPU).
 
 Trains the same small model with backend="fp8" four ways from the same initial weights and the
-same global batches: in one process (every rank computes it alone, the reference), under DDP
+same global batches: in one process (rank 0 alone, the reference), under DDP
 (both orders: compile(DDP(m)) with DDPOptimizer's graph split, and DDP(compile(m))), under FSDP2
 (fully_shard per block + root, whole model compiled) and FSDP2 with the FP8 weight all-gather.
 The last run is then checkpointed (model and optimizer state dicts, torch.save) and loaded into
@@ -286,8 +286,9 @@ def main(out_path: str) -> None:
     rank = dist.get_rank()
     results = {}
 
-    model = new_model()
-    results["single"] = train(torch.compile(model, backend="fp8"), model.parameters(), shard=False)
+    if rank == 0:  # the reference; rank 1 goes on to wait in DDP's first collective meanwhile
+        model = new_model()
+        results["single"] = train(torch.compile(model, backend="fp8"), model.parameters(), shard=False)
 
     # which graphs the backend judged to be DDPOptimizer pieces whose outputs are not the model's
     import importlib

@@ -1,11 +1,13 @@
 """backend="fp8" under DDP and FSDP2, and FSDP2's FP8 weight all-gather (fp8pass.distributed).
 
-The 2-process tests run tests/dist_worker.py once under torchrun with gloo on the CPU (about a
-minute on 2 cores); the others check the pieces in one process."""
+The 2-process tests share one torchrun of tests/dist_worker.py (2 ranks, gloo on the CPU),
+started before the first test so that the one-process tests, which check the pieces, run alongside
+it."""
 
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 import warnings
@@ -166,7 +168,7 @@ def test_pass_feeds_a_gathered_fp8_weight_straight_to_the_gemms():
     gathered[0].weight = nn.Parameter(Fp8GatheredWeight(q, s, torch.float32), requires_grad=True)
     x = torch.randn(256, 256)
 
-    report = fp8pass.explain(gathered, x.clone().requires_grad_())
+    report = fp8pass.explain(gathered, x.clone().requires_grad_(), baseline=False)
     rows = [m for m in report.matmuls if m.module == "0"]
     assert {m.role for m in rows if m.fp8} == {"fprop", "dgrad", "wgrad"} and rows[0].weight == "0.weight"
     joint = next(g for n, g in report.graphs.items() if n.endswith("_joint"))
@@ -190,13 +192,39 @@ def test_pass_feeds_a_gathered_fp8_weight_straight_to_the_gemms():
 
 
 @pytest.fixture(scope="module")
-def two_process_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("dist") / "results.json"
+def _two_process_launch(tmp_path_factory):
+    """torchrun of tests/dist_worker.py, started (not waited for)."""
+    tmp = tmp_path_factory.mktemp("dist")
+    out, log = tmp / "results.json", open(tmp / "torchrun.log", "w+")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            str(TESTS / "dist_worker.py"), str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    yield proc, out, log
+    if proc.poll() is None:  # a failed or interrupted session: end torchrun and its ranks
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    log.close()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _start_two_process_run_first(request):
+    """When a selected test needs the 2-process run, start it before this module's first test:
+    the one-process tests run while it does."""
+    if any("two_process_run" in getattr(item, "fixturenames", ()) for item in request.session.items):
+        request.getfixturevalue("_two_process_launch")
+
+
+@pytest.fixture(scope="module")
+def two_process_run(_two_process_launch):
+    proc, out, log = _two_process_launch
+    try:
+        proc.wait(timeout=600)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    log.seek(0)
+    assert proc.returncode == 0, log.read()[-8000:]
     return json.loads(out.read_text())
 
 
