@@ -248,6 +248,11 @@ def enable_fp8_all_gather(model: nn.Module, world_size: Optional[int] = None, co
     cfg = config or Config()
     head, embedding_weights = _head_and_tied(model)
     marked = _marked_high_precision(model)
+    # A weight held by more than one module (tied): wrapping it for one would untie it.
+    owners: dict[int, list[str]] = {}
+    for module_name, module in model.named_modules(remove_duplicate=False):
+        for param_name, param in module.named_parameters(recurse=False, remove_duplicate=False):
+            owners.setdefault(id(param), []).append(f"{module_name}.{param_name}" if module_name else param_name)
     decisions = []
     for name, module in model.named_modules():
         if not isinstance(module, nn.Linear):
@@ -267,6 +272,9 @@ def enable_fp8_all_gather(model: nn.Module, world_size: Optional[int] = None, co
             reason = f"in/out features {in_f}/{out_f} not multiples of 128: the pass keeps this Linear in high precision"
         elif id(weight) in embedding_weights and not cfg.fp8_output_head:
             reason = "weight tied to an embedding (output head, kept in high precision)"
+        elif len(set(owners.get(id(weight), []))) > 1:
+            others = sorted(set(owners[id(weight)]) - {fqn})
+            reason = f"weight shared with {', '.join(others)} (tied): a wrapper would untie it"
         elif name == head and not cfg.fp8_output_head:
             reason = "output head (last nn.Linear), kept in high precision; Config(fp8_output_head=True) converts it"
         elif name in marked:

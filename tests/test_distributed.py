@@ -114,6 +114,16 @@ def test_enable_fp8_all_gather_decisions_and_reasons():
     tied.emb = nn.Embedding(512, 256)
     tied.emb.weight = tied.a.weight
     assert "tied to an embedding" in {d.weight: d for d in enable_fp8_all_gather(tied, 2)}["a.weight"].reason
+    # ... converted as a head (fp8_output_head=True), or two Linears sharing one weight: the
+    # weight is refused, not wrapped for one owner (which would untie it)
+    for other in ("emb", "d"):
+        shared = Net()
+        shared.emb = nn.Embedding(512, 256)
+        getattr(shared, other).weight = shared.a.weight
+        found = {d.weight: d for d in enable_fp8_all_gather(shared, 2, config=fp8pass.Config(fp8_output_head=True))}
+        assert not found["a.weight"].fp8 and "tied" in found["a.weight"].reason
+        assert getattr(shared, other).weight is shared.a.weight
+        assert not isinstance(shared.a.weight, Fp8AllGatherWeight)
 
 
 def test_state_dict_of_wrapped_weights_is_plain_and_loading_keeps_the_wrapper():
