@@ -176,6 +176,12 @@ class Fp8AllGatherWeight(torch.Tensor):
     def fsdp_pre_all_gather(self, mesh, outer_size, outer_stride, module, mp_policy):
         shard = self._tensor
         world_size = mesh.size()
+        if len(outer_size) == 2 and tuple(shard.shape[1:]) != tuple(outer_size[1:]):
+            # Neither the FP8 path nor the row-padding fallback below fits another shard dim.
+            raise RuntimeError(
+                f"fp8pass: the FP8 all-gather supports FSDP2's default dim-0 sharding, but a weight of shape "
+                f"{list(outer_size)} is sharded as {list(shard.shape)} (a shard_placement_fn?); leave it out of "
+                f"fp8pass.enable_fp8_all_gather (config.module_filter) or shard it along dim 0")
         reason = _rows_reason(outer_size[0], world_size) if len(outer_size) == 2 else "not 2-D"
         param_dtype = getattr(mp_policy, "param_dtype", None) or self.dtype
         if reason is not None:  # fallback: the ordinary high-precision all-gather (shard padded as FSDP2 does)

@@ -5,6 +5,7 @@ started before the first test so that the one-process tests, which check the pie
 it."""
 
 import json
+import logging
 import os
 import pathlib
 import signal
@@ -75,6 +76,13 @@ def test_fp8_all_gather_falls_back_when_shard_rows_are_not_a_multiple_of_128():
     assert any("192 rows per shard" in str(w.message) and "BF16 all-gather" in str(w.message) for w in caught)
     assert [t.dtype for t in inputs[0]] == [weight.dtype]  # the ordinary high-precision all-gather
     assert type(gathered) is torch.Tensor and torch.equal(gathered, weight)
+
+
+def test_fp8_all_gather_of_a_shard_along_another_dim_is_a_clear_error():
+    weight = torch.randn(256, 256)
+    wrapped = Fp8AllGatherWeight(weight[:, :128].clone())  # what a Shard(1) placement would hand over
+    with pytest.raises(RuntimeError, match="dim-0 sharding.*module_filter"):
+        wrapped.fsdp_pre_all_gather(_Mesh(2), weight.shape, weight.stride(), None, None)
 
 
 def test_enable_fp8_all_gather_decisions_and_reasons():
@@ -164,6 +172,20 @@ def _gemm_b_inputs(graph):
                 b = b.args[0]
             out.append(b)
     return out
+
+
+def test_a_gathered_weight_in_a_high_precision_site_is_warned_about(caplog):
+    """enable_fp8_all_gather and the pass judge sites apart: where the pass keeps a gathered
+    weight's GEMMs in high precision, they read the FP8-rounded weight, which the user hears."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(256, 512, bias=False), nn.ReLU(), nn.Linear(512, 256))
+    q, s = torch.ops.fp8pass.quantize_128x128(model[0].weight.detach())
+    model[0].weight = nn.Parameter(Fp8GatheredWeight(q, s, torch.float32), requires_grad=True)
+    config = fp8pass.Config(module_filter=lambda fqn, module: fqn != "0")
+    with caplog.at_level(logging.WARNING, logger="fp8pass"):
+        report = fp8pass.explain(model, torch.randn(128, 256, requires_grad=True), fp8_config=config, baseline=False)
+    assert not any(m.fp8 for m in report.matmuls if m.module == "0")
+    assert any("arrives FP8-all-gathered" in r.getMessage() and "0.weight" in r.getMessage() for r in caplog.records)
 
 
 def test_pass_feeds_a_gathered_fp8_weight_straight_to_the_gemms():
