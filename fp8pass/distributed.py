@@ -166,10 +166,10 @@ class Fp8AllGatherWeight(torch.Tensor):
         unwrapped_args, unwrapped_kwargs = tree_map_only(Fp8AllGatherWeight, lambda t: t._tensor,
                                                          (args, kwargs or {}))
         out = func(*unwrapped_args, **unwrapped_kwargs)
+        if func._schema.is_mutable and args and isinstance(args[0], Fp8AllGatherWeight):
+            return args[0]  # in-place on the master tensor (copy_ too): hand back the wrapper, as torch does
         if func in _PRESERVE:
             return tree_map_only(torch.Tensor, Fp8AllGatherWeight, out)
-        if func._schema.is_mutable and args and isinstance(args[0], Fp8AllGatherWeight):
-            return args[0]  # in-place on the master tensor: hand back the wrapper, as torch does
         return out
 
     # -- FSDP2 extension ------------------------------------------------------------------------

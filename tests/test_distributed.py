@@ -78,6 +78,12 @@ def test_fp8_all_gather_falls_back_when_shard_rows_are_not_a_multiple_of_128():
     assert type(gathered) is torch.Tensor and torch.equal(gathered, weight)
 
 
+def test_in_place_ops_on_the_wrapper_return_the_wrapper():
+    w = Fp8AllGatherWeight(torch.zeros(128, 128))
+    assert w.copy_(torch.ones(128, 128)) is w and w.mul_(2) is w
+    assert torch.equal(w._tensor, torch.full((128, 128), 2.0))
+
+
 def test_fp8_all_gather_of_a_shard_along_another_dim_is_a_clear_error():
     weight = torch.randn(256, 256)
     wrapped = Fp8AllGatherWeight(weight[:, :128].clone())  # what a Shard(1) placement would hand over
