@@ -7,7 +7,7 @@ from typing import Callable
 
 from torch.fx import Graph, Node
 
-from .logs import log
+from .logs import warn_once
 from .policy import SiteContext, embedding_tied_weights, output_head_fprops, role_skip_reason, site_skip_reason
 from . import numerics  # noqa: F401  (registers torch.ops.fp8pass.observe_mm)
 from .rewrite import GemmRewrite, observe_gemms, rewrite_gemms
@@ -58,16 +58,6 @@ def _gemm_shape(node: Node, swap: bool = False) -> tuple:
     return (a_val.shape[0], a_val.shape[-1], out.shape[-1])
 
 
-_warned: set = set()
-
-
-def _warn_once(key: str, message: str) -> None:
-    """A warning a user must see (not only in explain()), once per weight per process."""
-    if key not in _warned:
-        _warned.add(key)
-        log.warning(message)
-
-
 def fp8_graph_pass(graph: Graph, ctx: SiteContext, is_weight: Callable[[Node], bool],
                    graph_name: str = "", observe: bool = False) -> list[MatmulRecord]:
     """Rewrite every eligible Linear-like matmul of `graph` (joint or inference) to FP8.
@@ -93,7 +83,7 @@ def fp8_graph_pass(graph: Graph, ctx: SiteContext, is_weight: Callable[[Node], b
             if reason is not None and is_prequantized_weight(site.weight):
                 reason += ("; its weight arrives FP8-all-gathered, so this high-precision GEMM reads the "
                            "dequantized FP8 weight (leave the weight out of fp8pass.enable_fp8_all_gather)")
-                _warn_once(weight, f"fp8pass: {fqn or weight} {role}: {reason}")
+                warn_once(("prequantized weight", weight), f"fp8pass: {fqn or weight} {role}: {reason}")
             swap = role == "dgrad" and site.dgrad_swapped
             records.append(MatmulRecord(fqn, role, _gemm_shape(node, swap), reason is None,
                                         reason or f"FP8 {PAIRING[role]}", weight, graph_name))

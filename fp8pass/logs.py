@@ -32,3 +32,14 @@ def enabled() -> bool:
     the root logger: a script's logging.basicConfig(level=INFO) must not switch off Inductor's
     caches for every fp8 compile."""
     return log.level != logging.NOTSET and log.isEnabledFor(logging.INFO)
+
+
+_warned: set = set()
+
+
+def warn_once(key, message: str) -> None:
+    """log.warning(message) the first time `key` is seen in this process: for what a user must
+    hear about (not only in explain()) without a line per compiled graph."""
+    if key not in _warned:
+        _warned.add(key)
+        log.warning(message)

@@ -211,11 +211,9 @@ def _outputs_are_model_outputs(gm: torch.fx.GraphModule) -> bool:
         frame = frame.f_back
     # not found (DDPOptimizer's private structure changed): judge the piece as a whole graph, so a
     # Linear right before a bucket boundary may be kept as an "output head"; say so once
-    if "ddp" not in _warned_once:
-        _warned_once.add("ddp")
-        log.warning("fp8pass: could not place a DDPOptimizer graph piece among its siblings; a Linear at a "
-                    "bucket boundary may stay in high precision as an output head (fp8_output_head=True "
-                    "or module_filter decide it instead)")
+    logs.warn_once("ddp piece", "fp8pass: could not place a DDPOptimizer graph piece among its siblings; a Linear "
+                   "at a bucket boundary may stay in high precision as an output head (fp8_output_head=True or "
+                   "module_filter decide it instead)")
     return True
 
 
@@ -230,7 +228,6 @@ def _mode_patches(mode: Optional[str]) -> dict:
 
 
 _HOOKS = ("joint_custom_pre_pass", "custom_partitioner_fn", "post_grad_custom_pre_pass")
-_warned_once: set = set()  # warnings given once per process: replaced hooks, "ddp"
 
 
 def _warn_about_replaced_hooks(patches: dict) -> None:
@@ -239,10 +236,9 @@ def _warn_about_replaced_hooks(patches: dict) -> None:
     import torch._inductor.config as inductor_config
 
     for key in _HOOKS:
-        if key in patches and getattr(inductor_config, key, None) is not None and key not in _warned_once:
-            _warned_once.add(key)
-            log.warning("fp8pass: torch._inductor.config.%s is set; backend='fp8' uses its own %s for the graphs "
-                        "it compiles, so yours does not run there", key, key)
+        if key in patches and getattr(inductor_config, key, None) is not None:
+            logs.warn_once(("replaced hook", key), f"fp8pass: torch._inductor.config.{key} is set; backend='fp8' "
+                           f"uses its own {key} for the graphs it compiles, so yours does not run there")
 
 
 def compile_with_fp8(gm: torch.fx.GraphModule, example_inputs, config: Config,
