@@ -52,6 +52,8 @@ def main(argv=None):
     p.add_argument("--seq", type=int, default=4096)
     p.add_argument("--profile", action="store_true")
     p.add_argument("--memory", action="store_true", help="what is live at each variant's peak (allocator trace)")
+    p.add_argument("--cudagraphs", action="store_true",
+                   help="also bf16 compiled and fp8 under CUDA graphs (mode='reduce-overhead')")
     args = p.parse_args(argv)
     import fp8pass  # noqa: F401
 
@@ -63,28 +65,33 @@ def main(argv=None):
 
     def make_step(model):
         def step():
+            torch.compiler.cudagraph_mark_step_begin()  # (CUDA-graph variants: a new step)
             model(x).backward(dy)
         return step
 
     print(f"{'variant':>14} {'ms':>8} {'kernels':>8} {'peak MiB':>9} {'vs bf16 compiled':>17}")
     ref, ref_grads = None, None
     watched = [x, block.wqkv.weight, block.w2.weight]
-    for name, model in (("bf16 eager", block), ("bf16 compiled", torch.compile(block)),
-                        ("fp8", torch.compile(block, backend="fp8")),
-                        # the quantizations generated inside the norm/SwiGLU kernels by Inductor
-                        ("fp8 fused", torch.compile(block, backend=fp8pass.backend(fuse_quantization=True)))):
+    variants = [("bf16 eager", block), ("bf16 compiled", torch.compile(block)),
+                ("fp8", torch.compile(block, backend="fp8")),
+                # the quantizations generated inside the norm/SwiGLU kernels by Inductor
+                ("fp8 fused", torch.compile(block, backend=fp8pass.backend(fuse_quantization=True)))]
+    if args.cudagraphs:  # fp8 cg is compared with bf16 compiled cg
+        variants += [("bf16 compiled cg", torch.compile(block, mode="reduce-overhead")),
+                     ("fp8 cg", torch.compile(block, backend=fp8pass.backend(mode="reduce-overhead")))]
+    for name, model in variants:
         step = make_step(model)
         try:
             ms, kernels, peak = median_ms(step), kernel_count(step), peak_step_bytes(step) / 2**20
         except Exception as exc:  # noqa: BLE001
             print(f"{name:>14} FAILED: {type(exc).__name__}: {str(exc)[:300]}")
             continue
-        if name == "bf16 compiled":
+        if name.startswith("bf16 compiled"):
             ref = (ms, peak)
         extra = f"{ref[0] / ms:.2f}x time, {peak / ref[1]:.2f}x memory" if ref and name.startswith("fp8") else ""
         print(f"{name:>14} {ms:8.2f} {kernels:8d} {peak:9.0f} {extra:>17}", flush=True)
         grads = grads_after(step, watched)
-        if name == "bf16 compiled":
+        if name.startswith("bf16 compiled"):
             ref_grads = grads
         elif name.startswith("fp8") and ref_grads is not None:
             print(f"  {name} vs bf16 compiled, SQNR dB of grads (x, wqkv, w2): "

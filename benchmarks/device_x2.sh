@@ -5,6 +5,9 @@
 #                                           # CUDA fusion tests), then linear/block on GPU 0, GPU tests on GPU 1
 #   bash benchmarks/device_x2.sh run2|final|fsdp   # the later stages of 2026-11-28 (RESULTS.md)
 #   bash benchmarks/device_x2.sh trainstep  # 1B train_step.py on GPU 0; FSDP2 benchmark on both GPUs after
+#   bash benchmarks/device_x2.sh kernels    # GPU 0: quantizer GPU tests, quantizer sweep, Linear (+CUDA graphs);
+#                                           # GPU 1: the 350M preset, FP8 then BF16 (CUDA graphs), compared
+#   bash benchmarks/device_x2.sh models     # GPU 0: 1B train_step, HF Llama; GPU 1: block (+CUDA graphs, memory)
 set -o pipefail
 # At most 8 files come back from the device: everything is written to a work folder and packed
 # into $OUT/logs.tar.gz at exit, beside the loss curve (loss.png, loss.csv).
@@ -84,6 +87,40 @@ for what in "$@"; do
         --reference "$OUT/single.json" > "$OUT/fsdp_loss.log" 2>&1; echo "fsdp 2-GPU loss run exit $?"; tail -4 "$OUT/fsdp_loss.log"
       timeout 130 torchrun --nproc-per-node 2 benchmarks/fsdp.py --size gpu-small --steps 20 > "$OUT/fsdp.log" 2>&1
       echo "fsdp table exit $?"; tail -25 "$OUT/fsdp.log" ;;
+    kernels)
+      (
+        CUDA_VISIBLE_DEVICES=0 timeout 150 python3 -m pytest -q -p no:cacheprovider -n 4 -m gpu tests/test_triton_gpu.py \
+          -k "quantize or registered" > "$OUT/quant_gpu.log" 2>&1; echo "quantizer GPU tests exit $?"
+        grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/quant_gpu.log" | cut -c1-300 | tail -8
+        CUDA_VISIBLE_DEVICES=0 timeout 170 python3 benchmarks/gemm.py --no-gemm --tune-quant > "$OUT/quant.log" 2>&1
+        echo "quantizer benchmark exit $?"
+        CUDA_VISIBLE_DEVICES=0 timeout 200 python3 benchmarks/linear.py --cudagraphs --profile > "$OUT/linear.log" 2>&1
+        echo "linear exit $?"
+      ) &
+      (
+        CUDA_VISIBLE_DEVICES=1 timeout 250 python3 examples/train_gpt.py --preset gpu-350m --only fp8 --out "$OUT" \
+          --mode reduce-overhead > "$OUT/conv_fp8.log" 2>&1; echo "fp8 350M exit $?"
+        CUDA_VISIBLE_DEVICES=1 timeout 220 python3 examples/train_gpt.py --preset gpu-350m --only baseline --out "$OUT" \
+          --mode reduce-overhead > "$OUT/conv_bf16.log" 2>&1; echo "bf16 350M exit $?"
+      ) &
+      wait
+      python3 examples/train_gpt.py --compare "$OUT" 2>&1 | tee "$OUT/compare.log"
+      grep -E "corpus|step time|tokens/s" "$OUT/conv_fp8.log" "$OUT/conv_bf16.log" | head; tail -3 "$OUT/conv_fp8.log"
+      tail -3 "$OUT/conv_bf16.log"; cat "$OUT/quant.log"; grep -v "^ *$" "$OUT/linear.log" | head -60 ;;
+    models)
+      (
+        CUDA_VISIBLE_DEVICES=0 timeout 330 python3 benchmarks/train_step.py > "$OUT/train_step.log" 2>&1
+        echo "train_step exit $?"
+        CUDA_VISIBLE_DEVICES=0 timeout 240 python3 examples/hf_llama.py --device cuda --hidden 1024 --layers 8 \
+          --heads 8 --kv-heads 4 --intermediate 2816 --seq 1024 --batch 8 --steps 300 --lr 1e-3 \
+          > "$OUT/hf_llama.log" 2>&1; echo "hf_llama exit $?"
+      ) &
+      (
+        CUDA_VISIBLE_DEVICES=1 timeout 300 python3 benchmarks/block.py --cudagraphs --memory --profile \
+          > "$OUT/block.log" 2>&1; echo "block exit $?"
+      ) &
+      wait
+      head -60 "$OUT/train_step.log"; grep -v "it/s\]" "$OUT/hf_llama.log" | tail -40; head -120 "$OUT/block.log" ;;
     trainstep)
       CUDA_VISIBLE_DEVICES=0 timeout 420 python3 benchmarks/train_step.py > "$OUT/train_step.log" 2>&1
       echo "train_step exit $?"; head -40 "$OUT/train_step.log" ;;

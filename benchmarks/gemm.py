@@ -164,6 +164,7 @@ def run_gemm(roles, shapes, out_dtype=torch.bfloat16):
 
 
 def run_quant(tune: bool):
+    from fp8pass.kernels import reference as ref_q
     from fp8pass.kernels import triton_quantize as tq
 
     print("\n== Quantization GB/s (bytes read + written / median time) ==", flush=True)
@@ -178,6 +179,7 @@ def run_quant(tune: bool):
         kernels = {
             "quantize_1x128": (lambda i: tq.quantize_1x128(x), nbytes_in + n + n // 128 * 4),
             "quantize_128x1": (lambda i: tq.quantize_128x1(x), nbytes_in + n + n // 128 * 4),
+            "quantize_128x1(q^T)": (lambda i: tq.quantize_128x1(x, layout="transposed"), nbytes_in + n + n // 128 * 4),
             "quantize_1x128_128x1": (lambda i: tq.quantize_1x128_128x1(x), nbytes_in + 2 * n + 2 * (n // 128) * 4),
             "quantize_1x128_128x1(col^T)": (lambda i: tq.quantize_1x128_128x1(x, col_layout="transposed"),
                                             nbytes_in + 2 * n + 2 * (n // 128) * 4),
@@ -199,32 +201,63 @@ def run_quant(tune: bool):
         x = torch.randn(16384, 4096, device="cuda", dtype=torch.bfloat16)
         n = x.numel()
         print("\n-- quantizer launch-parameter sweep at 16384x4096 bf16 (GB/s)", flush=True)
+        # each launch configuration is also checked byte for byte against the reference on x
+        # (with a NaN, an inf and a zero tile), so a fast but wrong setting cannot be picked
+        xc = x.clone()
+        xc[5, 7] = float("nan")
+        xc[300, 1000] = float("inf")
+        xc[128:256, 256:384] = 0
+        xcpu = xc.cpu()  # the ground truth: the reference in IEEE arithmetic on the CPU
+        refs = {"128x1": [t.t().contiguous() for t in ref_q.quantize_128x1(xcpu)],
+                "dual": list(ref_q.quantize_1x128(xcpu)) + [t.t().contiguous() for t in ref_q.quantize_128x1(xcpu)]}
         sweeps = [
-            ("1x128 BLOCK_R,warps", "_BLOCK_R_1x128", "_WARPS_1x128", [(32, 4), (64, 4)],
-             lambda: tq.quantize_1x128(x), 2 * n + n),
-            ("128x1 BLOCK_C,warps", "_BLOCK_C_128x1", "_WARPS_128x1", [(64, 4), (64, 2), (128, 4), (32, 4)],
-             lambda: tq.quantize_128x1(x), 2 * n + n),
-            ("dual -,warps", None, "_WARPS_DUAL", [(0, 8), (0, 4)], lambda: tq.quantize_1x128_128x1(x),
-             2 * n + 2 * n),
-            ("128x128 -,warps", None, "_WARPS_128x128", [(0, 4), (0, 8)], lambda: tq.quantize_128x128(x),
-             2 * n + n),
+            ("1x128 BLOCK_R,warps", ("_BLOCK_R_1x128", "_WARPS_1x128"), [(32, 4), (64, 4)],
+             lambda v: tq.quantize_1x128(v), 2 * n + n, None),
+            ("128x1^T BLOCK_C,CHUNK,warps", ("_BLOCK_C_128x1", "_CHUNK_128x1", "_WARPS_128x1"),
+             [(64, 32, 4), (64, 64, 4), (128, 32, 4), (128, 64, 8), (32, 32, 4), (64, 128, 8), (32, 128, 4)],
+             lambda v: tq.quantize_128x1(v, layout="transposed"), 2 * n + n, "128x1"),
+            ("dual col^T CHUNK,warps", ("_CHUNK_DUAL", "_WARPS_DUAL"),
+             [(32, 4), (64, 4), (32, 8), (64, 8), (16, 4), (128, 8)],
+             lambda v: tq.quantize_1x128_128x1(v, col_layout="transposed"), 2 * n + 2 * n, "dual"),
+            ("128x128 -,warps", ("_WARPS_128x128",), [(4,), (8,)], lambda v: tq.quantize_128x128(v), 2 * n + n, None),
         ]
-        for label, blk_attr, warp_attr, choices, fn, nbytes in sweeps:
-            saved = (getattr(tq, blk_attr) if blk_attr else None, getattr(tq, warp_attr))
+        for label, attrs, choices, fn, nbytes, check in sweeps:
+            saved = [getattr(tq, a) for a in attrs]
             parts = []
-            for blk, warps in choices:
-                if blk_attr:
-                    setattr(tq, blk_attr, blk)
-                setattr(tq, warp_attr, warps)
+            for choice in choices:
+                for a, v in zip(attrs, choice):
+                    setattr(tq, a, v)
+                tag = ",".join(map(str, choice))
                 try:
-                    ms = bench(lambda i: fn())
-                    parts.append(f"({blk},{warps})={nbytes / ms / 1e6:.0f}")
+                    ms = bench(lambda i: fn(x))
+                    ok = ""
+                    if check:
+                        got = fn(xc)
+                        same = all(_same_bits(g, e) for g, e in zip(got, refs[check]))
+                        ok = "" if same else " WRONG"
+                    parts.append(f"({tag})={nbytes / ms / 1e6:.0f}{ok}")
                 except Exception as exc:
-                    parts.append(f"({blk},{warps})=err:{type(exc).__name__}")
-            if blk_attr:
-                setattr(tq, blk_attr, saved[0])
-            setattr(tq, warp_attr, saved[1])
-            print(f"   {label:22} " + " ".join(parts), flush=True)
+                    parts.append(f"({tag})=err:{type(exc).__name__}:{str(exc)[:80]}")
+            for a, v in zip(attrs, saved):
+                setattr(tq, a, v)
+            print(f"   {label:30} " + " ".join(parts), flush=True)
+        # the previous whole-block design of the 128x1 and dual kernels, same input
+        for label, fn in (("128x1^T whole-block (old)", lambda: tq._quantize_128x1_whole(x, layout="transposed")),
+                          ("dual col^T whole-block (old)",
+                           lambda: tq._quantize_1x128_128x1_whole(x, col_layout="transposed"))):
+            nbytes = 2 * n + (n if "128x1" in label else 2 * n)
+            ms = bench(lambda i: fn())
+            print(f"   {label:30} {nbytes / ms / 1e6:.0f}", flush=True)
+
+
+def _same_bits(got, exp):
+    """Same bytes (FP8: NaN anywhere the reference has NaN, whatever its sign) or same scales."""
+    got = got.cpu()
+    if exp.dtype == torch.float8_e4m3fn:
+        en = torch.isnan(exp.float())
+        return torch.equal(torch.isnan(got.float()), en) and bool(
+            ((got.view(torch.uint8) == exp.view(torch.uint8)) | en).all())
+    return torch.equal(torch.nan_to_num(got, nan=-1.0), torch.nan_to_num(exp, nan=-1.0))
 
 
 def main():

@@ -101,9 +101,11 @@ def _to_fp8(x, scale, r):
     q = tl.fma(tl.fma(-q0, scale, x), r, q0)
     # A zero quotient carries the sign of x (the scale is positive): x = -0, or a finite x in a
     # tile whose scale is inf. The FMA sum above can give +0 there (-0 + +0), and sign games in
-    # float arithmetic are fair game for the compiler, so the sign is set on the bits.
+    # float arithmetic are fair game for the compiler, so the sign is set on the bits. A nonzero
+    # quotient already has x's sign, so OR-ing it in is exact for every non-NaN q (one LOP3
+    # instead of compare-and-select); a NaN stays NaN (its sign bit is not part of the contract).
     sign = x.to(tl.int32, bitcast=True) & -2147483648
-    q = tl.where(q == 0.0, sign.to(tl.float32, bitcast=True), q)
+    q = (q.to(tl.int32, bitcast=True) | sign).to(tl.float32, bitcast=True)
     if _INTERPRET:
         c = tl.minimum(tl.maximum(q, -_FMAX), _FMAX)
         q = tl.where(q != q, q, c)
@@ -192,8 +194,146 @@ def quantize_1x128(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # --------------------------------------------------------------------------------------------
-# 128x1 tiles (128 rows, one column)
+# 128x1 tiles (128 rows, one column), alone or with the 1x128 tiles from the same read
 # --------------------------------------------------------------------------------------------
+@triton.jit
+def _quant_col_tiles_kernel(
+    x_ptr, qr_ptr, sr_ptr, qc_ptr, sc_ptr, qt_ptr, st_ptr,
+    M, K, KB, MB,
+    sxm, sxk,
+    BLOCK_C: tl.constexpr,
+    CHUNK: tl.constexpr,
+    WRITE_ROW: tl.constexpr,
+    WRITE_COL: tl.constexpr,
+    WRITE_COL_T: tl.constexpr,
+    EVEN_K: tl.constexpr,
+):
+    """The 128x1 tiles of a [128, BLOCK_C] block of x (with WRITE_ROW, BLOCK_C = 128, also its
+    1x128 tiles), in two passes over CHUNK-row slices of the block:
+      pass 1 reads each slice, writes its 1x128 tiles at once (a row is whole in a slice) and
+             folds the slice into the running column amax;
+      pass 2 reads the slices again, now from L2 (the block was read a moment ago), and writes
+             the 128x1 copy (and/or its transpose).
+    Only one slice is held in registers: a whole 128x128 block in fp32 took ~240 registers per
+    thread, one program per SM, with the loads and the arithmetic not overlapping; slices leave
+    room for several programs per SM. DRAM traffic is unchanged (one read of x)."""
+    mb = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cols < K
+    col_amax = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for c in tl.static_range(128 // CHUNK):
+        rows = mb * 128 + c * CHUNK + tl.arange(0, CHUNK)
+        rmask = rows < M
+        if EVEN_K:
+            mask = rmask[:, None]
+        else:
+            mask = rmask[:, None] & cmask[None, :]
+        x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * sxm + cols.to(tl.int64)[None, :] * sxk,
+                    mask=mask, other=0.0).to(tl.float32)
+        if WRITE_ROW:
+            s_row, r_row, sf_row = _scale_and_recip(_amax(x, 1))
+            q_row = _to_fp8(x, sf_row[:, None], r_row[:, None])
+            tl.store(qr_ptr + rows.to(tl.int64)[:, None] * K + cols[None, :], q_row, mask=mask)
+            tl.store(sr_ptr + rows.to(tl.int64) * KB + pid_c, s_row, mask=rmask)
+        col_amax = _nanmax(col_amax, _amax(x, 0))
+    scale, r, sf = _scale_and_recip(col_amax)
+    for c in tl.static_range(128 // CHUNK):
+        rows = mb * 128 + c * CHUNK + tl.arange(0, CHUNK)
+        rmask = rows < M
+        mask = rmask[:, None] & cmask[None, :]
+        x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * sxm + cols.to(tl.int64)[None, :] * sxk,
+                    mask=mask, other=0.0).to(tl.float32)
+        q = _to_fp8(x, sf[None, :], r[None, :])
+        if WRITE_COL:  # q[M, K]
+            tl.store(qc_ptr + rows.to(tl.int64)[:, None] * K + cols[None, :], q, mask=mask)
+        if WRITE_COL_T:  # q.T stored contiguous: [K, M]
+            tl.store(qt_ptr + cols.to(tl.int64)[None, :] * M + rows[:, None], q, mask=mask)
+    if WRITE_COL:  # scale[MB, K]
+        tl.store(sc_ptr + mb.to(tl.int64) * K + cols, scale, mask=cmask)
+    if WRITE_COL_T:  # scale.T: [K, MB]
+        tl.store(st_ptr + cols.to(tl.int64) * MB + mb, scale, mask=cmask)
+
+
+# Launch parameters (H200 sweep in benchmarks/RESULTS_gemm.md): columns per program and rows per
+# slice for the 128x1 kernel alone, rows per slice for the one-read dual kernel (128 columns).
+_BLOCK_C_128x1 = int(os.environ.get("FP8PASS_Q128X1_BLOCK_C", "64"))
+_CHUNK_128x1 = int(os.environ.get("FP8PASS_Q128X1_CHUNK", "32"))
+_WARPS_128x1 = int(os.environ.get("FP8PASS_Q128X1_WARPS", "4"))
+_CHUNK_DUAL = int(os.environ.get("FP8PASS_QDUAL_CHUNK", "32"))
+_WARPS_DUAL = int(os.environ.get("FP8PASS_QDUAL_WARPS", "4"))
+
+
+def _launch_col_tiles(x, q_row, s_row, q_col, s_col, q_t, s_t, *, block_c, chunk, warps):
+    m, k = x.shape
+    if not (m and k):
+        return
+    some_q = next(t for t in (q_row, q_col, q_t) if t is not None)
+    some_s = next(t for t in (s_row, s_col, s_t) if t is not None)
+    grid = (_cdiv(m, TILE), triton.cdiv(k, block_c))
+    _quant_col_tiles_kernel[grid](
+        x, some_q if q_row is None else q_row, some_s if s_row is None else s_row,
+        some_q if q_col is None else q_col, some_s if s_col is None else s_col,
+        some_q if q_t is None else q_t, some_s if s_t is None else s_t,
+        m, k, _cdiv(k, TILE), _cdiv(m, TILE), x.stride(0), x.stride(1),
+        BLOCK_C=block_c, CHUNK=chunk, WRITE_ROW=q_row is not None, WRITE_COL=q_col is not None,
+        WRITE_COL_T=q_t is not None, EVEN_K=(k % block_c == 0), num_warps=warps,
+    )
+
+
+def quantize_128x1(x: torch.Tensor, *, layout: str = "normal"):
+    """128x1 tiles of a 2-D x[M, K].
+
+    layout="normal":     (q[M, K], scale[ceil(M/128), K])              -- the contract
+    layout="transposed": (qt[K, M], scale_t[K, ceil(M/128)]) contiguous -- q.T and scale.T
+    layout="both":       (q, scale, qt, scale_t)
+    """
+    if x.dim() != 2:
+        raise ValueError(f"quantize_128x1 expects a 2-D tensor, got shape {tuple(x.shape)}")
+    if layout not in ("normal", "transposed", "both"):
+        raise ValueError(f"unknown layout {layout!r}")
+    m, k = x.shape
+    mb = _cdiv(m, TILE)
+    want_q = layout in ("normal", "both")
+    want_qt = layout in ("transposed", "both")
+    dev = x.device
+    q = torch.empty((m, k), dtype=FP8_DTYPE, device=dev) if want_q else None
+    s = torch.empty((mb, k), dtype=torch.float32, device=dev) if want_q else None
+    qt = torch.empty((k, m), dtype=FP8_DTYPE, device=dev) if want_qt else None
+    st = torch.empty((k, mb), dtype=torch.float32, device=dev) if want_qt else None
+    _launch_col_tiles(x, None, None, q, s, qt, st, block_c=_BLOCK_C_128x1, chunk=_CHUNK_128x1,
+                      warps=_WARPS_128x1)
+    if layout == "normal":
+        return q, s
+    if layout == "transposed":
+        return qt, st
+    return q, s, qt, st
+
+
+def quantize_1x128_128x1(x: torch.Tensor, *, col_layout: str = "normal"):
+    """(q_row[M, K], s_row[M, KB], q_col, s_col) from one read of a 2-D x.
+
+    col_layout="normal": q_col[M, K], s_col[MB, K] (the contract);
+    col_layout="transposed": q_col is q_col.T stored contiguous [K, M], s_col is [K, MB]."""
+    if x.dim() != 2:
+        raise ValueError(f"quantize_1x128_128x1 expects a 2-D tensor, got shape {tuple(x.shape)}")
+    if col_layout not in ("normal", "transposed"):
+        raise ValueError(f"unknown col_layout {col_layout!r}")
+    m, k = x.shape
+    kb, mb = _cdiv(k, TILE), _cdiv(m, TILE)
+    dev = x.device
+    q_row = torch.empty((m, k), dtype=FP8_DTYPE, device=dev)
+    s_row = torch.empty((m, kb), dtype=torch.float32, device=dev)
+    trans = col_layout == "transposed"
+    q_col = torch.empty((k, m) if trans else (m, k), dtype=FP8_DTYPE, device=dev)
+    s_col = torch.empty((k, mb) if trans else (mb, k), dtype=torch.float32, device=dev)
+    _launch_col_tiles(x, q_row, s_row, None if trans else q_col, None if trans else s_col,
+                      q_col if trans else None, s_col if trans else None,
+                      block_c=TILE, chunk=_CHUNK_DUAL, warps=_WARPS_DUAL)
+    return q_row, s_row, q_col, s_col
+
+
+# TEMPORARY (GPU A/B of the previous whole-block design; removed after the sweep)
 @triton.jit
 def _quant_128x1_kernel(
     x_ptr, q_ptr, qt_ptr, s_ptr, st_ptr,
@@ -223,11 +363,9 @@ def _quant_128x1_kernel(
         tl.store(st_ptr + cols.to(tl.int64) * MB + mb, scale, mask=cmask)
 
 
-_BLOCK_C_128x1 = int(os.environ.get("FP8PASS_Q128X1_BLOCK_C", "64"))
-_WARPS_128x1 = int(os.environ.get("FP8PASS_Q128X1_WARPS", "4"))  # H200 sweep: (64, 4) best
 
 
-def quantize_128x1(x: torch.Tensor, *, layout: str = "normal"):
+def _quantize_128x1_whole(x: torch.Tensor, *, layout: str = "normal"):
     """128x1 tiles of a 2-D x[M, K].
 
     layout="normal":     (q[M, K], scale[ceil(M/128), K])              -- the contract
@@ -250,12 +388,12 @@ def quantize_128x1(x: torch.Tensor, *, layout: str = "normal"):
     if m and k:
         dummy_q = q if q is not None else qt
         dummy_s = s if s is not None else st
-        grid = (mb, triton.cdiv(k, _BLOCK_C_128x1))
+        grid = (mb, triton.cdiv(k, 64))
         _quant_128x1_kernel[grid](
             x, q if want_q else dummy_q, qt if want_qt else dummy_q,
             s if want_q else dummy_s, st if want_qt else dummy_s,
             m, k, mb, x.stride(0), x.stride(1),
-            BLOCK_C=_BLOCK_C_128x1, WRITE_Q=want_q, WRITE_QT=want_qt, num_warps=_WARPS_128x1,
+            BLOCK_C=64, WRITE_Q=want_q, WRITE_QT=want_qt, num_warps=4,
         )
     if layout == "normal":
         return q, s
@@ -303,10 +441,9 @@ def _quant_dual_kernel(
         tl.store(sc_ptr + mb.to(tl.int64) * K + cols, s_col, mask=cmask)
 
 
-_WARPS_DUAL = int(os.environ.get("FP8PASS_QDUAL_WARPS", "8"))
 
 
-def quantize_1x128_128x1(x: torch.Tensor, *, col_layout: str = "normal"):
+def _quantize_1x128_128x1_whole(x: torch.Tensor, *, col_layout: str = "normal"):
     """(q_row[M, K], s_row[M, KB], q_col, s_col) from one read of a 2-D x.
 
     col_layout="normal": q_col[M, K], s_col[MB, K] (the contract);
@@ -326,9 +463,15 @@ def quantize_1x128_128x1(x: torch.Tensor, *, col_layout: str = "normal"):
     if m and k:
         _quant_dual_kernel[(mb, kb)](
             x, q_row, s_row, q_col, s_col, m, k, kb, mb, x.stride(0), x.stride(1),
-            COL_TRANSPOSED=trans, EVEN_K=(k % TILE == 0), num_warps=_WARPS_DUAL,
+            COL_TRANSPOSED=trans, EVEN_K=(k % TILE == 0), num_warps=8,
         )
     return q_row, s_row, q_col, s_col
+
+
+
+if os.environ.get("FP8PASS_QCOL_IMPL") == "whole":
+    quantize_128x1 = _quantize_128x1_whole  # noqa: F811
+    quantize_1x128_128x1 = _quantize_1x128_128x1_whole  # noqa: F811
 
 
 # --------------------------------------------------------------------------------------------
