@@ -8,6 +8,10 @@
 #   bash benchmarks/device_x2.sh kernels    # GPU 0: quantizer GPU tests, quantizer sweep, Linear (+CUDA graphs);
 #                                           # GPU 1: the 350M preset, FP8 then BF16 (CUDA graphs), compared
 #   bash benchmarks/device_x2.sh models     # GPU 0: 1B train_step, HF Llama; GPU 1: block (+CUDA graphs, memory)
+#   bash benchmarks/device_x2.sh sweep2     # GPU 0: quantizer sweep, Linear, block (+CUDA graphs, memory);
+#                                           # GPU 1: the 350M preset (cosine schedule), FP8 then BF16
+#   bash benchmarks/device_x2.sh models2    # GPU 0: 1B train_step, HF Llama; GPU 1: BF16 350M with seed 1
+#                                           # (run-to-run spread of the last-200 mean)
 set -o pipefail
 # At most 8 files come back from the device: everything is written to a work folder and packed
 # into $OUT/logs.tar.gz at exit, beside the loss curve (loss.png, loss.csv).
@@ -121,6 +125,42 @@ for what in "$@"; do
       ) &
       wait
       head -60 "$OUT/train_step.log"; grep -v "it/s\]" "$OUT/hf_llama.log" | tail -40; head -120 "$OUT/block.log" ;;
+    sweep2)
+      (
+        CUDA_VISIBLE_DEVICES=0 timeout 110 python3 -m pytest -q -p no:cacheprovider -n 6 -m gpu tests/test_triton_gpu.py \
+          -k "quantize or registered" > "$OUT/quant_gpu.log" 2>&1; echo "quantizer GPU tests exit $?"
+        grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/quant_gpu.log" | cut -c1-300 | tail -8
+        CUDA_VISIBLE_DEVICES=0 timeout 120 python3 benchmarks/gemm.py --no-gemm --tune-quant > "$OUT/quant.log" 2>&1
+        echo "quantizer benchmark exit $?"
+        CUDA_VISIBLE_DEVICES=0 timeout 170 python3 benchmarks/linear.py --cudagraphs --profile > "$OUT/linear.log" 2>&1
+        echo "linear exit $?"
+        CUDA_VISIBLE_DEVICES=0 timeout 200 python3 benchmarks/block.py --cudagraphs --memory --profile > "$OUT/block.log" 2>&1
+        echo "block exit $?"
+      ) &
+      (
+        CUDA_VISIBLE_DEVICES=1 timeout 250 python3 examples/train_gpt.py --preset gpu-350m --only fp8 --out "$OUT" \
+          --mode reduce-overhead > "$OUT/conv_fp8.log" 2>&1; echo "fp8 350M exit $?"
+        CUDA_VISIBLE_DEVICES=1 timeout 220 python3 examples/train_gpt.py --preset gpu-350m --only baseline --out "$OUT" \
+          --mode reduce-overhead > "$OUT/conv_bf16.log" 2>&1; echo "bf16 350M exit $?"
+      ) &
+      wait
+      python3 examples/train_gpt.py --compare "$OUT" 2>&1 | tee "$OUT/compare.log"
+      tail -3 "$OUT/conv_fp8.log"; tail -3 "$OUT/conv_bf16.log"; sed -n '/sweep/,$p' "$OUT/quant.log"
+      grep -E "^ +[0-9]+x[0-9]+x[0-9]+ |SQNR" "$OUT/linear.log"; grep -E "^ *(bf16|fp8)|SQNR|allocations" "$OUT/block.log" ;;
+    models2)
+      (
+        CUDA_VISIBLE_DEVICES=0 timeout 330 python3 benchmarks/train_step.py > "$OUT/train_step.log" 2>&1
+        echo "train_step exit $?"
+        CUDA_VISIBLE_DEVICES=0 timeout 200 python3 examples/hf_llama.py --device cuda --hidden 1024 --layers 8 \
+          --heads 8 --kv-heads 4 --intermediate 2816 --seq 1024 --batch 8 --steps 300 --lr 1e-3 \
+          > "$OUT/hf_llama.log" 2>&1; echo "hf_llama exit $?"
+      ) &
+      (
+        CUDA_VISIBLE_DEVICES=1 timeout 230 python3 examples/train_gpt.py --preset gpu-350m --only baseline --seed 1 \
+          --out "$OUT/seed1" --mode reduce-overhead > "$OUT/conv_bf16_seed1.log" 2>&1; echo "bf16 350M seed 1 exit $?"
+      ) &
+      wait
+      tail -3 "$OUT/conv_bf16_seed1.log"; head -60 "$OUT/train_step.log"; grep -v "it/s\]" "$OUT/hf_llama.log" | tail -40 ;;
     trainstep)
       CUDA_VISIBLE_DEVICES=0 timeout 420 python3 benchmarks/train_step.py > "$OUT/train_step.log" 2>&1
       echo "train_step exit $?"; head -40 "$OUT/train_step.log" ;;

@@ -213,11 +213,13 @@ def run_quant(tune: bool):
         sweeps = [
             ("1x128 BLOCK_R,warps", ("_BLOCK_R_1x128", "_WARPS_1x128"), [(32, 4), (64, 4)],
              lambda v: tq.quantize_1x128(v), 2 * n + n, None),
-            ("128x1^T BLOCK_C,CHUNK,warps", ("_BLOCK_C_128x1", "_CHUNK_128x1", "_WARPS_128x1"),
-             [(64, 32, 4), (64, 64, 4), (128, 32, 4), (128, 64, 8), (32, 32, 4), (64, 128, 8), (32, 128, 4)],
+            ("128x1^T IMPL,BLOCK_C,CHUNK,warps", ("_Q128X1_IMPL", "_BLOCK_C_128x1", "_CHUNK_128x1", "_WARPS_128x1"),
+             [("whole", 64, 0, 4), ("whole", 64, 0, 2), ("whole", 32, 0, 2), ("whole", 128, 0, 8),
+              ("two-pass", 64, 128, 8), ("two-pass", 64, 64, 4), ("two-pass", 128, 128, 8), ("two-pass", 32, 128, 4)],
              lambda v: tq.quantize_128x1(v, layout="transposed"), 2 * n + n, "128x1"),
-            ("dual col^T CHUNK,warps", ("_CHUNK_DUAL", "_WARPS_DUAL"),
-             [(32, 4), (64, 4), (32, 8), (64, 8), (16, 4), (128, 8)],
+            ("dual col^T IMPL,CHUNK,warps", ("_QDUAL_IMPL", "_CHUNK_DUAL", "_WARPS_DUAL"),
+             [("whole", 0, 8), ("whole", 0, 16), ("two-pass", 128, 8), ("two-pass", 128, 16), ("two-pass", 64, 4),
+              ("two-pass", 64, 8), ("two-pass", 32, 4)],
              lambda v: tq.quantize_1x128_128x1(v, col_layout="transposed"), 2 * n + 2 * n, "dual"),
             ("128x128 -,warps", ("_WARPS_128x128",), [(4,), (8,)], lambda v: tq.quantize_128x128(v), 2 * n + n, None),
         ]
@@ -241,13 +243,6 @@ def run_quant(tune: bool):
             for a, v in zip(attrs, saved):
                 setattr(tq, a, v)
             print(f"   {label:30} " + " ".join(parts), flush=True)
-        # the previous whole-block design of the 128x1 and dual kernels, same input
-        for label, fn in (("128x1^T whole-block (old)", lambda: tq._quantize_128x1_whole(x, layout="transposed")),
-                          ("dual col^T whole-block (old)",
-                           lambda: tq._quantize_1x128_128x1_whole(x, col_layout="transposed"))):
-            nbytes = 2 * n + (n if "128x1" in label else 2 * n)
-            ms = bench(lambda i: fn())
-            print(f"   {label:30} {nbytes / ms / 1e6:.0f}", flush=True)
 
 
 def _same_bits(got, exp):

@@ -9,8 +9,8 @@ Three details make this bit-identical rather than close:
   * fp32 `/` in Triton lowers to an approximate division on NVIDIA. The scale uses
     `tl.math.div_rn`; x / scale uses the reciprocal and an FMA correction (see `_to_fp8`),
     which is the correctly rounded quotient, as torch's division is.
-  * `tl.max` may drop NaN (PTX max.f32 returns the other operand): amax is reduced with a
-    NaN-propagating maximum instead.
+  * `tl.max` on floats may drop NaN (PTX max.f32 returns the other operand): amax is an integer
+    max of the magnitude bits instead (see `_amax`), NaN-propagating by construction.
   * The clamp to +-448 is the saturating cast itself on the GPU (see `_INTERPRET`).
 
 Kernels (all read the input through its strides, with no copy; tails are masked):
@@ -51,8 +51,7 @@ _R448 = tl.constexpr(float(torch.tensor(1.0 / FP8_MAX, dtype=torch.float32)))  #
 # Under the interpreter the float -> e4m3 cast neither saturates nor keeps NaN, so the clamp of
 # the reference is spelled out there; on the GPU the cast is cvt.rn.satfinite.e4m3x2.f32, which
 # rounds to nearest even, saturates finite values and +-inf to +-448 and keeps NaN: exactly
-# clamp-then-cast, for one instruction per two elements. (Also, `tl.reduce` with a Python
-# combine function is slow in the interpreter, so amax is spelled differently there.)
+# clamp-then-cast, for one instruction per two elements.
 _INTERPRET = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
 
 
@@ -63,13 +62,16 @@ def _nanmax(a, b):
 
 @triton.jit
 def _amax(x, axis: tl.constexpr):
-    """max |x| along axis; NaN if any element is NaN (PTX max.NaN.f32 on the GPU)."""
-    if _INTERPRET:
-        m = tl.max(tl.abs(x), axis=axis)
-        has_nan = tl.max((x != x).to(tl.float32), axis=axis)
-        return tl.where(has_nan > 0, has_nan * 0.0 + tl.sum(tl.where(x != x, x, 0.0), axis=axis), m)
+    """max |x| along axis, as fp32; NaN if any element is NaN. Computed on the bits: with the sign
+    cleared, a float's bits order like its magnitude and every NaN's lie above +inf's, so an
+    integer max is amax with NaN propagation (`tl.max` on floats may drop NaN: PTX max.f32
+    returns the other operand), in x's own dtype: bf16/fp16 are not widened before the max."""
+    if x.dtype == tl.float32:
+        m = tl.max(x.to(tl.int32, bitcast=True) & 0x7FFFFFFF, axis=axis)
+        return m.to(tl.float32, bitcast=True)
     else:
-        return tl.reduce(tl.abs(x), axis, _nanmax)
+        m = tl.max(x.to(tl.int16, bitcast=True) & tl.full((), 0x7FFF, tl.int16), axis=axis)
+        return m.to(tl.int16).to(x.dtype, bitcast=True).to(tl.float32)
 
 
 @triton.jit
@@ -135,9 +137,9 @@ def _quant_1x128_kernel(
         mask = rmask[:, None]
     else:
         mask = rmask[:, None] & (cols < K)[None, :]
-    x = tl.load(x_ptr + row_off[:, None] + cols[None, :].to(tl.int64) * sxk, mask=mask, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + row_off[:, None] + cols[None, :].to(tl.int64) * sxk, mask=mask, other=0.0)
     scale, r, sf = _scale_and_recip(_amax(x, 1))
-    q = _to_fp8(x, sf[:, None], r[:, None])
+    q = _to_fp8(x.to(tl.float32), sf[:, None], r[:, None])
     out_off = rows.to(tl.int64)[:, None] * K + cols[None, :]
     tl.store(q_ptr + out_off, q, mask=mask)
     tl.store(s_ptr + rows.to(tl.int64) * KB + kb, scale, mask=rmask)
@@ -230,10 +232,10 @@ def _quant_col_tiles_kernel(
         else:
             mask = rmask[:, None] & cmask[None, :]
         x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * sxm + cols.to(tl.int64)[None, :] * sxk,
-                    mask=mask, other=0.0).to(tl.float32)
+                    mask=mask, other=0.0)
         if WRITE_ROW:
             s_row, r_row, sf_row = _scale_and_recip(_amax(x, 1))
-            q_row = _to_fp8(x, sf_row[:, None], r_row[:, None])
+            q_row = _to_fp8(x.to(tl.float32), sf_row[:, None], r_row[:, None])
             tl.store(qr_ptr + rows.to(tl.int64)[:, None] * K + cols[None, :], q_row, mask=mask)
             tl.store(sr_ptr + rows.to(tl.int64) * KB + pid_c, s_row, mask=rmask)
         col_amax = _nanmax(col_amax, _amax(x, 0))
@@ -243,8 +245,8 @@ def _quant_col_tiles_kernel(
         rmask = rows < M
         mask = rmask[:, None] & cmask[None, :]
         x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * sxm + cols.to(tl.int64)[None, :] * sxk,
-                    mask=mask, other=0.0).to(tl.float32)
-        q = _to_fp8(x, sf[None, :], r[None, :])
+                    mask=mask, other=0.0)
+        q = _to_fp8(x.to(tl.float32), sf[None, :], r[None, :])
         if WRITE_COL:  # q[M, K]
             tl.store(qc_ptr + rows.to(tl.int64)[:, None] * K + cols[None, :], q, mask=mask)
         if WRITE_COL_T:  # q.T stored contiguous: [K, M]
@@ -255,13 +257,83 @@ def _quant_col_tiles_kernel(
         tl.store(st_ptr + cols.to(tl.int64) * MB + mb, scale, mask=cmask)
 
 
-# Launch parameters (H200 sweep in benchmarks/RESULTS_gemm.md): columns per program and rows per
-# slice for the 128x1 kernel alone, rows per slice for the one-read dual kernel (128 columns).
+# "whole" designs: a 128 x BLOCK_C block of 128x1 tiles, or a 128x128 block of both copies, held
+# in registers and read once
+@triton.jit
+def _quant_128x1_kernel(
+    x_ptr, q_ptr, qt_ptr, s_ptr, st_ptr,
+    M, K, MB,
+    sxm, sxk,
+    BLOCK_C: tl.constexpr,
+    WRITE_Q: tl.constexpr,
+    WRITE_QT: tl.constexpr,
+):
+    mb = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    rows = mb * 128 + tl.arange(0, 128)
+    cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    rmask = rows < M
+    cmask = cols < K
+    mask = rmask[:, None] & cmask[None, :]
+    x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * sxm + cols.to(tl.int64)[None, :] * sxk,
+                mask=mask, other=0.0)
+    scale, r, sf = _scale_and_recip(_amax(x, 0))
+    q = _to_fp8(x.to(tl.float32), sf[None, :], r[None, :])
+    if WRITE_Q:
+        tl.store(q_ptr + rows.to(tl.int64)[:, None] * K + cols[None, :], q, mask=mask)
+        tl.store(s_ptr + mb.to(tl.int64) * K + cols, scale, mask=cmask)
+    if WRITE_QT:
+        # transposed copy: qt[K, M], st[K, MB]
+        tl.store(qt_ptr + cols.to(tl.int64)[None, :] * M + rows[:, None], q, mask=mask)
+        tl.store(st_ptr + cols.to(tl.int64) * MB + mb, scale, mask=cmask)
+
+
+@triton.jit
+def _quant_dual_kernel(
+    x_ptr, qr_ptr, sr_ptr, qc_ptr, sc_ptr,
+    M, K, KB, MB,
+    sxm, sxk,
+    COL_TRANSPOSED: tl.constexpr,
+    EVEN_K: tl.constexpr,
+):
+    mb = tl.program_id(0)
+    kb = tl.program_id(1)
+    rows = mb * 128 + tl.arange(0, 128)
+    cols = kb * 128 + tl.arange(0, 128)
+    rmask = rows < M
+    cmask = cols < K
+    if EVEN_K:
+        mask = rmask[:, None]
+    else:
+        mask = rmask[:, None] & cmask[None, :]
+    x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * sxm + cols.to(tl.int64)[None, :] * sxk,
+                mask=mask, other=0.0)
+    # 1x128 (row tiles)
+    s_row, r_row, sf_row = _scale_and_recip(_amax(x, 1))
+    q_row = _to_fp8(x.to(tl.float32), sf_row[:, None], r_row[:, None])
+    tl.store(qr_ptr + rows.to(tl.int64)[:, None] * K + cols[None, :], q_row, mask=mask)
+    tl.store(sr_ptr + rows.to(tl.int64) * KB + kb, s_row, mask=rmask)
+    # 128x1 (column tiles)
+    s_col, r_col, sf_col = _scale_and_recip(_amax(x, 0))
+    q_col = _to_fp8(x.to(tl.float32), sf_col[None, :], r_col[None, :])
+    if COL_TRANSPOSED:
+        tl.store(qc_ptr + cols.to(tl.int64)[None, :] * M + rows[:, None], q_col, mask=mask)
+        tl.store(sc_ptr + cols.to(tl.int64) * MB + mb, s_col, mask=cmask)
+    else:
+        tl.store(qc_ptr + rows.to(tl.int64)[:, None] * K + cols[None, :], q_col, mask=mask)
+        tl.store(sc_ptr + mb.to(tl.int64) * K + cols, s_col, mask=cmask)
+
+
+# Launch parameters and designs (H200 sweep in benchmarks/RESULTS_gemm.md). "whole": one program
+# holds a 128 x BLOCK_C block (the 128x1 kernel) or a 128x128 block (the dual kernel) and reads it
+# once; "two-pass": _quant_col_tiles_kernel above (CHUNK-row slices, the 128x1 pass re-reads).
+_Q128X1_IMPL = os.environ.get("FP8PASS_Q128X1_IMPL", "whole")
 _BLOCK_C_128x1 = int(os.environ.get("FP8PASS_Q128X1_BLOCK_C", "64"))
-_CHUNK_128x1 = int(os.environ.get("FP8PASS_Q128X1_CHUNK", "32"))
+_CHUNK_128x1 = int(os.environ.get("FP8PASS_Q128X1_CHUNK", "128"))
 _WARPS_128x1 = int(os.environ.get("FP8PASS_Q128X1_WARPS", "4"))
-_CHUNK_DUAL = int(os.environ.get("FP8PASS_QDUAL_CHUNK", "32"))
-_WARPS_DUAL = int(os.environ.get("FP8PASS_QDUAL_WARPS", "4"))
+_QDUAL_IMPL = os.environ.get("FP8PASS_QDUAL_IMPL", "two-pass")
+_CHUNK_DUAL = int(os.environ.get("FP8PASS_QDUAL_CHUNK", "128"))
+_WARPS_DUAL = int(os.environ.get("FP8PASS_QDUAL_WARPS", "8"))
 
 
 def _launch_col_tiles(x, q_row, s_row, q_col, s_col, q_t, s_t, *, block_c, chunk, warps):
@@ -301,8 +373,16 @@ def quantize_128x1(x: torch.Tensor, *, layout: str = "normal"):
     s = torch.empty((mb, k), dtype=torch.float32, device=dev) if want_q else None
     qt = torch.empty((k, m), dtype=FP8_DTYPE, device=dev) if want_qt else None
     st = torch.empty((k, mb), dtype=torch.float32, device=dev) if want_qt else None
-    _launch_col_tiles(x, None, None, q, s, qt, st, block_c=_BLOCK_C_128x1, chunk=_CHUNK_128x1,
-                      warps=_WARPS_128x1)
+    if _Q128X1_IMPL == "whole":
+        if m and k:
+            _quant_128x1_kernel[(mb, triton.cdiv(k, _BLOCK_C_128x1))](
+                x, q if want_q else qt, qt if want_qt else q, s if want_q else st, st if want_qt else s,
+                m, k, mb, x.stride(0), x.stride(1),
+                BLOCK_C=_BLOCK_C_128x1, WRITE_Q=want_q, WRITE_QT=want_qt, num_warps=_WARPS_128x1,
+            )
+    else:
+        _launch_col_tiles(x, None, None, q, s, qt, st, block_c=_BLOCK_C_128x1, chunk=_CHUNK_128x1,
+                          warps=_WARPS_128x1)
     if layout == "normal":
         return q, s
     if layout == "transposed":
@@ -327,151 +407,17 @@ def quantize_1x128_128x1(x: torch.Tensor, *, col_layout: str = "normal"):
     trans = col_layout == "transposed"
     q_col = torch.empty((k, m) if trans else (m, k), dtype=FP8_DTYPE, device=dev)
     s_col = torch.empty((k, mb) if trans else (mb, k), dtype=torch.float32, device=dev)
-    _launch_col_tiles(x, q_row, s_row, None if trans else q_col, None if trans else s_col,
-                      q_col if trans else None, s_col if trans else None,
-                      block_c=TILE, chunk=_CHUNK_DUAL, warps=_WARPS_DUAL)
-    return q_row, s_row, q_col, s_col
-
-
-# TEMPORARY (GPU A/B of the previous whole-block design; removed after the sweep)
-@triton.jit
-def _quant_128x1_kernel(
-    x_ptr, q_ptr, qt_ptr, s_ptr, st_ptr,
-    M, K, MB,
-    sxm, sxk,
-    BLOCK_C: tl.constexpr,
-    WRITE_Q: tl.constexpr,
-    WRITE_QT: tl.constexpr,
-):
-    mb = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    rows = mb * 128 + tl.arange(0, 128)
-    cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    rmask = rows < M
-    cmask = cols < K
-    mask = rmask[:, None] & cmask[None, :]
-    x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * sxm + cols.to(tl.int64)[None, :] * sxk,
-                mask=mask, other=0.0).to(tl.float32)
-    scale, r, sf = _scale_and_recip(_amax(x, 0))
-    q = _to_fp8(x, sf[None, :], r[None, :])
-    if WRITE_Q:
-        tl.store(q_ptr + rows.to(tl.int64)[:, None] * K + cols[None, :], q, mask=mask)
-        tl.store(s_ptr + mb.to(tl.int64) * K + cols, scale, mask=cmask)
-    if WRITE_QT:
-        # transposed copy: qt[K, M], st[K, MB]
-        tl.store(qt_ptr + cols.to(tl.int64)[None, :] * M + rows[:, None], q, mask=mask)
-        tl.store(st_ptr + cols.to(tl.int64) * MB + mb, scale, mask=cmask)
-
-
-
-
-def _quantize_128x1_whole(x: torch.Tensor, *, layout: str = "normal"):
-    """128x1 tiles of a 2-D x[M, K].
-
-    layout="normal":     (q[M, K], scale[ceil(M/128), K])              -- the contract
-    layout="transposed": (qt[K, M], scale_t[K, ceil(M/128)]) contiguous -- q.T and scale.T
-    layout="both":       (q, scale, qt, scale_t)
-    """
-    if x.dim() != 2:
-        raise ValueError(f"quantize_128x1 expects a 2-D tensor, got shape {tuple(x.shape)}")
-    m, k = x.shape
-    mb = _cdiv(m, TILE)
-    want_q = layout in ("normal", "both")
-    want_qt = layout in ("transposed", "both")
-    if not (want_q or want_qt):
-        raise ValueError(f"unknown layout {layout!r}")
-    dev = x.device
-    q = torch.empty((m, k), dtype=FP8_DTYPE, device=dev) if want_q else None
-    s = torch.empty((mb, k), dtype=torch.float32, device=dev) if want_q else None
-    qt = torch.empty((k, m), dtype=FP8_DTYPE, device=dev) if want_qt else None
-    st = torch.empty((k, mb), dtype=torch.float32, device=dev) if want_qt else None
-    if m and k:
-        dummy_q = q if q is not None else qt
-        dummy_s = s if s is not None else st
-        grid = (mb, triton.cdiv(k, 64))
-        _quant_128x1_kernel[grid](
-            x, q if want_q else dummy_q, qt if want_qt else dummy_q,
-            s if want_q else dummy_s, st if want_qt else dummy_s,
-            m, k, mb, x.stride(0), x.stride(1),
-            BLOCK_C=64, WRITE_Q=want_q, WRITE_QT=want_qt, num_warps=4,
-        )
-    if layout == "normal":
-        return q, s
-    if layout == "transposed":
-        return qt, st
-    return q, s, qt, st
-
-
-# --------------------------------------------------------------------------------------------
-# both copies from one read
-# --------------------------------------------------------------------------------------------
-@triton.jit
-def _quant_dual_kernel(
-    x_ptr, qr_ptr, sr_ptr, qc_ptr, sc_ptr,
-    M, K, KB, MB,
-    sxm, sxk,
-    COL_TRANSPOSED: tl.constexpr,
-    EVEN_K: tl.constexpr,
-):
-    mb = tl.program_id(0)
-    kb = tl.program_id(1)
-    rows = mb * 128 + tl.arange(0, 128)
-    cols = kb * 128 + tl.arange(0, 128)
-    rmask = rows < M
-    cmask = cols < K
-    if EVEN_K:
-        mask = rmask[:, None]
+    if _QDUAL_IMPL == "whole":
+        if m and k:
+            _quant_dual_kernel[(mb, kb)](
+                x, q_row, s_row, q_col, s_col, m, k, kb, mb, x.stride(0), x.stride(1),
+                COL_TRANSPOSED=trans, EVEN_K=(k % TILE == 0), num_warps=_WARPS_DUAL,
+            )
     else:
-        mask = rmask[:, None] & cmask[None, :]
-    x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * sxm + cols.to(tl.int64)[None, :] * sxk,
-                mask=mask, other=0.0).to(tl.float32)
-    # 1x128 (row tiles)
-    s_row, r_row, sf_row = _scale_and_recip(_amax(x, 1))
-    q_row = _to_fp8(x, sf_row[:, None], r_row[:, None])
-    tl.store(qr_ptr + rows.to(tl.int64)[:, None] * K + cols[None, :], q_row, mask=mask)
-    tl.store(sr_ptr + rows.to(tl.int64) * KB + kb, s_row, mask=rmask)
-    # 128x1 (column tiles)
-    s_col, r_col, sf_col = _scale_and_recip(_amax(x, 0))
-    q_col = _to_fp8(x, sf_col[None, :], r_col[None, :])
-    if COL_TRANSPOSED:
-        tl.store(qc_ptr + cols.to(tl.int64)[None, :] * M + rows[:, None], q_col, mask=mask)
-        tl.store(sc_ptr + cols.to(tl.int64) * MB + mb, s_col, mask=cmask)
-    else:
-        tl.store(qc_ptr + rows.to(tl.int64)[:, None] * K + cols[None, :], q_col, mask=mask)
-        tl.store(sc_ptr + mb.to(tl.int64) * K + cols, s_col, mask=cmask)
-
-
-
-
-def _quantize_1x128_128x1_whole(x: torch.Tensor, *, col_layout: str = "normal"):
-    """(q_row[M, K], s_row[M, KB], q_col, s_col) from one read of a 2-D x.
-
-    col_layout="normal": q_col[M, K], s_col[MB, K] (the contract);
-    col_layout="transposed": q_col is q_col.T stored contiguous [K, M], s_col is [K, MB]."""
-    if x.dim() != 2:
-        raise ValueError(f"quantize_1x128_128x1 expects a 2-D tensor, got shape {tuple(x.shape)}")
-    if col_layout not in ("normal", "transposed"):
-        raise ValueError(f"unknown col_layout {col_layout!r}")
-    m, k = x.shape
-    kb, mb = _cdiv(k, TILE), _cdiv(m, TILE)
-    dev = x.device
-    q_row = torch.empty((m, k), dtype=FP8_DTYPE, device=dev)
-    s_row = torch.empty((m, kb), dtype=torch.float32, device=dev)
-    trans = col_layout == "transposed"
-    q_col = torch.empty((k, m) if trans else (m, k), dtype=FP8_DTYPE, device=dev)
-    s_col = torch.empty((k, mb) if trans else (mb, k), dtype=torch.float32, device=dev)
-    if m and k:
-        _quant_dual_kernel[(mb, kb)](
-            x, q_row, s_row, q_col, s_col, m, k, kb, mb, x.stride(0), x.stride(1),
-            COL_TRANSPOSED=trans, EVEN_K=(k % TILE == 0), num_warps=8,
-        )
+        _launch_col_tiles(x, q_row, s_row, None if trans else q_col, None if trans else s_col,
+                          q_col if trans else None, s_col if trans else None,
+                          block_c=TILE, chunk=_CHUNK_DUAL, warps=_WARPS_DUAL)
     return q_row, s_row, q_col, s_col
-
-
-
-if os.environ.get("FP8PASS_QCOL_IMPL") == "whole":
-    quantize_128x1 = _quantize_128x1_whole  # noqa: F811
-    quantize_1x128_128x1 = _quantize_1x128_128x1_whole  # noqa: F811
 
 
 # --------------------------------------------------------------------------------------------
@@ -490,9 +436,9 @@ def _quant_128x128_kernel(
     cols = cb * 128 + tl.arange(0, 128)
     mask = (rows < R)[:, None] & (cols < C)[None, :]
     x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * sxr + cols.to(tl.int64)[None, :] * sxc,
-                mask=mask, other=0.0).to(tl.float32)
+                mask=mask, other=0.0)
     scale, r, sf = _scale_and_recip(_amax(_amax(x, 1), 0))
-    q = _to_fp8(x, sf, r)
+    q = _to_fp8(x.to(tl.float32), sf, r)
     tl.store(q_ptr + rows.to(tl.int64)[:, None] * C + cols[None, :], q, mask=mask)
     if WRITE_QT:
         tl.store(qt_ptr + cols.to(tl.int64)[None, :] * R + rows[:, None], q, mask=mask)
