@@ -85,7 +85,7 @@ def peak_breakdown(step, top: int = 15) -> str:
     the CUDA caching allocator's trace, grouped by the line that allocated them (for compiled code,
     a line of Inductor's output code, which names the buffer), largest first."""
     torch.cuda.synchronize()
-    torch.cuda.memory._record_memory_history(max_entries=1_000_000)
+    torch.cuda.memory._record_memory_history(stacks="python", max_entries=1_000_000)
     try:
         step()
         torch.cuda.synchronize()
@@ -106,7 +106,7 @@ def peak_breakdown(step, top: int = 15) -> str:
     def site(event) -> str:
         for frame in event.get("frames", []):
             name = frame.get("filename", "")
-            if "/torch/" not in name and "/triton/" not in name and not name.startswith("<"):
+            if name.endswith(".py") and "/torch/" not in name and "/triton/" not in name:
                 return f"{name.rsplit('/', 1)[-1]}:{frame.get('line')} {frame.get('name', '')}"
         return "(torch internals)"
 

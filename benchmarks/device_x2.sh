@@ -12,6 +12,8 @@
 #                                           # GPU 1: the 350M preset (cosine schedule), FP8 then BF16
 #   bash benchmarks/device_x2.sh models2    # GPU 0: 1B train_step, HF Llama; GPU 1: BF16 350M with seed 1
 #                                           # (run-to-run spread of the last-200 mean)
+#   bash benchmarks/device_x2.sh final3     # GPU 0: quantizer table, 1B train_step, HF Llama; GPU 1: FP8 350M
+#                                           # (compared with a BF16 run's loss_baseline.csv), block --memory
 set -o pipefail
 # At most 8 files come back from the device: everything is written to a work folder and packed
 # into $OUT/logs.tar.gz at exit, beside the loss curve (loss.png, loss.csv).
@@ -161,6 +163,26 @@ for what in "$@"; do
       ) &
       wait
       tail -3 "$OUT/conv_bf16_seed1.log"; head -60 "$OUT/train_step.log"; grep -v "it/s\]" "$OUT/hf_llama.log" | tail -40 ;;
+    final3)
+      (
+        CUDA_VISIBLE_DEVICES=0 timeout 60 python3 benchmarks/gemm.py --no-gemm > "$OUT/quant.log" 2>&1
+        echo "quantizer table exit $?"
+        CUDA_VISIBLE_DEVICES=0 timeout 260 python3 benchmarks/train_step.py --variants bf16,fp8 > "$OUT/train_step.log" 2>&1
+        echo "train_step exit $?"
+        CUDA_VISIBLE_DEVICES=0 timeout 170 python3 examples/hf_llama.py --device cuda --hidden 1024 --layers 8 \
+          --heads 8 --kv-heads 4 --intermediate 2816 --seq 1024 --batch 8 --steps 200 --lr 1e-3 \
+          > "$OUT/hf_llama.log" 2>&1; echo "hf_llama exit $?"
+      ) &
+      (
+        CUDA_VISIBLE_DEVICES=1 timeout 320 python3 examples/train_gpt.py --preset gpu-350m --only fp8 --out "$OUT" \
+          --mode reduce-overhead > "$OUT/conv_fp8.log" 2>&1; echo "fp8 350M exit $?"
+        CUDA_VISIBLE_DEVICES=1 timeout 190 python3 benchmarks/block.py --memory > "$OUT/block.log" 2>&1
+        echo "block exit $?"
+      ) &
+      wait
+      cp "$OUT/loss_fp8.csv" "$RESULTS/" 2>/dev/null
+      tail -3 "$OUT/conv_fp8.log"; sed -n '/Quantization/,$p' "$OUT/quant.log" | head -30; head -60 "$OUT/train_step.log"
+      grep -v "it/s\]" "$OUT/hf_llama.log" | tail -30; grep -v "^ *$" "$OUT/block.log" | head -80 ;;
     trainstep)
       CUDA_VISIBLE_DEVICES=0 timeout 420 python3 benchmarks/train_step.py > "$OUT/train_step.log" 2>&1
       echo "train_step exit $?"; head -40 "$OUT/train_step.log" ;;
