@@ -14,6 +14,8 @@
 #                                           # (run-to-run spread of the last-200 mean)
 #   bash benchmarks/device_x2.sh final3     # GPU 0: quantizer table, 1B train_step, HF Llama; GPU 1: FP8 350M
 #                                           # (compared with a BF16 run's loss_baseline.csv), block --memory
+#   bash benchmarks/device_x2.sh repeat     # GPU 0: 1B train_step under CUDA graphs; GPU 1: the BF16 350M run
+#                                           # again (same seed: the spread that nondeterminism alone gives)
 set -o pipefail
 # At most 8 files come back from the device: everything is written to a work folder and packed
 # into $OUT/logs.tar.gz at exit, beside the loss curve (loss.png, loss.csv).
@@ -183,6 +185,18 @@ for what in "$@"; do
       cp "$OUT/loss_fp8.csv" "$RESULTS/" 2>/dev/null
       tail -3 "$OUT/conv_fp8.log"; sed -n '/Quantization/,$p' "$OUT/quant.log" | head -30; head -60 "$OUT/train_step.log"
       grep -v "it/s\]" "$OUT/hf_llama.log" | tail -30; grep -v "^ *$" "$OUT/block.log" | head -80 ;;
+    repeat)
+      (
+        CUDA_VISIBLE_DEVICES=0 timeout 330 python3 benchmarks/train_step.py --variants bf16,fp8 --mode reduce-overhead \
+          --profile none > "$OUT/train_step_cg.log" 2>&1; echo "train_step (CUDA graphs) exit $?"
+      ) &
+      (
+        CUDA_VISIBLE_DEVICES=1 timeout 300 python3 examples/train_gpt.py --preset gpu-350m --only baseline \
+          --out "$OUT/repeat" --mode reduce-overhead > "$OUT/conv_bf16_repeat.log" 2>&1; echo "bf16 350M repeat exit $?"
+      ) &
+      wait
+      cp "$OUT/repeat/loss_baseline.csv" "$RESULTS/loss_baseline_repeat.csv" 2>/dev/null
+      tail -3 "$OUT/conv_bf16_repeat.log"; head -12 "$OUT/train_step_cg.log" ;;
     trainstep)
       CUDA_VISIBLE_DEVICES=0 timeout 420 python3 benchmarks/train_step.py > "$OUT/train_step.log" 2>&1
       echo "train_step exit $?"; head -40 "$OUT/train_step.log" ;;
