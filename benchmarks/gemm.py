@@ -217,9 +217,8 @@ def run_quant(tune: bool):
              [("whole", 64, 0, 4), ("whole", 64, 0, 2), ("whole", 32, 0, 2), ("whole", 128, 0, 8),
               ("two-pass", 64, 128, 8), ("two-pass", 64, 64, 4), ("two-pass", 128, 128, 8), ("two-pass", 32, 128, 4)],
              lambda v: tq.quantize_128x1(v, layout="transposed"), 2 * n + n, "128x1"),
-            ("dual col^T IMPL,CHUNK,warps", ("_QDUAL_IMPL", "_CHUNK_DUAL", "_WARPS_DUAL"),
-             [("whole", 0, 8), ("whole", 0, 16), ("two-pass", 128, 8), ("two-pass", 128, 16), ("two-pass", 64, 4),
-              ("two-pass", 64, 8), ("two-pass", 32, 4)],
+            ("dual col^T CHUNK,warps", ("_CHUNK_DUAL", "_WARPS_DUAL"),
+             [(128, 8), (128, 16), (64, 4), (64, 8), (32, 4)],
              lambda v: tq.quantize_1x128_128x1(v, col_layout="transposed"), 2 * n + 2 * n, "dual"),
             ("128x128 -,warps", ("_WARPS_128x128",), [(4,), (8,)], lambda v: tq.quantize_128x128(v), 2 * n + n, None),
         ]

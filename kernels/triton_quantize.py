@@ -18,7 +18,8 @@ Kernels (all read the input through its strides, with no copy; tails are masked)
     quantize_1x128(x[..., K])          rows of any rank (leading dims folded when their strides
                                        allow, else up to two leading dims addressed by stride)
     quantize_128x1(x[M, K])            optionally also/only writing the FP8 copy transposed
-    quantize_1x128_128x1(x[M, K])      one read, both copies
+    quantize_1x128_128x1(x[M, K])      one read from DRAM, both copies (the 128x1 pass re-reads the
+                                       block from L2: see _quant_col_tiles_kernel)
     quantize_128x128(w[R, C])          optionally also writing the transposed FP8 copy
 The transposed outputs are an addition to the contract: the Wgrad/Dgrad GEMM operands in
 K-major storage, which the tensor cores want for FP8 (see triton_gemm.py).
@@ -256,8 +257,9 @@ def _quant_col_tiles_kernel(
         tl.store(st_ptr + cols.to(tl.int64) * MB + mb, scale, mask=cmask)
 
 
-# "whole" designs: a 128 x BLOCK_C block of 128x1 tiles, or a 128x128 block of both copies, held
-# in registers and read once
+# "whole" design of the 128x1 kernel: a 128 x BLOCK_C block held in registers and read once (for
+# the dual kernel the same design, a whole 128x128 block in fp32 registers, measured 1534 GB/s
+# against the two-pass kernel's 1948 on the H200 and was removed)
 @triton.jit
 def _quant_128x1_kernel(
     x_ptr, q_ptr, qt_ptr, s_ptr, st_ptr,
@@ -287,50 +289,13 @@ def _quant_128x1_kernel(
         tl.store(st_ptr + cols.to(tl.int64) * MB + mb, scale, mask=cmask)
 
 
-@triton.jit
-def _quant_dual_kernel(
-    x_ptr, qr_ptr, sr_ptr, qc_ptr, sc_ptr,
-    M, K, KB, MB,
-    sxm, sxk,
-    COL_TRANSPOSED: tl.constexpr,
-    EVEN_K: tl.constexpr,
-):
-    mb = tl.program_id(0)
-    kb = tl.program_id(1)
-    rows = mb * 128 + tl.arange(0, 128)
-    cols = kb * 128 + tl.arange(0, 128)
-    rmask = rows < M
-    cmask = cols < K
-    if EVEN_K:
-        mask = rmask[:, None]
-    else:
-        mask = rmask[:, None] & cmask[None, :]
-    x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * sxm + cols.to(tl.int64)[None, :] * sxk,
-                mask=mask, other=0.0).to(tl.float32)
-    # 1x128 (row tiles)
-    s_row, r_row, sf_row = _scale_and_recip(_amax(x, 1))
-    q_row = _to_fp8(x, sf_row[:, None], r_row[:, None])
-    tl.store(qr_ptr + rows.to(tl.int64)[:, None] * K + cols[None, :], q_row, mask=mask)
-    tl.store(sr_ptr + rows.to(tl.int64) * KB + kb, s_row, mask=rmask)
-    # 128x1 (column tiles)
-    s_col, r_col, sf_col = _scale_and_recip(_amax(x, 0))
-    q_col = _to_fp8(x, sf_col[None, :], r_col[None, :])
-    if COL_TRANSPOSED:
-        tl.store(qc_ptr + cols.to(tl.int64)[None, :] * M + rows[:, None], q_col, mask=mask)
-        tl.store(sc_ptr + cols.to(tl.int64) * MB + mb, s_col, mask=cmask)
-    else:
-        tl.store(qc_ptr + rows.to(tl.int64)[:, None] * K + cols[None, :], q_col, mask=mask)
-        tl.store(sc_ptr + mb.to(tl.int64) * K + cols, s_col, mask=cmask)
-
-
-# Launch parameters and designs (H200 sweep in benchmarks/RESULTS_gemm.md). "whole": one program
-# holds a 128 x BLOCK_C block (the 128x1 kernel) or a 128x128 block (the dual kernel) and reads it
-# once; "two-pass": _quant_col_tiles_kernel above (CHUNK-row slices, the 128x1 pass re-reads).
+# Launch parameters (H200 sweep in benchmarks/RESULTS_gemm.md). The 128x1 kernel alone: "whole"
+# (_quant_128x1_kernel) or "two-pass" (_quant_col_tiles_kernel without the 1x128 copy); the dual
+# kernel is always the two-pass one.
 _Q128X1_IMPL = os.environ.get("FP8PASS_Q128X1_IMPL", "whole")
 _BLOCK_C_128x1 = int(os.environ.get("FP8PASS_Q128X1_BLOCK_C", "64"))
 _CHUNK_128x1 = int(os.environ.get("FP8PASS_Q128X1_CHUNK", "128"))
 _WARPS_128x1 = int(os.environ.get("FP8PASS_Q128X1_WARPS", "4"))
-_QDUAL_IMPL = os.environ.get("FP8PASS_QDUAL_IMPL", "two-pass")
 _CHUNK_DUAL = int(os.environ.get("FP8PASS_QDUAL_CHUNK", "128"))  # H200: 1948 GB/s vs 1534 whole
 _WARPS_DUAL = int(os.environ.get("FP8PASS_QDUAL_WARPS", "8"))
 
@@ -406,16 +371,9 @@ def quantize_1x128_128x1(x: torch.Tensor, *, col_layout: str = "normal"):
     trans = col_layout == "transposed"
     q_col = torch.empty((k, m) if trans else (m, k), dtype=FP8_DTYPE, device=dev)
     s_col = torch.empty((k, mb) if trans else (mb, k), dtype=torch.float32, device=dev)
-    if _QDUAL_IMPL == "whole":
-        if m and k:
-            _quant_dual_kernel[(mb, kb)](
-                x, q_row, s_row, q_col, s_col, m, k, kb, mb, x.stride(0), x.stride(1),
-                COL_TRANSPOSED=trans, EVEN_K=(k % TILE == 0), num_warps=_WARPS_DUAL,
-            )
-    else:
-        _launch_col_tiles(x, q_row, s_row, None if trans else q_col, None if trans else s_col,
-                          q_col if trans else None, s_col if trans else None,
-                          block_c=TILE, chunk=_CHUNK_DUAL, warps=_WARPS_DUAL)
+    _launch_col_tiles(x, q_row, s_row, None if trans else q_col, None if trans else s_col,
+                      q_col if trans else None, s_col if trans else None,
+                      block_c=TILE, chunk=_CHUNK_DUAL, warps=_WARPS_DUAL)
     return q_row, s_row, q_col, s_col
 
 
