@@ -16,6 +16,7 @@
 #                                           # (compared with a BF16 run's loss_baseline.csv), block --memory
 #   bash benchmarks/device_x2.sh repeat     # GPU 0: 1B train_step under CUDA graphs; GPU 1: the BF16 350M run
 #                                           # again (same seed: the spread that nondeterminism alone gives)
+#   bash benchmarks/device_x2.sh host       # one GPU: registered-op GPU tests, then the 1B train_step (default mode)
 set -o pipefail
 # At most 8 files come back from the device: everything is written to a work folder and packed
 # into $OUT/logs.tar.gz at exit, beside the loss curve (loss.png, loss.csv).
@@ -197,6 +198,12 @@ for what in "$@"; do
       wait
       cp "$OUT/repeat/loss_baseline.csv" "$RESULTS/loss_baseline_repeat.csv" 2>/dev/null
       tail -3 "$OUT/conv_bf16_repeat.log"; head -12 "$OUT/train_step_cg.log" ;;
+    host)
+      CUDA_VISIBLE_DEVICES=0 timeout 90 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_gpu.py \
+        -k "registered or dispatch or fullgraph" > "$OUT/ops_gpu.log" 2>&1; echo "registered-op GPU tests exit $?"
+      grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/ops_gpu.log" | cut -c1-300 | tail -6
+      CUDA_VISIBLE_DEVICES=0 timeout 150 python3 benchmarks/train_step.py --variants bf16,fp8 > "$OUT/train_step.log" 2>&1
+      echo "train_step exit $?"; head -40 "$OUT/train_step.log" | cut -c1-160 ;;
     trainstep)
       CUDA_VISIBLE_DEVICES=0 timeout 420 python3 benchmarks/train_step.py > "$OUT/train_step.log" 2>&1
       echo "train_step exit $?"; head -40 "$OUT/train_step.log" ;;

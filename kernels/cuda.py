@@ -1,9 +1,9 @@
 """CUDA kernels of the fp8pass ops, and the GEMM dispatcher.
 
 `register()` makes the Triton kernels the CUDA implementations of `torch.ops.fp8pass.*`
-(through `register_kernel("cuda")` on the custom ops of ops.py: the ops stay opaque nodes with
-fake kernels, so torch.compile traces them without a graph break; the CPU path keeps the torch
-reference). `import fp8pass.kernels` calls it when Triton imports and torch is a CUDA build.
+(registered on the dispatcher's CUDA key of the custom ops of ops.py: the ops stay opaque nodes
+with fake kernels, so torch.compile traces them without a graph break; the CPU path keeps the
+torch reference). `import fp8pass.kernels` calls it when Triton imports and torch is a CUDA build.
 Importing this module touches no GPU: devices are queried at the first call.
 
 GEMM dispatch: per (M, N, K, scale pairing, out dtype, operand layouts, device) the first call
@@ -39,39 +39,52 @@ def registered() -> bool:
     return _REGISTERED
 
 
+_CUDA_LIB = None  # the torch.library.Library holding the CUDA registrations (kept alive)
+
+
 def register() -> bool:
-    """Register the Triton kernels as the CUDA kernels of torch.ops.fp8pass.*; idempotent."""
-    global _REGISTERED
+    """Register the Triton kernels as the CUDA kernels of torch.ops.fp8pass.*; idempotent.
+
+    Registered straight on the dispatcher's CUDA key, with the AutogradCUDA key a fallthrough,
+    rather than through the custom ops' `register_kernel`: the custom-op path wraps every call in
+    two Python layers (an autograd wrapper and an aliasing check), ~10 us of host time per call
+    measured on a CPU core, and a compiled 1B-parameter step makes ~500 of these calls, which left
+    the GPU waiting (benchmarks/RESULTS.md, session 4). These ops have no autograd formula and only
+    ever run inside graphs that autograd already differentiated, so CUDA outputs simply do not
+    require grad. The CPU keeps the custom ops' reference kernels and checks."""
+    global _REGISTERED, _CUDA_LIB
     with _LOCK:
         if _REGISTERED:
             return True
         from . import triton_quantize as tq
 
-        @ops.quantize_1x128.register_kernel("cuda")
         def _q1x128(x):
             ops._check_float_input("quantize_1x128", x)
             return tq.quantize_1x128(x)
 
-        @ops.quantize_128x1.register_kernel("cuda")
         def _q128x1(x):
             ops._check_float_input("quantize_128x1", x)
             return tq.quantize_128x1(x, layout="transposed")
 
-        @ops.quantize_1x128_128x1.register_kernel("cuda")
         def _qdual(x):
             ops._check_float_input("quantize_1x128_128x1", x)
             return tq.quantize_1x128_128x1(x, col_layout="transposed")
 
-        @ops.quantize_128x128.register_kernel("cuda")
         def _q128x128(w):
             ops._check_float_input("quantize_128x128", w)
             return tq.quantize_128x128(w)
 
-        @ops.gemm_blockwise.register_kernel("cuda")
         def _gemm(a, a_scale, b, b_scale, out_dtype):
             ops.check_gemm_operands(a, a_scale, b, b_scale)
             return gemm_blockwise(a, a_scale, b, b_scale, out_dtype)
 
+        lib = torch.library.Library("fp8pass", "IMPL")
+        for name, fn in (("quantize_1x128", _q1x128), ("quantize_128x1", _q128x1),
+                         ("quantize_1x128_128x1", _qdual), ("quantize_128x128", _q128x128),
+                         ("gemm_blockwise", _gemm)):
+            lib.impl(name, fn, "CUDA")
+            lib.impl(name, torch.library.fallthrough_kernel, "AutogradCUDA")
+        _CUDA_LIB = lib
         _REGISTERED = True
         return True
 

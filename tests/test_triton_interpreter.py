@@ -146,6 +146,13 @@ def test_cuda_registration_is_harmless_on_cpu():
         "eq, es = k.reference.quantize_1x128(x)\n"
         "assert torch.equal(q.view(torch.uint8), eq.view(torch.uint8)) and torch.equal(s, es)\n"
         "assert not torch.cuda.is_initialized()\n"
+        # the Triton kernels sit on the CUDA key itself (no custom-op Python wrappers per call),
+        # with autograd a fallthrough there; the CPU keeps the custom op's reference kernel
+        "has = torch._C._dispatch_has_kernel_for_dispatch_key\n"
+        "for name in ('quantize_1x128', 'quantize_128x1', 'quantize_1x128_128x1', 'quantize_128x128',\n"
+        "             'gemm_blockwise'):\n"
+        "    assert has('fp8pass::' + name, 'CUDA') and has('fp8pass::' + name, 'AutogradCUDA'), name\n"
+        "    assert not has('fp8pass::' + name, 'CPU'), name\n"
         "print('ok')\n"
     )
     env = dict(os.environ, PYTHONWARNINGS="ignore")
