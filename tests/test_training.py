@@ -42,3 +42,28 @@ def test_compare_reports_tail_mean_and_non_finite_steps(tmp_path, capsys):
     rows = (tmp_path / "loss.csv").read_text().splitlines()
     assert rows[0] == "step,fp8,baseline" and len(rows) == 501 and rows[-1] == "499,2.02,2.0"
     assert "+1.000%" in capsys.readouterr().out
+
+
+def test_gpu_preset_schedule_warmup_cosine_and_clipping(monkeypatch):
+    """The gpu-350m preset's schedule: linear warmup, cosine to 10% at the last step; and a
+    clipped run on the CPU trains (finite, falling loss) with the clip applied."""
+    f = train_gpt.lr_factor
+    assert f(0, 2000, 200, "cosine") == 1 / 200 and f(199, 2000, 200, "cosine") == 1.0
+    assert math.isclose(f(200, 2000, 200, "cosine"), 1.0) and math.isclose(f(1999, 2000, 200, "cosine"), 0.1)
+    assert 0.1 < f(1100, 2000, 200, "cosine") < 1.0 and f(1100, 2000, 200, "constant") == 1.0
+    preset = train_gpt.PRESETS["gpu-350m"]
+    assert preset["schedule"] == "cosine" and preset["clip"] > 0 and preset["warmup"] == 200
+
+    clipped_norms = []
+    real_clip = torch.nn.utils.clip_grad_norm_
+
+    def recording_clip(params, max_norm, *args, **kwargs):
+        norm = real_clip(params, max_norm, *args, **kwargs)
+        clipped_norms.append((float(norm), max_norm))
+        return norm
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording_clip)
+    losses, _ = train_gpt.train(train_gpt.GPTConfig(), "fp8", steps=30, batch=4, lr=1e-3,
+                                corpus=train_gpt.load_corpus(1 << 20), warmup=5, schedule="cosine", clip=0.5)
+    assert len(clipped_norms) == 30 and all(m == 0.5 for _, m in clipped_norms)
+    assert all(math.isfinite(v) for v in losses) and sum(losses[-5:]) < sum(losses[:5])
