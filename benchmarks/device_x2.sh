@@ -7,11 +7,8 @@
 #   bash benchmarks/device_x2.sh trainstep  # 1B train_step.py on GPU 0; FSDP2 benchmark on both GPUs after
 #   bash benchmarks/device_x2.sh kernels    # GPU 0: quantizer GPU tests, quantizer sweep, Linear (+CUDA graphs);
 #                                           # GPU 1: the 350M preset, FP8 then BF16 (CUDA graphs), compared
-#   bash benchmarks/device_x2.sh models     # GPU 0: 1B train_step, HF Llama; GPU 1: block (+CUDA graphs, memory)
-#   bash benchmarks/device_x2.sh sweep2     # GPU 0: quantizer sweep, Linear, block (+CUDA graphs, memory);
+#   bash benchmarks/device_x2.sh sweep2     # GPU 0: quantizer GPU tests and sweep, Linear, block (+CUDA graphs, memory);
 #                                           # GPU 1: the 350M preset (cosine schedule), FP8 then BF16
-#   bash benchmarks/device_x2.sh models2    # GPU 0: 1B train_step, HF Llama; GPU 1: BF16 350M with seed 1
-#                                           # (run-to-run spread of the last-200 mean)
 #   bash benchmarks/device_x2.sh final3     # GPU 0: quantizer table, 1B train_step, HF Llama; GPU 1: FP8 350M
 #                                           # (compared with a BF16 run's loss_baseline.csv), block --memory
 #   bash benchmarks/device_x2.sh repeat     # GPU 0: 1B train_step under CUDA graphs; GPU 1: the BF16 350M run
@@ -116,20 +113,6 @@ for what in "$@"; do
       python3 examples/train_gpt.py --compare "$OUT" 2>&1 | tee "$OUT/compare.log"
       grep -E "corpus|step time|tokens/s" "$OUT/conv_fp8.log" "$OUT/conv_bf16.log" | head; tail -3 "$OUT/conv_fp8.log"
       tail -3 "$OUT/conv_bf16.log"; cat "$OUT/quant.log"; grep -v "^ *$" "$OUT/linear.log" | head -60 ;;
-    models)
-      (
-        CUDA_VISIBLE_DEVICES=0 timeout 330 python3 benchmarks/train_step.py > "$OUT/train_step.log" 2>&1
-        echo "train_step exit $?"
-        CUDA_VISIBLE_DEVICES=0 timeout 240 python3 examples/hf_llama.py --device cuda --hidden 1024 --layers 8 \
-          --heads 8 --kv-heads 4 --intermediate 2816 --seq 1024 --batch 8 --steps 300 --lr 1e-3 \
-          > "$OUT/hf_llama.log" 2>&1; echo "hf_llama exit $?"
-      ) &
-      (
-        CUDA_VISIBLE_DEVICES=1 timeout 300 python3 benchmarks/block.py --cudagraphs --memory --profile \
-          > "$OUT/block.log" 2>&1; echo "block exit $?"
-      ) &
-      wait
-      head -60 "$OUT/train_step.log"; grep -v "it/s\]" "$OUT/hf_llama.log" | tail -40; head -120 "$OUT/block.log" ;;
     sweep2)
       (
         CUDA_VISIBLE_DEVICES=0 timeout 110 python3 -m pytest -q -p no:cacheprovider -n 6 -m gpu tests/test_triton_gpu.py \
@@ -152,20 +135,6 @@ for what in "$@"; do
       python3 examples/train_gpt.py --compare "$OUT" 2>&1 | tee "$OUT/compare.log"
       tail -3 "$OUT/conv_fp8.log"; tail -3 "$OUT/conv_bf16.log"; sed -n '/sweep/,$p' "$OUT/quant.log"
       grep -E "^ +[0-9]+x[0-9]+x[0-9]+ |SQNR" "$OUT/linear.log"; grep -E "^ *(bf16|fp8)|SQNR|allocations" "$OUT/block.log" ;;
-    models2)
-      (
-        CUDA_VISIBLE_DEVICES=0 timeout 330 python3 benchmarks/train_step.py > "$OUT/train_step.log" 2>&1
-        echo "train_step exit $?"
-        CUDA_VISIBLE_DEVICES=0 timeout 200 python3 examples/hf_llama.py --device cuda --hidden 1024 --layers 8 \
-          --heads 8 --kv-heads 4 --intermediate 2816 --seq 1024 --batch 8 --steps 300 --lr 1e-3 \
-          > "$OUT/hf_llama.log" 2>&1; echo "hf_llama exit $?"
-      ) &
-      (
-        CUDA_VISIBLE_DEVICES=1 timeout 230 python3 examples/train_gpt.py --preset gpu-350m --only baseline --seed 1 \
-          --out "$OUT/seed1" --mode reduce-overhead > "$OUT/conv_bf16_seed1.log" 2>&1; echo "bf16 350M seed 1 exit $?"
-      ) &
-      wait
-      tail -3 "$OUT/conv_bf16_seed1.log"; head -60 "$OUT/train_step.log"; grep -v "it/s\]" "$OUT/hf_llama.log" | tail -40 ;;
     final3)
       (
         CUDA_VISIBLE_DEVICES=0 timeout 60 python3 benchmarks/gemm.py --no-gemm > "$OUT/quant.log" 2>&1
@@ -202,7 +171,7 @@ for what in "$@"; do
       CUDA_VISIBLE_DEVICES=0 timeout 90 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_gpu.py \
         -k "registered or dispatch or fullgraph" > "$OUT/ops_gpu.log" 2>&1; echo "registered-op GPU tests exit $?"
       grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/ops_gpu.log" | cut -c1-300 | tail -6
-      CUDA_VISIBLE_DEVICES=0 timeout 150 python3 benchmarks/train_step.py --variants bf16,fp8 > "$OUT/train_step.log" 2>&1
+      CUDA_VISIBLE_DEVICES=0 timeout 240 python3 benchmarks/train_step.py --variants bf16,fp8 > "$OUT/train_step.log" 2>&1
       echo "train_step exit $?"; head -40 "$OUT/train_step.log" | cut -c1-160 ;;
     trainstep)
       CUDA_VISIBLE_DEVICES=0 timeout 420 python3 benchmarks/train_step.py > "$OUT/train_step.log" 2>&1
