@@ -1,6 +1,7 @@
 """Llama-style block fwd+bwd: BF16 eager, BF16 torch.compile and backend="fp8", on one card.
 
     python benchmarks/block.py [--dim 4096 --heads 32 --hidden 14336 --batch 4 --seq 4096] [--profile] [--memory]
+        [--cudagraphs]
 
 Block: RMSNorm -> attention (fused QKV projection, SDPA in BF16, output projection) -> residual;
 RMSNorm -> SwiGLU MLP -> residual. Prints median fwd+bwd time, kernels per step and the peak

@@ -1,6 +1,6 @@
 """Linear fwd+bwd: BF16 eager, BF16 torch.compile and backend="fp8", side by side on one card.
 
-    python benchmarks/linear.py [--shapes 16384x4096x14336,16384x14336x4096] [--profile]
+    python benchmarks/linear.py [--shapes 16384x4096x14336,16384x14336x4096] [--profile] [--cudagraphs]
 
 Prints, per M x K x N (tokens x in x out): median time of forward + backward (ms), the kernels
 launched per step, and the peak memory of a step above what was allocated before it.

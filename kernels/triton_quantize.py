@@ -214,11 +214,12 @@ def _quant_col_tiles_kernel(
     1x128 tiles), in two passes over CHUNK-row slices of the block:
       pass 1 reads each slice, writes its 1x128 tiles at once (a row is whole in a slice) and
              folds the slice into the running column amax;
-      pass 2 reads the slices again, now from L2 (the block was read a moment ago), and writes
-             the 128x1 copy (and/or its transpose).
-    Only one slice is held in registers: a whole 128x128 block in fp32 took ~240 registers per
-    thread, one program per SM, with the loads and the arithmetic not overlapping; slices leave
-    room for several programs per SM. DRAM traffic is unchanged (one read of x)."""
+      pass 2 reads the slices again, meant to hit L2 (the block was read a moment ago; not
+             profiled), and writes the 128x1 copy (and/or its transpose).
+    For the dual copy the default is one 128-row slice: the block is not kept live across both
+    quantizations, which took the kernel from 245 to 174 registers per thread (SASS, Triton 3.6)
+    and from 1534 to 1948 GB/s on the H200 (benchmarks/RESULTS_gemm.md); 32- and 16-row slices
+    measured slower (a cross-warp amax reduction and barrier per slice)."""
     mb = tl.program_id(0)
     pid_c = tl.program_id(1)
     cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
