@@ -4,6 +4,12 @@ Each op has a fake (meta) kernel for tracing and a device-generic default kernel
 torch reference in `reference.py`, which is what runs on the CPU. `fp8pass.kernels.triton_*`
 registers faster CUDA kernels for the same ops; the graph pass only ever emits these ops, so the
 CPU and GPU paths share one graph.
+
+Layouts (every kernel of an op returns exactly the strides of its fake kernel, which Inductor
+checks): FP8 copies are contiguous; the scales of 1x128 tiles, and of the transposed 128x1
+copies (which are 1x128 tiles of x.T), are "MN-major": their rows have stride 1
+(`reference.empty_mn_major`), the layout cuBLAS blockwise reads, so no scale is copied before a
+GEMM; 128x128 block scales are contiguous.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from . import reference
-from .reference import FP8_DTYPE, TILE, _cdiv
+from .reference import FP8_DTYPE, TILE, _cdiv, as_mn_major, empty_mn_major
 
 __all__ = [
     "quantize_1x128",
@@ -32,14 +38,15 @@ def _check_float_input(op: str, x: torch.Tensor) -> None:
 def quantize_1x128(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """E4M3 copy of x in 1x128 tiles along the last dim, and the fp32 tile scales."""
     _check_float_input("quantize_1x128", x)
-    return reference.quantize_1x128(x)
+    q, s = reference.quantize_1x128(x)
+    return q, as_mn_major(s)
 
 
 @quantize_1x128.register_fake
 def _(x):
     return (
         torch.empty(x.shape, dtype=FP8_DTYPE, device=x.device),
-        x.new_empty((*x.shape[:-1], _cdiv(x.shape[-1], TILE)), dtype=torch.float32),
+        empty_mn_major(x.shape[:-1], _cdiv(x.shape[-1], TILE), device=x.device),
     )
 
 
@@ -51,7 +58,7 @@ def quantize_128x1(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     cores read only K-major operands: dY^T = q_t is its A, and x = q_t.T its B, with no copy."""
     _check_float_input("quantize_128x1", x)
     q, s = reference.quantize_128x1(x)
-    return q.t().contiguous(), s.t().contiguous()
+    return q.t().contiguous(), as_mn_major(s.t())
 
 
 @quantize_128x1.register_fake
@@ -59,7 +66,7 @@ def _(x):
     m, k = x.shape
     return (
         torch.empty((k, m), dtype=FP8_DTYPE, device=x.device),
-        x.new_empty((k, _cdiv(m, TILE)), dtype=torch.float32),
+        empty_mn_major((k,), _cdiv(m, TILE), device=x.device),
     )
 
 
@@ -69,7 +76,7 @@ def quantize_1x128_128x1(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, t
     quantize_1x128, and (q_col_t[K, M], s_col_t[K, ceil(M/128)]) as quantize_128x1 (transposed)."""
     _check_float_input("quantize_1x128_128x1", x)
     q_row, s_row, q_col, s_col = reference.quantize_1x128_128x1(x)
-    return q_row, s_row, q_col.t().contiguous(), s_col.t().contiguous()
+    return q_row, as_mn_major(s_row), q_col.t().contiguous(), as_mn_major(s_col.t())
 
 
 @quantize_1x128_128x1.register_fake
@@ -77,9 +84,9 @@ def _(x):
     m, k = x.shape
     return (
         torch.empty((m, k), dtype=FP8_DTYPE, device=x.device),
-        x.new_empty((m, _cdiv(k, TILE)), dtype=torch.float32),
+        empty_mn_major((m,), _cdiv(k, TILE), device=x.device),
         torch.empty((k, m), dtype=FP8_DTYPE, device=x.device),
-        x.new_empty((k, _cdiv(m, TILE)), dtype=torch.float32),
+        empty_mn_major((k,), _cdiv(m, TILE), device=x.device),
     )
 
 

@@ -14,8 +14,9 @@ Numerics (DeepSeek-V3, sections 3.3 and B):
   * GEMM: per 128-wide K block, the FP32 product of the FP8 values is multiplied by the two
     scales of that block and added into an FP32 accumulator ("promotion every N_C = 128").
 
-Scale layouts (these reference functions; the ops in ops.py store the 128x1 copies transposed,
-q_t = q.T and s_t = scale.T contiguous, which is the layout the Wgrad GEMM reads):
+Scale layouts (these reference functions return contiguous tensors; the ops in ops.py store the
+128x1 copies transposed, q_t = q.T contiguous, which is the layout the Wgrad GEMM reads, and give
+1x128 scales and s_t = scale.T "MN-major" strides, rows stride 1, as cuBLAS reads them):
   quantize_1x128(x[..., K])  -> q[..., K], scale[..., ceil(K/128)]
   quantize_128x1(x[M, K])    -> q[M, K],   scale[ceil(M/128), K]
   quantize_128x128(w[R, C])  -> q[R, C],   scale[ceil(R/128), ceil(C/128)]
@@ -39,6 +40,23 @@ TILE = 128
 
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
+
+
+def empty_mn_major(lead_shape, last: int, *, dtype=torch.float32, device=None) -> torch.Tensor:
+    """An empty tensor of shape (*lead_shape, last) whose leading dims, flattened, have stride 1:
+    storage [last, prod(lead_shape)]. The layout the ops give 1x128-tile scales (rows stride 1),
+    which is the "MN-major" scale layout cuBLAS blockwise reads, so no copy precedes a GEMM."""
+    rows = 1
+    for d in lead_shape:
+        rows *= d
+    return torch.empty((last, rows), dtype=dtype, device=device).t().view(*lead_shape, last)
+
+
+def as_mn_major(t: torch.Tensor) -> torch.Tensor:
+    """A copy of t in the empty_mn_major layout."""
+    out = empty_mn_major(t.shape[:-1], t.shape[-1], dtype=t.dtype, device=t.device)
+    out.copy_(t)
+    return out
 
 
 def _scale_from_amax(amax: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .reference import AMAX_EPS, FP8_DTYPE, FP8_MAX, TILE, _cdiv
+from .reference import AMAX_EPS, FP8_DTYPE, FP8_MAX, TILE, _cdiv, empty_mn_major
 
 __all__ = [
     "quantize_1x128",
@@ -120,7 +120,7 @@ def _to_fp8(x, scale, r):
 @triton.jit
 def _quant_1x128_kernel(
     x_ptr, q_ptr, s_ptr,
-    R, D1, K, KB,
+    R, D1, K,
     sx0, sx1, sxk,
     BLOCK_R: tl.constexpr,
     EVEN_K: tl.constexpr,
@@ -142,7 +142,7 @@ def _quant_1x128_kernel(
     q = _to_fp8(x, sf[:, None], r[:, None])
     out_off = rows.to(tl.int64)[:, None] * K + cols[None, :]
     tl.store(q_ptr + out_off, q, mask=mask)
-    tl.store(s_ptr + rows.to(tl.int64) * KB + kb, scale, mask=rmask)
+    tl.store(s_ptr + kb.to(tl.int64) * R + rows, scale, mask=rmask)  # MN-major: [KB, R] storage
 
 
 def _fold_leading(x: torch.Tensor):
@@ -172,13 +172,13 @@ _WARPS_1x128 = int(os.environ.get("FP8PASS_Q1X128_WARPS", "4"))
 
 
 def quantize_1x128(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """q[..., K] (contiguous), scale[..., ceil(K/128)] (contiguous)."""
+    """q[..., K] (contiguous), scale[..., ceil(K/128)] (MN-major: rows stride 1, see ops.py)."""
     if x.dim() == 0:
         raise ValueError("quantize_1x128 needs at least one dim")
     k = x.shape[-1]
     kb = _cdiv(k, TILE)
     q = torch.empty(x.shape, dtype=FP8_DTYPE, device=x.device)
-    s = torch.empty((*x.shape[:-1], kb), dtype=torch.float32, device=x.device)
+    s = empty_mn_major(x.shape[:-1], kb, device=x.device)
     rows = x.numel() // k if k else 0
     if rows == 0 or k == 0:
         return q, s
@@ -189,7 +189,7 @@ def quantize_1x128(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     d0, d1, s0, s1 = folded
     grid = (triton.cdiv(rows, _BLOCK_R_1x128), kb)
     _quant_1x128_kernel[grid](
-        x, q, s, rows, d1, k, kb, s0, s1, x.stride(-1),
+        x, q, s, rows, d1, k, s0, s1, x.stride(-1),
         BLOCK_R=_BLOCK_R_1x128, EVEN_K=(k % TILE == 0), num_warps=_WARPS_1x128,
     )
     return q, s
@@ -200,8 +200,8 @@ def quantize_1x128(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 # --------------------------------------------------------------------------------------------
 @triton.jit
 def _quant_col_tiles_kernel(
-    x_ptr, qr_ptr, sr_ptr, qc_ptr, sc_ptr, qt_ptr, st_ptr,
-    M, K, KB, MB,
+    x_ptr, qr_ptr, sr_ptr, qc_ptr, qt_ptr, sc_ptr,
+    M, K,
     sxm, sxk,
     BLOCK_C: tl.constexpr,
     CHUNK: tl.constexpr,
@@ -238,7 +238,7 @@ def _quant_col_tiles_kernel(
             s_row, r_row, sf_row = _scale_and_recip(_amax(x, 1))
             q_row = _to_fp8(x, sf_row[:, None], r_row[:, None])
             tl.store(qr_ptr + rows.to(tl.int64)[:, None] * K + cols[None, :], q_row, mask=mask)
-            tl.store(sr_ptr + rows.to(tl.int64) * KB + pid_c, s_row, mask=rmask)
+            tl.store(sr_ptr + pid_c.to(tl.int64) * M + rows, s_row, mask=rmask)  # [KB, M] storage
         col_amax = _nanmax(col_amax, _amax(x, 0))
     scale, r, sf = _scale_and_recip(col_amax)
     for c in tl.static_range(128 // CHUNK):
@@ -252,10 +252,8 @@ def _quant_col_tiles_kernel(
             tl.store(qc_ptr + rows.to(tl.int64)[:, None] * K + cols[None, :], q, mask=mask)
         if WRITE_COL_T:  # q.T stored contiguous: [K, M]
             tl.store(qt_ptr + cols.to(tl.int64)[None, :] * M + rows[:, None], q, mask=mask)
-    if WRITE_COL:  # scale[MB, K]
-        tl.store(sc_ptr + mb.to(tl.int64) * K + cols, scale, mask=cmask)
-    if WRITE_COL_T:  # scale.T: [K, MB]
-        tl.store(st_ptr + cols.to(tl.int64) * MB + mb, scale, mask=cmask)
+    # scale[MB, K] storage; the transposed copy's scale is its .T view (MN-major)
+    tl.store(sc_ptr + mb.to(tl.int64) * K + cols, scale, mask=cmask)
 
 
 # "whole" design of the 128x1 kernel: a 128 x BLOCK_C block held in registers and read once (for
@@ -263,8 +261,8 @@ def _quant_col_tiles_kernel(
 # against the two-pass kernel's 1948 on the H200 and was removed)
 @triton.jit
 def _quant_128x1_kernel(
-    x_ptr, q_ptr, qt_ptr, s_ptr, st_ptr,
-    M, K, MB,
+    x_ptr, q_ptr, qt_ptr, s_ptr,
+    M, K,
     sxm, sxk,
     BLOCK_C: tl.constexpr,
     WRITE_Q: tl.constexpr,
@@ -283,11 +281,10 @@ def _quant_128x1_kernel(
     q = _to_fp8(x, sf[None, :], r[None, :])
     if WRITE_Q:
         tl.store(q_ptr + rows.to(tl.int64)[:, None] * K + cols[None, :], q, mask=mask)
-        tl.store(s_ptr + mb.to(tl.int64) * K + cols, scale, mask=cmask)
-    if WRITE_QT:
-        # transposed copy: qt[K, M], st[K, MB]
+    if WRITE_QT:  # transposed copy: qt[K, M]
         tl.store(qt_ptr + cols.to(tl.int64)[None, :] * M + rows[:, None], q, mask=mask)
-        tl.store(st_ptr + cols.to(tl.int64) * MB + mb, scale, mask=cmask)
+    # scale[MB, K] storage; the transposed copy's scale is its .T view (MN-major)
+    tl.store(s_ptr + mb.to(tl.int64) * K + cols, scale, mask=cmask)
 
 
 # Launch parameters (H200 sweep in benchmarks/RESULTS_gemm.md). The 128x1 kernel alone: "whole"
@@ -301,18 +298,18 @@ _CHUNK_DUAL = int(os.environ.get("FP8PASS_QDUAL_CHUNK", "128"))  # H200: 1948 GB
 _WARPS_DUAL = int(os.environ.get("FP8PASS_QDUAL_WARPS", "8"))
 
 
-def _launch_col_tiles(x, q_row, s_row, q_col, s_col, q_t, s_t, *, block_c, chunk, warps):
+def _launch_col_tiles(x, q_row, s_row, q_col, q_t, s_col, *, block_c, chunk, warps):
+    """Run _quant_col_tiles_kernel: q_row/s_row (or None) the 1x128 copy, q_col and/or q_t the
+    128x1 copy and its transpose, s_col the 128x1 scales' [MB, K] storage."""
     m, k = x.shape
     if not (m and k):
         return
     some_q = next(t for t in (q_row, q_col, q_t) if t is not None)
-    some_s = next(t for t in (s_row, s_col, s_t) if t is not None)
     grid = (_cdiv(m, TILE), triton.cdiv(k, block_c))
     _quant_col_tiles_kernel[grid](
-        x, some_q if q_row is None else q_row, some_s if s_row is None else s_row,
-        some_q if q_col is None else q_col, some_s if s_col is None else s_col,
-        some_q if q_t is None else q_t, some_s if s_t is None else s_t,
-        m, k, _cdiv(k, TILE), _cdiv(m, TILE), x.stride(0), x.stride(1),
+        x, some_q if q_row is None else q_row, s_col if s_row is None else s_row,
+        some_q if q_col is None else q_col, some_q if q_t is None else q_t, s_col,
+        m, k, x.stride(0), x.stride(1),
         BLOCK_C=block_c, CHUNK=chunk, WRITE_ROW=q_row is not None, WRITE_COL=q_col is not None,
         WRITE_COL_T=q_t is not None, EVEN_K=(k % block_c == 0), num_warps=warps,
     )
@@ -321,9 +318,10 @@ def _launch_col_tiles(x, q_row, s_row, q_col, s_col, q_t, s_t, *, block_c, chunk
 def quantize_128x1(x: torch.Tensor, *, layout: str = "normal"):
     """128x1 tiles of a 2-D x[M, K].
 
-    layout="normal":     (q[M, K], scale[ceil(M/128), K])              -- the contract
-    layout="transposed": (qt[K, M], scale_t[K, ceil(M/128)]) contiguous -- q.T and scale.T
-    layout="both":       (q, scale, qt, scale_t)
+    layout="normal":     (q[M, K], scale[ceil(M/128), K])  -- the contract, both contiguous
+    layout="transposed": (qt[K, M], scale_t[K, ceil(M/128)]) -- q.T stored contiguous; scale.T as
+                         a view (MN-major: the 1x128 scale layout of x.T, see ops.py)
+    layout="both":       (q, scale, qt, scale_t), scale_t = scale.T (one storage)
     """
     if x.dim() != 2:
         raise ValueError(f"quantize_128x1 expects a 2-D tensor, got shape {tuple(x.shape)}")
@@ -335,31 +333,31 @@ def quantize_128x1(x: torch.Tensor, *, layout: str = "normal"):
     want_qt = layout in ("transposed", "both")
     dev = x.device
     q = torch.empty((m, k), dtype=FP8_DTYPE, device=dev) if want_q else None
-    s = torch.empty((mb, k), dtype=torch.float32, device=dev) if want_q else None
     qt = torch.empty((k, m), dtype=FP8_DTYPE, device=dev) if want_qt else None
-    st = torch.empty((k, mb), dtype=torch.float32, device=dev) if want_qt else None
+    s_t = empty_mn_major((k,), mb, device=dev)  # the same layout as the op's fake kernel
+    s = s_t.t()  # [MB, K] storage, contiguous
     if _Q128X1_IMPL == "whole":
         if m and k:
             _quant_128x1_kernel[(mb, triton.cdiv(k, _BLOCK_C_128x1))](
-                x, q if want_q else qt, qt if want_qt else q, s if want_q else st, st if want_qt else s,
-                m, k, mb, x.stride(0), x.stride(1),
+                x, q if want_q else qt, qt if want_qt else q, s, m, k, x.stride(0), x.stride(1),
                 BLOCK_C=_BLOCK_C_128x1, WRITE_Q=want_q, WRITE_QT=want_qt, num_warps=_WARPS_128x1,
             )
     else:
-        _launch_col_tiles(x, None, None, q, s, qt, st, block_c=_BLOCK_C_128x1, chunk=_CHUNK_128x1,
+        _launch_col_tiles(x, None, None, q, qt, s, block_c=_BLOCK_C_128x1, chunk=_CHUNK_128x1,
                           warps=_WARPS_128x1)
     if layout == "normal":
         return q, s
     if layout == "transposed":
-        return qt, st
-    return q, s, qt, st
+        return qt, s_t
+    return q, s, qt, s_t
 
 
 def quantize_1x128_128x1(x: torch.Tensor, *, col_layout: str = "normal"):
-    """(q_row[M, K], s_row[M, KB], q_col, s_col) from one read of a 2-D x.
+    """(q_row[M, K], s_row[M, KB], q_col, s_col) from one read of a 2-D x; s_row is MN-major.
 
-    col_layout="normal": q_col[M, K], s_col[MB, K] (the contract);
-    col_layout="transposed": q_col is q_col.T stored contiguous [K, M], s_col is [K, MB]."""
+    col_layout="normal": q_col[M, K], s_col[MB, K] (the contract, contiguous);
+    col_layout="transposed": q_col is q_col.T stored contiguous [K, M], s_col is s_col.T [K, MB]
+    as a view (MN-major, see ops.py)."""
     if x.dim() != 2:
         raise ValueError(f"quantize_1x128_128x1 expects a 2-D tensor, got shape {tuple(x.shape)}")
     if col_layout not in ("normal", "transposed"):
@@ -368,14 +366,13 @@ def quantize_1x128_128x1(x: torch.Tensor, *, col_layout: str = "normal"):
     kb, mb = _cdiv(k, TILE), _cdiv(m, TILE)
     dev = x.device
     q_row = torch.empty((m, k), dtype=FP8_DTYPE, device=dev)
-    s_row = torch.empty((m, kb), dtype=torch.float32, device=dev)
+    s_row = empty_mn_major((m,), kb, device=dev)
     trans = col_layout == "transposed"
     q_col = torch.empty((k, m) if trans else (m, k), dtype=FP8_DTYPE, device=dev)
-    s_col = torch.empty((k, mb) if trans else (mb, k), dtype=torch.float32, device=dev)
-    _launch_col_tiles(x, q_row, s_row, None if trans else q_col, None if trans else s_col,
-                      q_col if trans else None, s_col if trans else None,
+    s_col_t = empty_mn_major((k,), mb, device=dev)  # the same layout as the op's fake kernel
+    _launch_col_tiles(x, q_row, s_row, None if trans else q_col, q_col if trans else None, s_col_t.t(),
                       block_c=TILE, chunk=_CHUNK_DUAL, warps=_WARPS_DUAL)
-    return q_row, s_row, q_col, s_col
+    return q_row, s_row, q_col, s_col_t if trans else s_col_t.t()
 
 
 # --------------------------------------------------------------------------------------------

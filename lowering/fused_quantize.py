@@ -43,8 +43,10 @@ def _quantize_1x128(x: torch.Tensor):
     """reference.quantize_1x128 for a last dim that is a multiple of 128 (no padding)."""
     tiles = x.float().reshape(*x.shape[:-1], x.shape[-1] // TILE, TILE)
     scale = _scale_from_amax(tiles.abs().amax(dim=-1))
-    # contiguous: a strided input must not give the GEMM a strided operand (the op's contract)
-    return _cast_to_fp8(tiles / scale.unsqueeze(-1)).reshape(x.shape).contiguous(), scale
+    # contiguous: a strided input must not give the GEMM a strided operand (the op's contract);
+    # the scales MN-major, as the op returns them (ops.py)
+    q = _cast_to_fp8(tiles / scale.unsqueeze(-1)).reshape(x.shape).contiguous()
+    return q, scale.reshape(-1, scale.shape[-1]).t().contiguous().t().view(scale.shape)
 
 
 def _quantize_128x1_transposed(x: torch.Tensor):
@@ -60,7 +62,7 @@ def _quantize_128x1_transposed(x: torch.Tensor):
     tiles = xf.reshape(padded // TILE, TILE, k)
     scale = _scale_from_amax(tiles.abs().amax(dim=1))
     q = _cast_to_fp8(tiles / scale.unsqueeze(1)).reshape(padded, k)[:m]
-    return q.t().contiguous(), scale.t().contiguous()
+    return q.t().contiguous(), scale.t()  # scale [M/128, K] contiguous: its .T is MN-major
 
 
 def _quantize_1x128_128x1(x: torch.Tensor):

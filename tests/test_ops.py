@@ -28,7 +28,7 @@ def test_quantize_round_trip_sqnr(op, tile, shape, dtype):
     x = torch.randn(shape, dtype=dtype)
     q, s = getattr(ops, op)(x)
     if op == "quantize_128x1":  # stored transposed (K-major for Wgrad): q.T is the 128x1 copy
-        assert q.is_contiguous() and s.is_contiguous()
+        assert q.is_contiguous() and _mn_major(s)
         q, s = q.t(), s.t()
     assert q.dtype == torch.float8_e4m3fn and q.shape == x.shape and s.dtype == torch.float32
     back = _dequant(q, s, tile)
@@ -37,8 +37,25 @@ def test_quantize_round_trip_sqnr(op, tile, shape, dtype):
     assert q.float().abs().max().item() == FP8_MAX
 
 
+def _mn_major(s: torch.Tensor) -> bool:
+    """The rows of a [..., KB] scale have stride 1 (storage [KB, rows]): what cuBLAS reads."""
+    return s.stride() == reference.empty_mn_major(s.shape[:-1], s.shape[-1]).stride()
+
+
 def test_scale_layouts():
     x = torch.randn(300, 384)
+    # 1x128 scales (and the transposed 128x1 copies' scales, 1x128 tiles of x.T) are MN-major, as
+    # cuBLAS blockwise reads them, so the dispatcher copies none; 128x128 scales are contiguous
+    for name, scales in (("quantize_1x128", [1]), ("quantize_128x1", [1]), ("quantize_1x128_128x1", [1, 3])):
+        out = getattr(ops, name)(x)
+        for i in scales:
+            assert _mn_major(out[i]) and out[i].stride() != out[i].contiguous().stride(), (name, i, out[i].stride())
+    s3 = ops.quantize_1x128(torch.randn(2, 5, 256))[1]
+    assert s3.shape == (2, 5, 2) and s3.stride() == (5, 1, 10)
+    assert ops.quantize_128x128(x)[1].is_contiguous()
+    from fp8pass.kernels import cuda
+    s_row = ops.quantize_1x128(x)[1]
+    assert cuda._mn_major(s_row) is s_row  # no copy before cuBLAS
     assert ops.quantize_1x128(x)[1].shape == (300, 3)
     q_t, s_t = ops.quantize_128x1(x)
     assert q_t.shape == (384, 300) and s_t.shape == (384, 3)  # transposed storage
