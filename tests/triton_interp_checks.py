@@ -239,7 +239,8 @@ def _pow2(shape, gen):
 def _gemm_operands(role: str, m: int, k: int, n: int, gen):
     kb = -(-k // 128)
     if role == "fprop":      # y = x @ W^T: B = W.T (a view), b_scale = W's 128x128 scale .T
-        a, sa = _fp8_small((m, k), gen), _pow2((m, kb), gen)
+        # a_scale MN-major, as the quantize ops return it (Dgrad's stays contiguous: both read)
+        a, sa = _fp8_small((m, k), gen), ref.as_mn_major(_pow2((m, kb), gen))
         w, sw = _fp8_small((n, k), gen), _pow2((-(-n // 128), kb), gen)
         return a, sa, w.t(), sw.t()
     if role == "dgrad":      # dx = dy @ W: B = W in its own [N_out, K_in] layout (N-major)
