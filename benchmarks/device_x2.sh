@@ -162,10 +162,11 @@ for what in "$@"; do
       ) &
       (
         CUDA_VISIBLE_DEVICES=1 timeout 300 python3 examples/train_gpt.py --preset gpu-350m --only baseline \
-          --out "$OUT/repeat" --mode reduce-overhead > "$OUT/conv_bf16_repeat.log" 2>&1; echo "bf16 350M repeat exit $?"
+          --tag repeat --out "$OUT" --mode reduce-overhead > "$OUT/conv_bf16_repeat.log" 2>&1
+        echo "bf16 350M repeat exit $?"
       ) &
       wait
-      cp "$OUT/repeat/loss_baseline.csv" "$RESULTS/loss_baseline_repeat.csv" 2>/dev/null
+      cp "$OUT/loss_baseline_repeat.csv" "$OUT/loss_baseline_repeat.json" "$RESULTS/" 2>/dev/null
       tail -3 "$OUT/conv_bf16_repeat.log"; head -12 "$OUT/train_step_cg.log" ;;
     host)
       CUDA_VISIBLE_DEVICES=0 timeout 90 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_gpu.py \

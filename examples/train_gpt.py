@@ -242,17 +242,31 @@ def read_losses(path: pathlib.Path) -> list[float]:
         return [float(row["loss"]) for row in csv.DictReader(f)]
 
 
+def _run_files(out: pathlib.Path, side: str) -> dict[str, pathlib.Path]:
+    """{run name: csv} of one side: loss_<side>.csv first, then loss_<side>_<tag>.csv (other seeds,
+    repeats of one seed) in name order."""
+    files = {side: out / f"loss_{side}.csv"}
+    for path in sorted(out.glob(f"loss_{side}_*.csv")):
+        files[path.stem[len("loss_"):]] = path
+    return files
+
+
 def compare(out: pathlib.Path, tail: int = 200) -> dict:
-    """Both runs of `out`: the mean loss over the last `tail` steps, non-finite steps, held-out
-    losses; writes out/loss.csv (step, fp8, baseline) and out/loss.png."""
-    runs = {name: read_losses(out / f"loss_{name}.csv") for name in ("fp8", "baseline")}
-    heldout = {name: json.loads((out / f"loss_{name}.json").read_text())["heldout"] for name in runs}
+    """The runs saved in `out`: the mean loss over the last `tail` steps, non-finite steps,
+    held-out losses; writes out/loss.csv (step, fp8, baseline, then any further runs) and
+    out/loss.png. loss_fp8.csv and loss_baseline.csv are the pair compared; further runs of either
+    side (loss_<side>_<tag>.csv: other seeds, or the same seed again) give the run-to-run spread
+    that the difference of the pair has to be read against, and the difference of the sides' means."""
+    files = {**_run_files(out, "fp8"), **_run_files(out, "baseline")}
+    runs = {name: read_losses(path) for name, path in files.items()}
+    heldout = {name: json.loads(path.with_suffix(".json").read_text())["heldout"] for name, path in files.items()}
     n = min(len(v) for v in runs.values())
     tail = min(tail, n)
+    names = list(runs)
     with open(out / "loss.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["step", "fp8", "baseline"])
-        w.writerows((i, runs["fp8"][i], runs["baseline"][i]) for i in range(n))
+        w.writerow(["step", *names])
+        w.writerows((i, *(runs[name][i] for name in names)) for i in range(n))
     mean = {name: sum(v[n - tail:n]) / tail for name, v in runs.items()}
     rel = (mean["fp8"] - mean["baseline"]) / mean["baseline"]
     bad = {name: sum(not math.isfinite(x) for x in v) for name, v in runs.items()}
@@ -260,6 +274,20 @@ def compare(out: pathlib.Path, tail: int = 200) -> dict:
           f"relative difference {rel:+.3%}")
     print(f"non-finite losses: fp8 {bad['fp8']}, baseline {bad['baseline']}; held-out loss: fp8 "
           f"{heldout['fp8']:.4f}, baseline {heldout['baseline']:.4f}")
+    result = {"mean": mean, "relative": rel, "non_finite": bad, "heldout": heldout}
+    if len(runs) > 2:
+        side_runs = {side: [m for name, m in mean.items() if name.split("_")[0] == side] for side in ("fp8", "baseline")}
+        side_mean = {side: sum(v) / len(v) for side, v in side_runs.items()}
+        spread = {side: (max(v) - min(v)) / side_mean[side] for side, v in side_runs.items() if len(v) > 1}
+        result["relative_of_means"] = (side_mean["fp8"] - side_mean["baseline"]) / side_mean["baseline"]
+        result["spread"] = spread
+        for name in names[2:]:
+            print(f"  further run {name}: mean {mean[name]:.4f}, non-finite {bad[name]}, held-out {heldout[name]:.4f}")
+        count = {side: f"{len(v)} run{'s' if len(v) > 1 else ''}" for side, v in side_runs.items()}
+        print(f"mean of the runs per side: fp8 {side_mean['fp8']:.4f} ({count['fp8']}), baseline "
+              f"{side_mean['baseline']:.4f} ({count['baseline']}), relative difference "
+              f"{result['relative_of_means']:+.3%}; spread (max - min) / mean within a side: "
+              + ", ".join(f"{side} {v:.3%}" for side, v in spread.items()))
     try:
         import matplotlib
 
@@ -270,14 +298,14 @@ def compare(out: pathlib.Path, tail: int = 200) -> dict:
     else:
         fig, ax = plt.subplots(figsize=(8, 4.5))
         for name, v in runs.items():
-            ax.plot(range(n), v[:n], label=name, linewidth=0.8)
+            ax.plot(range(n), v[:n], label=name, linewidth=0.8 if name in ("fp8", "baseline") else 0.5)
         ax.set(xlabel="step", ylabel="training loss", yscale="log",
                title=f"FP8 vs baseline: last {tail} steps mean {rel:+.3%}")
         ax.legend()
         fig.tight_layout()
         fig.savefig(out / "loss.png", dpi=120)
         print(f"wrote {out / 'loss.png'} and {out / 'loss.csv'}")
-    return {"mean": mean, "relative": rel, "non_finite": bad, "heldout": heldout}
+    return result
 
 
 def main(argv=None):
@@ -304,6 +332,9 @@ def main(argv=None):
     p.add_argument("--dtype", choices=["fp32", "bf16"], default=None, help="default: bf16 on cuda, fp32 on cpu")
     p.add_argument("--baseline", default="inductor", help="backend of the comparison run ('none' to skip)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tag", default=None,
+                   help="with --out, name this run's files loss_<run>_<tag>.csv (default: seed<N> for --seed N "
+                        "other than 0): further runs that --compare reads as the run-to-run spread")
     p.add_argument("--corpus-mb", type=int, default=8, help="MB of Python source to train and evaluate on (load_corpus)")
     p.add_argument("--mode", default=None, help="torch.compile mode of both runs, e.g. reduce-overhead (CUDA graphs)")
     p.add_argument("--fp8-option", action="append", default=[], metavar="KEY=VALUE",
@@ -354,8 +385,9 @@ def main(argv=None):
                                                       mode=args.mode, warmup=args.warmup, schedule=args.schedule,
                                                       clip=args.clip)
     if args.out:
+        tag = args.tag or (f"seed{args.seed}" if args.seed else "")
         for name in runs:
-            write_losses(args.out / f"loss_{name}.csv", runs[name], heldout[name])
+            write_losses(args.out / f"loss_{name}{'_' + tag if tag else ''}.csv", runs[name], heldout[name])
     if args.only:
         print(f"\nheld-out loss after {args.steps} steps: {args.only} {heldout[args.only]:.4f}")
         return runs, heldout

@@ -67,3 +67,20 @@ def test_gpu_preset_schedule_warmup_cosine_and_clipping(monkeypatch):
                                 corpus=train_gpt.load_corpus(1 << 20), warmup=5, schedule="cosine", clip=0.5)
     assert len(clipped_norms) == 30 and all(m == 0.5 for _, m in clipped_norms)
     assert all(math.isfinite(v) for v in losses) and sum(losses[-5:]) < sum(losses[:5])
+
+
+def test_compare_reads_further_runs_as_the_run_to_run_spread(tmp_path, capsys):
+    """Further runs (--tag / --seed N: loss_<side>_<tag>.csv) are compared side against side and
+    give each side's spread, against which the pair's difference is read."""
+    train_gpt.write_losses(tmp_path / "loss_fp8.csv", [5.0] * 300 + [2.02] * 200, 2.1)
+    train_gpt.write_losses(tmp_path / "loss_baseline.csv", [5.0] * 300 + [2.00] * 200, 2.0)
+    train_gpt.write_losses(tmp_path / "loss_baseline_repeat.csv", [5.0] * 300 + [2.04] * 200, 2.0)
+    train_gpt.write_losses(tmp_path / "loss_fp8_seed1.csv", [5.0] * 300 + [2.06] * 200, 2.1)
+    result = train_gpt.compare(tmp_path)
+    assert math.isclose(result["relative"], 0.01, rel_tol=1e-9)  # the pair, as before
+    assert math.isclose(result["relative_of_means"], (2.04 - 2.02) / 2.02, rel_tol=1e-9)
+    assert math.isclose(result["spread"]["baseline"], 0.04 / 2.02, rel_tol=1e-9)
+    assert math.isclose(result["spread"]["fp8"], 0.04 / 2.04, rel_tol=1e-9)
+    header = (tmp_path / "loss.csv").read_text().splitlines()[0]
+    assert header == "step,fp8,fp8_seed1,baseline,baseline_repeat"
+    assert "further run baseline_repeat: mean 2.0400" in capsys.readouterr().out
