@@ -25,6 +25,19 @@ nvidia-smi --query-gpu=index,name,driver_version --format=csv,noheader
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 RUN=$OUT/350m
 
+quant_gpu_tests() {  # $1 timeout, $2 xdist workers: the quantizer and registered-op GPU tests on GPU 0
+  CUDA_VISIBLE_DEVICES=0 timeout "$1" python3 -m pytest -q -p no:cacheprovider -n "$2" -m gpu tests/test_triton_gpu.py \
+    -k "quantize or registered" > "$OUT/quant_gpu.log" 2>&1; echo "quantizer GPU tests exit $?"
+  grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/quant_gpu.log" | cut -c1-300 | tail -8
+}
+
+pair_350m() {  # the 350M preset under CUDA graphs on GPU 1, FP8 then BF16 (FP8 ~220 s with its compile)
+  CUDA_VISIBLE_DEVICES=1 timeout 320 python3 examples/train_gpt.py --preset gpu-350m --only fp8 --out "$OUT" \
+    --mode reduce-overhead > "$OUT/conv_fp8.log" 2>&1; echo "fp8 350M exit $?"
+  CUDA_VISIBLE_DEVICES=1 timeout 220 python3 examples/train_gpt.py --preset gpu-350m --only baseline --out "$OUT" \
+    --mode reduce-overhead > "$OUT/conv_bf16.log" 2>&1; echo "bf16 350M exit $?"
+}
+
 for what in "$@"; do
   case $what in
     converge)
@@ -95,29 +108,20 @@ for what in "$@"; do
       echo "fsdp table exit $?"; tail -25 "$OUT/fsdp.log" ;;
     kernels)
       (
-        CUDA_VISIBLE_DEVICES=0 timeout 150 python3 -m pytest -q -p no:cacheprovider -n 4 -m gpu tests/test_triton_gpu.py \
-          -k "quantize or registered" > "$OUT/quant_gpu.log" 2>&1; echo "quantizer GPU tests exit $?"
-        grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/quant_gpu.log" | cut -c1-300 | tail -8
+        quant_gpu_tests 150 4
         CUDA_VISIBLE_DEVICES=0 timeout 170 python3 benchmarks/gemm.py --no-gemm --tune-quant > "$OUT/quant.log" 2>&1
         echo "quantizer benchmark exit $?"
         CUDA_VISIBLE_DEVICES=0 timeout 200 python3 benchmarks/linear.py --cudagraphs --profile > "$OUT/linear.log" 2>&1
         echo "linear exit $?"
       ) &
-      (
-        CUDA_VISIBLE_DEVICES=1 timeout 250 python3 examples/train_gpt.py --preset gpu-350m --only fp8 --out "$OUT" \
-          --mode reduce-overhead > "$OUT/conv_fp8.log" 2>&1; echo "fp8 350M exit $?"
-        CUDA_VISIBLE_DEVICES=1 timeout 220 python3 examples/train_gpt.py --preset gpu-350m --only baseline --out "$OUT" \
-          --mode reduce-overhead > "$OUT/conv_bf16.log" 2>&1; echo "bf16 350M exit $?"
-      ) &
+      pair_350m &
       wait
       python3 examples/train_gpt.py --compare "$OUT" 2>&1 | tee "$OUT/compare.log"
       grep -E "corpus|step time|tokens/s" "$OUT/conv_fp8.log" "$OUT/conv_bf16.log" | head; tail -3 "$OUT/conv_fp8.log"
       tail -3 "$OUT/conv_bf16.log"; cat "$OUT/quant.log"; grep -v "^ *$" "$OUT/linear.log" | head -60 ;;
     sweep2)
       (
-        CUDA_VISIBLE_DEVICES=0 timeout 110 python3 -m pytest -q -p no:cacheprovider -n 6 -m gpu tests/test_triton_gpu.py \
-          -k "quantize or registered" > "$OUT/quant_gpu.log" 2>&1; echo "quantizer GPU tests exit $?"
-        grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/quant_gpu.log" | cut -c1-300 | tail -8
+        quant_gpu_tests 110 6
         CUDA_VISIBLE_DEVICES=0 timeout 120 python3 benchmarks/gemm.py --no-gemm --tune-quant > "$OUT/quant.log" 2>&1
         echo "quantizer benchmark exit $?"
         CUDA_VISIBLE_DEVICES=0 timeout 170 python3 benchmarks/linear.py --cudagraphs --profile > "$OUT/linear.log" 2>&1
@@ -125,12 +129,7 @@ for what in "$@"; do
         CUDA_VISIBLE_DEVICES=0 timeout 200 python3 benchmarks/block.py --cudagraphs --memory --profile > "$OUT/block.log" 2>&1
         echo "block exit $?"
       ) &
-      (
-        CUDA_VISIBLE_DEVICES=1 timeout 250 python3 examples/train_gpt.py --preset gpu-350m --only fp8 --out "$OUT" \
-          --mode reduce-overhead > "$OUT/conv_fp8.log" 2>&1; echo "fp8 350M exit $?"
-        CUDA_VISIBLE_DEVICES=1 timeout 220 python3 examples/train_gpt.py --preset gpu-350m --only baseline --out "$OUT" \
-          --mode reduce-overhead > "$OUT/conv_bf16.log" 2>&1; echo "bf16 350M exit $?"
-      ) &
+      pair_350m &
       wait
       python3 examples/train_gpt.py --compare "$OUT" 2>&1 | tee "$OUT/compare.log"
       tail -3 "$OUT/conv_fp8.log"; tail -3 "$OUT/conv_bf16.log"; sed -n '/sweep/,$p' "$OUT/quant.log"
