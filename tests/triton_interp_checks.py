@@ -224,6 +224,24 @@ def run_quantize() -> None:
 
     check("quantize transposed outputs", q_transposed)
 
+    # the CUDA kernels of the ops (cuda.py) return these wrappers' outputs, and Inductor asserts that
+    # their strides are the fake kernels' (MN-major scales): the wrappers must match the CPU ops
+    def op_layouts():
+        ops = torch.ops.fp8pass
+        cases = ((lambda v: tq.quantize_1x128(v), ops.quantize_1x128, (xw, xw.reshape(2, 128, 384))),
+                 (lambda v: tq.quantize_128x1(v, layout="transposed"), ops.quantize_128x1, (xw, xt)),
+                 (lambda v: tq.quantize_1x128_128x1(v, col_layout="transposed"), ops.quantize_1x128_128x1, (xw, xt)),
+                 (lambda v: tq.quantize_128x128(v), ops.quantize_128x128, (xw, xt)))
+        for triton_fn, op, inputs in cases:
+            for v in inputs:
+                got = [(tuple(t.shape), t.stride()) for t in triton_fn(v)]
+                want = [(tuple(t.shape), t.stride()) for t in op(v)]
+                if got != want:
+                    return False, f"{op}: Triton wrapper {got} vs op {want} for input {tuple(v.shape)}"
+        return True, ""
+
+    check("quantize layouts of the CUDA kernels = the ops'", op_layouts)
+
 
 # --------------------------------------------------------------------------------------------
 # gemm
