@@ -11,10 +11,8 @@ made around it:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import operator
-import pathlib
 from typing import Any, Optional, Sequence
 
 import torch
@@ -75,7 +73,9 @@ class Fp8Partitioner(CustomPartitionerFn):
         return fw, bw
 
     def uuid(self):
-        h = hashlib.sha256()
-        for name in ("partitioner.py", "saved_activations.py"):
-            h.update((pathlib.Path(__file__).parent / name).read_bytes())
-        return f"fp8pass-partition-{h.hexdigest()[:16]}-{self.recompute_weights}-{self.saved_activations_min_bytes}"
+        # the backend's digest of the pass's source (this file and saved_activations.py included),
+        # computed once per process instead of re-reading the files at every compile; imported
+        # here because backend.py imports this module
+        from .backend import _source_digest
+
+        return f"fp8pass-partition-{_source_digest()[:16]}-{self.recompute_weights}-{self.saved_activations_min_bytes}"
