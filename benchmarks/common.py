@@ -7,10 +7,12 @@ import platform
 import torch
 
 
-def versions() -> str:
+def versions(device: str | None = None) -> str:
+    """Card (or "cpu" when the run is on the CPU) and software versions, for the first line of a log."""
     import triton
 
-    card = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    on_cuda = torch.cuda.is_available() if device is None else device == "cuda"
+    card = torch.cuda.get_device_name() if on_cuda else "cpu"
     return f"{card}, torch {torch.__version__}, triton {triton.__version__}, python {platform.python_version()}"
 
 

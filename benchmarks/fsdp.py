@@ -25,11 +25,12 @@ import dataclasses
 import importlib.util
 import json
 import pathlib
-import platform
 import sys
 
 import torch
 import torch.distributed as dist
+
+from common import versions
 
 _EXAMPLE = pathlib.Path(__file__).resolve().parent.parent / "examples" / "train_fsdp.py"
 _spec = importlib.util.spec_from_file_location("train_fsdp", _EXAMPLE)
@@ -42,17 +43,6 @@ CONFIGS = [  # label, backend, FP8 all-gather (the baseline computes in bf16 on 
     ("fp8 FSDP2", "fp8", False),
     ("fp8 FSDP2 + fp8 all-gather", "fp8", True),
 ]
-
-
-def versions(device: str) -> str:
-    card = torch.cuda.get_device_name() if device == "cuda" else "cpu"
-    try:
-        import triton
-
-        tv = triton.__version__
-    except ImportError:
-        tv = "-"
-    return f"{card} x {dist.get_world_size()}, torch {torch.__version__}, triton {tv}, python {platform.python_version()}"
 
 
 def main():
@@ -82,7 +72,7 @@ def main():
     batch = args.batch or (16 if gpu else 8)
     corpus = train_fsdp.load_corpus()
     if rank == 0:
-        print(versions(args.device))
+        print(f"{versions(args.device)}, {world} ranks")
         print(f"model {cfg}; global batch {batch} x {cfg.seq_len} tokens; {'bf16' if gpu else 'fp32'} compute, "
               f"fp32 master weights; compile {args.compile_mode}", flush=True)
 
