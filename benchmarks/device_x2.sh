@@ -14,6 +14,8 @@
 #   bash benchmarks/device_x2.sh repeat     # GPU 0: 1B train_step under CUDA graphs; GPU 1: the BF16 350M run
 #                                           # again (same seed: the spread that nondeterminism alone gives)
 #   bash benchmarks/device_x2.sh host       # one GPU: registered-op GPU tests, then the 1B train_step (default mode)
+#   bash benchmarks/device_x2.sh s5a        # the 350M preset pair at once (GPU 0 BF16, GPU 1 FP8), then GPU 0: GPU
+#                                           # tests, ncu of the quantizers, quantizer sweep; GPU 1: Linear, block
 set -o pipefail
 # At most 8 files come back from the device: everything is written to a work folder and packed
 # into $OUT/logs.tar.gz at exit, beside the loss curve (loss.png, loss.csv).
@@ -40,6 +42,35 @@ pair_350m() {  # the 350M preset under CUDA graphs on GPU 1, FP8 then BF16 (FP8 
 
 for what in "$@"; do
   case $what in
+    s5a)  # session 5: the 350M preset (batch 16) BF16 on GPU 0 and FP8 on GPU 1 at once; then GPU 0: all
+          # GPU tests, an ncu profile of the quantizers and their sweep; GPU 1: Linear and block
+      (
+        CUDA_VISIBLE_DEVICES=0 timeout 330 python3 examples/train_gpt.py --preset gpu-350m --only baseline --out "$OUT" \
+          --mode reduce-overhead > "$OUT/conv_bf16.log" 2>&1; echo "bf16 350M exit $?"
+        CUDA_VISIBLE_DEVICES=0 timeout 120 python3 -m pytest -q -p no:cacheprovider -n 6 -m gpu tests/test_triton_gpu.py \
+          tests/test_fusion.py > "$OUT/gpu_tests.log" 2>&1; echo "GPU tests exit $?"
+        grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_tests.log" | cut -c1-300 | tail -8
+        CUDA_VISIBLE_DEVICES=0 timeout 50 ncu --clock-control none -k regex:_quant --section SpeedOfLight \
+          --section Occupancy --section LaunchStats --section WarpStateStats --section SchedulerStats \
+          --section MemoryWorkloadAnalysis python3 benchmarks/profile_quant.py > "$OUT/ncu.log" 2>&1; echo "ncu exit $?"
+        CUDA_VISIBLE_DEVICES=0 timeout 100 python3 benchmarks/gemm.py --no-gemm --tune-quant > "$OUT/quant.log" 2>&1
+        echo "quantizer benchmark exit $?"
+      ) &
+      (
+        CUDA_VISIBLE_DEVICES=1 timeout 370 python3 examples/train_gpt.py --preset gpu-350m --only fp8 --out "$OUT" \
+          --mode reduce-overhead > "$OUT/conv_fp8.log" 2>&1; echo "fp8 350M exit $?"
+        CUDA_VISIBLE_DEVICES=1 timeout 90 python3 benchmarks/linear.py --profile > "$OUT/linear.log" 2>&1
+        echo "linear exit $?"
+        CUDA_VISIBLE_DEVICES=1 timeout 120 python3 benchmarks/block.py --memory > "$OUT/block.log" 2>&1
+        echo "block exit $?"
+      ) &
+      wait
+      python3 examples/train_gpt.py --compare "$OUT" 2>&1 | tee "$OUT/compare.log"
+      grep -E "step +(0|1999) |held-out" "$OUT/conv_fp8.log" "$OUT/conv_bf16.log"
+      sed -n '/sweep/,$p' "$OUT/quant.log" | cut -c1-400; grep -E "^ +quantize" "$OUT/quant.log" | head -21
+      grep -E "^ +[0-9]+x[0-9]+x[0-9]+ |SQNR" "$OUT/linear.log"; grep -E "^ *(bf16|fp8)|SQNR" "$OUT/block.log"
+      grep -E "quant|Duration|Throughput|Registers|Achieved Occupancy|Theoretical Occupancy|Issued|Eligible|No Eligible|Block Limit" \
+        "$OUT/ncu.log" | head -90 ;;
     converge)
       (
         CUDA_VISIBLE_DEVICES=1 timeout 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_fusion.py \

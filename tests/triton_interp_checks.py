@@ -120,6 +120,8 @@ def run_quantize() -> None:
         base = exact_input(200, 384, dtype, gen)
         base[5, 7] = float("nan")          # a NaN tile (row 5 / col 7 / block (0, 0))
         base[130:150, 128:256] = 0         # all-zero 1x128 tiles ...
+        base[140, 130:150] = -0.0          # ... with negative zeros (byte 0x80, not 0x00)
+        base[20, 0:64] = -0.0              # negative zeros in a nonzero tile
         base[199, 128:256] = base[128:200, 128:256].abs().amax()  # ... column tiles keep their amax
         base[150, 300] = float("inf")     # an inf tile: scale inf, finite x -> 0, inf -> NaN
         base[60, 200] = -float("inf")
