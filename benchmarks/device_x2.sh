@@ -45,9 +45,9 @@ for what in "$@"; do
     s5a)  # session 5: the 350M preset (batch 16) BF16 on GPU 0 and FP8 on GPU 1 at once; then GPU 0: all
           # GPU tests, an ncu profile of the quantizers and their sweep; GPU 1: Linear and block
       (
-        CUDA_VISIBLE_DEVICES=0 timeout 330 python3 examples/train_gpt.py --preset gpu-350m --only baseline --out "$OUT" \
+        CUDA_VISIBLE_DEVICES=0 timeout 300 python3 examples/train_gpt.py --preset gpu-350m --only baseline --out "$OUT" \
           --mode reduce-overhead > "$OUT/conv_bf16.log" 2>&1; echo "bf16 350M exit $?"
-        CUDA_VISIBLE_DEVICES=0 timeout 120 python3 -m pytest -q -p no:cacheprovider -n 6 -m gpu tests/test_triton_gpu.py \
+        CUDA_VISIBLE_DEVICES=0 timeout 110 python3 -m pytest -q -p no:cacheprovider -n 6 -m gpu tests/test_triton_gpu.py \
           tests/test_fusion.py > "$OUT/gpu_tests.log" 2>&1; echo "GPU tests exit $?"
         grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_tests.log" | cut -c1-300 | tail -8
         CUDA_VISIBLE_DEVICES=0 timeout 50 ncu --clock-control none -k regex:_quant --section SpeedOfLight \
@@ -57,9 +57,9 @@ for what in "$@"; do
         echo "quantizer benchmark exit $?"
       ) &
       (
-        CUDA_VISIBLE_DEVICES=1 timeout 370 python3 examples/train_gpt.py --preset gpu-350m --only fp8 --out "$OUT" \
+        CUDA_VISIBLE_DEVICES=1 timeout 340 python3 examples/train_gpt.py --preset gpu-350m --only fp8 --out "$OUT" \
           --mode reduce-overhead > "$OUT/conv_fp8.log" 2>&1; echo "fp8 350M exit $?"
-        CUDA_VISIBLE_DEVICES=1 timeout 90 python3 benchmarks/linear.py --profile > "$OUT/linear.log" 2>&1
+        CUDA_VISIBLE_DEVICES=1 timeout 80 python3 benchmarks/linear.py --profile > "$OUT/linear.log" 2>&1
         echo "linear exit $?"
         CUDA_VISIBLE_DEVICES=1 timeout 120 python3 benchmarks/block.py --memory > "$OUT/block.log" 2>&1
         echo "block exit $?"
