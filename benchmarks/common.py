@@ -16,11 +16,24 @@ def versions(device: str | None = None) -> str:
     return f"{card}, torch {torch.__version__}, triton {triton.__version__}, python {platform.python_version()}"
 
 
-def median_ms(step, warmup: int = 5, iters: int = 20) -> float:
-    """Median time of `step()` in ms with CUDA events, after `warmup` untimed calls."""
+def step_ms(step, warmup: int = 5, iters: int = 20) -> tuple[float, float]:
+    """(back-to-back, synced) time of `step()` in ms, CUDA events, after `warmup` untimed calls.
+
+    back-to-back: `iters` steps enqueued one after another, the elapsed time over all of them /
+    iters, as a training loop runs them: the host prepares step i+1 while the GPU runs step i,
+    so host time is hidden where the GPU is the slower side and counted where it is not.
+    synced: the median over steps each followed by a synchronize, so each step's time also holds
+    the host's lead-in to its first kernel (the latency of one step, not the loop's rate)."""
     for _ in range(warmup):
         step()
     torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        step()
+    end.record()
+    torch.cuda.synchronize()
+    back_to_back = start.elapsed_time(end) / iters
     times = []
     for _ in range(iters):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -30,7 +43,7 @@ def median_ms(step, warmup: int = 5, iters: int = 20) -> float:
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end))
     times.sort()
-    return times[len(times) // 2]
+    return back_to_back, times[len(times) // 2]
 
 
 def peak_step_bytes(step) -> int:

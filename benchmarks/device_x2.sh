@@ -16,6 +16,7 @@
 #   bash benchmarks/device_x2.sh host       # one GPU: registered-op GPU tests, then the 1B train_step (default mode)
 #   bash benchmarks/device_x2.sh s5a        # the 350M preset pair at once (GPU 0 BF16, GPU 1 FP8), then GPU 0: GPU
 #                                           # tests, ncu of the quantizers, quantizer sweep; GPU 1: Linear, block
+#   bash benchmarks/device_x2.sh s5b        # the pair again; then GPU 0: Linear, block; GPU 1: quantizer tests, table
 set -o pipefail
 # At most 8 files come back from the device: everything is written to a work folder and packed
 # into $OUT/logs.tar.gz at exit, beside the loss curve (loss.png, loss.csv).
@@ -71,6 +72,30 @@ for what in "$@"; do
       grep -E "^ +[0-9]+x[0-9]+x[0-9]+ |SQNR" "$OUT/linear.log"; grep -E "^ *(bf16|fp8)|SQNR" "$OUT/block.log"
       grep -E "quant|Duration|Throughput|Registers|Achieved Occupancy|Theoretical Occupancy|Issued|Eligible|No Eligible|Block Limit" \
         "$OUT/ncu.log" | head -90 ;;
+    s5b)  # session 5: the 350M preset again (lr 1.2e-3): BF16 on GPU 0 then Linear and block (back-to-back
+          # timing); FP8 on GPU 1 then the quantizer/registered-op GPU tests and the quantizer table + sweep
+      (
+        CUDA_VISIBLE_DEVICES=0 timeout 320 python3 examples/train_gpt.py --preset gpu-350m --only baseline --out "$OUT" \
+          --mode reduce-overhead > "$OUT/conv_bf16.log" 2>&1; echo "bf16 350M exit $?"
+        CUDA_VISIBLE_DEVICES=0 timeout 90 python3 benchmarks/linear.py --profile > "$OUT/linear.log" 2>&1
+        echo "linear exit $?"
+        CUDA_VISIBLE_DEVICES=0 timeout 130 python3 benchmarks/block.py --profile > "$OUT/block.log" 2>&1
+        echo "block exit $?"
+      ) &
+      (
+        CUDA_VISIBLE_DEVICES=1 timeout 400 python3 examples/train_gpt.py --preset gpu-350m --only fp8 --out "$OUT" \
+          --mode reduce-overhead > "$OUT/conv_fp8.log" 2>&1; echo "fp8 350M exit $?"
+        CUDA_VISIBLE_DEVICES=1 timeout 70 python3 -m pytest -q -p no:cacheprovider -n 6 -m gpu tests/test_triton_gpu.py \
+          -k "quantize or registered" > "$OUT/gpu_tests.log" 2>&1; echo "GPU tests exit $?"
+        grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_tests.log" | cut -c1-300 | tail -8
+        CUDA_VISIBLE_DEVICES=1 timeout 80 python3 benchmarks/gemm.py --no-gemm --tune-quant > "$OUT/quant.log" 2>&1
+        echo "quantizer benchmark exit $?"
+      ) &
+      wait
+      python3 examples/train_gpt.py --compare "$OUT" 2>&1 | tee "$OUT/compare.log" | tail -30
+      grep -E "step +[0-9]+ |held-out" "$OUT/conv_fp8.log" "$OUT/conv_bf16.log"
+      sed -n '/sweep/,$p' "$OUT/quant.log" | cut -c1-400; grep -E "^ +quantize" "$OUT/quant.log" | head -21
+      grep -E "^ +[0-9]+x[0-9]+x[0-9]+ |SQNR|^ms" "$OUT/linear.log"; grep -E "^ *(bf16|fp8)|SQNR|^ms" "$OUT/block.log" ;;
     converge)
       (
         CUDA_VISIBLE_DEVICES=1 timeout 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_fusion.py \

@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from common import grads_after, kernel_count, median_ms, peak_step_bytes, sqnr_db, top_kernels, versions
+from common import grads_after, kernel_count, step_ms, peak_step_bytes, sqnr_db, top_kernels, versions
 
 
 def make_step(model, x, dy, params):
@@ -39,7 +39,9 @@ def main(argv=None):
     import fp8pass  # noqa: F401
 
     print(versions())
-    print(f"{'M x K x N':>20} {'variant':>14} {'ms':>8} {'TFLOP/s':>8} {'kernels':>8} {'peak MiB':>9} {'vs bf16 compiled':>17}")
+    print("ms: steps back to back (as a training loop runs them); synced: each step followed by a synchronize")
+    print(f"{'M x K x N':>20} {'variant':>14} {'ms':>8} {'TFLOP/s':>8} {'kernels':>8} {'peak MiB':>9} {'vs bf16 compiled':>17}"
+          f" {'synced ms':>9} {'ratio':>6}")
     for shape in args.shapes.split(","):
         m, k, n = (int(v) for v in shape.split("x"))
         torch._dynamo.reset()  # each shape's variants compile afresh (6 compiles of one forward hit the recompile limit)
@@ -64,7 +66,7 @@ def main(argv=None):
         for name, model in variants.items():
             step = make_step(model, x, dy, [lin.weight])
             try:
-                ms = median_ms(step)
+                ms, synced_ms = step_ms(step)
                 kernels = kernel_count(step)
                 x.grad = lin.weight.grad = None  # the peak from a state without grads (as after zero_grad)
                 peak = peak_step_bytes(step) / 2**20
@@ -72,12 +74,14 @@ def main(argv=None):
                 print(f"{shape:>20} {name:>14} FAILED: {type(exc).__name__}: {str(exc)[:300]}")
                 continue
             if name.startswith("bf16 compiled"):  # fp8 cg is compared with bf16 compiled cg
-                ref_ms = ms
-            ratio = f"{ref_ms / ms:.2f}x" if ref_ms and name.startswith("fp8") else ""
+                ref_ms, ref_synced = ms, synced_ms
+            fp8 = ref_ms and name.startswith("fp8")
+            ratio = f"{ref_ms / ms:.2f}x" if fp8 else ""
+            synced_ratio = f"{ref_synced / synced_ms:.2f}x" if fp8 else ""
             # (a CUDA-graph variant allocates from its graph pool outside the step: no per-step peak)
             peak_txt = "n/a" if name.endswith(" cg") else f"{peak:.0f}"
-            print(f"{shape:>20} {name:>14} {ms:8.3f} {flops / ms / 1e9:8.0f} {kernels:8d} {peak_txt:>9} {ratio:>17}",
-                  flush=True)
+            print(f"{shape:>20} {name:>14} {ms:8.3f} {flops / ms / 1e9:8.0f} {kernels:8d} {peak_txt:>9} {ratio:>17}"
+                  f" {synced_ms:9.3f} {synced_ratio:>6}", flush=True)
             grads = grads_after(step, [x, lin.weight])
             if name == "bf16 compiled":
                 ref_grads = grads

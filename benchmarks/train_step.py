@@ -11,7 +11,8 @@ Activation checkpointing wraps each block in torch.utils.checkpoint (non-reentra
 backward recomputes the block's forward. Every variant starts from the same seed and trains on
 the same random tokens; parameters, gradients and AdamW state stay in the model's dtype.
 
-Printed per variant: compile time (first step), median step time, tokens/s, the peak memory
+Printed per variant: compile time (first step), step time (steps back to back, as a training loop
+runs them; also the median of steps each followed by a synchronize), tokens/s, the peak memory
 during a step (total allocated, and above what was resident before the step: parameters and
 optimizer state), the first step's loss, and the ratios to BF16 with the same checkpointing.
 Then the top kernels of one fp8 step (torch.profiler). On CPU (--tiny) times are wall-clock,
@@ -34,7 +35,7 @@ from torch.utils.checkpoint import checkpoint
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "examples"))
-from common import median_ms, peak_step_bytes, top_kernels, versions  # noqa: E402
+from common import peak_step_bytes, step_ms, top_kernels, versions  # noqa: E402
 from train_gpt import GPT, GPTConfig  # noqa: E402
 
 VARIANTS = {  # name: (torch.compile backend, activation checkpointing)
@@ -105,16 +106,16 @@ def run_variant(name: str, cfg: GPTConfig, args, device, dtype, tokens, targets)
     compile_s = time.perf_counter() - t0
     first_loss = losses[0].item()
     if cuda:
-        ms = median_ms(step, warmup=args.warmup, iters=args.iters)
+        ms, synced_ms = step_ms(step, warmup=args.warmup, iters=args.iters)
         peak_above = peak_step_bytes(step)
         torch.cuda.reset_peak_memory_stats()
         step()
         torch.cuda.synchronize()
         peak_total = torch.cuda.max_memory_allocated()
     else:
-        ms = cpu_median_ms(step, args.warmup, args.iters)
+        ms = synced_ms = cpu_median_ms(step, args.warmup, args.iters)
         peak_above = peak_total = float("nan")
-    result = dict(name=name, compile_s=compile_s, ms=ms, tokens_per_s=tokens.numel() / (ms / 1e3),
+    result = dict(name=name, compile_s=compile_s, ms=ms, synced_ms=synced_ms, tokens_per_s=tokens.numel() / (ms / 1e3),
                   peak_total=peak_total, peak_above=peak_above, first_loss=first_loss,
                   last_loss=losses[-1].item())
     if name == args.profile:
@@ -181,7 +182,8 @@ def main(argv=None):
           f"SwiGLU {args.hidden}, vocab {args.vocab}); batch {args.batch} x seq {args.seq} = "
           f"{args.batch * args.seq} tokens/step; {dtype_name} on {device}; compile mode {args.mode or 'default'}; "
           f"AdamW step included; "
-          f"median of {args.iters} steps after {args.warmup} warmup", flush=True)
+          f"step ms: {args.iters} steps back to back after {args.warmup} warmup (as a training loop runs them); "
+          f"synced ms: the median of {args.iters} steps each followed by a synchronize", flush=True)
 
     gen = torch.Generator().manual_seed(args.seed + 1)
     data = torch.randint(0, args.vocab, (args.batch, args.seq + 1), generator=gen)
@@ -197,7 +199,7 @@ def main(argv=None):
     print(f"\nvariants: {dtype_name} = torch.compile(model), fp8 = torch.compile(model, backend='fp8'), "
           f"+ac = activation checkpointing around each block", flush=True)
     header = (f"{'variant':>8} {'compile s':>9} {'step ms':>9} {'tokens/s':>10} {'peak GiB':>9} {'above GiB':>9} "
-              f"{'loss@1':>7}  fp8 vs {dtype_name} (same checkpointing)")
+              f"{'loss@1':>7} {'synced ms':>9}  fp8 vs {dtype_name} (same checkpointing)")
     print(header, flush=True)
     results = {}
     for name in names:
@@ -212,13 +214,13 @@ def main(argv=None):
         base = results.get(name.replace("fp8", "bf16")) if name.startswith("fp8") else None
         vs = ""
         if base:
-            vs = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x tokens/s"
+            vs = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x tokens/s (synced {base['synced_ms'] / r['synced_ms']:.2f}x)"
             if device.type == "cuda":
                 vs += (f", {r['peak_total'] / base['peak_total']:.2f}x peak, "
                        f"{r['peak_above'] / base['peak_above']:.2f}x above")
         label = name.replace("bf16", dtype_name)
         print(f"{label:>8} {r['compile_s']:9.1f} {r['ms']:9.2f} {r['tokens_per_s']:10,.0f} {fmt_gib(r['peak_total']):>9} "
-              f"{fmt_gib(r['peak_above']):>9} {r['first_loss']:7.4f}  {vs}", flush=True)
+              f"{fmt_gib(r['peak_above']):>9} {r['first_loss']:7.4f} {r['synced_ms']:9.2f}  {vs}", flush=True)
 
     for r in results.values():
         if "profile" in r:

@@ -61,7 +61,7 @@ def _inputs(m, k, dtype, seed):
     if m > 200 and k > 256:
         x[130:140, 128:256] = 0
         x[135, 128:160] = -0.0  # negative zeros: the quotient must keep the sign (byte 0x80)
-        x[600, 0:64] = -0.0
+        x[m - 1, 0:64] = -0.0
         x[200, 260] = float("inf")
         x[150, 300] = -float("inf")
     return x
