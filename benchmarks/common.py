@@ -68,13 +68,15 @@ def kernel_count(step) -> int:
                and "memset" not in e.name.lower())
 
 
-def top_kernels(step, n: int = 12) -> str:
-    """The `n` CUDA kernels of one `step()` that take the most time, as a table."""
+def top_kernels(step, n: int = 12, steps: int = 1) -> str:
+    """The `n` CUDA kernels that take the most time over `steps` calls of `step()` run back to
+    back, as a table (its totals are over all the steps)."""
     from torch.profiler import ProfilerActivity, profile
 
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        step()
+        for _ in range(steps):
+            step()
         torch.cuda.synchronize()
     return prof.key_averages().table(sort_by="cuda_time_total", row_limit=n, max_name_column_width=70)
 

@@ -17,6 +17,7 @@
 #   bash benchmarks/device_x2.sh s5a        # the 350M preset pair at once (GPU 0 BF16, GPU 1 FP8), then GPU 0: GPU
 #                                           # tests, ncu of the quantizers, quantizer sweep; GPU 1: Linear, block
 #   bash benchmarks/device_x2.sh s5b        # the pair again; then GPU 0: Linear, block; GPU 1: quantizer tests, table
+#   bash benchmarks/device_x2.sh s5c        # 1B train_step alone; then a 10-step Linear profile and a BF16 350M repeat
 set -o pipefail
 # At most 8 files come back from the device: everything is written to a work folder and packed
 # into $OUT/logs.tar.gz at exit, beside the loss curve (loss.png, loss.csv).
@@ -96,6 +97,25 @@ for what in "$@"; do
       grep -E "step +[0-9]+ |held-out" "$OUT/conv_fp8.log" "$OUT/conv_bf16.log"
       sed -n '/sweep/,$p' "$OUT/quant.log" | cut -c1-400; grep -E "^ +quantize" "$OUT/quant.log" | head -21
       grep -E "^ +[0-9]+x[0-9]+x[0-9]+ |SQNR|^ms" "$OUT/linear.log"; grep -E "^ *(bf16|fp8)|SQNR|^ms" "$OUT/block.log" ;;
+    s5c)  # session 5: GPU 0: the 1B train_step alone (bf16, fp8; back-to-back timing); then GPU 0: a Linear
+          # profile over 10 back-to-back steps, GPU 1: the BF16 350M run again (same seed: the noise floor);
+          # nvidia-smi dmon (power, clocks) throughout
+      nvidia-smi dmon -s pc -d 1 -o T > "$OUT/dmon.log" 2>&1 & dmon=$!
+      echo "train_step start $(date +%T)"
+      CUDA_VISIBLE_DEVICES=0 timeout 270 python3 benchmarks/train_step.py --variants bf16,fp8 > "$OUT/train_step.log" 2>&1
+      echo "train_step exit $? $(date +%T)"
+      (
+        CUDA_VISIBLE_DEVICES=0 timeout 100 python3 benchmarks/linear.py --profile --profile-steps 10 \
+          --shapes 16384x4096x14336 > "$OUT/linear_diag.log" 2>&1; echo "linear diag exit $? $(date +%T)"
+      ) &
+      (
+        CUDA_VISIBLE_DEVICES=1 timeout 250 python3 examples/train_gpt.py --preset gpu-350m --only baseline --tag repeat \
+          --out "$OUT" --mode reduce-overhead > "$OUT/conv_bf16_repeat.log" 2>&1; echo "bf16 350M repeat exit $?"
+      ) &
+      wait $(jobs -p | grep -v "^$dmon$")
+      kill $dmon
+      head -60 "$OUT/train_step.log" | cut -c1-180; grep -E "^ +[0-9]+x|Self CUDA|^ms|quant|nvjet|triton|elementwise" "$OUT/linear_diag.log" | cut -c1-200
+      grep -E "step +1999|held-out" "$OUT/conv_bf16_repeat.log" ;;
     converge)
       (
         CUDA_VISIBLE_DEVICES=1 timeout 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_fusion.py \

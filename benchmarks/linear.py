@@ -32,6 +32,8 @@ def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--shapes", default="16384x4096x14336,16384x14336x4096")
     p.add_argument("--profile", action="store_true", help="print the top kernels of the fp8 step")
+    p.add_argument("--profile-steps", type=int, default=1,
+                   help="steps run back to back under the profiler (totals over all of them)")
     p.add_argument("--cudagraphs", action="store_true",
                    help="also bf16 compiled and fp8 under CUDA graphs (mode='reduce-overhead'): GPU time "
                         "without the host's launch overhead")
@@ -89,7 +91,8 @@ def main(argv=None):
                 print(f"{'':>20} {name} vs bf16 compiled, SQNR dB of dx, dW: "
                       + ", ".join(f"{sqnr_db(r, g):.1f}" for r, g in zip(ref_grads, grads)), flush=True)
             if args.profile and name == "fp8":
-                print(top_kernels(step))
+                print(f"(profile of {args.profile_steps} step(s) run back to back)")
+                print(top_kernels(step, steps=args.profile_steps))
             lin.weight.grad = None
             x.grad = None
 

@@ -115,24 +115,6 @@ def _to_fp8(x, scale, r):
     return q.to(tl.float8e4nv)
 
 
-@triton.jit
-def _prefetch_block_to_l2(x_ptr, lin, AHEAD: tl.constexpr, G0, total, M, K, sxm,
-                          BLOCK_C: tl.constexpr, LINE: tl.constexpr):
-    """Ask L2 for the 128 x BLOCK_C block of the program launched AHEAD programs after this one
-    (launch order: program_id(0) fastest; grid (G0, -)), one prefetch.global.L2 per 128-byte line
-    of a row-contiguous x (LINE elements), so that that program's loads find the block in L2
-    instead of waiting on DRAM. Fire and forget: no register result is waited on."""
-    target = lin + AHEAD
-    if target < total:
-        t0 = target % G0
-        t1 = target // G0
-        rows = tl.minimum(t0 * 128 + tl.arange(0, 128), M - 1)
-        cols = tl.minimum(t1 * BLOCK_C + tl.arange(0, BLOCK_C // LINE) * LINE, K - 1)
-        ptrs = x_ptr + rows.to(tl.int64)[:, None] * sxm + cols.to(tl.int64)[None, :]
-        tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs],
-                                  dtype=tl.int32, is_pure=False, pack=1)
-
-
 # --------------------------------------------------------------------------------------------
 # 1x128 tiles along the last dim
 # --------------------------------------------------------------------------------------------
@@ -228,9 +210,6 @@ def _quant_col_tiles_kernel(
     WRITE_COL: tl.constexpr,
     WRITE_COL_T: tl.constexpr,
     EVEN_K: tl.constexpr,
-    PREFETCH: tl.constexpr = 0,
-    LINE: tl.constexpr = 64,
-    EVICT: tl.constexpr = False,
 ):
     """The 128x1 tiles of a [128, BLOCK_C] block of x (with WRITE_ROW, BLOCK_C = 128, also its
     1x128 tiles), in two passes over CHUNK-row slices of the block:
@@ -241,15 +220,11 @@ def _quant_col_tiles_kernel(
     For the dual copy the default is one 128-row slice: the block is not kept live across both
     quantizations, which took the kernel from 245 to 174 registers per thread (SASS, Triton 3.6)
     and from 1534 to 1948 GB/s on the H200 (benchmarks/RESULTS_gemm.md); 32- and 16-row slices
-    measured slower (a cross-warp amax reduction and barrier per slice).
-    PREFETCH > 0: first ask L2 for the block of the program PREFETCH launches later (see
-    _prefetch_block_to_l2); EVICT: pass 1 loads evict_last (kept for pass 2), pass 2 evict_first."""
+    measured slower (a cross-warp amax reduction and barrier per slice). An L2 prefetch of a later
+    program's block and evict_last/evict_first hints on the two passes measured no faster
+    (benchmarks/RESULTS_gemm.md, session 5)."""
     mb = tl.program_id(0)
     pid_c = tl.program_id(1)
-    if PREFETCH > 0:
-        g0 = tl.num_programs(0)
-        _prefetch_block_to_l2(x_ptr, pid_c * g0 + mb, PREFETCH, g0, g0 * tl.num_programs(1), M, K, sxm,
-                              BLOCK_C, LINE)
     cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cols < K
     col_amax = tl.zeros([BLOCK_C], dtype=tl.float32)
@@ -261,7 +236,7 @@ def _quant_col_tiles_kernel(
         else:
             mask = rmask[:, None] & cmask[None, :]
         x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * sxm + cols.to(tl.int64)[None, :] * sxk,
-                    mask=mask, other=0.0, eviction_policy="evict_last" if EVICT else "").to(tl.float32)
+                    mask=mask, other=0.0).to(tl.float32)
         if WRITE_ROW:
             s_row, r_row, sf_row = _scale_and_recip(_amax(x, 1))
             q_row = _to_fp8(x, sf_row[:, None], r_row[:, None])
@@ -274,7 +249,7 @@ def _quant_col_tiles_kernel(
         rmask = rows < M
         mask = rmask[:, None] & cmask[None, :]
         x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * sxm + cols.to(tl.int64)[None, :] * sxk,
-                    mask=mask, other=0.0, eviction_policy="evict_first" if EVICT else "").to(tl.float32)
+                    mask=mask, other=0.0).to(tl.float32)
         q = _to_fp8(x, sf[None, :], r[None, :])
         if WRITE_COL:  # q[M, K]
             tl.store(qc_ptr + rows.to(tl.int64)[:, None] * K + cols[None, :], q, mask=mask)
@@ -295,15 +270,9 @@ def _quant_128x1_kernel(
     BLOCK_C: tl.constexpr,
     WRITE_Q: tl.constexpr,
     WRITE_QT: tl.constexpr,
-    PREFETCH: tl.constexpr = 0,
-    LINE: tl.constexpr = 64,
 ):
     mb = tl.program_id(0)
     pid_c = tl.program_id(1)
-    if PREFETCH > 0:
-        g0 = tl.num_programs(0)
-        _prefetch_block_to_l2(x_ptr, pid_c * g0 + mb, PREFETCH, g0, g0 * tl.num_programs(1), M, K, sxm,
-                              BLOCK_C, LINE)
     rows = mb * 128 + tl.arange(0, 128)
     cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     rmask = rows < M
@@ -330,21 +299,9 @@ _CHUNK_128x1 = int(os.environ.get("FP8PASS_Q128X1_CHUNK", "128"))
 _WARPS_128x1 = int(os.environ.get("FP8PASS_Q128X1_WARPS", "4"))
 _CHUNK_DUAL = int(os.environ.get("FP8PASS_QDUAL_CHUNK", "128"))  # H200: 1948 GB/s vs 1534 whole
 _WARPS_DUAL = int(os.environ.get("FP8PASS_QDUAL_WARPS", "8"))
-# L2 prefetch distance in programs (0: off) and pass-1/pass-2 eviction hints: H200 sweep pending
-_PREFETCH_DUAL = int(os.environ.get("FP8PASS_QDUAL_PREFETCH", "0"))
-_EVICT_DUAL = os.environ.get("FP8PASS_QDUAL_EVICT", "0") == "1"
-_PREFETCH_128x1 = int(os.environ.get("FP8PASS_Q128X1_PREFETCH", "0"))
 
 
-def _prefetch_args(x: torch.Tensor, ahead: int) -> dict:
-    """PREFETCH/LINE launch arguments: prefetching needs inline PTX (not under the interpreter)
-    and row-contiguous x (it asks for whole 128-byte lines of rows)."""
-    if ahead <= 0 or os.environ.get("TRITON_INTERPRET", "0") == "1" or x.stride(-1) != 1:
-        return {}
-    return {"PREFETCH": ahead, "LINE": 128 // x.element_size()}
-
-
-def _launch_col_tiles(x, q_row, s_row, q_col, q_t, s_col, *, block_c, chunk, warps, prefetch=0, evict=False):
+def _launch_col_tiles(x, q_row, s_row, q_col, q_t, s_col, *, block_c, chunk, warps):
     """Run _quant_col_tiles_kernel: q_row/s_row (or None) the 1x128 copy, q_col and/or q_t the
     128x1 copy and its transpose, s_col the 128x1 scales' [MB, K] storage."""
     m, k = x.shape
@@ -357,8 +314,7 @@ def _launch_col_tiles(x, q_row, s_row, q_col, q_t, s_col, *, block_c, chunk, war
         some_q if q_col is None else q_col, some_q if q_t is None else q_t, s_col,
         m, k, x.stride(0), x.stride(1),
         BLOCK_C=block_c, CHUNK=chunk, WRITE_ROW=q_row is not None, WRITE_COL=q_col is not None,
-        WRITE_COL_T=q_t is not None, EVEN_K=(k % block_c == 0), EVICT=evict, num_warps=warps,
-        **_prefetch_args(x, prefetch),
+        WRITE_COL_T=q_t is not None, EVEN_K=(k % block_c == 0), num_warps=warps,
     )
 
 
@@ -388,7 +344,6 @@ def quantize_128x1(x: torch.Tensor, *, layout: str = "normal"):
             _quant_128x1_kernel[(mb, triton.cdiv(k, _BLOCK_C_128x1))](
                 x, q if want_q else qt, qt if want_qt else q, s, m, k, x.stride(0), x.stride(1),
                 BLOCK_C=_BLOCK_C_128x1, WRITE_Q=want_q, WRITE_QT=want_qt, num_warps=_WARPS_128x1,
-                **_prefetch_args(x, _PREFETCH_128x1),
             )
     else:
         _launch_col_tiles(x, None, None, q, qt, s, block_c=_BLOCK_C_128x1, chunk=_CHUNK_128x1,
@@ -419,8 +374,7 @@ def quantize_1x128_128x1(x: torch.Tensor, *, col_layout: str = "normal"):
     q_col = torch.empty((k, m) if trans else (m, k), dtype=FP8_DTYPE, device=dev)
     s_col_t = empty_mn_major((k,), mb, device=dev)  # the same layout as the op's fake kernel
     _launch_col_tiles(x, q_row, s_row, None if trans else q_col, q_col if trans else None, s_col_t.t(),
-                      block_c=TILE, chunk=_CHUNK_DUAL, warps=_WARPS_DUAL, prefetch=_PREFETCH_DUAL,
-                      evict=_EVICT_DUAL)
+                      block_c=TILE, chunk=_CHUNK_DUAL, warps=_WARPS_DUAL)
     return q_row, s_row, q_col, s_col_t if trans else s_col_t.t()
 
 
