@@ -107,12 +107,12 @@ for what in "$@"; do
       (
         CUDA_VISIBLE_DEVICES=0 timeout 100 python3 benchmarks/linear.py --profile --profile-steps 10 \
           --shapes 16384x4096x14336 > "$OUT/linear_diag.log" 2>&1; echo "linear diag exit $? $(date +%T)"
-      ) &
+      ) & diag=$!
       (
         CUDA_VISIBLE_DEVICES=1 timeout 250 python3 examples/train_gpt.py --preset gpu-350m --only baseline --tag repeat \
           --out "$OUT" --mode reduce-overhead > "$OUT/conv_bf16_repeat.log" 2>&1; echo "bf16 350M repeat exit $?"
-      ) &
-      wait $(jobs -p | grep -v "^$dmon$")
+      ) & repeat=$!
+      wait $diag $repeat
       kill $dmon
       head -60 "$OUT/train_step.log" | cut -c1-180; grep -E "^ +[0-9]+x|Self CUDA|^ms|quant|nvjet|triton|elementwise" "$OUT/linear_diag.log" | cut -c1-200
       grep -E "step +1999|held-out" "$OUT/conv_bf16_repeat.log" ;;
