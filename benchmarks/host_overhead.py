@@ -1,0 +1,79 @@
+"""Host time per call of the FP8 path's pieces, on shapes so small that the GPU waits for the
+host: each figure is wall time per call over many calls enqueued without a synchronize, so it
+is what the host spends to issue one call (a training step issues hundreds of them).
+
+    python benchmarks/host_overhead.py
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import triton
+import triton.language as tl
+
+import fp8pass  # noqa: F401  (registers the ops and their CUDA kernels)
+from fp8pass.kernels import cuda, triton_quantize as tq
+
+
+@triton.jit
+def _noop_kernel(x_ptr):
+    pass
+
+
+def per_call_us(fn, calls: int = 2000) -> float:
+    for _ in range(20):
+        fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    t1 = time.perf_counter()
+    torch.cuda.synchronize()
+    return (t1 - t0) / calls * 1e6
+
+
+def main():
+    dev = "cuda"
+    x = torch.randn(128, 256, device=dev, dtype=torch.bfloat16)
+    qa, sa = tq.quantize_1x128(torch.randn(128, 512, device=dev, dtype=torch.bfloat16))
+    w = torch.randn(256, 512, device=dev, dtype=torch.bfloat16)
+    qb, sb = tq.quantize_128x128(w)  # B = w.T: [K, N] column-major view
+    qb, sb = qb.t(), sb.t()
+    a16, b16 = torch.randn(128, 512, device=dev, dtype=torch.bfloat16), w.t()
+    ops = torch.ops.fp8pass
+    rows = {
+        "torch x.add_(1) (one native kernel)": lambda: x.add_(1),
+        "Triton empty kernel launch": lambda: _noop_kernel[(1,)](x),
+        "tq.quantize_1x128 (Python wrapper)": lambda: tq.quantize_1x128(x),
+        "torch.ops.fp8pass.quantize_1x128": lambda: ops.quantize_1x128(x),
+        "tq.quantize_1x128_128x1 (col^T)": lambda: tq.quantize_1x128_128x1(x, col_layout="transposed"),
+        "torch.ops.fp8pass.quantize_1x128_128x1": lambda: ops.quantize_1x128_128x1(x),
+        "tq.quantize_128x128": lambda: tq.quantize_128x128(w),
+        "torch.mm bf16 128x512x256": lambda: torch.mm(a16, b16),
+        "cuda.cublas_gemm_blockwise 128x512x256": lambda: cuda.cublas_gemm_blockwise(qa, sa, qb, sb, torch.bfloat16),
+        "cuda.gemm_blockwise (dispatcher)": lambda: cuda.gemm_blockwise(qa, sa, qb, sb, torch.bfloat16),
+        "torch.ops.fp8pass.gemm_blockwise": lambda: ops.gemm_blockwise(qa, sa, qb, sb, torch.bfloat16),
+    }
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}")
+    print(f"registered on the CUDA key: {cuda.registered()}; dispatcher choice for the GEMM: "
+          f"{cuda.dispatch_choice(qa, sa, qb, sb, torch.bfloat16)}")
+    for name, fn in rows.items():
+        try:
+            print(f"  {name:45} {per_call_us(fn):8.1f} us/call", flush=True)
+        except Exception as exc:  # noqa: BLE001
+            print(f"  {name:45} failed: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+    # whole steps: a small Linear, forward + backward
+    lin = torch.nn.Linear(512, 512, bias=False, device=dev, dtype=torch.bfloat16)
+    xin = torch.randn(256, 512, device=dev, dtype=torch.bfloat16, requires_grad=True)
+    for label, model in (("bf16 compiled", torch.compile(lin)),
+                         ("fp8", torch.compile(lin, backend=fp8pass.backend(fp8_output_head=True)))):
+        def step(model=model):
+            xin.grad = lin.weight.grad = None
+            model(xin).sum().backward()
+        print(f"  Linear 256x512x512 fwd+bwd, {label:14} {per_call_us(step, 300):8.1f} us/step", flush=True)
+
+
+if __name__ == "__main__":
+    main()
