@@ -44,9 +44,10 @@ def test_compare_reports_tail_mean_and_non_finite_steps(tmp_path, capsys):
     assert "+1.000%" in capsys.readouterr().out
 
 
-def test_gpu_preset_schedule_warmup_cosine_and_clipping(monkeypatch):
+def test_gpu_preset_schedule_warmup_cosine_and_clipping(monkeypatch, tmp_path):
     """The gpu-350m preset's schedule: linear warmup, cosine to 10% at the last step; and a
-    clipped run on the CPU trains (finite, falling loss) with the clip applied."""
+    clipped run on the CPU trains (finite, falling loss) with the clip applied, its curve on disk
+    before the held-out evaluation starts (a run cut short there keeps it)."""
     f = train_gpt.lr_factor
     assert f(0, 2000, 200, "cosine") == 1 / 200 and f(199, 2000, 200, "cosine") == 1.0
     assert math.isclose(f(200, 2000, 200, "cosine"), 1.0) and math.isclose(f(1999, 2000, 200, "cosine"), 0.1)
@@ -63,8 +64,19 @@ def test_gpu_preset_schedule_warmup_cosine_and_clipping(monkeypatch):
         return norm
 
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording_clip)
+    csv_path = tmp_path / "loss_fp8.csv"
+    on_disk_at_eval = []
+    real_evaluate = train_gpt.evaluate
+
+    def checking_evaluate(*args, **kwargs):
+        on_disk_at_eval.append(train_gpt.read_losses(csv_path) if csv_path.exists() else None)
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train_gpt, "evaluate", checking_evaluate)
     losses, _ = train_gpt.train(train_gpt.GPTConfig(), "fp8", steps=30, batch=4, lr=1e-3,
-                                corpus=train_gpt.load_corpus(1 << 20), warmup=5, schedule="cosine", clip=0.5)
+                                corpus=train_gpt.load_corpus(1 << 20), warmup=5, schedule="cosine", clip=0.5,
+                                losses_csv=csv_path)
+    assert on_disk_at_eval == [losses]
     assert len(clipped_norms) == 30 and all(m == 0.5 for _, m in clipped_norms)
     assert all(math.isfinite(v) for v in losses) and sum(losses[-5:]) < sum(losses[:5])
 
