@@ -46,10 +46,14 @@ def empty_mn_major(lead_shape, last: int, *, dtype=torch.float32, device=None) -
     """An empty tensor of shape (*lead_shape, last) whose leading dims, flattened, have stride 1:
     storage [last, prod(lead_shape)]. The layout the ops give 1x128-tile scales (rows stride 1),
     which is the "MN-major" scale layout cuBLAS blockwise reads, so no copy precedes a GEMM."""
-    rows = 1
-    for d in lead_shape:
+    # one empty_strided (the ops' wrappers call this per quantization: ~1.4 us instead of ~4.8 for
+    # empty + t + view on a CPU core); dims of size 0 or 1 may get other (equally valid) strides
+    # than a view would give, the same for the fake kernels, which use this function too
+    strides, rows = [], 1
+    for d in reversed(lead_shape):
+        strides.append(rows)
         rows *= d
-    return torch.empty((last, rows), dtype=dtype, device=device).t().view(*lead_shape, last)
+    return torch.empty_strided((*lead_shape, last), (*reversed(strides), rows), dtype=dtype, device=device)
 
 
 def as_mn_major(t: torch.Tensor) -> torch.Tensor:

@@ -151,6 +151,8 @@ def _fold_leading(x: torch.Tensor):
 
     Returns (D0, D1, s0, s1) with row r -> (r // D1) * s0 + (r % D1) * s1, or None if more than
     two dims remain after merging the ones whose strides allow it."""
+    if x.dim() == 2:  # the common case, without the general loop (a host cost paid per call)
+        return 1, x.shape[0], 0, x.stride(0)
     dims = [(s, st) for s, st in zip(x.shape[:-1], x.stride()[:-1]) if s != 1]
     merged: list[list[int]] = []
     for size, stride in dims:
