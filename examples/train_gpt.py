@@ -233,7 +233,7 @@ PRESETS = {
     # at ~900-1800, so the last 200 steps compared a finished descent with one under way (-35%).
     # Hence also twice the peak learning rate, meant to put both descents early in the run. Measured
     # with it (session 5): no steep descent at all within 2000 steps (the loss falls smoothly to
-    # ~2.2-2.4, FP8 within 0.03-0.28% of BF16 to step ~1000); last 200 steps FP8 +0.515%, while at
+    # ~2.2-2.4, FP8 within 0.28% of BF16 through step 1399); last 200 steps FP8 +0.515%, while at
     # the logged steps 1400-1999 a second BF16 run of the same seed differs from the first by
     # 0.37-1.15% (benchmarks/RESULTS.md).
     "gpu-350m": dict(dim=1024, layers=28, heads=16, mlp_hidden=2816, seq=1024, batch=16, steps=2000, lr=1.2e-3,

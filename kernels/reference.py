@@ -46,9 +46,9 @@ def empty_mn_major(lead_shape, last: int, *, dtype=torch.float32, device=None) -
     """An empty tensor of shape (*lead_shape, last) whose leading dims, flattened, have stride 1:
     storage [last, prod(lead_shape)]. The layout the ops give 1x128-tile scales (rows stride 1),
     which is the "MN-major" scale layout cuBLAS blockwise reads, so no copy precedes a GEMM."""
-    # one empty_strided (the ops' wrappers call this per quantization: ~1.4 us instead of ~4.8 for
-    # empty + t + view on a CPU core); dims of size 0 or 1 may get other (equally valid) strides
-    # than a view would give, the same for the fake kernels, which use this function too
+    # one empty_strided instead of empty + t + view (the wrappers call this per quantization, on
+    # the host's critical path); dims of size 0 or 1 may get other (equally valid) strides than a
+    # view would give them, the same in the fake kernels, which use this function too
     strides, rows = [], 1
     for d in reversed(lead_shape):
         strides.append(rows)
