@@ -29,17 +29,21 @@ nvidia-smi --query-gpu=index,name,driver_version --format=csv,noheader
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 RUN=$OUT/350m
 
-quant_gpu_tests() {  # $1 timeout, $2 xdist workers: the quantizer and registered-op GPU tests on GPU 0
-  CUDA_VISIBLE_DEVICES=0 timeout "$1" python3 -m pytest -q -p no:cacheprovider -n "$2" -m gpu tests/test_triton_gpu.py \
+quant_gpu_tests() {  # $1 timeout, $2 xdist workers, $3 GPU (0): the quantizer and registered-op GPU tests
+  CUDA_VISIBLE_DEVICES=${3:-0} timeout "$1" python3 -m pytest -q -p no:cacheprovider -n "$2" -m gpu tests/test_triton_gpu.py \
     -k "quantize or registered" > "$OUT/quant_gpu.log" 2>&1; echo "quantizer GPU tests exit $?"
   grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/quant_gpu.log" | cut -c1-300 | tail -8
 }
 
+preset_350m() {  # $1 GPU, $2 fp8|baseline, $3 timeout, $4 log name under $OUT; then train_gpt.py's further arguments
+  local gpu=$1 side=$2 limit=$3 log=$4; shift 4
+  CUDA_VISIBLE_DEVICES=$gpu timeout "$limit" python3 examples/train_gpt.py --preset gpu-350m --only "$side" "$@" \
+    > "$OUT/$log.log" 2>&1; echo "${log#conv_} 350M exit $?"
+}
+
 pair_350m() {  # the 350M preset under CUDA graphs on GPU 1, FP8 then BF16 (FP8 ~220 s with its compile)
-  CUDA_VISIBLE_DEVICES=1 timeout 320 python3 examples/train_gpt.py --preset gpu-350m --only fp8 --out "$OUT" \
-    --mode reduce-overhead > "$OUT/conv_fp8.log" 2>&1; echo "fp8 350M exit $?"
-  CUDA_VISIBLE_DEVICES=1 timeout 220 python3 examples/train_gpt.py --preset gpu-350m --only baseline --out "$OUT" \
-    --mode reduce-overhead > "$OUT/conv_bf16.log" 2>&1; echo "bf16 350M exit $?"
+  preset_350m 1 fp8 320 conv_fp8 --out "$OUT" --mode reduce-overhead
+  preset_350m 1 baseline 220 conv_bf16 --out "$OUT" --mode reduce-overhead
 }
 
 for what in "$@"; do
@@ -47,8 +51,7 @@ for what in "$@"; do
     s5a)  # session 5: the 350M preset (batch 16) BF16 on GPU 0 and FP8 on GPU 1 at once; then GPU 0: all
           # GPU tests, an ncu profile of the quantizers and their sweep; GPU 1: Linear and block
       (
-        CUDA_VISIBLE_DEVICES=0 timeout 300 python3 examples/train_gpt.py --preset gpu-350m --only baseline --out "$OUT" \
-          --mode reduce-overhead > "$OUT/conv_bf16.log" 2>&1; echo "bf16 350M exit $?"
+        preset_350m 0 baseline 300 conv_bf16 --out "$OUT" --mode reduce-overhead
         CUDA_VISIBLE_DEVICES=0 timeout 110 python3 -m pytest -q -p no:cacheprovider -n 6 -m gpu tests/test_triton_gpu.py \
           tests/test_fusion.py > "$OUT/gpu_tests.log" 2>&1; echo "GPU tests exit $?"
         grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_tests.log" | cut -c1-300 | tail -8
@@ -59,8 +62,7 @@ for what in "$@"; do
         echo "quantizer benchmark exit $?"
       ) &
       (
-        CUDA_VISIBLE_DEVICES=1 timeout 340 python3 examples/train_gpt.py --preset gpu-350m --only fp8 --out "$OUT" \
-          --mode reduce-overhead > "$OUT/conv_fp8.log" 2>&1; echo "fp8 350M exit $?"
+        preset_350m 1 fp8 340 conv_fp8 --out "$OUT" --mode reduce-overhead
         CUDA_VISIBLE_DEVICES=1 timeout 80 python3 benchmarks/linear.py --profile > "$OUT/linear.log" 2>&1
         echo "linear exit $?"
         CUDA_VISIBLE_DEVICES=1 timeout 120 python3 benchmarks/block.py --memory > "$OUT/block.log" 2>&1
@@ -76,19 +78,15 @@ for what in "$@"; do
     s5b)  # session 5: the 350M preset again (lr 1.2e-3): BF16 on GPU 0 then Linear and block (back-to-back
           # timing); FP8 on GPU 1 then the quantizer/registered-op GPU tests and the quantizer table + sweep
       (
-        CUDA_VISIBLE_DEVICES=0 timeout 320 python3 examples/train_gpt.py --preset gpu-350m --only baseline --out "$OUT" \
-          --mode reduce-overhead > "$OUT/conv_bf16.log" 2>&1; echo "bf16 350M exit $?"
+        preset_350m 0 baseline 320 conv_bf16 --out "$OUT" --mode reduce-overhead
         CUDA_VISIBLE_DEVICES=0 timeout 90 python3 benchmarks/linear.py --profile > "$OUT/linear.log" 2>&1
         echo "linear exit $?"
         CUDA_VISIBLE_DEVICES=0 timeout 130 python3 benchmarks/block.py --profile > "$OUT/block.log" 2>&1
         echo "block exit $?"
       ) &
       (
-        CUDA_VISIBLE_DEVICES=1 timeout 400 python3 examples/train_gpt.py --preset gpu-350m --only fp8 --out "$OUT" \
-          --mode reduce-overhead > "$OUT/conv_fp8.log" 2>&1; echo "fp8 350M exit $?"
-        CUDA_VISIBLE_DEVICES=1 timeout 70 python3 -m pytest -q -p no:cacheprovider -n 6 -m gpu tests/test_triton_gpu.py \
-          -k "quantize or registered" > "$OUT/gpu_tests.log" 2>&1; echo "GPU tests exit $?"
-        grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_tests.log" | cut -c1-300 | tail -8
+        preset_350m 1 fp8 400 conv_fp8 --out "$OUT" --mode reduce-overhead
+        quant_gpu_tests 70 6 1
         CUDA_VISIBLE_DEVICES=1 timeout 80 python3 benchmarks/gemm.py --no-gemm --tune-quant > "$OUT/quant.log" 2>&1
         echo "quantizer benchmark exit $?"
       ) &
@@ -109,8 +107,7 @@ for what in "$@"; do
           --shapes 16384x4096x14336 > "$OUT/linear_diag.log" 2>&1; echo "linear diag exit $? $(date +%T)"
       ) & diag=$!
       (
-        CUDA_VISIBLE_DEVICES=1 timeout 250 python3 examples/train_gpt.py --preset gpu-350m --only baseline --tag repeat \
-          --out "$OUT" --mode reduce-overhead > "$OUT/conv_bf16_repeat.log" 2>&1; echo "bf16 350M repeat exit $?"
+        preset_350m 1 baseline 250 conv_bf16_repeat --tag repeat --out "$OUT" --mode reduce-overhead
       ) & repeat=$!
       wait $diag $repeat
       kill $dmon
@@ -120,14 +117,12 @@ for what in "$@"; do
       (
         CUDA_VISIBLE_DEVICES=1 timeout 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_fusion.py \
           > "$OUT/fusion_gpu.log" 2>&1; echo "CUDA fusion tests exit $?"; tail -3 "$OUT/fusion_gpu.log"
-        CUDA_VISIBLE_DEVICES=1 timeout 300 python3 examples/train_gpt.py --preset gpu-350m --only fp8 --out "$RUN" \
-          > "$OUT/conv_fp8.log" 2>&1; echo "fp8 350M exit $?"
+        preset_350m 1 fp8 300 conv_fp8 --out "$RUN"
         CUDA_VISIBLE_DEVICES=1 timeout 100 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_gpu.py \
           > "$OUT/gputests.log" 2>&1; echo "gpu tests exit $?"; tail -3 "$OUT/gputests.log"
       ) &
       (
-        CUDA_VISIBLE_DEVICES=0 timeout 300 python3 examples/train_gpt.py --preset gpu-350m --only baseline --out "$RUN" \
-          > "$OUT/conv_bf16.log" 2>&1; echo "bf16 350M exit $?"
+        preset_350m 0 baseline 300 conv_bf16 --out "$RUN"
         CUDA_VISIBLE_DEVICES=0 timeout 90 python3 benchmarks/linear.py > "$OUT/linear.log" 2>&1; echo "linear exit $?"
         CUDA_VISIBLE_DEVICES=0 timeout 140 python3 benchmarks/block.py --profile > "$OUT/block.log" 2>&1; echo "block exit $?"
       ) &
@@ -140,14 +135,12 @@ for what in "$@"; do
         CUDA_VISIBLE_DEVICES=0 timeout 45 python3 -m pytest -x -q -p no:cacheprovider -m gpu tests/test_triton_gpu.py \
           -k "test_quantize_bit_identical and 300-640" > "$OUT/inf_diag.log" 2>&1; grep -E "^E " "$OUT/inf_diag.log" | head -5 | cut -c1-700
         python3 -c "import torch._inductor.config as c; print('inductor div config:', [k for k in dir(c) if 'div' in k.lower() or 'numerics' in k.lower()])"
-        CUDA_VISIBLE_DEVICES=0 timeout 200 python3 examples/train_gpt.py --preset gpu-350m --only baseline --out "$OUT" \
-          --mode reduce-overhead > "$OUT/conv_bf16.log" 2>&1; echo "bf16 350M exit $?"
+        preset_350m 0 baseline 200 conv_bf16 --out "$OUT" --mode reduce-overhead
         CUDA_VISIBLE_DEVICES=0 timeout 250 python3 benchmarks/train_step.py --variants bf16,fp8 \
           > "$OUT/train_step.log" 2>&1; echo "train_step exit $?"
       ) &
       (
-        CUDA_VISIBLE_DEVICES=1 timeout 300 python3 examples/train_gpt.py --preset gpu-350m --only fp8 --out "$OUT" \
-          --mode reduce-overhead > "$OUT/conv_fp8.log" 2>&1; echo "fp8 350M exit $?"
+        preset_350m 1 fp8 300 conv_fp8 --out "$OUT" --mode reduce-overhead
         CUDA_VISIBLE_DEVICES=1 timeout 240 python3 benchmarks/train_step.py --variants bf16+ac,fp8+ac --profile none \
           > "$OUT/train_step_ac.log" 2>&1; echo "train_step (checkpointed) exit $?"
       ) &
@@ -157,12 +150,10 @@ for what in "$@"; do
       head -45 "$OUT/train_step.log"; head -20 "$OUT/train_step_ac.log" ;;
     final)  # the 350M preset on 64 MB (both runs at once), Inf-tile quantizer tests, then FSDP2 on both GPUs
       (
-        CUDA_VISIBLE_DEVICES=0 timeout 240 python3 examples/train_gpt.py --preset gpu-350m --only fp8 --out "$OUT" \
-          --mode reduce-overhead > "$OUT/conv_fp8.log" 2>&1; echo "fp8 350M exit $?"
+        preset_350m 0 fp8 240 conv_fp8 --out "$OUT" --mode reduce-overhead
       ) &
       (
-        CUDA_VISIBLE_DEVICES=1 timeout 195 python3 examples/train_gpt.py --preset gpu-350m --only baseline --out "$OUT" \
-          --mode reduce-overhead > "$OUT/conv_bf16.log" 2>&1; echo "bf16 350M exit $?"
+        preset_350m 1 baseline 195 conv_bf16 --out "$OUT" --mode reduce-overhead
         CUDA_VISIBLE_DEVICES=1 timeout 45 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_gpu.py \
           -k "test_quantize_bit_identical" > "$OUT/quant_gpu.log" 2>&1; echo "quantizer GPU tests exit $?"; tail -2 "$OUT/quant_gpu.log"
       ) &
@@ -221,8 +212,7 @@ for what in "$@"; do
           > "$OUT/hf_llama.log" 2>&1; echo "hf_llama exit $?"
       ) &
       (
-        CUDA_VISIBLE_DEVICES=1 timeout 320 python3 examples/train_gpt.py --preset gpu-350m --only fp8 --out "$OUT" \
-          --mode reduce-overhead > "$OUT/conv_fp8.log" 2>&1; echo "fp8 350M exit $?"
+        preset_350m 1 fp8 320 conv_fp8 --out "$OUT" --mode reduce-overhead
         CUDA_VISIBLE_DEVICES=1 timeout 190 python3 benchmarks/block.py --memory > "$OUT/block.log" 2>&1
         echo "block exit $?"
       ) &
@@ -236,9 +226,7 @@ for what in "$@"; do
           --profile none > "$OUT/train_step_cg.log" 2>&1; echo "train_step (CUDA graphs) exit $?"
       ) &
       (
-        CUDA_VISIBLE_DEVICES=1 timeout 300 python3 examples/train_gpt.py --preset gpu-350m --only baseline \
-          --tag repeat --out "$OUT" --mode reduce-overhead > "$OUT/conv_bf16_repeat.log" 2>&1
-        echo "bf16 350M repeat exit $?"
+        preset_350m 1 baseline 300 conv_bf16_repeat --tag repeat --out "$OUT" --mode reduce-overhead
       ) &
       wait
       cp "$OUT/loss_baseline_repeat.csv" "$OUT/loss_baseline_repeat.json" "$RESULTS/" 2>/dev/null
