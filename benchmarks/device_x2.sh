@@ -18,6 +18,8 @@
 #                                           # tests, ncu of the quantizers, quantizer sweep; GPU 1: Linear, block
 #   bash benchmarks/device_x2.sh s5b        # the pair again; then GPU 0: Linear, block; GPU 1: quantizer tests, table
 #   bash benchmarks/device_x2.sh s5c        # 1B train_step alone; then a 10-step Linear profile and a BF16 350M repeat
+#   bash benchmarks/device_x2.sh s6a        # one GPU: quantizer GPU tests (FastLauncher), host cost per call with the
+#                                           # standard and the direct launch, a cProfile of a small step, 1B train_step
 set -o pipefail
 # At most 8 files come back from the device: everything is written to a work folder and packed
 # into $OUT/logs.tar.gz at exit, beside the loss curve (loss.png, loss.csv).
@@ -48,6 +50,20 @@ pair_350m() {  # the 350M preset under CUDA graphs on GPU 1, FP8 then BF16 (FP8 
 
 for what in "$@"; do
   case $what in
+    s6a)  # session 6: the direct Triton launch (kernels/launch.py): GPU tests, host cost with it off/on, cProfile,
+          # then the 1B train_step (default mode) with it on, and the fp8 side again with it off
+      quant_gpu_tests 150 4 0
+      for fl in 0 1; do
+        FP8PASS_FAST_LAUNCH=$fl timeout 60 python3 benchmarks/host_overhead.py > "$OUT/host_fl$fl.log" 2>&1
+        echo "host_overhead FP8PASS_FAST_LAUNCH=$fl exit $?"; cat "$OUT/host_fl$fl.log" | cut -c1-200
+      done
+      timeout 60 python3 benchmarks/host_profile.py --steps 200 --top 40 > "$OUT/host_profile.log" 2>&1
+      echo "host_profile exit $?"; head -75 "$OUT/host_profile.log" | cut -c1-160
+      timeout 200 python3 benchmarks/train_step.py --variants bf16,fp8 > "$OUT/train_step.log" 2>&1
+      echo "train_step exit $?"; head -45 "$OUT/train_step.log" | cut -c1-180
+      FP8PASS_FAST_LAUNCH=0 timeout 100 python3 benchmarks/train_step.py --variants fp8 --profile none \
+        > "$OUT/train_step_fl0.log" 2>&1
+      echo "train_step (FP8PASS_FAST_LAUNCH=0) exit $?"; grep -E "^ +fp8" "$OUT/train_step_fl0.log" ;;
     s5a)  # session 5: the 350M preset (batch 16) BF16 on GPU 0 and FP8 on GPU 1 at once; then GPU 0: all
           # GPU tests, an ncu profile of the quantizers and their sweep; GPU 1: Linear and block
       (

@@ -14,12 +14,15 @@ import triton
 import triton.language as tl
 
 import fp8pass  # noqa: F401  (registers the ops and their CUDA kernels)
-from fp8pass.kernels import cuda, triton_quantize as tq
+from fp8pass.kernels import cuda, launch, triton_quantize as tq
 
 
 @triton.jit
 def _noop_kernel(x_ptr):
     pass
+
+
+_noop_fast = launch.FastLauncher(_noop_kernel)
 
 
 def per_call_us(fn, calls: int = 2000) -> float:
@@ -46,6 +49,7 @@ def main():
     rows = {
         "torch x.add_(1) (one native kernel)": lambda: x.add_(1),
         "Triton empty kernel launch": lambda: _noop_kernel[(1,)](x),
+        "Triton empty kernel, FastLauncher": lambda: _noop_fast((1,), x),
         "tq.quantize_1x128 (Python wrapper)": lambda: tq.quantize_1x128(x),
         "torch.ops.fp8pass.quantize_1x128": lambda: ops.quantize_1x128(x),
         "tq.quantize_1x128_128x1 (col^T)": lambda: tq.quantize_1x128_128x1(x, col_layout="transposed"),
@@ -58,7 +62,7 @@ def main():
         "cuda._run('triton') (autotuned Triton GEMM)": lambda: cuda._run("triton", qa, sa, qb, sb, torch.bfloat16),
     }
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}")
-    print(f"registered on the CUDA key: {cuda.registered()}")
+    print(f"registered on the CUDA key: {cuda.registered()}; FastLauncher on: {launch.fast_launch_enabled()}")
     for name, fn in rows.items():
         try:
             print(f"  {name:45} {per_call_us(fn):8.1f} us/call", flush=True)

@@ -25,7 +25,7 @@ import threading
 
 import torch
 
-from . import ops
+from . import ops, triton_gemm, triton_gemm_gluon
 from .reference import TILE, _cdiv
 
 __all__ = ["register", "registered", "gemm_blockwise", "dispatch_choice", "cublas_gemm_blockwise",
@@ -181,8 +181,6 @@ def _k_major_copies(a, b):
 
 
 def _run(name, a, a_scale, b, b_scale, out_dtype):
-    from . import triton_gemm, triton_gemm_gluon
-
     if name == "triton":
         return triton_gemm.gemm_blockwise(a, a_scale, b, b_scale, out_dtype)
     if name == "gluon":
@@ -194,8 +192,6 @@ def _run(name, a, a_scale, b, b_scale, out_dtype):
 
 
 def _candidates(a, b):
-    from . import triton_gemm_gluon
-
     names = ["triton"]
     a2_ok = (a.shape[1] * a.element_size()) % 16 == 0  # K-major copy rows must be 16-byte aligned
     if triton_gemm_gluon.available() and a2_ok and (b.shape[1] > 0):
@@ -244,7 +240,6 @@ def gemm_blockwise(a, a_scale, b, b_scale, out_dtype):
     name = _choice.get(key)
     if name is None:
         if torch.cuda.is_current_stream_capturing():
-            from . import triton_gemm
             cfg = triton_gemm.GEMM_CONFIGS[0]
             return triton_gemm.gemm_blockwise(a, a_scale, b, b_scale, out_dtype,
                                               config={**cfg.kwargs, "num_warps": cfg.num_warps,

@@ -33,6 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .launch import FastLauncher
 from .reference import AMAX_EPS, FP8_DTYPE, FP8_MAX, TILE, _cdiv, empty_mn_major
 
 __all__ = [
@@ -146,6 +147,9 @@ def _quant_1x128_kernel(
     tl.store(s_ptr + kb.to(tl.int64) * R + rows, scale, mask=rmask)  # MN-major: [KB, R] storage
 
 
+_launch_1x128 = FastLauncher(_quant_1x128_kernel)
+
+
 def _fold_leading(x: torch.Tensor):
     """Fold the leading dims of x (all but the last) into at most two strided dims.
 
@@ -191,8 +195,8 @@ def quantize_1x128(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         folded = _fold_leading(x)
     d0, d1, s0, s1 = folded
     grid = (triton.cdiv(rows, _BLOCK_R_1x128), kb)
-    _quant_1x128_kernel[grid](
-        x, q, s, rows, d1, k, s0, s1, x.stride(-1),
+    _launch_1x128(
+        grid, x, q, s, rows, d1, k, s0, s1, x.stride(-1),
         BLOCK_R=_BLOCK_R_1x128, EVEN_K=(k % TILE == 0), num_warps=_WARPS_1x128,
     )
     return q, s
@@ -261,6 +265,9 @@ def _quant_col_tiles_kernel(
     tl.store(sc_ptr + mb.to(tl.int64) * K + cols, scale, mask=cmask)
 
 
+_launch_col_tiles_kernel = FastLauncher(_quant_col_tiles_kernel)
+
+
 # "whole" design of the 128x1 kernel: a 128 x BLOCK_C block held in registers and read once (for
 # the dual kernel the same design, a whole 128x128 block in fp32 registers, measured 1534 GB/s
 # against the two-pass kernel's 1948 on the H200 and was removed)
@@ -292,6 +299,9 @@ def _quant_128x1_kernel(
     tl.store(s_ptr + mb.to(tl.int64) * K + cols, scale, mask=cmask)
 
 
+_launch_128x1 = FastLauncher(_quant_128x1_kernel)
+
+
 # Launch parameters (H200 sweep in benchmarks/RESULTS_gemm.md). The 128x1 kernel alone: "whole"
 # (_quant_128x1_kernel) or "two-pass" (_quant_col_tiles_kernel without the 1x128 copy); the dual
 # kernel is always the two-pass one.
@@ -311,8 +321,8 @@ def _launch_col_tiles(x, q_row, s_row, q_col, q_t, s_col, *, block_c, chunk, war
         return
     some_q = next(t for t in (q_row, q_col, q_t) if t is not None)
     grid = (_cdiv(m, TILE), triton.cdiv(k, block_c))
-    _quant_col_tiles_kernel[grid](
-        x, some_q if q_row is None else q_row, s_col if s_row is None else s_row,
+    _launch_col_tiles_kernel(
+        grid, x, some_q if q_row is None else q_row, s_col if s_row is None else s_row,
         some_q if q_col is None else q_col, some_q if q_t is None else q_t, s_col,
         m, k, x.stride(0), x.stride(1),
         BLOCK_C=block_c, CHUNK=chunk, WRITE_ROW=q_row is not None, WRITE_COL=q_col is not None,
@@ -343,8 +353,8 @@ def quantize_128x1(x: torch.Tensor, *, layout: str = "normal"):
     s = s_t.t()  # [MB, K] storage, contiguous
     if _Q128X1_IMPL == "whole":
         if m and k:
-            _quant_128x1_kernel[(mb, triton.cdiv(k, _BLOCK_C_128x1))](
-                x, q if want_q else qt, qt if want_qt else q, s, m, k, x.stride(0), x.stride(1),
+            _launch_128x1(
+                (mb, triton.cdiv(k, _BLOCK_C_128x1)), x, q if want_q else qt, qt if want_qt else q, s, m, k, x.stride(0), x.stride(1),
                 BLOCK_C=_BLOCK_C_128x1, WRITE_Q=want_q, WRITE_QT=want_qt, num_warps=_WARPS_128x1,
             )
     else:
@@ -405,6 +415,9 @@ def _quant_128x128_kernel(
     tl.store(s_ptr + rb * CB + cb, scale)
 
 
+_launch_128x128 = FastLauncher(_quant_128x128_kernel)
+
+
 _WARPS_128x128 = int(os.environ.get("FP8PASS_Q128X128_WARPS", "4"))  # H200 sweep: 4 best
 
 
@@ -419,8 +432,8 @@ def quantize_128x128(w: torch.Tensor, *, with_transposed: bool = False):
     s = torch.empty((rb, cb), dtype=torch.float32, device=w.device)
     qt = torch.empty((c, r), dtype=FP8_DTYPE, device=w.device) if with_transposed else None
     if r and c:
-        _quant_128x128_kernel[(rb, cb)](
-            w, q, qt if with_transposed else q, s, r, c, cb, w.stride(0), w.stride(1),
+        _launch_128x128(
+            (rb, cb), w, q, qt if with_transposed else q, s, r, c, cb, w.stride(0), w.stride(1),
             WRITE_QT=with_transposed, num_warps=_WARPS_128x128,
         )
     if with_transposed:

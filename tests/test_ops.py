@@ -190,3 +190,22 @@ def test_opcheck_gemm():
     torch.library.opcheck(ops.gemm_blockwise, (*operands, torch.bfloat16), test_utils="test_faketensor")
     _, operands = _gemm_case("128x1", 40, 200, 128)
     torch.library.opcheck(ops.gemm_blockwise, (*operands, torch.float32), test_utils="test_faketensor")
+
+
+def test_fast_launch_key_is_as_fine_as_tritons_specialization():
+    """kernels/launch.py keys cached kernels by what Triton specializes on; each pair here is
+    compiled differently by Triton, so each must get a different key."""
+    from fp8pass.kernels.launch import _arg_key
+
+    base = torch.empty(64, dtype=torch.bfloat16)
+    pairs = [
+        (base, base[1:]),                                  # 16-byte aligned pointer vs not
+        (base, base.float()),                              # element dtype
+        (32, 33), (32, 1), (1, 17), (48, 2 ** 31 + 48),   # divisible by 16, == 1, i32 vs i64
+        (True, 1),                                         # i1 vs integer
+        (None, 0),
+    ]
+    for a, b in pairs:
+        assert _arg_key(a) != _arg_key(b), (a if not isinstance(a, torch.Tensor) else "tensor", b)
+    assert _arg_key(base) == _arg_key(base[8:])  # both aligned: one kernel
+    assert _arg_key(64) == _arg_key(4096)

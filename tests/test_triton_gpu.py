@@ -270,3 +270,41 @@ def test_torch_compile_fullgraph_over_registered_ops():
             assert torch.equal(e.view(torch.uint8), c.view(torch.uint8))
         else:
             assert torch.equal(e, c)
+
+
+def test_fast_launch_separates_specializations_and_skips_jit_run(monkeypatch):
+    """kernels/launch.py: a repeated key launches without JITFunction.run, and inputs that Triton
+    compiles differently (a pointer off 16-byte alignment, a stride not divisible by 16) get
+    their own kernel; a key too coarse would run the aligned kernel on them (wrong bytes or a
+    misaligned-address fault)."""
+    from fp8pass.kernels import launch
+
+    if not launch.fast_launch_enabled():
+        pytest.skip("FP8PASS_FAST_LAUNCH=0")
+    tq = _q()
+    fast = tq._launch_1x128
+    x = _inputs(300, 1024, torch.bfloat16, seed=21)
+    storage = torch.empty(300 * 1040 + 1, device="cuda", dtype=torch.bfloat16)
+    x_misaligned = storage[1:1 + 300 * 1024].view(300, 1024)  # data_ptr % 16 == 2
+    x_misaligned.copy_(x)
+    x_odd_stride = storage[:300 * 1033].view(300, 1033)[:, :1024]  # row stride 1033
+    x_odd_stride.copy_(x)
+    jit_runs = []
+    real_run = type(fast.fn).run
+
+    def counting_run(self, *args, **kwargs):
+        jit_runs.append(self)
+        return real_run(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(fast.fn), "run", counting_run)
+    exp = ref.quantize_1x128(x)
+    for trial in range(2):
+        for inp in (x, x_misaligned, x_odd_stride):
+            got = tq.quantize_1x128(inp)
+            assert _bytes_equal(got[0], exp[0])[0] and _scales_equal(got[1], exp[1])[0]
+        torch.cuda.synchronize()
+        if trial == 0:
+            first = len(jit_runs)
+    assert first <= 3 and len(jit_runs) == first, "repeated keys must not go through JITFunction.run"
+    keys = [k for k in fast._cache if k[0] == torch.cuda.current_device()]
+    assert len({k[2:] for k in keys}) >= 3, "aligned, misaligned and odd-stride inputs need their own kernels"
