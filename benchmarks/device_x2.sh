@@ -20,6 +20,8 @@
 #   bash benchmarks/device_x2.sh s5c        # 1B train_step alone; then a 10-step Linear profile and a BF16 350M repeat
 #   bash benchmarks/device_x2.sh s6a        # one GPU: quantizer GPU tests (FastLauncher), host cost per call with the
 #                                           # standard and the direct launch, a cProfile of a small step, 1B train_step
+#   bash benchmarks/device_x2.sh s6b        # one GPU: quantizer GPU tests, quantizer table + sweep (persistent dual
+#                                           # kernel), Linear, block
 set -o pipefail
 # At most 8 files come back from the device: everything is written to a work folder and packed
 # into $OUT/logs.tar.gz at exit, beside the loss curve (loss.png, loss.csv).
@@ -50,6 +52,14 @@ pair_350m() {  # the 350M preset under CUDA graphs on GPU 1, FP8 then BF16 (FP8 
 
 for what in "$@"; do
   case $what in
+    s6b)  # session 6: the persistent dual quantizer: GPU tests, quantizer table and sweep, Linear, block
+      quant_gpu_tests 150 4 0
+      timeout 200 python3 benchmarks/gemm.py --no-gemm --tune-quant > "$OUT/quant.log" 2>&1
+      echo "quantizer benchmark exit $?"; grep -E "^--|^ +quantize|sweep|^ +dual|^ +128x1|^ +1x128" "$OUT/quant.log" | cut -c1-400
+      timeout 90 python3 benchmarks/linear.py --profile > "$OUT/linear.log" 2>&1
+      echo "linear exit $?"; grep -E "^ +[0-9]+x[0-9]+x[0-9]+ |SQNR|_quant|nvjet" "$OUT/linear.log" | cut -c1-220
+      timeout 130 python3 benchmarks/block.py --memory > "$OUT/block.log" 2>&1
+      echo "block exit $?"; grep -E "^ *(bf16|fp8)|SQNR|peak" "$OUT/block.log" | cut -c1-220 ;;
     s6a)  # session 6: the direct Triton launch (kernels/launch.py): GPU tests, host cost with it off/on, cProfile,
           # then the 1B train_step (default mode) with it on, and the fp8 side again with it off
       quant_gpu_tests 150 4 0

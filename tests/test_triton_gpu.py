@@ -82,8 +82,13 @@ def test_quantize_bit_identical(dtype, m, k, view):
         x = torch.cat([x, x[:, :128]], dim=1)[:, :k]
     xc = x.cpu()
     failures = []
-    for name in ("quantize_1x128", "quantize_128x1", "quantize_1x128_128x1", "quantize_128x128"):
-        got = getattr(tq, name)(x)
+    for name in ("quantize_1x128", "quantize_128x1", "quantize_1x128_128x1", "quantize_128x128", "dual col^T"):
+        if name == "dual col^T":  # the layout training uses (the persistent kernel when K % 128 == 0)
+            q_row, s_row, q_col_t, s_col_t = tq.quantize_1x128_128x1(x, col_layout="transposed")
+            got = (q_row, s_row, q_col_t.t(), s_col_t.t())
+            name = "quantize_1x128_128x1"
+        else:
+            got = getattr(tq, name)(x)
         exp_gpu = getattr(ref, name)(x)
         exp_cpu = getattr(ref, name)(xc)  # the ground truth: IEEE arithmetic on the CPU
         for gi, eg, ec in zip(got, exp_gpu, exp_cpu):

@@ -157,6 +157,17 @@ def run_quantize() -> None:
                     ok, d = _same(g[2], e[2], _nan_rows_mask(g[2].shape, e[3], 128, 1))
                 return ok, d
 
+            def qdual_t(x=x):  # the layout training uses (the persistent kernel when K % 128 == 0)
+                g, e = tq.quantize_1x128_128x1(x, col_layout="transposed"), ref.quantize_1x128_128x1(x)
+                for gi, ei in zip((g[1], g[3].t()), (e[1], e[3])):
+                    ok, d = _same(gi, ei)
+                    if not ok:
+                        return ok, d
+                ok, d = _same(g[0], e[0], _nan_rows_mask(g[0].shape, e[1], 1, 128))
+                if ok:
+                    ok, d = _same(g[2].t(), e[2], _nan_rows_mask(e[2].shape, e[3], 128, 1))
+                return ok, d
+
             def q128x128(x=x):
                 g, e = tq.quantize_128x128(x), ref.quantize_128x128(x)
                 ok, d = _same(g[1], e[1])
@@ -167,6 +178,7 @@ def run_quantize() -> None:
             check(f"quantize_1x128[{tag},{layout}]", q1x128)
             check(f"quantize_128x1[{tag},{layout}]", q128x1)
             check(f"quantize_1x128_128x1[{tag},{layout}]", qdual)
+            check(f"quantize_1x128_128x1 col^T[{tag},{layout}]", qdual_t)
             check(f"quantize_128x128[{tag},{layout}]", q128x128)
 
     # N-D input for 1x128, strided in two leading dims that cannot merge, and a K tail
