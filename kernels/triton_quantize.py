@@ -268,48 +268,6 @@ def _quant_col_tiles_kernel(
 _launch_col_tiles_kernel = FastLauncher(_quant_col_tiles_kernel)
 
 
-
-@triton.jit
-def _quant_dual_persistent_kernel(
-    x_ptr, qr_ptr, sr_ptr, qt_ptr, sc_ptr,
-    M, K, sxm, sxk,
-    NUM_TILES, KB,
-    NUM_STAGES: tl.constexpr,
-    REREAD: tl.constexpr,
-):
-    """Both copies of x[M, K] (K a multiple of 128): the 1x128 copy row-major and the 128x1 copy
-    transposed ([K, M]), one 128x128 tile per loop iteration, tiles strided over a grid of a few
-    programs per SM. Why persistent: the two-pass kernel above keeps only one or two blocks in
-    flight per SM (registers cap it at 2 CTAs) and waits on each load in turn (ncu: 43% of DRAM
-    bandwidth, 1.0 eligible warps, session 5); here the loop's loads are software-pipelined by
-    Triton (cp.async into shared memory, NUM_STAGES - 1 tiles ahead), so the next tiles stream in
-    while this one is quantized and stored. REREAD loads the tile a second time for the 128x1
-    pass (an L2 hit, also pipelined) instead of keeping it in registers across both passes
-    (SASS, Triton 3.6, 8 warps, 2 stages: 168 registers against 233)."""
-    pid = tl.program_id(0)
-    nprog = tl.num_programs(0)
-    for t in tl.range(pid, NUM_TILES, nprog, num_stages=NUM_STAGES):
-        mb = t // KB
-        kb = t - mb * KB
-        rows = mb * 128 + tl.arange(0, 128)
-        cols = kb * 128 + tl.arange(0, 128)
-        rmask = rows < M
-        ptrs = x_ptr + rows.to(tl.int64)[:, None] * sxm + cols.to(tl.int64)[None, :] * sxk
-        x = tl.load(ptrs, mask=rmask[:, None], other=0.0).to(tl.float32)
-        s_row, r_row, sf_row = _scale_and_recip(_amax(x, 1))
-        q_row = _to_fp8(x, sf_row[:, None], r_row[:, None])
-        tl.store(qr_ptr + rows.to(tl.int64)[:, None] * K + cols[None, :], q_row, mask=rmask[:, None])
-        tl.store(sr_ptr + kb.to(tl.int64) * M + rows, s_row, mask=rmask)  # [KB, M] storage
-        if REREAD:
-            x = tl.load(ptrs, mask=rmask[:, None], other=0.0).to(tl.float32)
-        s_col, r_col, sf_col = _scale_and_recip(_amax(x, 0))
-        q_col = _to_fp8(x, sf_col[None, :], r_col[None, :])
-        tl.store(qt_ptr + cols.to(tl.int64)[None, :] * M + rows[:, None], q_col, mask=rmask[:, None])
-        tl.store(sc_ptr + mb.to(tl.int64) * K + cols, s_col)  # [MB, K] storage
-
-
-_launch_dual_persistent = FastLauncher(_quant_dual_persistent_kernel)
-
 # "whole" design of the 128x1 kernel: a 128 x BLOCK_C block held in registers and read once (for
 # the dual kernel the same design, a whole 128x128 block in fp32 registers, measured 1534 GB/s
 # against the two-pass kernel's 1948 on the H200 and was removed)
@@ -353,22 +311,6 @@ _CHUNK_128x1 = int(os.environ.get("FP8PASS_Q128X1_CHUNK", "128"))
 _WARPS_128x1 = int(os.environ.get("FP8PASS_Q128X1_WARPS", "4"))
 _CHUNK_DUAL = int(os.environ.get("FP8PASS_QDUAL_CHUNK", "128"))  # H200: 1948 GB/s vs 1534 whole
 _WARPS_DUAL = int(os.environ.get("FP8PASS_QDUAL_WARPS", "8"))
-# the persistent dual kernel (K a multiple of 128, col^T layout; else the two-pass kernel)
-_DUAL_IMPL = os.environ.get("FP8PASS_QDUAL_IMPL", "persistent")
-_DUAL_STAGES = int(os.environ.get("FP8PASS_QDUAL_STAGES", "2"))
-_DUAL_REREAD = os.environ.get("FP8PASS_QDUAL_REREAD", "1") == "1"
-_DUAL_CTAS_PER_SM = int(os.environ.get("FP8PASS_QDUAL_CTAS_PER_SM", "1"))
-_DUAL_MAXNREG = int(os.environ.get("FP8PASS_QDUAL_MAXNREG", "0"))  # 0: Triton's choice
-_SM_COUNT: dict = {}
-
-
-def _sm_count(device: torch.device) -> int:
-    if device.type != "cuda":  # the interpreter: a few programs, so the tile loop runs
-        return 2
-    n = _SM_COUNT.get(device.index)
-    if n is None:
-        n = _SM_COUNT[device.index] = torch.cuda.get_device_properties(device).multi_processor_count
-    return n
 
 
 def _launch_col_tiles(x, q_row, s_row, q_col, q_t, s_col, *, block_c, chunk, warps):
@@ -443,15 +385,6 @@ def quantize_1x128_128x1(x: torch.Tensor, *, col_layout: str = "normal"):
     trans = col_layout == "transposed"
     q_col = torch.empty((k, m) if trans else (m, k), dtype=FP8_DTYPE, device=dev)
     s_col_t = empty_mn_major((k,), mb, device=dev)  # the same layout as the op's fake kernel
-    if trans and _DUAL_IMPL == "persistent" and k % TILE == 0:
-        if m:
-            tiles = mb * kb
-            grid = (min(tiles, _DUAL_CTAS_PER_SM * _sm_count(dev)),)
-            opts = {"maxnreg": _DUAL_MAXNREG} if _DUAL_MAXNREG else {}
-            _launch_dual_persistent(grid, x, q_row, s_row, q_col, s_col_t, m, k, x.stride(0), x.stride(1),
-                                    tiles, kb, NUM_STAGES=_DUAL_STAGES, REREAD=_DUAL_REREAD,
-                                    num_warps=_WARPS_DUAL, **opts)
-        return q_row, s_row, q_col, s_col_t
     _launch_col_tiles(x, q_row, s_row, None if trans else q_col, q_col if trans else None, s_col_t.t(),
                       block_c=TILE, chunk=_CHUNK_DUAL, warps=_WARPS_DUAL)
     return q_row, s_row, q_col, s_col_t if trans else s_col_t.t()
