@@ -22,6 +22,8 @@
 #                                           # standard and the direct launch, a cProfile of a small step, 1B train_step
 #   bash benchmarks/device_x2.sh s6b        # one GPU: quantizer GPU tests, quantizer table + sweep (persistent dual
 #                                           # kernel), Linear, block
+#   bash benchmarks/device_x2.sh s6c        # one GPU: the Gluon dual quantizer: GPU tests, quantizer table + sweep,
+#                                           # Linear, block, 1B train_step
 set -o pipefail
 # At most 8 files come back from the device: everything is written to a work folder and packed
 # into $OUT/logs.tar.gz at exit, beside the loss curve (loss.png, loss.csv).
@@ -52,6 +54,19 @@ pair_350m() {  # the 350M preset under CUDA graphs on GPU 1, FP8 then BF16 (FP8 
 
 for what in "$@"; do
   case $what in
+    s6c)  # session 6: the Gluon dual quantizer (the plain-Triton one for the benchmarks if its GPU tests fail)
+      CUDA_VISIBLE_DEVICES=0 timeout 150 python3 -m pytest -q -p no:cacheprovider -n 4 -m gpu tests/test_triton_gpu.py \
+        -k "quantize or registered or fast_launch or gluon_dual" > "$OUT/quant_gpu.log" 2>&1
+      rc=$?; echo "quantizer GPU tests exit $rc"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/quant_gpu.log" | cut -c1-300 | tail -8
+      if [ $rc -ne 0 ]; then export FP8PASS_QDUAL_IMPL=triton; echo "benchmarks with FP8PASS_QDUAL_IMPL=triton"; fi
+      timeout 200 python3 benchmarks/gemm.py --no-gemm --tune-quant > "$OUT/quant.log" 2>&1
+      echo "quantizer benchmark exit $?"; grep -E "^--|^ +quantize|sweep|^ +dual|^ +128x1|^ +1x128" "$OUT/quant.log" | cut -c1-400
+      timeout 90 python3 benchmarks/linear.py --profile > "$OUT/linear.log" 2>&1
+      echo "linear exit $?"; grep -E "^ +[0-9]+x[0-9]+x[0-9]+ |SQNR|_quant|nvjet" "$OUT/linear.log" | cut -c1-220
+      timeout 110 python3 benchmarks/block.py > "$OUT/block.log" 2>&1
+      echo "block exit $?"; grep -E "^ *(bf16|fp8)|SQNR|peak" "$OUT/block.log" | cut -c1-220
+      timeout 180 python3 benchmarks/train_step.py --variants bf16,fp8 > "$OUT/train_step.log" 2>&1
+      echo "train_step exit $?"; head -40 "$OUT/train_step.log" | cut -c1-180 ;;
     s6b)  # session 6: the persistent dual quantizer: GPU tests, quantizer table and sweep, Linear, block
       quant_gpu_tests 150 4 0
       timeout 200 python3 benchmarks/gemm.py --no-gemm --tune-quant > "$OUT/quant.log" 2>&1

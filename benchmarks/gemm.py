@@ -217,17 +217,24 @@ def run_quant(tune: bool):
              [("whole", 64, 0, 4), ("whole", 64, 0, 2), ("whole", 128, 0, 8), ("two-pass", 64, 128, 8),
               ("two-pass", 64, 64, 4)],
              lambda v: tq.quantize_128x1(v, layout="transposed"), 2 * n + n, "128x1"),
-            ("dual col^T CHUNK,warps", ("_CHUNK_DUAL", "_WARPS_DUAL"),
-             [(128, 8), (128, 16), (64, 4), (64, 8)],
+            ("dual col^T IMPL,CHUNK,warps (triton) / gluon warps,maxnreg",
+             ("_DUAL_IMPL", "_CHUNK_DUAL", "_WARPS_DUAL", "gluon._WARPS", "gluon._MAXNREG"),
+             [("triton", 128, 8, 8, 128), ("triton", 128, 16, 8, 128), ("gluon", 128, 8, 8, 128),
+              ("gluon", 128, 8, 8, 0), ("gluon", 128, 8, 16, 0), ("gluon", 128, 8, 16, 64), ("gluon", 128, 8, 4, 0)],
              lambda v: tq.quantize_1x128_128x1(v, col_layout="transposed"), 2 * n + 2 * n, "dual"),
             ("128x128 -,warps", ("_WARPS_128x128",), [(4,), (8,)], lambda v: tq.quantize_128x128(v), 2 * n + n, None),
         ]
+        from fp8pass.kernels import triton_quantize_gluon as tqg
+
+        def owner(attr):  # "gluon.X" names triton_quantize_gluon.X, the rest triton_quantize's
+            return (tqg, attr[6:]) if attr.startswith("gluon.") else (tq, attr)
+
         for label, attrs, choices, fn, nbytes, check in sweeps:
-            saved = [getattr(tq, a) for a in attrs]
+            saved = [getattr(*owner(a)) for a in attrs]
             parts = []
             for choice in choices:
                 for a, v in zip(attrs, choice):
-                    setattr(tq, a, v)
+                    setattr(*owner(a), v)
                 tag = ",".join(map(str, choice))
                 try:
                     ms = bench(lambda i: fn(x))
@@ -240,7 +247,7 @@ def run_quant(tune: bool):
                 except Exception as exc:
                     parts.append(f"({tag})=err:{type(exc).__name__}:{str(exc)[:80]}")
             for a, v in zip(attrs, saved):
-                setattr(tq, a, v)
+                setattr(*owner(a), v)
             print(f"   {label:30} " + " ".join(parts), flush=True)
 
 

@@ -311,6 +311,18 @@ _CHUNK_128x1 = int(os.environ.get("FP8PASS_Q128X1_CHUNK", "128"))
 _WARPS_128x1 = int(os.environ.get("FP8PASS_Q128X1_WARPS", "4"))
 _CHUNK_DUAL = int(os.environ.get("FP8PASS_QDUAL_CHUNK", "128"))  # H200: 1948 GB/s vs 1534 whole
 _WARPS_DUAL = int(os.environ.get("FP8PASS_QDUAL_WARPS", "8"))
+# "gluon": the Gluon kernel (triton_quantize_gluon.py) for the transposed layout on sm90 with
+# K % 128 == 0; "triton": always the plain-Triton kernel below
+_DUAL_IMPL = os.environ.get("FP8PASS_QDUAL_IMPL", "gluon")
+_GLUON_QUANT: list = []
+
+
+def _gluon_quantize():
+    """triton_quantize_gluon, imported at first use (it imports this module), or None."""
+    if not _GLUON_QUANT:
+        from . import triton_quantize_gluon
+        _GLUON_QUANT.append(triton_quantize_gluon if triton_quantize_gluon.gluon is not None else None)
+    return _GLUON_QUANT[0]
 
 
 def _launch_col_tiles(x, q_row, s_row, q_col, q_t, s_col, *, block_c, chunk, warps):
@@ -385,6 +397,11 @@ def quantize_1x128_128x1(x: torch.Tensor, *, col_layout: str = "normal"):
     trans = col_layout == "transposed"
     q_col = torch.empty((k, m) if trans else (m, k), dtype=FP8_DTYPE, device=dev)
     s_col_t = empty_mn_major((k,), mb, device=dev)  # the same layout as the op's fake kernel
+    if trans and k % TILE == 0 and _DUAL_IMPL != "triton":
+        gluon_quant = _gluon_quantize()
+        if gluon_quant is not None and gluon_quant.available(dev):
+            gluon_quant.quantize_dual_transposed(x, q_row, s_row, q_col, s_col_t)
+            return q_row, s_row, q_col, s_col_t
     _launch_col_tiles(x, q_row, s_row, None if trans else q_col, q_col if trans else None, s_col_t.t(),
                       block_c=TILE, chunk=_CHUNK_DUAL, warps=_WARPS_DUAL)
     return q_row, s_row, q_col, s_col_t if trans else s_col_t.t()

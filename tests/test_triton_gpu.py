@@ -82,9 +82,15 @@ def test_quantize_bit_identical(dtype, m, k, view):
         x = torch.cat([x, x[:, :128]], dim=1)[:, :k]
     xc = x.cpu()
     failures = []
-    for name in ("quantize_1x128", "quantize_128x1", "quantize_1x128_128x1", "quantize_128x128", "dual col^T"):
-        if name == "dual col^T":  # the layout training uses (the persistent kernel when K % 128 == 0)
-            q_row, s_row, q_col_t, s_col_t = tq.quantize_1x128_128x1(x, col_layout="transposed")
+    for name in ("quantize_1x128", "quantize_128x1", "quantize_1x128_128x1", "quantize_128x128", "dual col^T gluon",
+                 "dual col^T triton"):
+        if name.startswith("dual col^T"):  # the layout training uses: the Gluon kernel on sm90 if K % 128 == 0
+            saved = tq._DUAL_IMPL
+            tq._DUAL_IMPL = name.split()[-1]
+            try:
+                q_row, s_row, q_col_t, s_col_t = tq.quantize_1x128_128x1(x, col_layout="transposed")
+            finally:
+                tq._DUAL_IMPL = saved
             got = (q_row, s_row, q_col_t.t(), s_col_t.t())
             name = "quantize_1x128_128x1"
         else:
@@ -313,3 +319,24 @@ def test_fast_launch_separates_specializations_and_skips_jit_run(monkeypatch):
     assert first <= 3 and len(jit_runs) == first, "repeated keys must not go through JITFunction.run"
     keys = [k for k in fast._cache if k[0] == torch.cuda.current_device()]
     assert len({k[2:] for k in keys}) >= 3, "aligned, misaligned and odd-stride inputs need their own kernels"
+
+
+def test_gluon_dual_quantizer_is_used_on_sm90(monkeypatch):
+    """The Gluon dual kernel must not silently fall back to the plain-Triton one on Hopper (e.g.
+    after a Gluon API change): the bit-identity test above would then test one kernel twice."""
+    if torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("the Gluon dual quantizer is enabled on sm90 only")
+    from fp8pass.kernels import triton_quantize_gluon as tqg
+
+    assert tqg._GLUON_IMPORT_ERROR is None, tqg._GLUON_IMPORT_ERROR
+    assert tqg.available(torch.device("cuda"))
+    launches = []
+    real = tqg._launch_dual
+
+    def counting(*args, **kwargs):
+        launches.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tqg, "_launch_dual", counting)
+    _q().quantize_1x128_128x1(_inputs(256, 512, torch.bfloat16, seed=5), col_layout="transposed")
+    assert launches == [1]
