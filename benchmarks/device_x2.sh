@@ -24,6 +24,7 @@
 #                                           # kernel), Linear, block
 #   bash benchmarks/device_x2.sh s6c        # one GPU: the Gluon dual quantizer: GPU tests, quantizer table + sweep,
 #                                           # Linear, block, 1B train_step
+#   bash benchmarks/device_x2.sh s6d        # s6c again after a test fix, without the sweep (quantizer table last)
 set -o pipefail
 # At most 8 files come back from the device: everything is written to a work folder and packed
 # into $OUT/logs.tar.gz at exit, beside the loss curve (loss.png, loss.csv).
@@ -54,6 +55,19 @@ pair_350m() {  # the 350M preset under CUDA graphs on GPU 1, FP8 then BF16 (FP8 
 
 for what in "$@"; do
   case $what in
+    s6d)  # session 6: s6c's run again (its fast-launch test had a bug, so its benchmarks ran the plain-Triton
+          # dual kernel); the quantizer table last
+      CUDA_VISIBLE_DEVICES=0 timeout 100 python3 -m pytest -q -p no:cacheprovider -n 4 -m gpu tests/test_triton_gpu.py \
+        -k "fast_launch or gluon_dual or registered" > "$OUT/quant_gpu.log" 2>&1
+      rc=$?; echo "GPU tests exit $rc"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/quant_gpu.log" | cut -c1-300 | tail -8
+      timeout 80 python3 benchmarks/linear.py --profile > "$OUT/linear.log" 2>&1
+      echo "linear exit $?"; grep -E "^ +[0-9]+x[0-9]+x[0-9]+ |SQNR|_quant|nvjet" "$OUT/linear.log" | cut -c1-220
+      timeout 100 python3 benchmarks/block.py > "$OUT/block.log" 2>&1
+      echo "block exit $?"; grep -E "^ *(bf16|fp8)|SQNR|peak" "$OUT/block.log" | cut -c1-220
+      timeout 200 python3 benchmarks/train_step.py --variants bf16,fp8 > "$OUT/train_step.log" 2>&1
+      echo "train_step exit $?"; head -24 "$OUT/train_step.log" | cut -c1-180
+      timeout 60 python3 benchmarks/gemm.py --no-gemm > "$OUT/quant.log" 2>&1
+      echo "quantizer benchmark exit $?"; grep -E "^--|^ +quantize" "$OUT/quant.log" | cut -c1-200 ;;
     s6c)  # session 6: the Gluon dual quantizer (the plain-Triton one for the benchmarks if its GPU tests fail)
       CUDA_VISIBLE_DEVICES=0 timeout 150 python3 -m pytest -q -p no:cacheprovider -n 4 -m gpu tests/test_triton_gpu.py \
         -k "quantize or registered or fast_launch or gluon_dual" > "$OUT/quant_gpu.log" 2>&1

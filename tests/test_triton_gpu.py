@@ -295,10 +295,10 @@ def test_fast_launch_separates_specializations_and_skips_jit_run(monkeypatch):
     tq = _q()
     fast = tq._launch_1x128
     x = _inputs(300, 1024, torch.bfloat16, seed=21)
-    storage = torch.empty(300 * 1040 + 1, device="cuda", dtype=torch.bfloat16)
-    x_misaligned = storage[1:1 + 300 * 1024].view(300, 1024)  # data_ptr % 16 == 2
+    storage = torch.empty(300 * 1024 + 1, device="cuda", dtype=torch.bfloat16)
+    x_misaligned = storage[1:].view(300, 1024)  # data_ptr % 16 == 2
     x_misaligned.copy_(x)
-    x_odd_stride = storage[:300 * 1033].view(300, 1033)[:, :1024]  # row stride 1033
+    x_odd_stride = torch.empty(300, 1033, device="cuda", dtype=torch.bfloat16)[:, :1024]  # row stride 1033
     x_odd_stride.copy_(x)
     jit_runs = []
     real_run = type(fast.fn).run
