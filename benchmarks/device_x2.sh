@@ -25,6 +25,8 @@
 #   bash benchmarks/device_x2.sh s6c        # one GPU: the Gluon dual quantizer: GPU tests, quantizer table + sweep,
 #                                           # Linear, block, 1B train_step
 #   bash benchmarks/device_x2.sh s6d        # s6c again after a test fix, without the sweep (quantizer table last)
+#   bash benchmarks/device_x2.sh s6e        # one GPU: quantizer GPU tests, quantizer table + sweep (Gluon 128x1 and
+#                                           # 32-element layouts)
 set -o pipefail
 # At most 8 files come back from the device: everything is written to a work folder and packed
 # into $OUT/logs.tar.gz at exit, beside the loss curve (loss.png, loss.csv).
@@ -55,6 +57,12 @@ pair_350m() {  # the 350M preset under CUDA graphs on GPU 1, FP8 then BF16 (FP8 
 
 for what in "$@"; do
   case $what in
+    s6e)  # session 6: the Gluon 128x1 kernel and the 32-element layouts: GPU tests, quantizer table and sweep
+      CUDA_VISIBLE_DEVICES=0 timeout 100 python3 -m pytest -q -p no:cacheprovider -n 8 -m gpu tests/test_triton_gpu.py \
+        -k "quantize or registered or gluon" > "$OUT/quant_gpu.log" 2>&1
+      echo "quantizer GPU tests exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/quant_gpu.log" | cut -c1-300 | tail -8
+      timeout 110 python3 benchmarks/gemm.py --no-gemm --tune-quant > "$OUT/quant.log" 2>&1
+      echo "quantizer benchmark exit $?"; grep -E "^--|^ +quantize|sweep|^ +dual|^ +128x1" "$OUT/quant.log" | cut -c1-420 ;;
     s6d)  # session 6: s6c's run again (its fast-launch test had a bug, so its benchmarks ran the plain-Triton
           # dual kernel); the quantizer table last
       CUDA_VISIBLE_DEVICES=0 timeout 100 python3 -m pytest -q -p no:cacheprovider -n 4 -m gpu tests/test_triton_gpu.py \

@@ -306,6 +306,8 @@ _launch_128x1 = FastLauncher(_quant_128x1_kernel)
 # (_quant_128x1_kernel) or "two-pass" (_quant_col_tiles_kernel without the 1x128 copy); the dual
 # kernel is always the two-pass one.
 _Q128X1_IMPL = os.environ.get("FP8PASS_Q128X1_IMPL", "whole")
+# the transposed layout with K % 128 == 0 on sm90: the Gluon kernel (triton_quantize_gluon.py)
+_Q128X1_GLUON = os.environ.get("FP8PASS_Q128X1_GLUON", "1") == "1"
 _BLOCK_C_128x1 = int(os.environ.get("FP8PASS_Q128X1_BLOCK_C", "64"))
 _CHUNK_128x1 = int(os.environ.get("FP8PASS_Q128X1_CHUNK", "128"))
 _WARPS_128x1 = int(os.environ.get("FP8PASS_Q128X1_WARPS", "4"))
@@ -363,6 +365,11 @@ def quantize_128x1(x: torch.Tensor, *, layout: str = "normal"):
     qt = torch.empty((k, m), dtype=FP8_DTYPE, device=dev) if want_qt else None
     s_t = empty_mn_major((k,), mb, device=dev)  # the same layout as the op's fake kernel
     s = s_t.t()  # [MB, K] storage, contiguous
+    if layout == "transposed" and k % TILE == 0 and _Q128X1_GLUON:
+        gluon_quant = _gluon_quantize()
+        if gluon_quant is not None and gluon_quant.available(dev):
+            gluon_quant.quantize_128x1_transposed(x, qt, s_t)
+            return qt, s_t
     if _Q128X1_IMPL == "whole":
         if m and k:
             _launch_128x1(

@@ -83,8 +83,9 @@ def test_quantize_bit_identical(dtype, m, k, view):
     xc = x.cpu()
     failures = []
     for name in ("quantize_1x128", "quantize_128x1", "quantize_1x128_128x1", "quantize_128x128", "dual col^T gluon",
-                 "dual col^T triton"):
-        if name.startswith("dual col^T"):  # the layout training uses: the Gluon kernel on sm90 if K % 128 == 0
+                 "dual col^T triton", "128x1 q^T gluon", "128x1 q^T triton"):
+        # the transposed layouts (what the ops return): the Gluon kernels on sm90 if K % 128 == 0
+        if name.startswith("dual col^T"):
             saved = tq._DUAL_IMPL
             tq._DUAL_IMPL = name.split()[-1]
             try:
@@ -93,6 +94,15 @@ def test_quantize_bit_identical(dtype, m, k, view):
                 tq._DUAL_IMPL = saved
             got = (q_row, s_row, q_col_t.t(), s_col_t.t())
             name = "quantize_1x128_128x1"
+        elif name.startswith("128x1 q^T"):
+            saved = tq._Q128X1_GLUON
+            tq._Q128X1_GLUON = name.endswith("gluon")
+            try:
+                q_t, s_t = tq.quantize_128x1(x, layout="transposed")
+            finally:
+                tq._Q128X1_GLUON = saved
+            got = (q_t.t(), s_t.t())
+            name = "quantize_128x1"
         else:
             got = getattr(tq, name)(x)
         exp_gpu = getattr(ref, name)(x)
@@ -321,9 +331,10 @@ def test_fast_launch_separates_specializations_and_skips_jit_run(monkeypatch):
     assert len({k[2:] for k in keys}) >= 3, "aligned, misaligned and odd-stride inputs need their own kernels"
 
 
-def test_gluon_dual_quantizer_is_used_on_sm90(monkeypatch):
-    """The Gluon dual kernel must not silently fall back to the plain-Triton one on Hopper (e.g.
-    after a Gluon API change): the bit-identity test above would then test one kernel twice."""
+def test_gluon_quantizers_are_used_on_sm90(monkeypatch):
+    """The Gluon kernels (dual, and 128x1 alone) must not silently fall back to the plain-Triton
+    ones on Hopper (e.g. after a Gluon API change): the bit-identity test above would then test
+    one kernel twice."""
     if torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("the Gluon dual quantizer is enabled on sm90 only")
     from fp8pass.kernels import triton_quantize_gluon as tqg
@@ -338,5 +349,8 @@ def test_gluon_dual_quantizer_is_used_on_sm90(monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(tqg, "_launch_dual", counting)
-    _q().quantize_1x128_128x1(_inputs(256, 512, torch.bfloat16, seed=5), col_layout="transposed")
+    x = _inputs(256, 512, torch.bfloat16, seed=5)
+    _q().quantize_1x128_128x1(x, col_layout="transposed")
     assert launches == [1]
+    _q().quantize_128x1(x, layout="transposed")  # the 128x1 copy alone: the same kernel
+    assert launches == [1, 1]
