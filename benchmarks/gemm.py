@@ -214,7 +214,7 @@ def run_quant(tune: bool):
             ("1x128 BLOCK_R,warps", ("_BLOCK_R_1x128", "_WARPS_1x128"), [(32, 4), (64, 4)],
              lambda v: tq.quantize_1x128(v), 2 * n + n, None),
             ("128x1^T gluon,IMPL,BLOCK_C,CHUNK,warps / gluon COL_SPT",
-             ("_Q128X1_GLUON", "_Q128X1_IMPL", "_BLOCK_C_128x1", "_CHUNK_128x1", "_WARPS_128x1", "gluon._COL_SPT"),
+             ("_Q128X1_GLUON", "_Q128X1_IMPL", "_BLOCK_C_128x1", "_CHUNK_128x1", "_WARPS_128x1", "gluon._COL_SPT_128X1"),
              [(False, "whole", 64, 0, 4, 32), (True, "whole", 64, 0, 4, 16), (True, "whole", 64, 0, 4, 32)],
              lambda v: tq.quantize_128x1(v, layout="transposed"), 2 * n + n, "128x1"),
             ("dual col^T IMPL,CHUNK,warps (triton) / gluon warps,maxnreg,ROW_SPT,COL_SPT",

@@ -4,16 +4,17 @@ and the transposed 128x1 copy alone (the same kernel without its 1x128 pass).
 Same numerics as triton_quantize.py (its `_amax`, `_scale_and_recip` and `_to_fp8`, compiled
 here as Gluon functions), so the outputs are bit-identical to kernels/reference.py. What Gluon
 adds is the choice of register layouts, which plain Triton makes for itself:
-  * the 1x128 pass holds 32 consecutive elements of a row per thread (16-byte loads and stores)
-    and reduces each row over 4 lanes, which each compute the row's scale;
-  * the 128x1 pass holds 32 consecutive rows of a column per thread, so each thread's share of
-    the transposed copy is two 16-byte stores, with no byte-wise transpose through shared memory;
+  * the 1x128 pass holds 16 consecutive elements of a row per thread (16-byte loads and stores)
+    and reduces each row over 8 lanes;
+  * the 128x1 pass holds 16 consecutive rows of a column per thread, so each thread's share of
+    the transposed copy is one 16-byte store, with no byte-wise transpose through shared memory;
   * between the two, the bf16 tile changes layout through shared memory (STS.128 in, ldmatrix
     .trans out), instead of a second read from L2 and a byte-wise transpose of the FP8 copy.
-SASS (Triton 3.6, sm90, 8 warps): 18.0 instructions per element (21.5 with 16 elements a thread,
-the setting measured at 84% of copy bandwidth on an H200) against the plain-Triton two-pass
-kernel's 31.6, at 127 registers (capped with maxnreg so that two CTAs fit on an SM); without the
-1x128 pass (the 128x1 copy alone) 10.9, against 18.8 for the plain-Triton 128x1 kernel.
+SASS (Triton 3.6, sm90, 8 warps): 21.5 instructions per element against the plain-Triton
+two-pass kernel's 31.6, at 128 registers (capped with maxnreg so that two CTAs fit on an SM).
+Holding 32 elements a thread cuts that to 18.0 but measured slower (see _ROW_SPT). Without the
+1x128 pass (the 128x1 copy alone): 12.4 instructions per element against 18.8 for the
+plain-Triton 128x1 kernel, and 79.6% of copy bandwidth against 74.4% (H200, 16384x4096).
 
 Not run by the Triton interpreter (Gluon has no interpreter mode): the CPU suite tests the plain
 Triton kernel; tests/test_triton_gpu.py checks this one bit for bit on the GPU.
@@ -49,9 +50,15 @@ __all__ = ["available", "quantize_dual_transposed", "quantize_128x1_transposed"]
 _WARPS = int(os.environ.get("FP8PASS_QDUAL_GLUON_WARPS", "8"))
 # 128: two 8-warp CTAs per SM (65536 registers); ptxas needs no spills at this cap. 0: no cap
 _MAXNREG = int(os.environ.get("FP8PASS_QDUAL_GLUON_MAXNREG", "128"))
-# elements of a row (1x128 pass) / rows of a column (128x1 pass) held by one thread: 16 or 32
-_ROW_SPT = int(os.environ.get("FP8PASS_QDUAL_GLUON_ROW_SPT", "32"))
-_COL_SPT = int(os.environ.get("FP8PASS_QDUAL_GLUON_COL_SPT", "32"))
+# elements of a row (the load and the 1x128 pass) / rows of a column (the 128x1 pass) held by one
+# thread, 16 or 32, for the dual kernel and for the 128x1 copy alone. H200 sweep at 16384x4096
+# (benchmarks/RESULTS_gemm.md, session 6): dual 16/16 3273 GB/s, 32/16 3238, 16/32 3218, 32/32 3204
+# (the fewest instructions, 18.0 per element against 21.5, but the slowest); 128x1 alone 32/16 3139,
+# 32/32 3050
+_ROW_SPT = int(os.environ.get("FP8PASS_QDUAL_GLUON_ROW_SPT", "16"))
+_COL_SPT = int(os.environ.get("FP8PASS_QDUAL_GLUON_COL_SPT", "16"))
+_ROW_SPT_128X1 = int(os.environ.get("FP8PASS_Q128X1_GLUON_ROW_SPT", "32"))
+_COL_SPT_128X1 = int(os.environ.get("FP8PASS_Q128X1_GLUON_COL_SPT", "16"))
 
 
 _AVAILABLE: dict = {}
@@ -113,7 +120,7 @@ if gluon is not None:
     _launch_dual = FastLauncher(_quant_dual_kernel)
 
 
-def _launch(x, q_row, s_row, q_col_t, s_col_t, write_row: bool) -> None:
+def _launch(x, q_row, s_row, q_col_t, s_col_t, write_row: bool, row_spt: int, col_spt: int) -> None:
     m, k = x.shape
     if k % TILE:
         raise ValueError(f"the Gluon quantizer needs K % 128 == 0, got x of shape {tuple(x.shape)}")
@@ -122,16 +129,16 @@ def _launch(x, q_row, s_row, q_col_t, s_col_t, write_row: bool) -> None:
     grid = ((m + TILE - 1) // TILE, k // TILE)
     opts = {"maxnreg": _MAXNREG} if _MAXNREG else {}
     _launch_dual(grid, x, q_row, s_row, q_col_t, s_col_t, m, k, x.stride(0), x.stride(1),
-                 WRITE_ROW=write_row, ROW_SPT=_ROW_SPT, COL_SPT=_COL_SPT, num_warps=_WARPS, **opts)
+                 WRITE_ROW=write_row, ROW_SPT=row_spt, COL_SPT=col_spt, num_warps=_WARPS, **opts)
 
 
 def quantize_dual_transposed(x: torch.Tensor, q_row, s_row, q_col_t, s_col_t) -> None:
     """Fill the outputs of triton_quantize.quantize_1x128_128x1(x, col_layout="transposed")
     (allocated by the caller, in the op's layouts) for a 2-D x whose K is a multiple of 128."""
-    _launch(x, q_row, s_row, q_col_t, s_col_t, True)
+    _launch(x, q_row, s_row, q_col_t, s_col_t, True, _ROW_SPT, _COL_SPT)
 
 
 def quantize_128x1_transposed(x: torch.Tensor, q_t, s_t) -> None:
     """Fill the outputs of triton_quantize.quantize_128x1(x, layout="transposed") (allocated by
     the caller) for a 2-D x whose K is a multiple of 128: the same kernel without its 1x128 pass."""
-    _launch(x, q_t, s_t, q_t, s_t, False)
+    _launch(x, q_t, s_t, q_t, s_t, False, _ROW_SPT_128X1, _COL_SPT_128X1)
