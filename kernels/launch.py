@@ -90,6 +90,8 @@ class FastLauncher:
         entry = self._cache.get(key)
         if entry is None:
             kernel = self.fn[grid](*args, **kwargs)  # compiles if needed, launches
+            if hasattr(kernel, "result"):  # an asynchronous compile's future (JITFunction.run does the same)
+                kernel = kernel.result()
             # the arguments after the positional ones, in the kernel's order (the launcher's)
             tail = tuple(kwargs[name] if name in kwargs else self._defaults[name]
                          for name in self._names[len(args):])

@@ -17,7 +17,8 @@ Holding 32 elements a thread cuts that to 18.0 but measured slower (see _ROW_SPT
 plain-Triton 128x1 kernel, and 79.6% of copy bandwidth against 74.4% (H200, 16384x4096).
 
 Not run by the Triton interpreter (Gluon has no interpreter mode): the CPU suite tests the plain
-Triton kernel; tests/test_triton_gpu.py checks this one bit for bit on the GPU.
+Triton kernels' numerics and compiles this one for sm90 (tests/test_kernel_compile.py);
+tests/test_triton_gpu.py checks it bit for bit on the GPU.
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ try:  # Gluon is experimental: absent from older Triton, names move between rele
 
     # the plain-Triton helpers, compiled as Gluon functions (layout-agnostic tl ops only)
     _amax = gluon.jit(_tq._amax.fn)
-    _nanmax = gluon.jit(_tq._nanmax.fn)
     _scale_and_recip = gluon.jit(_tq._scale_and_recip.fn)
     _to_fp8 = gluon.jit(_tq._to_fp8.fn)
     _GLUON_IMPORT_ERROR = None
