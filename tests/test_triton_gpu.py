@@ -1,7 +1,10 @@
 """GPU checks of the Triton kernels (marked `gpu`, skipped without CUDA).
 
 * Quantization bit-identical to reference.py on the same device, for random inputs that do need
-  rounding, bf16/fp16/fp32, tails, strided views, all-zero, NaN and Inf tiles.
+  rounding, bf16/fp16/fp32, tails, strided views, all-zero, NaN and Inf tiles: the plain-Triton
+  kernels and, on sm90, the Gluon ones (dual and 128x1 in the ops' transposed layouts), each
+  forced in turn; the direct launch (kernels/launch.py) keeps inputs that Triton specializes
+  differently apart.
 * Every GEMM role (Fprop, Dgrad, Wgrad as the graph pass emits the operands, and the K-major
   variants) through each backend (plain Triton, Gluon where available, the dispatcher behind
   torch.ops.fp8pass.gemm_blockwise): calc_diff < 1e-3 against a BF16-input FP32 reference
