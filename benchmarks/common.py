@@ -81,6 +81,63 @@ def top_kernels(step, n: int = 12, steps: int = 1) -> str:
     return prof.key_averages().table(sort_by="cuda_time_total", row_limit=n, max_name_column_width=70)
 
 
+def gpu_gaps(intervals, top: int = 5):
+    """(busy, span, the `top` longest idle gaps) of the GPU from its activity intervals
+    [(start_us, end_us, name)]: busy is the union of the intervals, span first start to last end,
+    each gap (length_us, offset_us from the first start, name before, name after)."""
+    intervals = sorted(intervals)
+    if not intervals:
+        return 0.0, 0.0, []
+    busy, gaps = 0.0, []
+    cur_start, cur_end, cur_name = intervals[0]
+    first = cur_start
+    for start, end, name in intervals[1:]:
+        if start > cur_end:
+            busy += cur_end - cur_start
+            gaps.append((start - cur_end, cur_end - first, cur_name, name))
+            cur_start, cur_end, cur_name = start, end, name
+        elif end > cur_end:
+            cur_end, cur_name = end, name
+    busy += cur_end - cur_start
+    gaps.sort(key=lambda g: -g[0])
+    return busy, cur_end - first, gaps[:top]
+
+
+_RUNTIME_CALLS = ("cudaMalloc", "cudaFree", "cudaStreamSynchronize", "cudaDeviceSynchronize",
+                  "cudaEventSynchronize", "cudaMemcpy", "cudaMemset", "cudaLaunchKernel", "cuLaunchKernel",
+                  "cudaStreamWaitEvent", "cudaHostAlloc", "cudaFreeHost")
+
+
+def host_timeline(step, steps: int = 5, top: int = 5) -> str:
+    """Where a GPU that should be busy waits: over `steps` calls of `step()` back to back, the GPU's
+    busy time against the span of its work, its longest idle gaps (with the kernels around them),
+    and the CUDA runtime calls the host made (synchronizations and cudaMalloc/cudaFree stall the
+    queue; launches show the host's pace)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+    device_work, calls = [], {}
+    for e in prof.events():
+        if e.device_type.name == "CUDA":
+            device_work.append((e.time_range.start, e.time_range.end, e.name))
+        elif e.name.startswith(_RUNTIME_CALLS):
+            key = e.name.split("_v")[0]
+            n, us = calls.get(key, (0, 0.0))
+            calls[key] = (n + 1, us + e.time_range.elapsed_us())
+    busy, span, gaps = gpu_gaps(device_work, top)
+    lines = [f"GPU busy {busy / 1e3 / steps:.3f} ms a step of a {span / 1e3 / steps:.3f} ms span "
+             f"({100 * (1 - busy / span) if span else 0:.1f}% idle) over {steps} steps back to back"]
+    for length, offset, before, after in gaps:
+        lines.append(f"  idle {length:8.1f} us at {offset / 1e3:8.3f} ms: after {before[:60]} / before {after[:60]}")
+    for name, (n, us) in sorted(calls.items(), key=lambda kv: -kv[1][1]):
+        lines.append(f"  host {name:28} {n:6d} calls {us / 1e3:9.3f} ms")
+    return "\n".join(lines)
+
+
 def sqnr_db(ref: torch.Tensor, x: torch.Tensor) -> float:
     ref, x = ref.double(), x.double()
     return float(10 * torch.log10(ref.pow(2).sum() / (ref - x).pow(2).sum().clamp_min(1e-300)))

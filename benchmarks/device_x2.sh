@@ -27,6 +27,8 @@
 #   bash benchmarks/device_x2.sh s6d        # s6c again after a test fix, without the sweep (quantizer table last)
 #   bash benchmarks/device_x2.sh s6e        # one GPU: quantizer GPU tests, quantizer table + sweep (Gluon 128x1 and
 #                                           # 32-element layouts)
+#   bash benchmarks/device_x2.sh idle       # one GPU (not run yet): where the GPU waits, Linear (10 steps) and the 1B
+#                                           # train step (5 steps a variant), twice each
 set -o pipefail
 # At most 8 files come back from the device: everything is written to a work folder and packed
 # into $OUT/logs.tar.gz at exit, beside the loss curve (loss.png, loss.csv).
@@ -57,6 +59,15 @@ pair_350m() {  # the 350M preset under CUDA graphs on GPU 1, FP8 then BF16 (FP8 
 
 for what in "$@"; do
   case $what in
+    idle)  # prepared in session 6, not run yet: the GPU's idle gaps and the host's CUDA runtime calls in the
+           # Linear benchmark (~1 ms a step idle) and the 1B train step (fp8 step time swinging 79-92 ms)
+      for i in 1 2; do
+        timeout 100 python3 benchmarks/linear.py --shapes 16384x4096x14336 --timeline > "$OUT/linear_idle$i.log" 2>&1
+        echo "linear --timeline exit $?"; grep -E "^ +[0-9]+x|GPU busy|idle|host " "$OUT/linear_idle$i.log" | cut -c1-200
+        timeout 200 python3 benchmarks/train_step.py --variants bf16,fp8 --timeline --profile none \
+          > "$OUT/train_idle$i.log" 2>&1
+        echo "train_step --timeline exit $?"; grep -E "^ +(bf16|fp8) |GPU busy|idle|host |Timeline" "$OUT/train_idle$i.log" | cut -c1-200
+      done ;;
     s6e)  # session 6: the Gluon 128x1 kernel and the 32-element layouts: GPU tests, quantizer table and sweep
       CUDA_VISIBLE_DEVICES=0 timeout 100 python3 -m pytest -q -p no:cacheprovider -n 8 -m gpu tests/test_triton_gpu.py \
         -k "quantize or registered or gluon" > "$OUT/quant_gpu.log" 2>&1

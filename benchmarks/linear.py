@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from common import grads_after, kernel_count, step_ms, peak_step_bytes, sqnr_db, top_kernels, versions
+from common import host_timeline, grads_after, kernel_count, step_ms, peak_step_bytes, sqnr_db, top_kernels, versions
 
 
 def make_step(model, x, dy, params):
@@ -32,6 +32,8 @@ def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--shapes", default="16384x4096x14336,16384x14336x4096")
     p.add_argument("--profile", action="store_true", help="print the top kernels of the fp8 step")
+    p.add_argument("--timeline", action="store_true",
+                   help="also print the GPU's idle gaps and the host's CUDA runtime calls over 10 fp8 steps")
     p.add_argument("--profile-steps", type=int, default=1,
                    help="steps run back to back under the profiler (totals over all of them)")
     p.add_argument("--cudagraphs", action="store_true",
@@ -93,6 +95,11 @@ def main(argv=None):
             if args.profile and name == "fp8":
                 print(f"(profile of {args.profile_steps} step(s) run back to back)")
                 print(top_kernels(step, steps=args.profile_steps))
+            if args.timeline and name in ("fp8", "bf16 compiled"):
+                try:  # a diagnostic: its failure must not stop the benchmark
+                    print(f"({name}) " + host_timeline(step, steps=10))
+                except Exception as exc:  # noqa: BLE001
+                    print(f"({name}) timeline failed: {type(exc).__name__}: {exc}")
             lin.weight.grad = None
             x.grad = None
 

@@ -35,7 +35,7 @@ from torch.utils.checkpoint import checkpoint
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "examples"))
-from common import peak_step_bytes, step_ms, top_kernels, versions  # noqa: E402
+from common import host_timeline, peak_step_bytes, step_ms, top_kernels, versions  # noqa: E402
 from train_gpt import GPT, GPTConfig  # noqa: E402
 
 VARIANTS = {  # name: (torch.compile backend, activation checkpointing)
@@ -120,6 +120,11 @@ def run_variant(name: str, cfg: GPTConfig, args, device, dtype, tokens, targets)
                   last_loss=losses[-1].item())
     if name == args.profile:
         result["profile"] = top_kernels(step, args.top) if cuda else cpu_top_ops(step, args.top)
+    if args.timeline and cuda:
+        try:  # a diagnostic: its failure must not cost the variant's row
+            result["timeline"] = host_timeline(step, steps=5)
+        except Exception as exc:  # noqa: BLE001
+            result["timeline"] = f"failed: {type(exc).__name__}: {exc}"
     return result  # the model, optimizer and compiled code go with this frame (see release())
 
 
@@ -152,6 +157,8 @@ def main(argv=None):
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--profile", default="fp8", help="variant whose step is profiled ('none' to skip)")
     p.add_argument("--top", type=int, default=25, help="kernels listed in the profile")
+    p.add_argument("--timeline", action="store_true",
+                   help="per variant (GPU): the GPU's idle gaps and the host's CUDA runtime calls over 5 steps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mode", default=None, help="torch.compile mode for every variant, e.g. reduce-overhead (CUDA graphs)")
     p.add_argument("--explain", action="store_true", help="also print fp8pass.explain of the fp8 model (one more compile)")
@@ -222,6 +229,9 @@ def main(argv=None):
         print(f"{label:>8} {r['compile_s']:9.1f} {r['ms']:9.2f} {r['tokens_per_s']:10,.0f} {fmt_gib(r['peak_total']):>9} "
               f"{fmt_gib(r['peak_above']):>9} {r['first_loss']:7.4f} {r['synced_ms']:9.2f}  {vs}", flush=True)
 
+    for r in results.values():
+        if "timeline" in r:
+            print(f"\nTimeline of {r['name']} ({r['name'].replace('bf16', dtype_name)}):\n{r['timeline']}")
     for r in results.values():
         if "profile" in r:
             what = "CUDA kernels" if device.type == "cuda" else "CPU ops"

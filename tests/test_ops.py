@@ -209,3 +209,18 @@ def test_fast_launch_key_is_as_fine_as_tritons_specialization():
         assert _arg_key(a) != _arg_key(b), (a if not isinstance(a, torch.Tensor) else "tensor", b)
     assert _arg_key(base) == _arg_key(base[8:])  # both aligned: one kernel
     assert _arg_key(64) == _arg_key(4096)
+
+
+def test_gpu_gaps_of_benchmark_timeline():
+    """benchmarks/common.gpu_gaps (the timeline diagnostic of linear.py/train_step.py --timeline):
+    union of overlapping intervals as busy time, gaps between them longest first."""
+    import pathlib
+    import sys
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "benchmarks"))
+    from common import gpu_gaps
+
+    busy, span, gaps = gpu_gaps([(0, 10, "a"), (5, 12, "b"), (20, 25, "c"), (26, 30, "d"), (100, 101, "e")], top=2)
+    assert (busy, span) == (12 + 5 + 4 + 1, 101)
+    assert gaps == [(70, 30, "d", "e"), (8, 12, "b", "c")]
+    assert gpu_gaps([], 3) == (0.0, 0.0, [])
