@@ -2,8 +2,8 @@
 key computed here and started through its launcher directly.
 
 Why: a training step issues hundreds of FP8 op calls, and each `kernel[grid](...)` costs the host
-~16 us in `JITFunction.run` (Triton 3.6 on an H200, benchmarks/RESULTS.md, session 5) before the
-C launcher runs: knob and environment reads, binding the arguments, the cache-key string of the
+15-19 us for an empty kernel (Triton 3.6 on an H200; 10 us this way; benchmarks/RESULTS.md,
+sessions 5 and 6), most of it in `JITFunction.run` before the C launcher runs: knob and environment reads, binding the arguments, the cache-key string of the
 options, a check of every global the kernel reads, a launch-metadata dict for the (empty) launch
 hooks. A 1B-parameter FP8 step spent ~30 ms a step with the GPU waiting for the host.
 
@@ -34,9 +34,8 @@ _ENABLED = os.environ.get("FP8PASS_FAST_LAUNCH", "1") != "0" and not _INTERPRET
 
 try:  # the launch hooks JITFunction.run passes on (HookChain objects in Triton >= 3.5)
     from triton import knobs as _knobs
-    _HOOKS = (_knobs.runtime.launch_enter_hook, _knobs.runtime.launch_exit_hook)
-except Exception:  # older Triton: no knobs, hooks read from CompiledKernel in JITFunction.run
-    _knobs, _HOOKS = None, ()
+except Exception:  # older Triton: no knobs
+    _knobs = None
 
 _I32_MIN, _I32_MAX = -(2 ** 31), 2 ** 31 - 1
 
@@ -46,7 +45,12 @@ def fast_launch_enabled() -> bool:
 
 
 def _hooks_in_use() -> bool:
-    for hook in _HOOKS:
+    if _knobs is None:
+        return True  # cannot tell: take the standard path
+    runtime = _knobs.runtime  # read at each call: a profiler may set or replace the hooks any time
+    for hook in (runtime.launch_enter_hook, runtime.launch_exit_hook):
+        if hook is None:
+            continue
         calls = getattr(hook, "calls", None)
         if calls is None or calls:  # a plain callable, or a chain with hooks in it
             return True
