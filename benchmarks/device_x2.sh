@@ -40,10 +40,32 @@ nvidia-smi --query-gpu=index,name,driver_version --format=csv,noheader
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 RUN=$OUT/350m
 
-quant_gpu_tests() {  # $1 timeout, $2 xdist workers, $3 GPU (0): the quantizer and registered-op GPU tests
+quant_gpu_tests() {  # $1 timeout, $2 xdist workers, $3 GPU (0), $4 -k expression (the quantizer and registered-op
+                     # GPU tests); returns pytest's exit status
+  local rc
   CUDA_VISIBLE_DEVICES=${3:-0} timeout "$1" python3 -m pytest -q -p no:cacheprovider -n "$2" -m gpu tests/test_triton_gpu.py \
-    -k "quantize or registered" > "$OUT/quant_gpu.log" 2>&1; echo "quantizer GPU tests exit $?"
+    -k "${4:-quantize or registered}" > "$OUT/quant_gpu.log" 2>&1; rc=$?; echo "quantizer GPU tests exit $rc"
   grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/quant_gpu.log" | cut -c1-300 | tail -8
+  return $rc
+}
+
+# one GPU (GPU 0 of those visible), session 6 on: $1 timeout, then the script's further arguments
+quant_bench() {  # the quantizer table (benchmarks/gemm.py --no-gemm), with --tune-quant its sweep
+  local limit=$1; shift
+  timeout "$limit" python3 benchmarks/gemm.py --no-gemm "$@" > "$OUT/quant.log" 2>&1
+  echo "quantizer benchmark exit $?"; grep -E "^--|^ +quantize|sweep|^ +dual|^ +128x1|^ +1x128" "$OUT/quant.log" | cut -c1-420
+}
+
+linear_bench() {
+  local limit=$1; shift
+  timeout "$limit" python3 benchmarks/linear.py "$@" > "$OUT/linear.log" 2>&1
+  echo "linear exit $?"; grep -E "^ +[0-9]+x[0-9]+x[0-9]+ |SQNR|_quant|nvjet" "$OUT/linear.log" | cut -c1-220
+}
+
+block_bench() {
+  local limit=$1; shift
+  timeout "$limit" python3 benchmarks/block.py "$@" > "$OUT/block.log" 2>&1
+  echo "block exit $?"; grep -E "^ *(bf16|fp8)|SQNR|peak" "$OUT/block.log" | cut -c1-220
 }
 
 preset_350m() {  # $1 GPU, $2 fp8|baseline, $3 timeout, $4 log name under $OUT; then train_gpt.py's further arguments
@@ -69,45 +91,30 @@ for what in "$@"; do
         echo "train_step --timeline exit $?"; grep -E "^ +(bf16|fp8) |GPU busy|idle|host |Timeline" "$OUT/train_idle$i.log" | cut -c1-200
       done ;;
     s6e)  # session 6: the Gluon 128x1 kernel and the 32-element layouts: GPU tests, quantizer table and sweep
-      CUDA_VISIBLE_DEVICES=0 timeout 100 python3 -m pytest -q -p no:cacheprovider -n 8 -m gpu tests/test_triton_gpu.py \
-        -k "quantize or registered or gluon" > "$OUT/quant_gpu.log" 2>&1
-      echo "quantizer GPU tests exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/quant_gpu.log" | cut -c1-300 | tail -8
-      timeout 110 python3 benchmarks/gemm.py --no-gemm --tune-quant > "$OUT/quant.log" 2>&1
-      echo "quantizer benchmark exit $?"; grep -E "^--|^ +quantize|sweep|^ +dual|^ +128x1" "$OUT/quant.log" | cut -c1-420 ;;
+      quant_gpu_tests 100 8 0 "quantize or registered or gluon"
+      quant_bench 110 --tune-quant ;;
     s6d)  # session 6: s6c's run again (its fast-launch test had a bug, so its benchmarks ran the plain-Triton
           # dual kernel); the quantizer table last
-      CUDA_VISIBLE_DEVICES=0 timeout 100 python3 -m pytest -q -p no:cacheprovider -n 4 -m gpu tests/test_triton_gpu.py \
-        -k "fast_launch or gluon_dual or registered" > "$OUT/quant_gpu.log" 2>&1
-      rc=$?; echo "GPU tests exit $rc"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/quant_gpu.log" | cut -c1-300 | tail -8
-      timeout 80 python3 benchmarks/linear.py --profile > "$OUT/linear.log" 2>&1
-      echo "linear exit $?"; grep -E "^ +[0-9]+x[0-9]+x[0-9]+ |SQNR|_quant|nvjet" "$OUT/linear.log" | cut -c1-220
-      timeout 100 python3 benchmarks/block.py > "$OUT/block.log" 2>&1
-      echo "block exit $?"; grep -E "^ *(bf16|fp8)|SQNR|peak" "$OUT/block.log" | cut -c1-220
+      quant_gpu_tests 100 4 0 "fast_launch or gluon_dual or registered"
+      linear_bench 80 --profile
+      block_bench 100
       timeout 200 python3 benchmarks/train_step.py --variants bf16,fp8 > "$OUT/train_step.log" 2>&1
       echo "train_step exit $?"; head -24 "$OUT/train_step.log" | cut -c1-180
-      timeout 60 python3 benchmarks/gemm.py --no-gemm > "$OUT/quant.log" 2>&1
-      echo "quantizer benchmark exit $?"; grep -E "^--|^ +quantize" "$OUT/quant.log" | cut -c1-200 ;;
+      quant_bench 60 ;;
     s6c)  # session 6: the Gluon dual quantizer (the plain-Triton one for the benchmarks if its GPU tests fail)
-      CUDA_VISIBLE_DEVICES=0 timeout 150 python3 -m pytest -q -p no:cacheprovider -n 4 -m gpu tests/test_triton_gpu.py \
-        -k "quantize or registered or fast_launch or gluon_dual" > "$OUT/quant_gpu.log" 2>&1
-      rc=$?; echo "quantizer GPU tests exit $rc"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/quant_gpu.log" | cut -c1-300 | tail -8
-      if [ $rc -ne 0 ]; then export FP8PASS_QDUAL_IMPL=triton; echo "benchmarks with FP8PASS_QDUAL_IMPL=triton"; fi
-      timeout 200 python3 benchmarks/gemm.py --no-gemm --tune-quant > "$OUT/quant.log" 2>&1
-      echo "quantizer benchmark exit $?"; grep -E "^--|^ +quantize|sweep|^ +dual|^ +128x1|^ +1x128" "$OUT/quant.log" | cut -c1-400
-      timeout 90 python3 benchmarks/linear.py --profile > "$OUT/linear.log" 2>&1
-      echo "linear exit $?"; grep -E "^ +[0-9]+x[0-9]+x[0-9]+ |SQNR|_quant|nvjet" "$OUT/linear.log" | cut -c1-220
-      timeout 110 python3 benchmarks/block.py > "$OUT/block.log" 2>&1
-      echo "block exit $?"; grep -E "^ *(bf16|fp8)|SQNR|peak" "$OUT/block.log" | cut -c1-220
+      if ! quant_gpu_tests 150 4 0 "quantize or registered or fast_launch or gluon_dual"; then
+        export FP8PASS_QDUAL_IMPL=triton; echo "benchmarks with FP8PASS_QDUAL_IMPL=triton"
+      fi
+      quant_bench 200 --tune-quant
+      linear_bench 90 --profile
+      block_bench 110
       timeout 180 python3 benchmarks/train_step.py --variants bf16,fp8 > "$OUT/train_step.log" 2>&1
       echo "train_step exit $?"; head -40 "$OUT/train_step.log" | cut -c1-180 ;;
     s6b)  # session 6: the persistent dual quantizer: GPU tests, quantizer table and sweep, Linear, block
       quant_gpu_tests 150 4 0
-      timeout 200 python3 benchmarks/gemm.py --no-gemm --tune-quant > "$OUT/quant.log" 2>&1
-      echo "quantizer benchmark exit $?"; grep -E "^--|^ +quantize|sweep|^ +dual|^ +128x1|^ +1x128" "$OUT/quant.log" | cut -c1-400
-      timeout 90 python3 benchmarks/linear.py --profile > "$OUT/linear.log" 2>&1
-      echo "linear exit $?"; grep -E "^ +[0-9]+x[0-9]+x[0-9]+ |SQNR|_quant|nvjet" "$OUT/linear.log" | cut -c1-220
-      timeout 130 python3 benchmarks/block.py --memory > "$OUT/block.log" 2>&1
-      echo "block exit $?"; grep -E "^ *(bf16|fp8)|SQNR|peak" "$OUT/block.log" | cut -c1-220 ;;
+      quant_bench 200 --tune-quant
+      linear_bench 90 --profile
+      block_bench 130 --memory ;;
     s6a)  # session 6: the direct Triton launch (kernels/launch.py): GPU tests, host cost with it off/on, cProfile,
           # then the 1B train_step (default mode) with it on, and the fp8 side again with it off
       quant_gpu_tests 150 4 0
