@@ -89,21 +89,15 @@ def test_quantize_bit_identical(dtype, m, k, view):
                  "dual col^T triton", "128x1 q^T gluon", "128x1 q^T triton"):
         # the transposed layouts (what the ops return): the Gluon kernels on sm90 if K % 128 == 0
         if name.startswith("dual col^T"):
-            saved = tq._DUAL_IMPL
-            tq._DUAL_IMPL = name.split()[-1]
-            try:
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(tq, "_DUAL_IMPL", name.split()[-1])
                 q_row, s_row, q_col_t, s_col_t = tq.quantize_1x128_128x1(x, col_layout="transposed")
-            finally:
-                tq._DUAL_IMPL = saved
             got = (q_row, s_row, q_col_t.t(), s_col_t.t())
             name = "quantize_1x128_128x1"
         elif name.startswith("128x1 q^T"):
-            saved = tq._Q128X1_GLUON
-            tq._Q128X1_GLUON = name.endswith("gluon")
-            try:
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(tq, "_Q128X1_GLUON", name.endswith("gluon"))
                 q_t, s_t = tq.quantize_128x1(x, layout="transposed")
-            finally:
-                tq._Q128X1_GLUON = saved
             got = (q_t.t(), s_t.t())
             name = "quantize_128x1"
         else:
