@@ -108,11 +108,12 @@ _RUNTIME_CALLS = ("cudaMalloc", "cudaFree", "cudaStreamSynchronize", "cudaDevice
                   "cudaStreamWaitEvent", "cudaHostAlloc", "cudaFreeHost")
 
 
-def host_timeline(step, steps: int = 5, top: int = 5) -> str:
+def host_timeline(step, steps: int = 5, top: int = 5, trace_path: str | None = None) -> str:
     """Where a GPU that should be busy waits: over `steps` calls of `step()` back to back, the GPU's
     busy time against the span of its work, its longest idle gaps (with the kernels around them),
     and the CUDA runtime calls the host made (synchronizations and cudaMalloc/cudaFree stall the
-    queue; launches show the host's pace)."""
+    queue; launches show the host's pace). With `trace_path`, the profile is also written there as
+    a Chrome trace (gzipped when the name ends in .gz) for a look at the host around each gap."""
     from torch.profiler import ProfilerActivity, profile
 
     torch.cuda.synchronize()
@@ -120,6 +121,8 @@ def host_timeline(step, steps: int = 5, top: int = 5) -> str:
         for _ in range(steps):
             step()
         torch.cuda.synchronize()
+    if trace_path:
+        prof.export_chrome_trace(trace_path)
     device_work, calls = [], {}
     for e in prof.events():
         if e.device_type.name == "CUDA":

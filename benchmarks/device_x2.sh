@@ -27,8 +27,8 @@
 #   bash benchmarks/device_x2.sh s6d        # s6c again after a test fix, without the sweep (quantizer table last)
 #   bash benchmarks/device_x2.sh s6e        # one GPU: quantizer GPU tests, quantizer table + sweep (Gluon 128x1 and
 #                                           # 32-element layouts)
-#   bash benchmarks/device_x2.sh idle       # one GPU (not run yet): where the GPU waits, Linear (10 steps) and the 1B
-#                                           # train step (5 steps a variant), twice each
+#   bash benchmarks/device_x2.sh idle       # one GPU: where the GPU waits, Linear (10 steps) and the 1B train step
+#                                           # (5 steps a variant), with Chrome traces; quantizer GPU tests
 set -o pipefail
 # At most 8 files come back from the device: everything is written to a work folder and packed
 # into $OUT/logs.tar.gz at exit, beside the loss curve (loss.png, loss.csv).
@@ -81,15 +81,18 @@ pair_350m() {  # the 350M preset under CUDA graphs on GPU 1, FP8 then BF16 (FP8 
 
 for what in "$@"; do
   case $what in
-    idle)  # prepared in session 6, not run yet: the GPU's idle gaps and the host's CUDA runtime calls in the
-           # Linear benchmark (~1 ms a step idle) and the 1B train step (fp8 step time swinging 79-92 ms)
-      for i in 1 2; do
-        timeout 100 python3 benchmarks/linear.py --shapes 16384x4096x14336 --timeline > "$OUT/linear_idle$i.log" 2>&1
-        echo "linear --timeline exit $?"; grep -E "^ +[0-9]+x|GPU busy|idle|host " "$OUT/linear_idle$i.log" | cut -c1-200
-        timeout 200 python3 benchmarks/train_step.py --variants bf16,fp8 --timeline --profile none \
-          > "$OUT/train_idle$i.log" 2>&1
-        echo "train_step --timeline exit $?"; grep -E "^ +(bf16|fp8) |GPU busy|idle|host |Timeline" "$OUT/train_idle$i.log" | cut -c1-200
-      done ;;
+    idle)  # session 7: the GPU's idle gaps and the host's CUDA runtime calls in the Linear benchmark (~1 ms a step
+           # idle) and the 1B train step (fp8 step time swinging 79-92 ms), with Chrome traces (those under 15 MiB
+           # come back beside logs.tar.gz); then the quantizer GPU tests of the final kernel defaults
+      mkdir -p /tmp/traces
+      timeout 120 python3 benchmarks/linear.py --shapes 16384x4096x14336 --timeline --trace-dir /tmp/traces \
+        > "$OUT/linear_idle.log" 2>&1
+      echo "linear --timeline exit $?"; grep -E "^ +[0-9]+x|GPU busy|idle|host " "$OUT/linear_idle.log" | cut -c1-200
+      timeout 240 python3 benchmarks/train_step.py --variants bf16,fp8 --timeline --profile none --trace-dir /tmp/traces \
+        > "$OUT/train_idle.log" 2>&1
+      echo "train_step --timeline exit $?"; grep -E "^ +(bf16|fp8) |GPU busy|idle|host |Timeline" "$OUT/train_idle.log" | cut -c1-200
+      find /tmp/traces -name "*.json.gz" -size -15M -exec cp {} "$RESULTS"/ \; ; ls -la /tmp/traces
+      quant_gpu_tests 100 8 0 "quantize or registered or gluon or fast_launch" ;;
     s6e)  # session 6: the Gluon 128x1 kernel and the 32-element layouts: GPU tests, quantizer table and sweep
       quant_gpu_tests 100 8 0 "quantize or registered or gluon"
       quant_bench 110 --tune-quant ;;

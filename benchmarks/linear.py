@@ -34,6 +34,8 @@ def main(argv=None):
     p.add_argument("--profile", action="store_true", help="print the top kernels of the fp8 step")
     p.add_argument("--timeline", action="store_true",
                    help="also print the GPU's idle gaps and the host's CUDA runtime calls over 10 fp8 steps")
+    p.add_argument("--trace-dir", default=None,
+                   help="with --timeline: also write each timeline's profile there as a Chrome trace (.json.gz)")
     p.add_argument("--profile-steps", type=int, default=1,
                    help="steps run back to back under the profiler (totals over all of them)")
     p.add_argument("--cudagraphs", action="store_true",
@@ -97,7 +99,8 @@ def main(argv=None):
                 print(top_kernels(step, steps=args.profile_steps))
             if args.timeline and name in ("fp8", "bf16 compiled"):
                 try:  # a diagnostic: its failure must not stop the benchmark
-                    print(f"({name}) " + host_timeline(step, steps=10))
+                    trace = args.trace_dir and f"{args.trace_dir}/linear_{shape}_{name.replace(' ', '_')}.json.gz"
+                    print(f"({name}) " + host_timeline(step, steps=10, trace_path=trace))
                 except Exception as exc:  # noqa: BLE001
                     print(f"({name}) timeline failed: {type(exc).__name__}: {exc}")
             lin.weight.grad = None

@@ -122,7 +122,8 @@ def run_variant(name: str, cfg: GPTConfig, args, device, dtype, tokens, targets)
         result["profile"] = top_kernels(step, args.top) if cuda else cpu_top_ops(step, args.top)
     if args.timeline and cuda:
         try:  # a diagnostic: its failure must not cost the variant's row
-            result["timeline"] = host_timeline(step, steps=5)
+            trace = args.trace_dir and f"{args.trace_dir}/train_step_{name}.json.gz"
+            result["timeline"] = host_timeline(step, steps=5, trace_path=trace)
         except Exception as exc:  # noqa: BLE001
             result["timeline"] = f"failed: {type(exc).__name__}: {exc}"
     return result  # the model, optimizer and compiled code go with this frame (see release())
@@ -159,6 +160,8 @@ def main(argv=None):
     p.add_argument("--top", type=int, default=25, help="kernels listed in the profile")
     p.add_argument("--timeline", action="store_true",
                    help="per variant (GPU): the GPU's idle gaps and the host's CUDA runtime calls over 5 steps")
+    p.add_argument("--trace-dir", default=None,
+                   help="with --timeline: also write each variant's profile there as a Chrome trace (.json.gz)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mode", default=None, help="torch.compile mode for every variant, e.g. reduce-overhead (CUDA graphs)")
     p.add_argument("--explain", action="store_true", help="also print fp8pass.explain of the fp8 model (one more compile)")
