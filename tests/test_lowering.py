@@ -34,6 +34,19 @@ def test_swiglu_inputs_saved_in_fp8():
     assert on.saved_bytes < off.saved_bytes
 
 
+def test_fp8_saved_activation_scales_are_row_major():
+    # the backward's activation kernel reads these scales; MN-major ones (the op's layout, for
+    # cuBLAS) made Inductor tile that kernel 2-D, 1.3x slower on an H200
+    block, x = _block_and_input()
+    report = fp8pass.explain(block, x, fp8_config=fp8pass.Config(fp8_saved_activations_min_bytes=0))
+    names = {s.name for s in report.saved if s.module in ("mlp.w1", "mlp.w3") and s.dtype == torch.float32
+             and s.producer.endswith("quantize_1x128.default")}
+    assert len(names) == 2, report.saved
+    vals = [n.meta["val"] for name, gm in report.graphs.items() if name.endswith("_forward")
+            for n in gm.graph.nodes if n.name in names]
+    assert len(vals) == 2 and all(v.is_contiguous() for v in vals), [v.stride() for v in vals]
+
+
 def test_fp8_saved_activations_keep_gradients():
     grads = {}
     for flag in (False, True):
