@@ -27,6 +27,8 @@
 #   bash benchmarks/device_x2.sh s6d        # s6c again after a test fix, without the sweep (quantizer table last)
 #   bash benchmarks/device_x2.sh s6e        # one GPU: quantizer GPU tests, quantizer table + sweep (Gluon 128x1 and
 #                                           # 32-element layouts)
+#   bash benchmarks/device_x2.sh s7conv     # four GPUs: the 350M pair for seeds 0 and 1 at once, compared
+#   bash benchmarks/device_x2.sh s7a        # one GPU: quantizer GPU tests, SwiGLU MLP kernels, Linear, block, 1B step
 #   bash benchmarks/device_x2.sh idle       # one GPU: where the GPU waits, Linear (10 steps) and the 1B train step
 #                                           # (5 steps a variant), with Chrome traces; quantizer GPU tests
 set -o pipefail
@@ -81,6 +83,25 @@ pair_350m() {  # the 350M preset under CUDA graphs on GPU 1, FP8 then BF16 (FP8 
 
 for what in "$@"; do
   case $what in
+    s7conv)  # session 7, four GPUs: the 350M preset (CUDA graphs) BF16 and FP8 for seed 0 (a repeat of s5b's pair, whose
+             # code changed only in layouts) and seed 1, all four at once; then the comparison of all four
+      preset_350m 0 baseline 450 conv_bf16 --out "$OUT" --mode reduce-overhead --seed 0 &
+      preset_350m 1 fp8 450 conv_fp8 --out "$OUT" --mode reduce-overhead --seed 0 &
+      preset_350m 2 baseline 450 conv_bf16_seed1 --out "$OUT" --mode reduce-overhead --seed 1 &
+      preset_350m 3 fp8 450 conv_fp8_seed1 --out "$OUT" --mode reduce-overhead --seed 1 &
+      wait
+      python3 examples/train_gpt.py --compare "$OUT" 2>&1 | tail -8
+      grep -hE "step +(0|1000|1999) " "$OUT"/conv_*.log | cut -c1-160 | tail -12 ;;
+    s7a)  # session 7: Dgrad's weight quantized straight into its transposed layout, row-major saved SwiGLU scales:
+          # GPU tests, the SwiGLU MLP's kernels (.probe, carried), Linear, block, 1B train_step
+      quant_gpu_tests 100 8 0 "quantize or registered or gluon or fast_launch"
+      for v in fp8 "fp8 noinplace"; do
+        timeout 100 python3 .probe/mlp_code.py $v 2>&1 | grep -E "silu|_quant|Self CUDA time" | cut -c1-90,150-200
+      done
+      linear_bench 80 --profile
+      block_bench 110
+      timeout 200 python3 benchmarks/train_step.py --variants bf16,fp8 > "$OUT/train_step.log" 2>&1
+      echo "train_step exit $?"; head -40 "$OUT/train_step.log" | cut -c1-180 ;;
     idle)  # session 7: the GPU's idle gaps and the host's CUDA runtime calls in the Linear benchmark (~1 ms a step
            # idle) and the 1B train step (fp8 step time swinging 79-92 ms), with Chrome traces (those under 15 MiB
            # come back beside logs.tar.gz); then the quantizer GPU tests of the final kernel defaults

@@ -185,6 +185,7 @@ def run_quant(tune: bool):
                                             nbytes_in + 2 * n + 2 * (n // 128) * 4),
             "quantize_128x128": (lambda i: tq.quantize_128x128(x), nbytes_in + n),
             "quantize_128x128(+q^T)": (lambda i: tq.quantize_128x128(x, with_transposed=True), nbytes_in + 2 * n),
+            "quantize_128x128(q^T)": (lambda i: tq.quantize_128x128(x, layout="transposed"), nbytes_in + n),
         }
         print(f"-- {m}x{k} bf16: device copy {copy_gbs:7.1f} GB/s ({copy_ms * 1e3:.1f} us)", flush=True)
         for name, (fn, nbytes) in kernels.items():

@@ -58,9 +58,10 @@ class Config:
         backward saves as an activation function's input (SwiGLU's two inputs, GELU's input), as
         DeepSeek-V3 does; the backward dequantizes them inside the activation's backward kernel.
     fp8_saved_activations_min_bytes: only tensors at least this large are stored so.
-    recompute_fp8_weights: quantize each weight again in backward (for Dgrad) instead of keeping
-        its FP8 copy from forward to backward: one FP8 copy per weight less held through the step,
-        for one more pass over the weight.
+    recompute_fp8_weights: quantize each weight again in backward (for Dgrad, straight into the
+        transposed layout that GEMM reads) instead of keeping its FP8 copy from forward to backward
+        and transposing it there: one FP8 copy per weight less held through the step, and one pass
+        over the weight in place of a transposing pass over its FP8 copy.
     fuse_quantization: generate each activation/gradient quantization inside the Inductor kernel
         that produces its input (norm, SiLU*mul, residual add, backward kernels) instead of as a
         separate kernel reading the input back from memory. Off by default: on an H200 the

@@ -97,6 +97,6 @@ def fp8_graph_pass(graph: Graph, ctx: SiteContext, is_weight: Callable[[Node], b
     if observe:
         observe_gemms(graph, rewrites, graph_name)
     else:
-        rewrite_gemms(graph, rewrites)
+        rewrite_gemms(graph, rewrites, requantize_dgrad_weights=ctx.config.recompute_fp8_weights)
     graph.lint()
     return records

@@ -7,8 +7,10 @@ Each GEMM operand asks its source tensor for one FP8 copy:
   * a weight B needs its 128x128 "block" copy, transposed as the graph uses it.
 A tensor asked for both row and col copies (a Linear's input, the output gradient) gets the
 single-read op that emits both. Col copies are stored transposed, so both Wgrad operands are
-K-major (what FP8 tensor cores read) without copies. The weight's block copy is made once and
-serves Fprop (as W^T, K-major already) and Dgrad (from one transposed copy of the FP8 weight).
+K-major (what FP8 tensor cores read) without copies. A weight gets two block copies, each read
+K-major without a copy: quantize_128x128 for Fprop (read as W^T) and quantize_128x128_transposed
+for Dgrad (read as W), made in backward; without Config.recompute_fp8_weights, Dgrad reads a
+transposed copy of the Fprop copy instead, which forward keeps.
 """
 
 from __future__ import annotations
@@ -86,12 +88,18 @@ class _Builder:
     def transpose(self, node: Node) -> Node:
         return self.call(aten.permute.default, (node, [1, 0]), meta_from=node)
 
-    def k_major_weight(self, q: Node) -> Node:
-        """W[N, K] used as the B[K'=N, N'=K] of Dgrad, with K' contiguous: a transposed copy of
-        the FP8 weight (N*K bytes, made where the partitioner puts it, usually in backward)."""
-        q_t = self.call(aten.clone.default, (self.transpose(q),), meta_from=q,
-                        kwargs={"memory_format": torch.contiguous_format})
-        return self.transpose(q_t)
+    def k_major_weight(self, weight: Node, q: Node, s: Node, meta: dict, requantize: bool) -> tuple[Node, Node]:
+        """W[N, K] used as the B[K'=N, N'=K] of Dgrad, with K' contiguous, and its block scale.
+        requantize: the weight quantized again straight into the transposed layout (one pass over
+        W, made in backward when the partitioner recomputes weight copies). Otherwise, or for a
+        weight that arrives already quantized (FP8 all-gather): a transposed copy of the FP8 copy
+        q (N*K bytes), its scale copied by the GEMM dispatcher."""
+        if not requantize or is_prequantized_weight(weight):
+            q_t = self.call(aten.clone.default, (self.transpose(q),), meta_from=q,
+                            kwargs={"memory_format": torch.contiguous_format})
+            return self.transpose(q_t), s
+        both = self.call(fp8_ops.quantize_128x128_transposed.default, (weight,), weight, meta)
+        return self.transpose(self.getitem(both, 0)), self.transpose(self.getitem(both, 1))
 
 
 def _reduce_transposes(node: Node, transposed: bool = False) -> tuple[Node, bool]:
@@ -121,8 +129,11 @@ def _operand_requests(rw: GemmRewrite) -> tuple[_Request, _Request]:
     return req_a, req_b
 
 
-def rewrite_gemms(graph: Graph, rewrites: list[GemmRewrite]) -> list[Node]:
-    """Replace each matmul by its FP8 form; returns the new gemm nodes."""
+def rewrite_gemms(graph: Graph, rewrites: list[GemmRewrite], requantize_dgrad_weights: bool = True) -> list[Node]:
+    """Replace each matmul by its FP8 form; returns the new gemm nodes. requantize_dgrad_weights:
+    Dgrad's K-major weight copy is a second quantization of the weight (with
+    Config.recompute_fp8_weights, where backward quantizes the weight again anyway), else a
+    transposed copy of the Fprop copy (which the partitioner then keeps from forward)."""
     if not rewrites:
         return []
     builder = _Builder(graph)
@@ -172,7 +183,8 @@ def rewrite_gemms(graph: Graph, rewrites: list[GemmRewrite]) -> list[Node]:
                 elif req.kind == "block":  # Dgrad's B = W itself: make it K-major once per weight
                     key = (req.source, "block_k_major")
                     if key not in copies:  # rewrites run in graph order: this is the first use
-                        copies[key] = (builder.k_major_weight(q), s)
+                        meta = {"role": "quantize", "module": rw.module, "for": rw.role}
+                        copies[key] = builder.k_major_weight(req.source, q, s, meta, requantize_dgrad_weights)
                     q, s = copies[key]
                 operands += [q, s]
             out_dtype = tensor_meta(node).dtype

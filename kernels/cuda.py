@@ -75,6 +75,10 @@ def register() -> bool:
             ops._check_float_input("quantize_128x128", w)
             return tq.quantize_128x128(w)
 
+        def _q128x128_t(w):
+            ops._check_float_input("quantize_128x128_transposed", w)
+            return tq.quantize_128x128(w, layout="transposed")
+
         def _gemm(a, a_scale, b, b_scale, out_dtype):
             ops.check_gemm_operands(a, a_scale, b, b_scale)
             return gemm_blockwise(a, a_scale, b, b_scale, out_dtype)
@@ -82,7 +86,7 @@ def register() -> bool:
         lib = torch.library.Library("fp8pass", "IMPL")
         for name, fn in (("quantize_1x128", _q1x128), ("quantize_128x1", _q128x1),
                          ("quantize_1x128_128x1", _qdual), ("quantize_128x128", _q128x128),
-                         ("gemm_blockwise", _gemm)):
+                         ("quantize_128x128_transposed", _q128x128_t), ("gemm_blockwise", _gemm)):
             lib.impl(name, fn, "CUDA")
             lib.impl(name, torch.library.fallthrough_kernel, "AutogradCUDA")
         _CUDA_LIB = lib

@@ -9,7 +9,8 @@ Layouts (every kernel of an op returns exactly the strides of its fake kernel, w
 checks): FP8 copies are contiguous; the scales of 1x128 tiles, and of the transposed 128x1
 copies (which are 1x128 tiles of x.T), are "MN-major": their rows have stride 1
 (`reference.empty_mn_major`), the layout cuBLAS blockwise reads, so no scale is copied before a
-GEMM; 128x128 block scales are contiguous.
+GEMM; 128x128 block scales are contiguous (of the transposed copy too: they are then MN-major
+for the GEMM that reads W untransposed, Dgrad).
 """
 
 from __future__ import annotations
@@ -24,9 +25,16 @@ __all__ = [
     "quantize_128x1",
     "quantize_1x128_128x1",
     "quantize_128x128",
+    "quantize_128x128_transposed",
     "dequantize",
     "gemm_blockwise",
 ]
+
+
+def _transposed_copy(t: torch.Tensor) -> torch.Tensor:
+    """t.T in row-major storage. Not t.t().contiguous(): with a size-1 dim the transpose already
+    counts as contiguous and keeps strides other than the fake kernels' (which Inductor asserts)."""
+    return t.t().clone(memory_format=torch.contiguous_format)
 
 
 def _check_float_input(op: str, x: torch.Tensor) -> None:
@@ -58,7 +66,7 @@ def quantize_128x1(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     cores read only K-major operands: dY^T = q_t is its A, and x = q_t.T its B, with no copy."""
     _check_float_input("quantize_128x1", x)
     q, s = reference.quantize_128x1(x)
-    return q.t().contiguous(), as_mn_major(s.t())
+    return _transposed_copy(q), as_mn_major(s.t())
 
 
 @quantize_128x1.register_fake
@@ -76,7 +84,7 @@ def quantize_1x128_128x1(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, t
     quantize_1x128, and (q_col_t[K, M], s_col_t[K, ceil(M/128)]) as quantize_128x1 (transposed)."""
     _check_float_input("quantize_1x128_128x1", x)
     q_row, s_row, q_col, s_col = reference.quantize_1x128_128x1(x)
-    return q_row, as_mn_major(s_row), q_col.t().contiguous(), as_mn_major(s_col.t())
+    return q_row, as_mn_major(s_row), _transposed_copy(q_col), as_mn_major(s_col.t())
 
 
 @quantize_1x128_128x1.register_fake
@@ -103,6 +111,26 @@ def _(w):
     return (
         torch.empty((r, c), dtype=FP8_DTYPE, device=w.device),
         w.new_empty((_cdiv(r, TILE), _cdiv(c, TILE)), dtype=torch.float32),
+    )
+
+
+@torch.library.custom_op("fp8pass::quantize_128x128_transposed", mutates_args=())
+def quantize_128x128_transposed(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """quantize_128x128 of a 2-D w[R, C] stored transposed: (q.T, scale.T), both contiguous. The
+    Dgrad GEMM reads W[N, K] as its B operand, contracting over N: q.T contiguous is that operand
+    K-major and scale.T its MN-major block scale, the layouts cuBLAS blockwise reads, so neither is
+    copied before the GEMM (128x128 blocks of W are the blocks of W.T: the same numbers)."""
+    _check_float_input("quantize_128x128_transposed", w)
+    q, s = reference.quantize_128x128(w)
+    return _transposed_copy(q), _transposed_copy(s)
+
+
+@quantize_128x128_transposed.register_fake
+def _(w):
+    r, c = w.shape
+    return (
+        torch.empty((c, r), dtype=FP8_DTYPE, device=w.device),
+        w.new_empty((_cdiv(c, TILE), _cdiv(r, TILE)), dtype=torch.float32),
     )
 
 

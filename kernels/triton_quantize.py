@@ -20,7 +20,8 @@ Kernels (all read the input through its strides, with no copy; tails are masked)
     quantize_128x1(x[M, K])            optionally also/only writing the FP8 copy transposed
     quantize_1x128_128x1(x[M, K])      one read from DRAM, both copies (the 128x1 pass re-reads the
                                        block from L2: see _quant_col_tiles_kernel)
-    quantize_128x128(w[R, C])          optionally also writing the transposed FP8 copy
+    quantize_128x128(w[R, C])          optionally also writing the transposed FP8 copy, or only it
+                                       (layout="transposed", the op quantize_128x128_transposed)
 The transposed outputs are an addition to the contract: the Wgrad/Dgrad GEMM operands in
 K-major storage, which the tensor cores want for FP8 (see triton_gemm.py). On sm90 the dual and
 128x1 quantizations in the transposed layout (the ops' layout) run the Gluon kernel of
@@ -425,10 +426,15 @@ def quantize_1x128_128x1(x: torch.Tensor, *, col_layout: str = "normal"):
 @triton.jit
 def _quant_128x128_kernel(
     x_ptr, q_ptr, qt_ptr, s_ptr,
-    R, C, CB,
+    R, C,
+    ssr, ssc,
     sxr, sxc,
+    WRITE_Q: tl.constexpr,
     WRITE_QT: tl.constexpr,
 ):
+    """One 128x128 block of x[R, C]: its scale at s[rb * ssr + cb * ssc], and the FP8 block as q
+    (row-major [R, C], WRITE_Q) and/or q.T (row-major [C, R], WRITE_QT; 128x128 blocks are the
+    same blocks of the transpose, so one scale serves both)."""
     rb = tl.program_id(0)
     cb = tl.program_id(1)
     rows = rb * 128 + tl.arange(0, 128)
@@ -438,10 +444,11 @@ def _quant_128x128_kernel(
                 mask=mask, other=0.0).to(tl.float32)
     scale, r, sf = _scale_and_recip(_amax(_amax(x, 1), 0))
     q = _to_fp8(x, sf, r)
-    tl.store(q_ptr + rows.to(tl.int64)[:, None] * C + cols[None, :], q, mask=mask)
+    if WRITE_Q:
+        tl.store(q_ptr + rows.to(tl.int64)[:, None] * C + cols[None, :], q, mask=mask)
     if WRITE_QT:
         tl.store(qt_ptr + cols.to(tl.int64)[None, :] * R + rows[:, None], q, mask=mask)
-    tl.store(s_ptr + rb * CB + cb, scale)
+    tl.store(s_ptr + rb * ssr + cb * ssc, scale)
 
 
 _launch_128x128 = FastLauncher(_quant_128x128_kernel)
@@ -450,21 +457,34 @@ _launch_128x128 = FastLauncher(_quant_128x128_kernel)
 _WARPS_128x128 = int(os.environ.get("FP8PASS_Q128X128_WARPS", "4"))  # H200 sweep: 4 best
 
 
-def quantize_128x128(w: torch.Tensor, *, with_transposed: bool = False):
+def quantize_128x128(w: torch.Tensor, *, layout: str = "row", with_transposed: bool = False):
     """(q[R, C], scale[ceil(R/128), ceil(C/128)]); with_transposed=True adds q.T stored
-    contiguous ([C, R]) as a third output (its scale is scale.T)."""
+    contiguous ([C, R]) as a third output (its scale is scale.T).
+
+    layout="transposed": only the transposed copy, (q.T, scale.T), both contiguous: Dgrad's
+    B operand W[N, K] K-major with its scale MN-major, as cuBLAS reads them (no copy of either)."""
     if w.dim() != 2:
         raise ValueError(f"quantize_128x128 expects a 2-D tensor, got shape {tuple(w.shape)}")
+    if layout not in ("row", "transposed"):
+        raise ValueError(f"quantize_128x128: layout must be 'row' or 'transposed', got {layout!r}")
     r, c = w.shape
     rb, cb = _cdiv(r, TILE), _cdiv(c, TILE)
-    q = torch.empty((r, c), dtype=FP8_DTYPE, device=w.device)
-    s = torch.empty((rb, cb), dtype=torch.float32, device=w.device)
-    qt = torch.empty((c, r), dtype=FP8_DTYPE, device=w.device) if with_transposed else None
+    write_q, write_qt = layout == "row", layout == "transposed" or with_transposed
+    q = torch.empty((r, c), dtype=FP8_DTYPE, device=w.device) if write_q else None
+    qt = torch.empty((c, r), dtype=FP8_DTYPE, device=w.device) if write_qt else None
+    if write_q:
+        s = torch.empty((rb, cb), dtype=torch.float32, device=w.device)
+        ssr, ssc = cb, 1
+    else:
+        s = torch.empty((cb, rb), dtype=torch.float32, device=w.device)
+        ssr, ssc = 1, rb
     if r and c:
         _launch_128x128(
-            (rb, cb), w, q, qt if with_transposed else q, s, r, c, cb, w.stride(0), w.stride(1),
-            WRITE_QT=with_transposed, num_warps=_WARPS_128x128,
+            (rb, cb), w, q if write_q else qt, qt if write_qt else q, s, r, c, ssr, ssc, w.stride(0), w.stride(1),
+            WRITE_Q=write_q, WRITE_QT=write_qt, num_warps=_WARPS_128x128,
         )
+    if not write_q:
+        return qt, s
     if with_transposed:
         return q, s, qt
     return q, s

@@ -2,8 +2,8 @@
 
 Inductor's min-cut partition decides what the forward saves for backward. Two FP8 choices are
 made around it:
-  * before it, the FP8 copies of weights (quantize_128x128 of a parameter, and the K-major copy
-    Dgrad reads) are tagged to be recomputed in backward instead of saved: a parameter is alive
+  * before it, the FP8 copies of weights (quantize_128x128 of a parameter, and the transposed
+    quantize_128x128_transposed, the K-major copy Dgrad reads) are tagged to be recomputed in backward instead of saved: a parameter is alive
     in backward anyway, so saving its FP8 copy would hold N*K more bytes per weight through the
     whole step, while quantizing it again costs one pass over the weight (`recompute_fp8_weights`);
   * after it, large saved activation inputs are stored in FP8 (saved_activations.py).
@@ -34,11 +34,13 @@ _WEIGHT_COPY_USERS = (operator.getitem, aten.permute.default, aten.t.default, at
 
 
 def tag_fp8_weights_for_recompute(graph: torch.fx.Graph) -> list[Node]:
-    """Mark each parameter's FP8 copy (and its transposes/K-major copy) PREFER_RECOMPUTE, so the
-    min-cut partition re-quantizes the weight in backward rather than saving the copy. Nodes that
-    already carry a tag (inside torch.utils.checkpoint regions) keep it. Returns the tagged nodes."""
+    """Mark each parameter's FP8 copies (and their transposes/K-major copy) PREFER_RECOMPUTE, so
+    the min-cut partition re-quantizes the weight in backward rather than saving the copy. Nodes
+    that already carry a tag (inside torch.utils.checkpoint regions) keep it. Returns the tagged
+    nodes."""
+    targets = (torch.ops.fp8pass.quantize_128x128.default, torch.ops.fp8pass.quantize_128x128_transposed.default)
     tagged = []
-    for node in graph.find_nodes(op="call_function", target=torch.ops.fp8pass.quantize_128x128.default):
+    for node in graph.find_nodes(op="call_function", target=targets):
         source, _ = strip_to_placeholder(node.args[0])
         if source is None or source.name.startswith("tangents") or "recompute" in node.meta:
             continue

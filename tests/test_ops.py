@@ -60,6 +60,15 @@ def test_scale_layouts():
     q_t, s_t = ops.quantize_128x1(x)
     assert q_t.shape == (384, 300) and s_t.shape == (384, 3)  # transposed storage
     assert ops.quantize_128x128(x)[1].shape == (3, 3)
+    # Dgrad's weight copy: the 128x128 quantization stored transposed, both outputs contiguous (B
+    # K-major, its block scale MN-major for the untransposed use: what cuBLAS reads, no copies)
+    w = torch.randn(200, 384)
+    q_w, s_w = ops.quantize_128x128(w)
+    q_wt, s_wt = ops.quantize_128x128_transposed(w)
+    assert q_wt.shape == (384, 200) and s_wt.shape == (3, 2) and q_wt.is_contiguous() and s_wt.is_contiguous()
+    assert torch.equal(q_wt.view(torch.uint8), q_w.t().contiguous().view(torch.uint8)) and torch.equal(s_wt, s_w.t())
+    s_dgrad = s_wt.t()  # [ceil(N/128), ceil(K/128)] as the Dgrad GEMM takes it
+    assert cuda._mn_major(s_dgrad) is s_dgrad
     q_row, s_row, q_col_t, s_col_t = ops.quantize_1x128_128x1(x)
     torch.testing.assert_close(q_row.float(), ops.quantize_1x128(x)[0].float(), rtol=0, atol=0)
     torch.testing.assert_close(q_col_t.float(), q_t.float(), rtol=0, atol=0)
@@ -71,6 +80,19 @@ def test_scale_layouts():
     # scale = amax / 448 per tile
     torch.testing.assert_close(s_row[7, 1], x[7, 128:256].abs().max() / 448)
     torch.testing.assert_close(s_t[5, 2], x[256:300, 5].abs().max() / 448)
+
+
+@pytest.mark.parametrize("shape", [(1, 256), (130, 128), (256, 384)])
+def test_quantizer_strides_match_fake_kernels(shape):
+    # Inductor asserts the strides of each op's outputs against its fake kernel (size-1 dims too)
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    x = torch.randn(shape)
+    for name in ("quantize_1x128", "quantize_128x1", "quantize_1x128_128x1", "quantize_128x128",
+                 "quantize_128x128_transposed"):
+        real = [t.stride() for t in getattr(ops, name)(x)]
+        with FakeTensorMode() as mode:
+            fake = [t.stride() for t in getattr(ops, name)(mode.from_tensor(x))]
+        assert real == fake, (name, shape)
 
 
 def test_zero_tile_gives_exact_zeros():
@@ -179,6 +201,7 @@ def test_zero_rows():
     ("quantize_128x1", (torch.randn(130, 256),)),
     ("quantize_1x128_128x1", (torch.randn(130, 256),)),
     ("quantize_128x128", (torch.randn(256, 384),)),
+    ("quantize_128x128_transposed", (torch.randn(200, 384),)),
 ])
 def test_opcheck_quantizers(op, args):
     torch.library.opcheck(getattr(ops, op), args)

@@ -131,6 +131,8 @@ def test_quantize_transposed_outputs_and_nd():
     qw, sw, qwt = tq.quantize_128x128(w, with_transposed=True)
     eq, es = ref.quantize_128x128(w)
     assert _bytes_equal(qwt, eq.t().contiguous())[0]
+    qwt2, swt = tq.quantize_128x128(w, layout="transposed")
+    assert _bytes_equal(qwt2, eq.t().contiguous())[0] and _scales_equal(swt, es.t().contiguous())[0]
     x3 = _inputs(4 * 300, 512, torch.bfloat16, seed=5).reshape(4, 300, 512).transpose(0, 1)
     got, exp = tq.quantize_1x128(x3), ref.quantize_1x128(x3)
     assert _bytes_equal(got[0], exp[0])[0] and _scales_equal(got[1], exp[1])[0]
@@ -140,10 +142,11 @@ def test_registered_ops_use_triton_and_match():
     import fp8pass.kernels as k
     assert k.CUDA_KERNELS_REGISTERED
     x = _inputs(512, 1024, torch.bfloat16, seed=11)
-    for name in ("quantize_1x128", "quantize_128x1", "quantize_1x128_128x1", "quantize_128x128"):
+    for name in ("quantize_1x128", "quantize_128x1", "quantize_1x128_128x1", "quantize_128x128",
+                 "quantize_128x128_transposed"):
         got = getattr(torch.ops.fp8pass, name)(x)
-        exp = list(getattr(ref, name)(x))
-        if name == "quantize_128x1":  # the op stores the 128x1 copy transposed (K-major for Wgrad)
+        exp = list(getattr(ref, name.removesuffix("_transposed"))(x))
+        if name in ("quantize_128x1", "quantize_128x128_transposed"):  # stored transposed (K-major)
             exp = [e.t().contiguous() for e in exp]
         elif name == "quantize_1x128_128x1":
             exp[2:] = [e.t().contiguous() for e in exp[2:]]

@@ -234,6 +234,10 @@ def run_quantize() -> None:
             ok, d = _same(a, b)
             if not ok:
                 return False, "128x128 with_transposed: " + d
+        for a, b in zip(tq.quantize_128x128(xw, layout="transposed"), (eq.t().contiguous(), es.t().contiguous())):
+            ok, d = _same(a, b)
+            if not ok:
+                return False, "128x128 layout=transposed: " + d
         return True, ""
 
     check("quantize transposed outputs", q_transposed)
@@ -245,7 +249,8 @@ def run_quantize() -> None:
         cases = ((lambda v: tq.quantize_1x128(v), ops.quantize_1x128, (xw, xw.reshape(2, 128, 384))),
                  (lambda v: tq.quantize_128x1(v, layout="transposed"), ops.quantize_128x1, (xw, xt)),
                  (lambda v: tq.quantize_1x128_128x1(v, col_layout="transposed"), ops.quantize_1x128_128x1, (xw, xt)),
-                 (lambda v: tq.quantize_128x128(v), ops.quantize_128x128, (xw, xt)))
+                 (lambda v: tq.quantize_128x128(v), ops.quantize_128x128, (xw, xt)),
+                 (lambda v: tq.quantize_128x128(v, layout="transposed"), ops.quantize_128x128_transposed, (xw, xt)))
         for triton_fn, op, inputs in cases:
             for v in inputs:
                 got = [(tuple(t.shape), t.stride()) for t in triton_fn(v)]
