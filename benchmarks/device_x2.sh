@@ -27,7 +27,9 @@
 #   bash benchmarks/device_x2.sh s6d        # s6c again after a test fix, without the sweep (quantizer table last)
 #   bash benchmarks/device_x2.sh s6e        # one GPU: quantizer GPU tests, quantizer table + sweep (Gluon 128x1 and
 #                                           # 32-element layouts)
+#   bash benchmarks/device_x2.sh s8a        # one GPU (not run yet): GPU tests, Linear, block, 1B step, quantizers
 #   bash benchmarks/device_x2.sh s7conv     # four GPUs: the 350M pair for seeds 0 and 1 at once, compared
+#   bash benchmarks/device_x2.sh s7abl      # four GPUs: FP8 350M ablations (BF16 SwiGLU saves; BF16 Wgrad), seeds 0 and 1
 #   bash benchmarks/device_x2.sh s7a        # one GPU: quantizer GPU tests, SwiGLU MLP kernels, Linear, block, 1B step
 #   bash benchmarks/device_x2.sh idle       # one GPU: where the GPU waits, Linear (10 steps) and the 1B train step
 #                                           # (5 steps a variant), with Chrome traces; quantizer GPU tests
@@ -83,6 +85,17 @@ pair_350m() {  # the 350M preset under CUDA graphs on GPU 1, FP8 then BF16 (FP8 
 
 for what in "$@"; do
   case $what in
+    s8a)  # prepared in session 7, not run: the new default (fp8_saved_activations off) on one GPU: GPU tests with 4
+          # workers, Linear, block, the 1B step with and without the option (same run), the quantizer table
+      quant_gpu_tests 150 4 0 "quantize or registered or gluon or fast_launch"
+      linear_bench 80 --profile
+      block_bench 110
+      timeout 200 python3 benchmarks/train_step.py --variants bf16,fp8 > "$OUT/train_step.log" 2>&1
+      echo "train_step exit $?"; head -12 "$OUT/train_step.log" | cut -c1-180
+      timeout 120 python3 benchmarks/train_step.py --variants fp8 --profile none --fp8-option fp8_saved_activations=true \
+        > "$OUT/train_step_saves.log" 2>&1
+      echo "train_step (FP8 SwiGLU saves) exit $?"; grep -E "^ +fp8 " "$OUT/train_step_saves.log" | cut -c1-180
+      quant_bench 60 ;;
     s7conv)  # session 7, four GPUs: the 350M preset (CUDA graphs) BF16 and FP8 for seed 0 (a repeat of s5b's pair, whose
              # code changed only in layouts) and seed 1, all four at once; then the comparison of all four
       preset_350m 0 baseline 450 conv_bf16 --out "$OUT" --mode reduce-overhead --seed 0 &
@@ -92,6 +105,20 @@ for what in "$@"; do
       wait
       python3 examples/train_gpt.py --compare "$OUT" 2>&1 | tail -8
       grep -hE "step +(0|1000|1999) " "$OUT"/conv_*.log | cut -c1-160 | tail -12 ;;
+    s7abl)  # session 7, four GPUs: ablations of s7conv's FP8 runs (seeds 0 and 1): SwiGLU inputs saved in BF16
+            # (fp8_saved_activations=false), and Wgrad in BF16 (wgrad=false); curves as loss_fp8_<tag>.csv
+      preset_350m 0 fp8 450 conv_nosave_s0 --out "$OUT" --mode reduce-overhead --seed 0 --tag nosave_s0 \
+        --fp8-option fp8_saved_activations=false &
+      preset_350m 1 fp8 450 conv_nosave_s1 --out "$OUT" --mode reduce-overhead --seed 1 --tag nosave_s1 \
+        --fp8-option fp8_saved_activations=false &
+      preset_350m 2 fp8 450 conv_wgradbf16_s0 --out "$OUT" --mode reduce-overhead --seed 0 --tag wgradbf16_s0 \
+        --fp8-option wgrad=false &
+      preset_350m 3 fp8 450 conv_wgradbf16_s1 --out "$OUT" --mode reduce-overhead --seed 1 --tag wgradbf16_s1 \
+        --fp8-option wgrad=false &
+      wait
+      for f in "$OUT"/loss_fp8_*.csv; do
+        python3 -c "import csv,sys; v=[float(r['loss']) for r in csv.DictReader(open(sys.argv[1]))]; print(sys.argv[1].rsplit('/',1)[1], len(v), 'mean 1800-1999 %.4f' % (sum(v[1800:2000])/200))" "$f"
+      done ;;
     s7a)  # session 7: Dgrad's weight quantized straight into its transposed layout, row-major saved SwiGLU scales:
           # GPU tests, the SwiGLU MLP's kernels (.probe, carried), Linear, block, 1B train_step
       quant_gpu_tests 100 8 0 "quantize or registered or gluon or fast_launch"

@@ -32,6 +32,9 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
+import fp8pass
+from fp8pass.config import parse_option
+
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "examples"))
@@ -88,7 +91,11 @@ def run_variant(name: str, cfg: GPTConfig, args, device, dtype, tokens, targets)
     backend, ac = VARIANTS[name]
     cuda = device.type == "cuda"
     model = build(cfg, ac, device, dtype, args.seed)
-    compiled = torch.compile(model, backend=backend, mode=args.mode)
+    if backend == "fp8" and args.fp8_option:
+        options = dict(map(parse_option, args.fp8_option))
+        compiled = torch.compile(model, backend=fp8pass.backend(mode=args.mode, **options))
+    else:
+        compiled = torch.compile(model, backend=backend, mode=args.mode)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=cuda or None)
     losses = []
 
@@ -164,6 +171,8 @@ def main(argv=None):
                    help="with --timeline: also write each variant's profile there as a Chrome trace (.json.gz)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mode", default=None, help="torch.compile mode for every variant, e.g. reduce-overhead (CUDA graphs)")
+    p.add_argument("--fp8-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="an fp8pass.Config option for the fp8 variants (repeatable), e.g. fp8_saved_activations=true")
     p.add_argument("--explain", action="store_true", help="also print fp8pass.explain of the fp8 model (one more compile)")
     p.add_argument("--tiny", action="store_true",
                    help="CPU-sized check: dim 128, 2 layers, SwiGLU 384, vocab 512, seq 128, batch 2, fp32")
@@ -206,7 +215,8 @@ def main(argv=None):
         del model
         release(device)
 
-    print(f"\nvariants: {dtype_name} = torch.compile(model), fp8 = torch.compile(model, backend='fp8'), "
+    fp8_call = (f"backend=fp8pass.backend({', '.join(args.fp8_option)})" if args.fp8_option else "backend='fp8'")
+    print(f"\nvariants: {dtype_name} = torch.compile(model), fp8 = torch.compile(model, {fp8_call}), "
           f"+ac = activation checkpointing around each block", flush=True)
     header = (f"{'variant':>8} {'compile s':>9} {'step ms':>9} {'tokens/s':>10} {'peak GiB':>9} {'above GiB':>9} "
               f"{'loss@1':>7} {'synced ms':>9}  fp8 vs {dtype_name} (same checkpointing)")

@@ -294,7 +294,7 @@ def compare(out: pathlib.Path, tail: int = 200) -> dict:
         spread = {side: (max(v) - min(v)) / side_mean[side] for side, v in side_runs.items() if len(v) > 1}
         result["relative_of_means"] = (side_mean["fp8"] - side_mean["baseline"]) / side_mean["baseline"]
         result["spread"] = spread
-        for name in names[2:]:
+        for name in (n for n in names if n not in ("fp8", "baseline")):
             print(f"  further run {name}: mean {mean[name]:.4f}, non-finite {bad[name]}, held-out {heldout[name]:.4f}")
         count = {side: f"{len(v)} run{'s' if len(v) > 1 else ''}" for side, v in side_runs.items()}
         print(f"mean of the runs per side: fp8 {side_mean['fp8']:.4f} ({count['fp8']}), baseline "

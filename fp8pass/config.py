@@ -57,6 +57,9 @@ class Config:
     fp8_saved_activations: also keep in FP8 (1x128 tiles) the converted Linears' outputs that the
         backward saves as an activation function's input (SwiGLU's two inputs, GELU's input), as
         DeepSeek-V3 does; the backward dequantizes them inside the activation's backward kernel.
+        Off by default: on an H200 it cut the 1B train step's peak memory from 0.94x to 0.84x of
+        BF16's, but moved the 350M run's final loss from within 0.25% of BF16 (+0.15%, -0.16% at
+        two seeds) to +0.26% and +0.56% (benchmarks/RESULTS.md, session 7).
     fp8_saved_activations_min_bytes: only tensors at least this large are stored so.
     recompute_fp8_weights: quantize each weight again in backward (for Dgrad, straight into the
         transposed layout that GEMM reads) instead of keeping its FP8 copy from forward to backward
@@ -78,7 +81,7 @@ class Config:
     wgrad: bool = True
     fp8_output_head: bool = False
     module_filter: Optional[ModuleFilter] = None
-    fp8_saved_activations: bool = True
+    fp8_saved_activations: bool = False
     fp8_saved_activations_min_bytes: int = 1 << 20
     recompute_fp8_weights: bool = True
     fuse_quantization: bool = False

@@ -105,13 +105,18 @@ def quantize_128x128(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return reference.quantize_128x128(w)
 
 
+def _empty_128x128_copy(w: torch.Tensor, rows: int, cols: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fake outputs of a 128x128 quantization stored as [rows, cols]: q and its block scales."""
+    return (
+        torch.empty((rows, cols), dtype=FP8_DTYPE, device=w.device),
+        w.new_empty((_cdiv(rows, TILE), _cdiv(cols, TILE)), dtype=torch.float32),
+    )
+
+
 @quantize_128x128.register_fake
 def _(w):
     r, c = w.shape
-    return (
-        torch.empty((r, c), dtype=FP8_DTYPE, device=w.device),
-        w.new_empty((_cdiv(r, TILE), _cdiv(c, TILE)), dtype=torch.float32),
-    )
+    return _empty_128x128_copy(w, r, c)
 
 
 @torch.library.custom_op("fp8pass::quantize_128x128_transposed", mutates_args=())
@@ -128,10 +133,7 @@ def quantize_128x128_transposed(w: torch.Tensor) -> tuple[torch.Tensor, torch.Te
 @quantize_128x128_transposed.register_fake
 def _(w):
     r, c = w.shape
-    return (
-        torch.empty((c, r), dtype=FP8_DTYPE, device=w.device),
-        w.new_empty((_cdiv(c, TILE), _cdiv(r, TILE)), dtype=torch.float32),
-    )
+    return _empty_128x128_copy(w, c, r)
 
 
 @torch.library.custom_op("fp8pass::dequantize", mutates_args=())

@@ -2,10 +2,11 @@
 
 Inductor's min-cut partition decides what the forward saves for backward. Two FP8 choices are
 made around it:
-  * before it, the FP8 copies of weights (quantize_128x128 of a parameter, and the transposed
-    quantize_128x128_transposed, the K-major copy Dgrad reads) are tagged to be recomputed in backward instead of saved: a parameter is alive
-    in backward anyway, so saving its FP8 copy would hold N*K more bytes per weight through the
-    whole step, while quantizing it again costs one pass over the weight (`recompute_fp8_weights`);
+  * before it, the FP8 copies of weights (quantize_128x128 of a parameter, and the K-major copy
+    Dgrad reads, quantize_128x128_transposed) are tagged to be recomputed in backward instead of
+    saved: a parameter is alive in backward anyway, so saving its FP8 copy would hold N*K more
+    bytes per weight through the whole step, while quantizing it again costs one pass over the
+    weight (`recompute_fp8_weights`);
   * after it, large saved activation inputs are stored in FP8 (saved_activations.py).
 """
 

@@ -19,7 +19,8 @@ def _block_and_input(seed=0):
 
 def test_swiglu_inputs_saved_in_fp8():
     block, x = _block_and_input()
-    on = fp8pass.explain(block, x, fp8_config=fp8pass.Config(fp8_saved_activations_min_bytes=0))
+    on_config = fp8pass.Config(fp8_saved_activations=True, fp8_saved_activations_min_bytes=0)
+    on = fp8pass.explain(block, x, fp8_config=on_config)
     off = fp8pass.explain(block, x, fp8_config=fp8pass.Config(fp8_saved_activations=False))
 
     def hp_gemm_outputs(report, module):
@@ -38,7 +39,8 @@ def test_fp8_saved_activation_scales_are_row_major():
     # the backward's activation kernel reads these scales; MN-major ones (the op's layout, for
     # cuBLAS) made Inductor tile that kernel 2-D, 1.3x slower on an H200
     block, x = _block_and_input()
-    report = fp8pass.explain(block, x, fp8_config=fp8pass.Config(fp8_saved_activations_min_bytes=0))
+    config = fp8pass.Config(fp8_saved_activations=True, fp8_saved_activations_min_bytes=0)
+    report = fp8pass.explain(block, x, fp8_config=config)
     names = {s.name for s in report.saved if s.module in ("mlp.w1", "mlp.w3") and s.dtype == torch.float32
              and s.producer.endswith("quantize_1x128.default")}
     assert len(names) == 2, report.saved

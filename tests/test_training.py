@@ -95,4 +95,6 @@ def test_compare_reads_further_runs_as_the_run_to_run_spread(tmp_path, capsys):
     assert math.isclose(result["spread"]["fp8"], 0.04 / 2.04, rel_tol=1e-9)
     header = (tmp_path / "loss.csv").read_text().splitlines()[0]
     assert header == "step,fp8,fp8_seed1,baseline,baseline_repeat"
-    assert "further run baseline_repeat: mean 2.0400" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "further run baseline_repeat: mean 2.0400" in out and "further run fp8_seed1: mean 2.0600" in out
+    assert "further run baseline:" not in out, "the pair's own baseline is not a further run"
