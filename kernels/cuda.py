@@ -12,10 +12,12 @@ times each candidate once and caches the fastest:
   * "gluon"   - the Gluon sm90 kernel (triton_gemm_gluon.py), which needs K-major operands:
                 used directly when they are, else after K-major copies (their cost is timed);
   * "cublas"  - cuBLAS blockwise through torch's scaled_mm, with whatever layout copies it
-                needs (A row-major, B column-major, MN-major scales), also timed.
+                needs (A row-major, B column-major, MN-major scales), also timed;
+  * "cublas_swapped" - for B in 128x1 tiles (Wgrad) only: cuBLAS on the transposed problem
+                (B^T @ A^T), its result copied back, timed with the copy.
 A candidate is kept only if its result agrees with the Triton kernel's (calc_diff < 1e-4), so a
-misread scale layout can never be picked. FP8PASS_GEMM_BACKEND=triton|gluon|cublas (read at
-import) forces one.
+misread scale layout can never be picked. FP8PASS_GEMM_BACKEND=triton|gluon|cublas|cublas_swapped
+(read at import) forces one.
 """
 
 from __future__ import annotations
@@ -157,6 +159,22 @@ def cublas_gemm_blockwise(a, a_scale, b, b_scale, out_dtype):
     raise err
 
 
+def cublas_gemm_blockwise_swapped(a, a_scale, b, b_scale, out_dtype):
+    """A @ B for two 1x128-scaled operands (B in 128x1 tiles: Wgrad) computed as (B^T @ A^T)^T
+    through cuBLAS, then copied back to row-major [M, N] (2*M*N elements of extra traffic).
+    cuBLAS picks its kernel by the problem's shape, and for this pairing it runs ~20% below its
+    Fprop speed on an H200 (benchmarks/RESULTS.md): the transposed problem is one more candidate
+    for the dispatcher to time. The same products per K block, so the same numerics up to the
+    order of the FP32 sums."""
+    return cublas_gemm_blockwise(*swapped_operands(a, a_scale, b, b_scale), out_dtype).t().contiguous()
+
+
+def swapped_operands(a, a_scale, b, b_scale):
+    """The operands of B^T @ A^T = (A @ B)^T: B^T [N, K] in 1x128 tiles with its scale [N, KB], and
+    A^T [K, M] in 128x1 tiles with its scale [KB, M]."""
+    return b.t(), b_scale.t(), a.t(), a_scale.t()
+
+
 # --------------------------------------------------------------------------------------------
 # dispatcher
 # --------------------------------------------------------------------------------------------
@@ -192,15 +210,19 @@ def _run(name, a, a_scale, b, b_scale, out_dtype):
         return triton_gemm_gluon.gemm_blockwise(a2, a_scale, b2, b_scale, out_dtype)
     if name == "cublas":
         return cublas_gemm_blockwise(a, a_scale, b, b_scale, out_dtype)
+    if name == "cublas_swapped":
+        return cublas_gemm_blockwise_swapped(a, a_scale, b, b_scale, out_dtype)
     raise ValueError(f"unknown GEMM backend {name!r}")
 
 
-def _candidates(a, b):
+def _candidates(a, b, b_scale):
     names = ["triton"]
     a2_ok = (a.shape[1] * a.element_size()) % 16 == 0  # K-major copy rows must be 16-byte aligned
     if triton_gemm_gluon.available() and a2_ok and (b.shape[1] > 0):
         names.append("gluon")
     names.append("cublas")
+    if b_scale.shape[1] == b.shape[1]:  # B in 128x1 tiles (Wgrad): the transposed problem too
+        names.append("cublas_swapped")
     return names
 
 
@@ -214,7 +236,7 @@ def _measure(a, a_scale, b, b_scale, out_dtype, key):
 
     ref = _run("triton", a, a_scale, b, b_scale, out_dtype)
     results = {}
-    for name in _candidates(a, b):
+    for name in _candidates(a, b, b_scale):
         try:
             out = _run(name, a, a_scale, b, b_scale, out_dtype)
             if name != "triton":

@@ -108,6 +108,21 @@ def test_zero_tile_gives_exact_zeros():
         assert (back[:, :128] == 0).all() and (back[128:, 128:] == 0).all()
 
 
+def test_wgrad_as_the_transposed_problem():
+    # the dispatcher's "cublas_swapped" candidate computes Wgrad as (B^T @ A^T)^T: the same
+    # products and scales, checked here through the reference GEMM (cuBLAS itself is GPU-only)
+    from fp8pass.kernels import cuda
+    torch.manual_seed(0)
+    dy, x = torch.randn(384, 200), torch.randn(384, 256)  # 384 tokens, 200 out, 256 in features
+    qdy, sdy = ops.quantize_128x1(dy)  # stored transposed: [200, 384] and its scale [200, 3]
+    qx, sx = ops.quantize_128x1(x)
+    a, sa, b, sb = qdy, sdy, qx.t(), sx.t()  # dW = dy^T @ x as the pass emits it
+    direct = ops.gemm_blockwise(a, sa, b, sb, torch.float32)
+    swapped = ops.gemm_blockwise(*cuda.swapped_operands(a, sa, b, sb), torch.float32).t()
+    torch.testing.assert_close(swapped, direct, rtol=1e-6, atol=1e-5)
+    assert sqnr_db(dy.t() @ x, direct) >= 25
+
+
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
 def test_non_finite_input_shows_as_nan(bad):
     x = torch.randn(256, 256)

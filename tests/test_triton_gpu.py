@@ -235,7 +235,13 @@ def _backends():
     def op(a, sa, b, sb, od):
         return torch.ops.fp8pass.gemm_blockwise(a, sa, b, sb, od)
 
-    return {"triton": tl_kernel, "gluon": gluon_kernel, "dispatch": op}
+    def cublas_swapped(a, sa, b, sb, od):
+        from fp8pass.kernels import cuda
+        if _cublas(a, sa, b, sb, od) is None:
+            pytest.skip("this torch has no cuBLAS blockwise for the pairing")
+        return cuda.cublas_gemm_blockwise_swapped(a, sa, b, sb, od)
+
+    return {"triton": tl_kernel, "gluon": gluon_kernel, "dispatch": op, "cublas_swapped": cublas_swapped}
 
 
 _GEMM_CASES = (
@@ -243,6 +249,7 @@ _GEMM_CASES = (
      for d in (torch.bfloat16, torch.float32)]
     + [("gluon", r, d) for r in ("fprop", "dgrad_kmajor", "wgrad_kmajor") for d in (torch.bfloat16, torch.float32)]
     + [("dispatch", r, torch.bfloat16) for r in ("fprop", "dgrad", "wgrad")]
+    + [("cublas_swapped", r, d) for r in ("wgrad", "wgrad_kmajor") for d in (torch.bfloat16, torch.float32)]
 )
 
 
