@@ -27,7 +27,8 @@
 #   bash benchmarks/device_x2.sh s6d        # s6c again after a test fix, without the sweep (quantizer table last)
 #   bash benchmarks/device_x2.sh s6e        # one GPU: quantizer GPU tests, quantizer table + sweep (Gluon 128x1 and
 #                                           # 32-element layouts)
-#   bash benchmarks/device_x2.sh s8a        # one GPU (not run yet): GPU tests, Linear, block, 1B step, quantizers
+#   bash benchmarks/device_x2.sh s8a        # one GPU (not run yet): GPU tests, Linear, block, 1B step
+#   bash benchmarks/device_x2.sh s8b        # one GPU (not run yet): 1B fp8 with FP8 SwiGLU saves, Wgrad GEMMs, quantizers
 #   bash benchmarks/device_x2.sh s7conv     # four GPUs: the 350M pair for seeds 0 and 1 at once, compared
 #   bash benchmarks/device_x2.sh s7abl      # four GPUs: FP8 350M ablations (BF16 SwiGLU saves; BF16 Wgrad), seeds 0 and 1
 #   bash benchmarks/device_x2.sh s7a        # one GPU: quantizer GPU tests, SwiGLU MLP kernels, Linear, block, 1B step
@@ -86,15 +87,18 @@ pair_350m() {  # the 350M preset under CUDA graphs on GPU 1, FP8 then BF16 (FP8 
 for what in "$@"; do
   case $what in
     s8a)  # prepared in session 7, not run: the new default (fp8_saved_activations off) on one GPU: GPU tests with 4
-          # workers, Linear, block, the 1B step with and without the option (same run), the quantizer table
-      quant_gpu_tests 150 4 0 "quantize or registered or gluon or fast_launch"
+          # workers (the GEMM roles too: cublas_swapped), Linear, block, the 1B step
+      quant_gpu_tests 150 4 0 "quantize or registered or gluon or fast_launch or gemm_roles"
       linear_bench 80 --profile
       block_bench 110
       timeout 200 python3 benchmarks/train_step.py --variants bf16,fp8 > "$OUT/train_step.log" 2>&1
-      echo "train_step exit $?"; head -12 "$OUT/train_step.log" | cut -c1-180
+      echo "train_step exit $?"; head -12 "$OUT/train_step.log" | cut -c1-180 ;;
+    s8b)  # prepared in session 7, not run: one GPU, after s8a (a separate call: s8a fills ~9 of a call's 10 minutes)
       timeout 120 python3 benchmarks/train_step.py --variants fp8 --profile none --fp8-option fp8_saved_activations=true \
         > "$OUT/train_step_saves.log" 2>&1
       echo "train_step (FP8 SwiGLU saves) exit $?"; grep -E "^ +fp8 " "$OUT/train_step_saves.log" | cut -c1-180
+      timeout 150 python3 benchmarks/gemm.py --roles wgrad --no-quant > "$OUT/gemm_wgrad.log" 2>&1
+      echo "gemm wgrad exit $?"; grep -E "^wgrad|cublas_swapped" "$OUT/gemm_wgrad.log" | cut -c1-300
       quant_bench 60 ;;
     s7conv)  # session 7, four GPUs: the 350M preset (CUDA graphs) BF16 and FP8 for seed 0 (a repeat of s5b's pair, whose
              # code changed only in layouts) and seed 1, all four at once; then the comparison of all four
