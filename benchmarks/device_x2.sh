@@ -48,7 +48,9 @@ RUN=$OUT/350m
 quant_gpu_tests() {  # $1 timeout, $2 xdist workers, $3 GPU (0), $4 -k expression (the quantizer and registered-op
                      # GPU tests); returns pytest's exit status
   local rc
-  CUDA_VISIBLE_DEVICES=${3:-0} timeout "$1" python3 -m pytest -q -p no:cacheprovider -n "$2" -m gpu tests/test_triton_gpu.py \
+  # TORCHINDUCTOR_COMPILE_THREADS=1: no Inductor compile-worker pool in the xdist workers (after all tests had
+  # passed, pytest hung at exit in sessions 5-7, not every time; the pool is a suspect, not a proven cause)
+  CUDA_VISIBLE_DEVICES=${3:-0} TORCHINDUCTOR_COMPILE_THREADS=1 timeout "$1" python3 -m pytest -q -p no:cacheprovider -n "$2" -m gpu tests/test_triton_gpu.py \
     -k "${4:-quantize or registered}" > "$OUT/quant_gpu.log" 2>&1; rc=$?; echo "quantizer GPU tests exit $rc"
   grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/quant_gpu.log" | cut -c1-300 | tail -8
   return $rc
