@@ -29,6 +29,7 @@
 #                                           # 32-element layouts)
 #   bash benchmarks/device_x2.sh s8a        # one GPU (not run yet): GPU tests, Linear, block, 1B step
 #   bash benchmarks/device_x2.sh s8b        # one GPU (not run yet): 1B fp8 with FP8 SwiGLU saves, Wgrad GEMMs, quantizers
+#   bash benchmarks/device_x2.sh s8conv     # four GPUs (not run yet): the 350M pair at seeds 2 and 3
 #   bash benchmarks/device_x2.sh s7conv     # four GPUs: the 350M pair for seeds 0 and 1 at once, compared
 #   bash benchmarks/device_x2.sh s7abl      # four GPUs: FP8 350M ablations (BF16 SwiGLU saves; BF16 Wgrad), seeds 0 and 1
 #   bash benchmarks/device_x2.sh s7a        # one GPU: quantizer GPU tests, SwiGLU MLP kernels, Linear, block, 1B step
@@ -102,6 +103,16 @@ for what in "$@"; do
       timeout 150 python3 benchmarks/gemm.py --roles wgrad --no-quant > "$OUT/gemm_wgrad.log" 2>&1
       echo "gemm wgrad exit $?"; grep -E "^wgrad|cublas_swapped" "$OUT/gemm_wgrad.log" | cut -c1-300
       quant_bench 60 ;;
+    s8conv)  # prepared in session 7, not run: four GPUs, the 350M pair (current defaults) at seeds 2 and 3, to firm up
+             # s7's two-seed reading of the gate; the curves of seeds 0 and 1 are in benchmarks/results (CSV)
+      preset_350m 0 baseline 450 conv_bf16_seed2 --out "$OUT" --mode reduce-overhead --seed 2 &
+      preset_350m 1 fp8 450 conv_fp8_seed2 --out "$OUT" --mode reduce-overhead --seed 2 &
+      preset_350m 2 baseline 450 conv_bf16_seed3 --out "$OUT" --mode reduce-overhead --seed 3 &
+      preset_350m 3 fp8 450 conv_fp8_seed3 --out "$OUT" --mode reduce-overhead --seed 3 &
+      wait
+      for f in "$OUT"/loss_*_seed[23].csv; do
+        python3 -c "import csv,sys; v=[float(r['loss']) for r in csv.DictReader(open(sys.argv[1]))]; print(sys.argv[1].rsplit('/',1)[1], len(v), 'mean 1800-1999 %.4f' % (sum(v[1800:2000])/200))" "$f"
+      done ;;
     s7conv)  # session 7, four GPUs: the 350M preset (CUDA graphs) BF16 and FP8 for seed 0 (a repeat of s5b's pair, whose
              # code changed only in layouts) and seed 1, all four at once; then the comparison of all four
       preset_350m 0 baseline 450 conv_bf16 --out "$OUT" --mode reduce-overhead --seed 0 &
