@@ -105,7 +105,8 @@ def test_mlp_saves_fp8_at_converted_sites(recompute_weights):
     # Dgrad's K-major weight: quantized again straight into that layout in backward when weights
     # are recomputed (no transposing copy of FP8 data), else a transposed copy of the kept one
     bw = report.graphs[partitioned[0].replace("_forward", "_backward")]
-    transposed_quants = bw.graph.find_nodes(op="call_function", target=torch.ops.fp8pass.quantize_128x128_transposed.default)
+    transposed_quants = bw.graph.find_nodes(op="call_function",
+                                            target=torch.ops.fp8pass.quantize_128x128_transposed.default)
     fp8_copies = [n for g in (fw, bw) for n in g.graph.find_nodes(op="call_function", target=torch.ops.aten.clone.default)
                   if n.meta["val"].dtype == torch.float8_e4m3fn]
     assert (len(transposed_quants), len(fp8_copies)) == ((2, 0) if recompute_weights else (0, 2))

@@ -37,7 +37,7 @@ def test_swiglu_inputs_saved_in_fp8():
 
 def test_fp8_saved_activation_scales_are_row_major():
     # the backward's activation kernel reads these scales; MN-major ones (the op's layout, for
-    # cuBLAS) made Inductor tile that kernel 2-D, 1.3x slower on an H200
+    # cuBLAS) made Inductor tile that kernel 2-D (141 against 89 us on an H200)
     block, x = _block_and_input()
     config = fp8pass.Config(fp8_saved_activations=True, fp8_saved_activations_min_bytes=0)
     report = fp8pass.explain(block, x, fp8_config=config)
