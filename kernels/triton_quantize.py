@@ -324,12 +324,14 @@ _DUAL_IMPL = os.environ.get("FP8PASS_QDUAL_IMPL", "gluon")
 _GLUON_QUANT: list = []
 
 
-def _gluon_quantize():
-    """triton_quantize_gluon, imported at first use (it imports this module), or None."""
+def _gluon_quantize(device: torch.device):
+    """triton_quantize_gluon (imported at first use: it imports this module) if its kernels run on
+    `device`, else None."""
     if not _GLUON_QUANT:
         from . import triton_quantize_gluon
         _GLUON_QUANT.append(triton_quantize_gluon if triton_quantize_gluon.gluon is not None else None)
-    return _GLUON_QUANT[0]
+    module = _GLUON_QUANT[0]
+    return module if module is not None and module.available(device) else None
 
 
 def _launch_col_tiles(x, q_row, s_row, q_col, q_t, s_col, *, block_c, chunk, warps):
@@ -371,8 +373,8 @@ def quantize_128x1(x: torch.Tensor, *, layout: str = "normal"):
     s_t = empty_mn_major((k,), mb, device=dev)  # the same layout as the op's fake kernel
     s = s_t.t()  # [MB, K] storage, contiguous
     if layout == "transposed" and k % TILE == 0 and _Q128X1_GLUON:
-        gluon_quant = _gluon_quantize()
-        if gluon_quant is not None and gluon_quant.available(dev):
+        gluon_quant = _gluon_quantize(dev)
+        if gluon_quant is not None:
             gluon_quant.quantize_128x1_transposed(x, qt, s_t)
             return qt, s_t
     if _Q128X1_IMPL == "whole":
@@ -411,8 +413,8 @@ def quantize_1x128_128x1(x: torch.Tensor, *, col_layout: str = "normal"):
     q_col = torch.empty((k, m) if trans else (m, k), dtype=FP8_DTYPE, device=dev)
     s_col_t = empty_mn_major((k,), mb, device=dev)  # the same layout as the op's fake kernel
     if trans and k % TILE == 0 and _DUAL_IMPL != "triton":
-        gluon_quant = _gluon_quantize()
-        if gluon_quant is not None and gluon_quant.available(dev):
+        gluon_quant = _gluon_quantize(dev)
+        if gluon_quant is not None:
             gluon_quant.quantize_dual_transposed(x, q_row, s_row, q_col, s_col_t)
             return q_row, s_row, q_col, s_col_t
     _launch_col_tiles(x, q_row, s_row, None if trans else q_col, q_col if trans else None, s_col_t.t(),

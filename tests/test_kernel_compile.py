@@ -1,8 +1,9 @@
 """The Gluon quantizer kernels, which the Triton interpreter cannot run, compiled for sm90 on the
 CPU (Triton ships ptxas): a Gluon API change in a new Triton fails here in CI rather than on the
 first GPU run, and on the Triton their settings were measured with, so does a register spill
-(their speed rests on 128 registers without spilling, see kernels/triton_quantize_gluon.py). Their numerics are the plain-Triton helpers, which the
-interpreter tests check; tests/test_triton_gpu.py checks these kernels bit for bit on a GPU."""
+(their speed rests on 128 registers without spilling, see kernels/triton_quantize_gluon.py).
+Their numerics are the plain-Triton helpers, which the interpreter tests check;
+tests/test_triton_gpu.py checks these kernels bit for bit on a GPU."""
 
 from __future__ import annotations
 
