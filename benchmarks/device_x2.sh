@@ -82,6 +82,10 @@ preset_350m() {  # $1 GPU, $2 fp8|baseline, $3 timeout, $4 log name under $OUT; 
     > "$OUT/$log.log" 2>&1; echo "${log#conv_} 350M exit $?"
 }
 
+tail_mean() {  # $1 a loss CSV of train_gpt.py: its name, its steps, the mean loss over steps 1800-1999
+  python3 -c "import csv,sys; v=[float(r['loss']) for r in csv.DictReader(open(sys.argv[1]))]; print(sys.argv[1].rsplit('/',1)[1], len(v), 'mean 1800-1999 %.4f' % (sum(v[1800:2000])/200))" "$1"
+}
+
 pair_350m() {  # the 350M preset under CUDA graphs on GPU 1, FP8 then BF16 (FP8 ~220 s with its compile)
   preset_350m 1 fp8 320 conv_fp8 --out "$OUT" --mode reduce-overhead
   preset_350m 1 baseline 220 conv_bf16 --out "$OUT" --mode reduce-overhead
@@ -111,7 +115,7 @@ for what in "$@"; do
       preset_350m 3 fp8 450 conv_fp8_seed3 --out "$OUT" --mode reduce-overhead --seed 3 &
       wait
       for f in "$OUT"/loss_*_seed[23].csv; do
-        python3 -c "import csv,sys; v=[float(r['loss']) for r in csv.DictReader(open(sys.argv[1]))]; print(sys.argv[1].rsplit('/',1)[1], len(v), 'mean 1800-1999 %.4f' % (sum(v[1800:2000])/200))" "$f"
+        tail_mean "$f"
       done ;;
     s7conv)  # session 7, four GPUs: the 350M preset (CUDA graphs) BF16 and FP8 for seed 0 (a repeat of s5b's pair, whose
              # code changed only in layouts) and seed 1, all four at once; then the comparison of all four
@@ -134,7 +138,7 @@ for what in "$@"; do
         --fp8-option wgrad=false &
       wait
       for f in "$OUT"/loss_fp8_*.csv; do
-        python3 -c "import csv,sys; v=[float(r['loss']) for r in csv.DictReader(open(sys.argv[1]))]; print(sys.argv[1].rsplit('/',1)[1], len(v), 'mean 1800-1999 %.4f' % (sum(v[1800:2000])/200))" "$f"
+        tail_mean "$f"
       done ;;
     s7a)  # session 7: Dgrad's weight quantized straight into its transposed layout, row-major saved SwiGLU scales:
           # GPU tests, the SwiGLU MLP's kernels (.probe, carried), Linear, block, 1B train_step
