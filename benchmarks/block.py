@@ -52,11 +52,15 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq", type=int, default=4096)
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--fp8-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="adds a variant 'fp8 +options': backend='fp8' with these fp8pass.Config options (repeatable)")
+    p.add_argument("--fused", action="store_true", help="adds the 'fp8 fused' variant (fuse_quantization=True)")
     p.add_argument("--memory", action="store_true", help="what is live at each variant's peak (allocator trace)")
     p.add_argument("--cudagraphs", action="store_true",
                    help="also bf16 compiled and fp8 under CUDA graphs (mode='reduce-overhead')")
     args = p.parse_args(argv)
     import fp8pass  # noqa: F401
+    from fp8pass.config import parse_option
 
     print(versions())
     torch.manual_seed(0)
@@ -79,9 +83,12 @@ def main(argv=None):
     ref, ref_grads = None, None
     watched = [x, block.wqkv.weight, block.w2.weight]
     variants = [("bf16 eager", block), ("bf16 compiled", torch.compile(block)),
-                ("fp8", torch.compile(block, backend="fp8")),
-                # the quantizations generated inside the norm/SwiGLU kernels by Inductor
-                ("fp8 fused", torch.compile(block, backend=fp8pass.backend(fuse_quantization=True)))]
+                ("fp8", torch.compile(block, backend="fp8"))]
+    if args.fp8_option:
+        options = dict(map(parse_option, args.fp8_option))
+        variants.append(("fp8 +options", torch.compile(block, backend=fp8pass.backend(**options))))
+    if args.fused:  # the quantizations generated inside the norm/SwiGLU kernels by Inductor
+        variants.append(("fp8 fused", torch.compile(block, backend=fp8pass.backend(fuse_quantization=True))))
     if args.cudagraphs:  # fp8 cg is compared with bf16 compiled cg
         variants += [("bf16 compiled cg", torch.compile(block, mode="reduce-overhead")),
                      ("fp8 cg", torch.compile(block, backend=fp8pass.backend(mode="reduce-overhead")))]

@@ -27,8 +27,9 @@
 #   bash benchmarks/device_x2.sh s6d        # s6c again after a test fix, without the sweep (quantizer table last)
 #   bash benchmarks/device_x2.sh s6e        # one GPU: quantizer GPU tests, quantizer table + sweep (Gluon 128x1 and
 #                                           # 32-element layouts)
-#   bash benchmarks/device_x2.sh s8a        # one GPU (not run yet): GPU tests, Linear, block, 1B step
-#   bash benchmarks/device_x2.sh s8b        # one GPU (not run yet): 1B fp8 with FP8 SwiGLU saves, Wgrad GEMMs, quantizers
+#   bash benchmarks/device_x2.sh s8c        # one GPU: recompute_fp8_activations in the 1B step, block and Linear
+#   bash benchmarks/device_x2.sh s8a        # one GPU: GPU tests, Linear, block, 1B step
+#   bash benchmarks/device_x2.sh s8b        # one GPU: 1B fp8 with FP8 SwiGLU saves, Wgrad GEMMs, quantizers
 #   bash benchmarks/device_x2.sh s8conv     # four GPUs (not run yet): the 350M pair at seeds 2 and 3
 #   bash benchmarks/device_x2.sh s7conv     # four GPUs: the 350M pair for seeds 0 and 1 at once, compared
 #   bash benchmarks/device_x2.sh s7abl      # four GPUs: FP8 350M ablations (BF16 SwiGLU saves; BF16 Wgrad), seeds 0 and 1
@@ -93,14 +94,23 @@ pair_350m() {  # the 350M preset under CUDA graphs on GPU 1, FP8 then BF16 (FP8 
 
 for what in "$@"; do
   case $what in
-    s8a)  # prepared in session 7, not run: the new default (fp8_saved_activations off) on one GPU: GPU tests with 4
+    s8c)  # session 8, one GPU: recompute_fp8_activations (Wgrad's input copies made in backward) beside BF16 and the
+          # default in one run: the 1B step, the block, the Linear
+      timeout 210 python3 benchmarks/train_step.py --variants bf16,fp8 --fp8-option recompute_fp8_activations=true \
+        > "$OUT/train_step_recompute.log" 2>&1
+      echo "train_step (recompute_fp8_activations) exit $?"; head -12 "$OUT/train_step_recompute.log" | cut -c1-180
+      block_bench 110 --fp8-option recompute_fp8_activations=true
+      linear_bench 80 --fp8-option recompute_fp8_activations=true
+      timeout 100 python3 benchmarks/train_step.py --variants fp8 --profile none > "$OUT/train_step.log" 2>&1
+      echo "train_step (default) exit $?"; grep -E "^ +fp8 " "$OUT/train_step.log" | cut -c1-180 ;;
+    s8a)  # session 8: the new default (fp8_saved_activations off) on one GPU: GPU tests with 4
           # workers (the GEMM roles too: cublas_swapped), Linear, block, the 1B step
       quant_gpu_tests 150 4 0 "quantize or registered or gluon or fast_launch or gemm_roles"
       linear_bench 80 --profile
       block_bench 110
       timeout 200 python3 benchmarks/train_step.py --variants bf16,fp8 > "$OUT/train_step.log" 2>&1
       echo "train_step exit $?"; head -12 "$OUT/train_step.log" | cut -c1-180 ;;
-    s8b)  # prepared in session 7, not run: one GPU, after s8a (a separate call: s8a fills ~9 of a call's 10 minutes)
+    s8b)  # session 8: one GPU, after s8a (a separate call: s8a fills ~9 of a call's 10 minutes)
       timeout 120 python3 benchmarks/train_step.py --variants fp8 --profile none --fp8-option fp8_saved_activations=true \
         > "$OUT/train_step_saves.log" 2>&1
       echo "train_step (FP8 SwiGLU saves) exit $?"; grep -E "^ +fp8 " "$OUT/train_step_saves.log" | cut -c1-180

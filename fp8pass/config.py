@@ -65,6 +65,12 @@ class Config:
         transposed layout that GEMM reads) instead of keeping its FP8 copy from forward to backward
         and transposing it there: one FP8 copy per weight less held through the step, and one pass
         over the weight in place of a transposing pass over its FP8 copy.
+    recompute_fp8_activations: make Wgrad's 128x1 copy of a Linear's input in backward, from the
+        input in high precision that backward has anyway (the attention output SDPA saves) or
+        recomputes from what it saves (a norm's output, the SwiGLU product), instead of saving the
+        copy from forward; a site where that would need more saved bytes keeps the saved copy.
+        Same numbers (the same quantization of the same values), less memory held through the
+        step, one more pass over those inputs in backward.
     fuse_quantization: generate each activation/gradient quantization inside the Inductor kernel
         that produces its input (norm, SiLU*mul, residual add, backward kernels) instead of as a
         separate kernel reading the input back from memory. Off by default: on an H200 the
@@ -84,6 +90,7 @@ class Config:
     fp8_saved_activations: bool = False
     fp8_saved_activations_min_bytes: int = 1 << 20
     recompute_fp8_weights: bool = True
+    recompute_fp8_activations: bool = False
     fuse_quantization: bool = False
     log_decisions: bool = False
 

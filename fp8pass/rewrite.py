@@ -53,7 +53,7 @@ class _Request:
     transpose: bool
 
 
-class _Builder:
+class NodeBuilder:
     """Creates nodes with fake-tensor metadata, so later passes (partitioner) see shapes."""
 
     def __init__(self, graph: Graph):
@@ -136,7 +136,7 @@ def rewrite_gemms(graph: Graph, rewrites: list[GemmRewrite], requantize_dgrad_we
     transposed copy of the Fprop copy (which the partitioner then keeps from forward)."""
     if not rewrites:
         return []
-    builder = _Builder(graph)
+    builder = NodeBuilder(graph)
     order = {node: i for i, node in enumerate(graph.nodes)}
     requests = {rw.node: _operand_requests(rw) for rw in rewrites}
 
@@ -203,7 +203,7 @@ def rewrite_gemms(graph: Graph, rewrites: list[GemmRewrite], requantize_dgrad_we
 def observe_gemms(graph: Graph, rewrites: list[GemmRewrite], graph_name: str) -> None:
     """Observation mode (Report.numerics): replace each matmul by `observe_mm(A, B, key)` on its
     canonical operands, computing the same high-precision product and keeping A and B."""
-    builder = _Builder(graph)
+    builder = NodeBuilder(graph)
     for index, rw in enumerate(rewrites):
         node = rw.node
         a, b = node.args[1:3] if node.target is aten.addmm.default else node.args[:2]

@@ -166,7 +166,15 @@ def cublas_gemm_blockwise_swapped(a, a_scale, b, b_scale, out_dtype):
     Fprop speed on an H200 (benchmarks/RESULTS.md): the transposed problem is one more candidate
     for the dispatcher to time. The same products per K block, so the same numerics up to the
     order of the FP32 sums."""
+    if not swapped_supported(a):
+        raise ValueError(f"cublas_gemm_blockwise_swapped: M={a.shape[0]} must be a multiple of 16 (it becomes "
+                         "cuBLAS's N); use cublas_gemm_blockwise or the Triton GEMM for this shape")
     return cublas_gemm_blockwise(*swapped_operands(a, a_scale, b, b_scale), out_dtype).t().contiguous()
+
+
+def swapped_supported(a) -> bool:
+    """cuBLAS FP8 needs the output's inner dim a multiple of 16: in the swapped problem that is M."""
+    return a.shape[0] % 16 == 0
 
 
 def swapped_operands(a, a_scale, b, b_scale):
@@ -221,7 +229,8 @@ def _candidates(a, b, b_scale):
     if triton_gemm_gluon.available() and a2_ok and (b.shape[1] > 0):
         names.append("gluon")
     names.append("cublas")
-    if b_scale.shape[1] == b.shape[1]:  # B in 128x1 tiles (Wgrad): the transposed problem too
+    # B in 128x1 tiles (Wgrad): the transposed problem too, where cuBLAS takes its N (our M)
+    if b_scale.shape[1] == b.shape[1] and swapped_supported(a):
         names.append("cublas_swapped")
     return names
 

@@ -255,10 +255,12 @@ def compile_with_fp8(gm: torch.fx.GraphModule, example_inputs, config: Config,
         "joint_custom_pre_pass": Fp8JointPass(config, _describe_inputs(gm), _module_lookup(gm), recorder, name,
                                               observe, _outputs_are_model_outputs(gm)),
     }
-    if not observe and (config.fp8_saved_activations or config.recompute_fp8_weights):
+    if not observe and (config.fp8_saved_activations or config.recompute_fp8_weights
+                        or config.recompute_fp8_activations):
         patches["custom_partitioner_fn"] = Fp8Partitioner(
             config.recompute_fp8_weights,
-            config.fp8_saved_activations_min_bytes if config.fp8_saved_activations else None)
+            config.fp8_saved_activations_min_bytes if config.fp8_saved_activations else None,
+            config.recompute_fp8_activations)
     fuse = config.fuse_quantization and not observe
     if fuse:
         patches.update(division_rounding_patch())

@@ -66,6 +66,71 @@ def test_fp8_saved_activations_keep_gradients():
         assert sqnr_db(ref, with_fp8_saves) >= sqnr_db(ref, without) - 3
 
 
+def _ops_in(report, suffix, op):
+    gm = report.graphs[next(n for n in report.graphs if n.endswith(suffix))]
+    return [n for n in gm.graph.nodes if n.op == "call_function" and n.target is op]
+
+
+def test_recompute_fp8_activations_makes_wgrad_copies_in_backward():
+    block, x = _block_and_input()
+    on = fp8pass.explain(block, x, fp8_config=fp8pass.Config(recompute_fp8_activations=True))
+    off = fp8pass.explain(block, x, fp8_config=fp8pass.Config(recompute_fp8_activations=False))
+    q128x1, dual = torch.ops.fp8pass.quantize_128x1.default, torch.ops.fp8pass.quantize_1x128_128x1.default
+    # off: the forward quantizes the four distinct Linear inputs (two norm outputs, the attention
+    # output, the SwiGLU product) into both copies and saves the 128x1 ones
+    assert len(_ops_in(off, "_forward", dual)) == 4 and not _ops_in(off, "_backward", q128x1)
+    # on: forward makes only the 1x128 copies; backward makes the four 128x1 ones from the
+    # attention output SDPA saves and the norm outputs and SwiGLU product it recomputes
+    assert not _ops_in(on, "_forward", dual) and not _ops_in(on, "_forward", q128x1)
+    assert len(_ops_in(on, "_backward", q128x1)) == 4
+    assert not [s for s in on.saved if s.fp8], "no FP8 copy of a recomputable input is saved"
+    saved = {s.name for s in on.saved}
+    assert not saved - {s.name for s in off.saved} - {s.name for s in on.saved if s.is_graph_input}, \
+        "nothing new is saved in their place"
+    assert on.saved_bytes < off.saved_bytes
+
+
+def test_recompute_fp8_activations_same_gradients():
+    # the same quantization of the same values, made later: bit-identical results
+    grads = {}
+    for flag in (False, True):
+        torch._dynamo.reset()
+        block, x = _block_and_input()
+        cfg = fp8pass.Config(recompute_fp8_activations=flag)
+        out = torch.compile(block, backend=fp8pass.backend(config=cfg))(x)
+        out.square().sum().backward()
+        grads[flag] = [out.detach(), x.grad] + [p.grad for p in block.parameters()]
+    for a, b in zip(grads[False], grads[True]):
+        assert torch.equal(a, b)
+
+
+class LinearChain(nn.Module):
+    """fc2 reads fc1's output directly: backward has nothing to recompute it from."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(128, 256, bias=False), nn.Linear(256, 128, bias=False)
+        self.head = nn.Linear(128, 128, bias=False)  # (the output head stays high precision)
+
+    def forward(self, x):
+        return self.head(self.fc2(self.fc1(x)).relu())
+
+
+def test_recompute_fp8_activations_keeps_the_copy_where_recomputing_costs_more():
+    torch.manual_seed(0)
+    x = torch.randn(256, 128, requires_grad=True)
+    report = fp8pass.explain(LinearChain(), x, fp8_config=fp8pass.Config(recompute_fp8_activations=True))
+    dual = torch.ops.fp8pass.quantize_1x128_128x1.default
+    # fc2's input would have to be saved in high precision (2 bytes an element against 1): its
+    # dual quantization comes back and its 128x1 copy is saved; fc1's input x (a graph input,
+    # held anyway) is quantized again in backward
+    fc2_inputs = [n for n in _ops_in(report, "_forward", dual)]
+    assert len(fc2_inputs) == 1
+    assert [s for s in report.saved if s.fp8 and s.module == "fc2" and "1x128_128x1" in s.producer]
+    assert not [s for s in report.saved if not s.fp8 and "gemm" in s.producer and s.module == "fc1"]
+    assert len(_ops_in(report, "_backward", torch.ops.fp8pass.quantize_128x1.default)) == 1
+
+
 class Checkpointed(nn.Module):
     def __init__(self):
         super().__init__()

@@ -263,6 +263,8 @@ def test_gemm_roles(backend, role, out_dtype):
             k = k - 64  # token count with a tail (still 16-byte aligned for TMA)
         if backend == "gluon" and not kmajor and base_role != "fprop":
             continue
+        if backend == "cublas_swapped" and m % 16:  # M becomes cuBLAS's N, which must be a multiple of 16
+            continue
         a, sa, b, sb, want = make_role(base_role, m, k, n, seed=1000 * i + len(role), kmajor=kmajor)
         out = fn(a, sa, b, sb, out_dtype)
         assert out.shape == (a.shape[0], b.shape[1]) and out.dtype == out_dtype
