@@ -7,7 +7,7 @@ torch reference). `import fp8pass.kernels` calls it when Triton imports and torc
 Importing this module touches no GPU: devices are queried at the first call.
 
 GEMM dispatch: per (M, N, K, scale pairing, out dtype, operand layouts, device) the first call
-times each candidate once and caches the fastest:
+times each candidate and caches the fastest (candidates within 5% of it are timed again in turns):
   * "triton"  - the plain-Triton kernel (triton_gemm.py), operands read as given;
   * "gluon"   - the Gluon sm90 kernel (triton_gemm_gluon.py), which needs K-major operands:
                 used directly when they are, else after K-major copies (their cost is timed);
@@ -240,8 +240,32 @@ def dispatch_choice(a, a_scale, b, b_scale, out_dtype):
     return _choice.get(_key(a, a_scale, b, b_scale, out_dtype))
 
 
+# Candidates timed within this fraction of the fastest are timed again, in turns, before one is
+# picked: a single timing per candidate let a run pick the Triton GEMM over cuBLAS for one 1B
+# shape (session 6, 1.56 ms a step lost) when the two were close.
+_CLOSE = 0.05
+_RETIMES = 3
+
+
+def pick_fastest(timed: dict, retime) -> str:
+    """The fastest of {name: ms}; names within _CLOSE of it get _RETIMES more timings each
+    (`retime(name) -> ms`), alternating, and keep their best. Ties go to cuBLAS, the baseline the
+    dispatcher must never fall below."""
+    best = min(timed, key=timed.get)
+    close = [n for n in timed if timed[n] <= timed[best] * (1 + _CLOSE)]
+    if len(close) > 1:
+        for _ in range(_RETIMES):
+            for name in close:
+                timed[name] = min(timed[name], retime(name))
+    return min(close if len(close) > 1 else [best], key=lambda n: (timed[n], n != "cublas"))
+
+
 def _measure(a, a_scale, b, b_scale, out_dtype, key):
     import triton.testing
+
+    def time_ms(name):
+        return triton.testing.do_bench(lambda: _run(name, a, a_scale, b, b_scale, out_dtype),
+                                       warmup=10, rep=40, return_mode="median")
 
     ref = _run("triton", a, a_scale, b, b_scale, out_dtype)
     results = {}
@@ -253,13 +277,12 @@ def _measure(a, a_scale, b, b_scale, out_dtype, key):
                 if not (diff < 1e-4):
                     results[name] = f"rejected: calc_diff {diff:.3g} vs the Triton kernel"
                     continue
-            ms = triton.testing.do_bench(lambda: _run(name, a, a_scale, b, b_scale, out_dtype),
-                                         warmup=10, rep=40, return_mode="median")
-            results[name] = ms
+            results[name] = time_ms(name)
         except Exception as exc:  # a backend that cannot take these operands is skipped
             results[name] = f"unavailable: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
     timed = {k: v for k, v in results.items() if isinstance(v, float)}
-    best = min(timed, key=timed.get) if timed else "triton"
+    best = pick_fastest(timed, time_ms) if timed else "triton"
+    results.update(timed)
     _choice[key] = best
     _choice_info[key] = results
     return best
