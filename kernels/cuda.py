@@ -121,6 +121,17 @@ def _mn_major(scale: torch.Tensor) -> torch.Tensor:
 _CUBLAS_B1x128_VARIANT: list = []  # which 128x1 b_scale layout this torch accepted
 
 
+def scaled_mm(a, b, scale_a, recipe_a, scale_b, recipe_b, out_dtype):
+    """F.scaled_mm(a, b, scale_a, recipe_a, scale_b, recipe_b, output_dtype=out_dtype), calling the
+    op under it, torch._scaled_mm_v2, directly where present: F.scaled_mm rebuilds its argument
+    lists in Python at every call, ~20 us of host time of the ~110 a cuBLAS GEMM costs the host in
+    a cProfile of the 1B step (240 calls a step; benchmarks/RESULTS.md, session 8)."""
+    op = getattr(torch, "_scaled_mm_v2", None)
+    if op is None:
+        return torch.nn.functional.scaled_mm(a, b, scale_a, recipe_a, scale_b, recipe_b, output_dtype=out_dtype)
+    return op(a, b, [scale_a], [recipe_a.value], [], [scale_b], [recipe_b.value], [], None, out_dtype, (), False)
+
+
 def cublas_gemm_blockwise(a, a_scale, b, b_scale, out_dtype):
     """cuBLAS blockwise FP8 through torch (F.scaled_mm where present, else torch._scaled_mm).
 
@@ -141,15 +152,13 @@ def cublas_gemm_blockwise(a, a_scale, b, b_scale, out_dtype):
                                 out_dtype=out_dtype)
     st = F.ScalingType
     if b_block:
-        return F.scaled_mm(a, b, sa, st.BlockWise1x128, _mn_major(b_scale), st.BlockWise128x128,
-                           output_dtype=out_dtype)
+        return scaled_mm(a, b, sa, st.BlockWise1x128, _mn_major(b_scale), st.BlockWise128x128, out_dtype)
     variants = (lambda s: _mn_major(s.t()), lambda s: s.t().contiguous(), lambda s: s.contiguous())
     order = _CUBLAS_B1x128_VARIANT or list(range(len(variants)))
     err = None
     for i in order:
         try:
-            out = F.scaled_mm(a, b, sa, st.BlockWise1x128, variants[i](b_scale), st.BlockWise1x128,
-                              output_dtype=out_dtype)
+            out = scaled_mm(a, b, sa, st.BlockWise1x128, variants[i](b_scale), st.BlockWise1x128, out_dtype)
         except (ValueError, RuntimeError) as exc:
             err = exc
             continue

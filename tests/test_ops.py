@@ -123,6 +123,25 @@ def test_wgrad_as_the_transposed_problem():
     assert sqnr_db(dy.t() @ x, direct) >= 25
 
 
+def test_direct_scaled_mm_call_matches_f_scaled_mm():
+    # cuda.scaled_mm skips F.scaled_mm's Python wrapper; its arguments must mean the same. The CPU
+    # has only tensorwise scaling, which checks their order (blockwise: tests/test_triton_gpu.py)
+    from fp8pass.kernels import cuda
+    F = torch.nn.functional
+    if not hasattr(F, "scaled_mm"):
+        pytest.skip("this torch has no F.scaled_mm")
+    torch.manual_seed(0)
+    a = torch.randn(64, 128).to(torch.float8_e4m3fn)
+    b = torch.randn(32, 128).to(torch.float8_e4m3fn).t()
+    sa, sb = torch.tensor(0.5), torch.tensor(3.0)
+    tw = F.ScalingType.TensorWise
+    for out_dtype in (torch.bfloat16, torch.float32):
+        want = F.scaled_mm(a, b, sa, tw, sb, tw, output_dtype=out_dtype)
+        got = cuda.scaled_mm(a, b, sa, tw, sb, tw, out_dtype)
+        assert got.dtype == out_dtype and torch.equal(got, want)
+    torch.testing.assert_close(want, a.float() @ b.float() * 1.5)  # both scales applied
+
+
 def test_dispatcher_retimes_close_candidates():
     from fp8pass.kernels import cuda
     # a clear winner is taken from its single timing
