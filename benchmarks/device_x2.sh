@@ -27,6 +27,7 @@
 #   bash benchmarks/device_x2.sh s6d        # s6c again after a test fix, without the sweep (quantizer table last)
 #   bash benchmarks/device_x2.sh s6e        # one GPU: quantizer GPU tests, quantizer table + sweep (Gluon 128x1 and
 #                                           # 32-element layouts)
+#   bash benchmarks/device_x2.sh s8d        # one GPU: GEMM/registered-op GPU tests, 1B step, Linear, block (defaults)
 #   bash benchmarks/device_x2.sh s8c        # one GPU: recompute_fp8_activations in the 1B step, block and Linear
 #   bash benchmarks/device_x2.sh s8a        # one GPU: GPU tests, Linear, block, 1B step
 #   bash benchmarks/device_x2.sh s8b        # one GPU: 1B fp8 with FP8 SwiGLU saves, Wgrad GEMMs, quantizers
@@ -94,6 +95,13 @@ pair_350m() {  # the 350M preset under CUDA graphs on GPU 1, FP8 then BF16 (FP8 
 
 for what in "$@"; do
   case $what in
+    s8d)  # session 8, one GPU: the dispatcher's retiming and the direct _scaled_mm_v2 call under the GPU tests, then
+          # the 1B step, the Linear and the block with the defaults (another sample of each)
+      quant_gpu_tests 100 4 0 "registered or (gemm_roles and (dispatch or cublas))"
+      timeout 200 python3 benchmarks/train_step.py --variants bf16,fp8 --profile none > "$OUT/train_step.log" 2>&1
+      echo "train_step exit $?"; grep -E "^ +(bf16|fp8) " "$OUT/train_step.log" | cut -c1-180
+      linear_bench 80
+      block_bench 110 ;;
     s8c)  # session 8, one GPU: recompute_fp8_activations (Wgrad's input copies made in backward) beside BF16 and the
           # default in one run: the 1B step, the block, the Linear
       timeout 210 python3 benchmarks/train_step.py --variants bf16,fp8 --fp8-option recompute_fp8_activations=true \
