@@ -1,6 +1,7 @@
 """The backend inside torch.compile's machinery: FP8 saved activations, activation checkpointing,
 graph breaks, dynamic shapes and Inductor's caches."""
 
+import pytest
 import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
@@ -142,18 +143,20 @@ class Checkpointed(nn.Module):
         return x
 
 
-def test_checkpointed_blocks_recompute_quantization_and_train():
+@pytest.mark.parametrize("recompute_activations", [False, True], ids=["default", "recompute_fp8_activations"])
+def test_checkpointed_blocks_recompute_quantization_and_train(recompute_activations):
     torch.manual_seed(0)
     model = Checkpointed()
     x = torch.randn(4, 64, 128, requires_grad=True)
-    report = fp8pass.explain(model, x)
+    config = fp8pass.Config(recompute_fp8_activations=recompute_activations)
+    report = fp8pass.explain(model, x, fp8_config=config)
     assert len(report.fp8_matmuls) == 30
     # only block inputs and the FP8 weight copies (1 byte per weight element) stay saved
     weights = sum(p.numel() for n, p in model.named_parameters() if n.endswith("weight") and p.dim() == 2)
     fp8_saved = sum(s.bytes for s in report.saved if s.fp8)
     assert fp8_saved <= weights
     assert report.saved_bytes <= report.baseline_saved_bytes + weights + 4096
-    compiled = torch.compile(model, backend="fp8")
+    compiled = torch.compile(model, backend=fp8pass.backend(config=config))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     target = torch.randn(4, 64, 128)
     losses = []
@@ -198,11 +201,13 @@ def _counting_backend(counter, **options):
     return count
 
 
-def test_dynamic_sequence_lengths_compile_once():
+@pytest.mark.parametrize("recompute_activations", [False, True], ids=["default", "recompute_fp8_activations"])
+def test_dynamic_sequence_lengths_compile_once(recompute_activations):
     torch.manual_seed(0)
     model = train_gpt.GPT(train_gpt.GPTConfig(dim=128, n_layers=1, n_heads=2, mlp_hidden=384, seq_len=256))
     compiles = []
-    compiled = torch.compile(model, backend=_counting_backend(compiles), dynamic=True)
+    backend = _counting_backend(compiles, recompute_fp8_activations=recompute_activations)
+    compiled = torch.compile(model, backend=backend, dynamic=True)
     # M = 2 * t tokens, over 128 from the first call on: a first call with M <= 128 makes the
     # 128x1 scales' ceil(M/128) dimension 1, which torch specializes (one extra recompile).
     after_first = None
