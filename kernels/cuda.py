@@ -124,8 +124,8 @@ _CUBLAS_B1x128_VARIANT: list = []  # which 128x1 b_scale layout this torch accep
 def scaled_mm(a, b, scale_a, recipe_a, scale_b, recipe_b, out_dtype):
     """F.scaled_mm(a, b, scale_a, recipe_a, scale_b, recipe_b, output_dtype=out_dtype), calling the
     op under it, torch._scaled_mm_v2, directly where present: F.scaled_mm rebuilds its argument
-    lists in Python at every call, ~20 us of host time of the ~110 a cuBLAS GEMM costs the host in
-    a cProfile of the 1B step (240 calls a step; benchmarks/RESULTS.md, session 8)."""
+    lists in Python at every call, ~23 us of the ~127 us of host time a cuBLAS GEMM call took in a
+    cProfile of the 1B step (240 calls a step; benchmarks/RESULTS.md, session 8)."""
     op = getattr(torch, "_scaled_mm_v2", None)
     if op is None:
         return torch.nn.functional.scaled_mm(a, b, scale_a, recipe_a, scale_b, recipe_b, output_dtype=out_dtype)

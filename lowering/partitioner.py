@@ -41,8 +41,8 @@ aten = torch.ops.aten
 fp8_ops = torch.ops.fp8pass
 log = logging.getLogger("fp8pass")
 
-# What lies between an FP8 copy and the GEMMs reading it: tuple items, transposes, and (weights)
-# the contiguous copy that makes Dgrad's operand K-major.
+# What lies between an FP8 copy and the GEMMs reading it: tuple items, transposes, and (for a
+# weight) the contiguous copy that makes Dgrad's operand K-major.
 _COPY_USERS = (operator.getitem, aten.permute.default, aten.t.default, aten.clone.default)
 
 
@@ -242,7 +242,7 @@ class Fp8Partitioner(CustomPartitionerFn):
             splits = [s for s in splits if s not in merged]
             if merged:
                 log.info("fp8pass: Wgrad copies of %s saved from forward (making them in backward would "
-                         "save more bytes than it frees)", ", ".join(s.source for s in merged))
+                         "need more saved bytes than it frees)", ", ".join(s.source for s in merged))
             gm.recompile()
             fw, bw = min_cut_rematerialization_partition(gm, joint_inputs, **kwargs)
         if self.saved_activations_min_bytes is not None:

@@ -125,8 +125,7 @@ def test_recompute_fp8_activations_keeps_the_copy_where_recomputing_costs_more()
     # fc2's input would have to be saved in high precision (2 bytes an element against 1): its
     # dual quantization comes back and its 128x1 copy is saved; fc1's input x (a graph input,
     # held anyway) is quantized again in backward
-    fc2_inputs = [n for n in _ops_in(report, "_forward", dual)]
-    assert len(fc2_inputs) == 1
+    assert len(_ops_in(report, "_forward", dual)) == 1
     assert [s for s in report.saved if s.fp8 and s.module == "fc2" and "1x128_128x1" in s.producer]
     assert not [s for s in report.saved if not s.fp8 and "gemm" in s.producer and s.module == "fc1"]
     assert len(_ops_in(report, "_backward", torch.ops.fp8pass.quantize_128x1.default)) == 1

@@ -146,7 +146,7 @@ def test_dispatcher_retimes_close_candidates():
     from fp8pass.kernels import cuda
     # a clear winner is taken from its single timing
     assert cuda.pick_fastest({"triton": 2.0, "cublas": 1.0}, lambda n: pytest.fail("no retiming")) == "cublas"
-    # a close call is timed again: one lucky timing of triton does not decide
+    # close candidates are timed again, in turns, each keeping its best time
     retimes = {"triton": iter([1.05, 1.06, 1.04]), "cublas": iter([0.98, 0.99, 1.0])}
     calls = []
 
@@ -155,7 +155,8 @@ def test_dispatcher_retimes_close_candidates():
         return next(retimes[name])
     timed = {"triton": 0.97, "cublas": 1.0, "gluon": 1.5}
     assert cuda.pick_fastest(timed, retime) == "triton"  # its first timing stays its best
-    assert sorted(calls) == ["cublas"] * 3 + ["triton"] * 3, "only the close candidates, in turns"
+    assert calls == ["triton", "cublas"] * 3, "only the close candidates, in turns"
+    # one slow first timing of the fastest (a clock dip) no longer decides (session 6's miss)
     timed = {"triton": 1.0, "cublas": 1.02}
     retimes = {"triton": iter([1.03] * 3), "cublas": iter([0.97, 1.0, 1.0])}
     assert cuda.pick_fastest(timed, retime) == "cublas"
