@@ -73,9 +73,10 @@ class Config:
         step, one more pass over those inputs in backward. (With fp8_saved_activations too, the
         SwiGLU product is recomputed from the FP8-stored inputs: a slightly different Wgrad input
         for w2.) Off by default: on an H200 the 1B train step's peak fell from 0.94x to 0.83x of
-        BF16's and its CUDA-graph step was 1.1% slower, but its default-mode step was 96-108 ms
-        instead of 78-83 (the GPU idles; cause not found) and the Llama block's peak rose from
-        0.98x to 1.20x (benchmarks/RESULTS.md, session 8).
+        BF16's and its CUDA-graph step was 1.1% slower, but its default-mode step swung between
+        77.8 and 107.8 ms in four runs against 73.7-83.2 without (its extra launches on a host
+        about as slow as the GPU) and the Llama block's peak rose from 0.98x to 1.20x
+        (benchmarks/RESULTS.md, session 8).
     fuse_quantization: generate each activation/gradient quantization inside the Inductor kernel
         that produces its input (norm, SiLU*mul, residual add, backward kernels) instead of as a
         separate kernel reading the input back from memory. Off by default: on an H200 the
