@@ -27,6 +27,8 @@
 #   bash benchmarks/device_x2.sh s6d        # s6c again after a test fix, without the sweep (quantizer table last)
 #   bash benchmarks/device_x2.sh s6e        # one GPU: quantizer GPU tests, quantizer table + sweep (Gluon 128x1 and
 #                                           # 32-element layouts)
+#   bash benchmarks/device_x2.sh s9a        # one GPU (not run yet): the whole GPU suite, then the block's peak
+#                                           # breakdown with recompute_fp8_activations, then 1B default vs option
 #   bash benchmarks/device_x2.sh s8d        # one GPU: GEMM/registered-op GPU tests, 1B step, Linear, block (defaults)
 #   bash benchmarks/device_x2.sh s8c        # one GPU: recompute_fp8_activations in the 1B step, block and Linear
 #   bash benchmarks/device_x2.sh s8a        # one GPU: GPU tests, Linear, block, 1B step
@@ -95,6 +97,14 @@ pair_350m() {  # the 350M preset under CUDA graphs on GPU 1, FP8 then BF16 (FP8 
 
 for what in "$@"; do
   case $what in
+    s9a)  # prepared in session 8, not run: every GPU test (quantizers, GEMM roles with the retiming dispatcher and the
+          # direct _scaled_mm_v2 call), what is live at the block's peak with recompute_fp8_activations (why it rose to
+          # 1.20x), and the 1B step's default against the option in one call
+      quant_gpu_tests 240 4 0 "test_"
+      block_bench 200 --memory --fp8-option recompute_fp8_activations=true
+      timeout 200 python3 benchmarks/train_step.py --variants bf16,fp8 --profile none \
+        > "$OUT/train_step.log" 2>&1
+      echo "train_step exit $?"; grep -E "^ +(bf16|fp8) " "$OUT/train_step.log" | cut -c1-180 ;;
     s8d)  # session 8, one GPU: the dispatcher's retiming and the direct _scaled_mm_v2 call under the GPU tests, then
           # the 1B step, the Linear and the block with the defaults (another sample of each)
       quant_gpu_tests 100 4 0 "registered or (gemm_roles and (dispatch or cublas))"
