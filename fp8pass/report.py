@@ -16,6 +16,7 @@ from .config import Config
 from .graph_pass import MatmulRecord, matmul_table
 from .numerics import NumericsReport, site_numerics, take_observed
 from .rewrite import FP8_META_KEY
+from .rewrite import FP8_META_KEY
 from .sites import module_of
 
 _FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
@@ -125,6 +126,21 @@ class Report:
         return sum(s.bytes for s in self.saved if not s.is_graph_input)
 
     @property
+    def wgrad_copies_in_backward(self) -> list[str]:
+        """Modules whose input's 128x1 copy (Wgrad's operand) the backward makes from a tensor it
+        has or recomputes, instead of the forward saving it (Config.recompute_fp8_activations);
+        a tensor that feeds several Linears is named by the first."""
+        modules = []
+        for name, gm in self.graphs.items():
+            if not name.endswith("_backward"):
+                continue
+            for node in gm.graph.find_nodes(op="call_function", target=torch.ops.fp8pass.quantize_128x1.default):
+                meta = node.meta.get(FP8_META_KEY) or {}
+                if meta.get("for") == "fprop":
+                    modules.append(meta.get("module", ""))
+        return modules
+
+    @property
     def baseline_saved_bytes(self) -> Optional[int]:
         if self.baseline_saved is None:
             return None
@@ -163,6 +179,10 @@ class Report:
                 line += (f"; without the pass {self.baseline_saved_bytes / 2**20:.2f} MiB "
                          f"({self.saved_bytes / self.baseline_saved_bytes:.2f}x)")
             lines.append(line)
+            remade = self.wgrad_copies_in_backward
+            if remade:
+                lines.append(f"Wgrad's 128x1 copies of {len(remade)} Linear inputs made in backward, not saved "
+                             f"(recompute_fp8_activations): {', '.join(remade)}")
         return "\n".join(lines)
 
     def table(self) -> str:

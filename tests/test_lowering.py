@@ -89,6 +89,9 @@ def test_recompute_fp8_activations_makes_wgrad_copies_in_backward():
     assert not saved - {s.name for s in off.saved} - {s.name for s in on.saved if s.is_graph_input}, \
         "nothing new is saved in their place"
     assert on.saved_bytes < off.saved_bytes
+    # the report says so: the first Linear reading each of the four inputs
+    assert sorted(on.wgrad_copies_in_backward) == ["attn.wo", "attn.wqkv", "mlp.w1", "mlp.w2"]
+    assert "made in backward" in str(on) and not off.wgrad_copies_in_backward
 
 
 def test_recompute_fp8_activations_same_gradients():
