@@ -4,6 +4,7 @@ torch.compile vs backend="fp8", each with and without activation checkpointing, 
     python benchmarks/train_step.py                 # ~1B: dim 2048, 16 layers, SwiGLU 5632, seq 2048, bf16
     python benchmarks/train_step.py --tiny          # a CPU-sized check of the whole script (fp32)
     python benchmarks/train_step.py --variants bf16,fp8 --batch 8
+    python benchmarks/train_step.py --variants fp8 --timeline --cprofile 25   # where the GPU waits; the host's time
 
 The model is examples/train_gpt.GPT (RMSNorm, fused-QKV causal SDPA attention, SwiGLU MLP,
 untied head) with a 32000-token vocabulary: about 0.96B parameters at the default sizes.
@@ -131,6 +132,8 @@ def run_variant(name: str, cfg: GPTConfig, args, device, dtype, tokens, targets)
                   last_loss=losses[-1].item())
     if name == args.profile:
         result["profile"] = top_kernels(step, args.top) if cuda else cpu_top_ops(step, args.top)
+    if args.cprofile:
+        result["cprofile"] = host_cprofile(step, args.cprofile, cuda)
     if args.timeline and cuda:
         try:  # a diagnostic: its failure must not cost the variant's row
             trace = args.trace_dir and f"{args.trace_dir}/train_step_{name}.json.gz"
@@ -138,6 +141,25 @@ def run_variant(name: str, cfg: GPTConfig, args, device, dtype, tokens, targets)
         except Exception as exc:  # noqa: BLE001
             result["timeline"] = f"failed: {type(exc).__name__}: {exc}"
     return result  # the model, optimizer and compiled code go with this frame (see release())
+
+
+def host_cprofile(step, top: int, cuda: bool, steps: int = 5) -> str:
+    """Where the host's time goes over `steps` steps, by function (self time): for a step the GPU
+    finishes sooner than the host can issue it."""
+    import cProfile
+    import io
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(steps):
+        step()
+    if cuda:
+        torch.cuda.synchronize()
+    prof.disable()
+    out = io.StringIO()
+    pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(top)
+    return out.getvalue()
 
 
 def release(device) -> None:
@@ -171,6 +193,8 @@ def main(argv=None):
     p.add_argument("--top", type=int, default=25, help="kernels listed in the profile")
     p.add_argument("--timeline", action="store_true",
                    help="per variant (GPU): the GPU's idle gaps and the host's CUDA runtime calls over 5 steps")
+    p.add_argument("--cprofile", type=int, default=0, metavar="N",
+                   help="also print a cProfile of the host over 5 steps of each variant, top N functions by self time")
     p.add_argument("--trace-dir", default=None,
                    help="with --timeline: also write each variant's profile there as a Chrome trace (.json.gz)")
     p.add_argument("--seed", type=int, default=0)
@@ -246,6 +270,9 @@ def main(argv=None):
         print(f"{label:>8} {r['compile_s']:9.1f} {r['ms']:9.2f} {r['tokens_per_s']:10,.0f} {fmt_gib(r['peak_total']):>9} "
               f"{fmt_gib(r['peak_above']):>9} {r['first_loss']:7.4f} {r['synced_ms']:9.2f}  {vs}", flush=True)
 
+    for r in results.values():
+        if "cprofile" in r:
+            print(f"\nHost cProfile of {r['name']} (5 steps, by self time):\n{r['cprofile']}")
     for r in results.values():
         if "timeline" in r:
             print(f"\nTimeline of {r['name']} ({r['name'].replace('bf16', dtype_name)}):\n{r['timeline']}")
