@@ -102,7 +102,7 @@ for what in "$@"; do
           # 1.20x), and the 1B step's default against the option in one call
       quant_gpu_tests 240 4 0 "test_"
       block_bench 200 --memory --fp8-option recompute_fp8_activations=true
-      timeout 200 python3 benchmarks/train_step.py --variants bf16,fp8 --profile none \
+      timeout 200 python3 benchmarks/train_step.py --variants bf16,fp8 --profile none --cprofile 20 \
         > "$OUT/train_step.log" 2>&1
       echo "train_step exit $?"; grep -E "^ +(bf16|fp8) " "$OUT/train_step.log" | cut -c1-180 ;;
     s8d)  # session 8, one GPU: the dispatcher's retiming and the direct _scaled_mm_v2 call under the GPU tests, then
