@@ -16,7 +16,6 @@ from .config import Config
 from .graph_pass import MatmulRecord, matmul_table
 from .numerics import NumericsReport, site_numerics, take_observed
 from .rewrite import FP8_META_KEY
-from .rewrite import FP8_META_KEY
 from .sites import module_of
 
 _FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)

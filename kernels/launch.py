@@ -5,7 +5,8 @@ Why: a training step issues hundreds of FP8 op calls, and each `kernel[grid](...
 15-19 us for an empty kernel (Triton 3.6 on an H200; 10 us this way; benchmarks/RESULTS.md,
 sessions 5 and 6), most of it in `JITFunction.run` before the C launcher runs: knob and
 environment reads, binding the arguments, the cache-key string of the options, a check of every
-global the kernel reads, a launch-metadata dict for the (empty) launch hooks. A 1B-parameter FP8 step spent ~30 ms a step with the GPU waiting for the host.
+global the kernel reads, a launch-metadata dict for the (empty) launch hooks. A 1B-parameter FP8
+step spent ~30 ms a step with the GPU waiting for the host.
 
 Correctness rests on the key being at least as fine as Triton's specialization: Triton compiles
 one kernel per (dtype and 16-byte alignment of each pointer; i32/i64 range, divisibility by 16

@@ -118,16 +118,16 @@ def split_forward_dual_quantizations(graph: torch.fx.Graph) -> list[SplitQuantiz
     return splits
 
 
-def merge_split_quantization(graph: torch.fx.Graph, split: SplitQuantization) -> None:
-    """Undo one split: the dual op again, quantizing X once in forward and saving its col copy."""
-    by_name = {n.name: n for n in graph.nodes}
-    source, row, col = by_name[split.source], by_name[split.row], by_name[split.col]
+def merge_split_quantization(builder: NodeBuilder, nodes: dict[str, Node], split: SplitQuantization) -> None:
+    """Undo one split in builder's graph (`nodes`: its nodes by name): the dual op again,
+    quantizing X once in forward and saving its col copy."""
+    graph = builder.graph
+    source, row, col = nodes[split.source], nodes[split.row], nodes[split.col]
     for name in split.tagged:  # (a transpose the CSE merged with another is gone)
-        if name in by_name:
-            by_name[name].meta.pop("recompute", None)
+        if name in nodes:
+            nodes[name].meta.pop("recompute", None)
     with graph.inserting_before(row):
-        dual = NodeBuilder(graph).call(fp8_ops.quantize_1x128_128x1.default, (source,), row,
-                                       row.meta.get(FP8_META_KEY))
+        dual = builder.call(fp8_ops.quantize_1x128_128x1.default, (source,), row, row.meta.get(FP8_META_KEY))
     for item in list(row.users):
         item.args = (dual, item.args[1])
     for item in list(col.users):
@@ -185,13 +185,13 @@ def _cheap_to_recompute(node: Node) -> bool:
         target in _VIEWS or (isinstance(target, torch._ops.OpOverload) and torch.Tag.pointwise in target.tags))
 
 
-def recompute_chain(graph: torch.fx.Graph, name: str, available: set[str], limit: int = 24) -> Optional[list[Node]]:
-    """The pointwise and view nodes that compute `name` from graph inputs and the tensors in
-    `available` (saved for backward anyway), or None if there are none such (a GEMM, a reduction
-    on the way). Min-cut does not recompute a tensor that backward must materialize (here for the
-    128x1 quantization): tagging this chain makes it, where the FP8 copy is the larger cost."""
-    by_name = {n.name: n for n in graph.nodes}
-    chain, stack, seen = [], [by_name[name]], set()
+def recompute_chain(nodes: dict[str, Node], name: str, available: set[str], limit: int = 24) -> Optional[list[Node]]:
+    """The pointwise and view nodes (of the graph whose nodes by name are `nodes`) that compute
+    `name` from graph inputs and the tensors in `available` (saved for backward anyway), or None if
+    there are none such (a GEMM, a reduction on the way). Min-cut does not recompute a tensor that
+    backward must materialize (here for the 128x1 quantization): tagging this chain makes it,
+    where the FP8 copy is the larger cost."""
+    chain, stack, seen = [], [nodes[name]], set()
     while stack:
         cur = stack.pop()
         if cur in seen:
@@ -230,14 +230,16 @@ class Fp8Partitioner(CustomPartitionerFn):
             if not costly:
                 break
             saved = {n.name for n in bw.graph.find_nodes(op="placeholder")}
-            merged = []
+            nodes = {n.name: n for n in gm.graph.nodes}  # the joint graph as the partition left it
+            builder, merged = NodeBuilder(gm.graph), []
             for split, only_for_it in costly.items():
-                chains = [recompute_chain(gm.graph, name, saved - set(only_for_it)) for name in only_for_it]
-                if attempt == 0 and all(c is not None for c in chains):
+                chains = ([recompute_chain(nodes, name, saved - set(only_for_it)) for name in only_for_it]
+                          if attempt == 0 else [None])
+                if all(c is not None for c in chains):
                     for node in (n for c in chains for n in c):
                         node.meta.setdefault("recompute", CheckpointPolicy.PREFER_RECOMPUTE)
                 else:
-                    merge_split_quantization(gm.graph, split)
+                    merge_split_quantization(builder, nodes, split)
                     merged.append(split)
             splits = [s for s in splits if s not in merged]
             if merged:
