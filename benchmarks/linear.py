@@ -28,6 +28,15 @@ def make_step(model, x, dy, params):
     return step
 
 
+def linear_and_inputs(m: int, k: int, n: int):
+    """The benchmarked Linear (K -> N, bf16, no bias) and its input x[M, K] and output gradient."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(k, n, bias=False, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    dy = torch.randn(m, n, device="cuda", dtype=torch.bfloat16)
+    return lin, x, dy
+
+
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--shapes", default="16384x4096x14336,16384x14336x4096")
@@ -56,10 +65,7 @@ def main(argv=None):
         m, k, n = (int(v) for v in shape.split("x"))
         torch._dynamo.reset()  # each shape's variants compile afresh (6 compiles of one forward hit the recompile limit)
         flops = 3 * 2 * m * k * n
-        torch.manual_seed(0)
-        lin = torch.nn.Linear(k, n, bias=False, device="cuda", dtype=torch.bfloat16)
-        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-        dy = torch.randn(m, n, device="cuda", dtype=torch.bfloat16)
+        lin, x, dy = linear_and_inputs(m, k, n)
         variants = {
             "bf16 eager": lin,
             "bf16 compiled": torch.compile(lin),

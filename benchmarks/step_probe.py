@@ -18,7 +18,7 @@ import time
 import torch
 
 import fp8pass
-from linear import make_step
+from linear import linear_and_inputs, make_step
 from common import versions
 
 
@@ -55,10 +55,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     print(versions())
     m, k, n = (int(v) for v in args.shape.split("x"))
-    torch.manual_seed(0)
-    lin = torch.nn.Linear(k, n, bias=False, device="cuda", dtype=torch.bfloat16)
-    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    dy = torch.randn(m, n, device="cuda", dtype=torch.bfloat16)
+    lin, x, dy = linear_and_inputs(m, k, n)
     variants = {
         "bf16 compiled": torch.compile(lin),
         "fp8": torch.compile(lin, backend=fp8pass.backend(fp8_output_head=True)),
