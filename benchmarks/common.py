@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import platform
+import statistics
+import time
 
 import torch
 
@@ -44,6 +46,20 @@ def step_ms(step, warmup: int = 5, iters: int = 20) -> tuple[float, float]:
         times.append(start.elapsed_time(end))
     times.sort()
     return back_to_back, times[len(times) // 2]
+
+
+def host_enqueue_ms(step, iters: int = 10) -> float:
+    """Median host time to issue one `step()` that starts on an idle GPU (a synchronize before
+    each, none after): the host's cost of a step. Where it is near the back-to-back step time,
+    the host, not the GPU, sets the training loop's rate."""
+    times = []
+    for _ in range(iters):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        step()
+        times.append((time.perf_counter() - t0) * 1e3)
+    torch.cuda.synchronize()
+    return statistics.median(times)
 
 
 def peak_step_bytes(step) -> int:

@@ -27,6 +27,8 @@
 #   bash benchmarks/device_x2.sh s6d        # s6c again after a test fix, without the sweep (quantizer table last)
 #   bash benchmarks/device_x2.sh s6e        # one GPU: quantizer GPU tests, quantizer table + sweep (Gluon 128x1 and
 #                                           # 32-element layouts)
+#   bash benchmarks/device_x2.sh s9h        # one GPU: the 1B step's host time per step (bf16, fp8, fp8 with
+#                                           # recompute_fp8_activations), each fp8 side also with the GC off
 #   bash benchmarks/device_x2.sh s9a        # one GPU (not run yet): the whole GPU suite, then the block's peak
 #                                           # breakdown with recompute_fp8_activations, then 1B default vs option
 #   bash benchmarks/device_x2.sh s8d        # one GPU: GEMM/registered-op GPU tests, 1B step, Linear, block (defaults)
@@ -97,6 +99,16 @@ pair_350m() {  # the 350M preset under CUDA graphs on GPU 1, FP8 then BF16 (FP8 
 
 for what in "$@"; do
   case $what in
+    s9h)  # session 9: is the 1B fp8 step host-bound, and is the option's swing host time or Python's GC?
+      step_1b() {  # $1 timeout, $2 log name, then train_step.py's further arguments
+        local limit=$1 log=$2; shift 2
+        timeout "$limit" python3 benchmarks/train_step.py --profile none "$@" > "$OUT/$log.log" 2>&1
+        echo "$log exit $?"; grep -E "^ +(variant|bf16|fp8) " "$OUT/$log.log" | cut -c1-200
+      }
+      step_1b 150 step_default --variants bf16,fp8
+      step_1b 100 step_recompute --variants fp8 --fp8-option recompute_fp8_activations=true
+      step_1b 100 step_default_gcoff --variants fp8 --gc-off
+      step_1b 100 step_recompute_gcoff --variants fp8 --gc-off --fp8-option recompute_fp8_activations=true ;;
     s9a)  # prepared in session 8, not run: every GPU test (quantizers, GEMM roles with the retiming dispatcher and the
           # direct _scaled_mm_v2 call), what is live at the block's peak with recompute_fp8_activations (why it rose to
           # 1.20x), and the 1B step's default against the option in one call

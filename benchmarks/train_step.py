@@ -13,7 +13,8 @@ backward recomputes the block's forward. Every variant starts from the same seed
 the same random tokens; parameters, gradients and AdamW state stay in the model's dtype.
 
 Printed per variant: compile time (first step), step time (steps back to back, as a training loop
-runs them; also the median of steps each followed by a synchronize), tokens/s, the peak memory
+runs them; also the median of steps each followed by a synchronize), the host's time to issue
+one step that starts on an idle GPU (near the step time, the host sets the loop's rate), tokens/s, the peak memory
 during a step (total allocated, and above what was resident before the step: parameters and
 optimizer state), the first step's loss, and the ratios to BF16 with the same checkpointing.
 Then the top kernels of one fp8 step (torch.profiler). On CPU (--tiny) times are wall-clock,
@@ -39,7 +40,7 @@ from fp8pass.config import parse_option
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "examples"))
-from common import host_timeline, peak_step_bytes, step_ms, top_kernels, versions  # noqa: E402
+from common import host_enqueue_ms, host_timeline, peak_step_bytes, step_ms, top_kernels, versions  # noqa: E402
 from train_gpt import GPT, GPTConfig  # noqa: E402
 
 VARIANTS = {  # name: (torch.compile backend, activation checkpointing)
@@ -113,8 +114,15 @@ def run_variant(name: str, cfg: GPTConfig, args, device, dtype, tokens, targets)
         torch.cuda.synchronize()
     compile_s = time.perf_counter() - t0
     first_loss = losses[0].item()
+    if args.gc_off:
+        # as torchtitan's GC handler does: no automatic collection inside the timed steps
+        gc.collect()
+        gc.freeze()
+        gc.disable()
+    host_ms = float("nan")
     if cuda:
         ms, synced_ms = step_ms(step, warmup=args.warmup, iters=args.iters)
+        host_ms = host_enqueue_ms(step, iters=args.iters)
         peak_above = peak_step_bytes(step)
         torch.cuda.reset_peak_memory_stats()
         step()
@@ -127,7 +135,7 @@ def run_variant(name: str, cfg: GPTConfig, args, device, dtype, tokens, targets)
     else:
         ms = synced_ms = cpu_median_ms(step, args.warmup, args.iters)
         peak_above = peak_total = float("nan")
-    result = dict(name=name, compile_s=compile_s, ms=ms, synced_ms=synced_ms, tokens_per_s=tokens.numel() / (ms / 1e3),
+    result = dict(name=name, compile_s=compile_s, ms=ms, synced_ms=synced_ms, host_ms=host_ms, tokens_per_s=tokens.numel() / (ms / 1e3),
                   peak_total=peak_total, peak_above=peak_above, first_loss=first_loss,
                   last_loss=losses[-1].item())
     if name == args.profile:
@@ -164,10 +172,16 @@ def host_cprofile(step, top: int, cuda: bool, steps: int = 5) -> str:
 
 def release(device) -> None:
     """Free what the last variant held (model, grads, optimizer state, compiled graphs)."""
+    gc.enable()
+    gc.unfreeze()
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
     torch._dynamo.reset()
+
+
+def fmt_ms(ms: float) -> str:
+    return "-" if ms != ms else f"{ms:.2f}"
 
 
 def fmt_gib(b: float) -> str:
@@ -198,6 +212,8 @@ def main(argv=None):
     p.add_argument("--trace-dir", default=None,
                    help="with --timeline: also write each variant's profile there as a Chrome trace (.json.gz)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--gc-off", action="store_true",
+                   help="freeze and disable Python's garbage collector after compiling (collected between variants)")
     p.add_argument("--mode", default=None, help="torch.compile mode for every variant, e.g. reduce-overhead (CUDA graphs)")
     p.add_argument("--fp8-option", action="append", default=[], metavar="KEY=VALUE",
                    help="an fp8pass.Config option for the fp8 variants (repeatable), e.g. fp8_saved_activations=true")
@@ -247,7 +263,7 @@ def main(argv=None):
     print(f"\nvariants: {dtype_name} = torch.compile(model), fp8 = torch.compile(model, {fp8_call}), "
           f"+ac = activation checkpointing around each block", flush=True)
     header = (f"{'variant':>8} {'compile s':>9} {'step ms':>9} {'tokens/s':>10} {'peak GiB':>9} {'above GiB':>9} "
-              f"{'loss@1':>7} {'synced ms':>9}  fp8 vs {dtype_name} (same checkpointing)")
+              f"{'loss@1':>7} {'synced ms':>9} {'host ms':>8}  fp8 vs {dtype_name} (same checkpointing)")
     print(header, flush=True)
     results = {}
     for name in names:
@@ -268,7 +284,7 @@ def main(argv=None):
                        f"{r['peak_above'] / base['peak_above']:.2f}x above")
         label = name.replace("bf16", dtype_name)
         print(f"{label:>8} {r['compile_s']:9.1f} {r['ms']:9.2f} {r['tokens_per_s']:10,.0f} {fmt_gib(r['peak_total']):>9} "
-              f"{fmt_gib(r['peak_above']):>9} {r['first_loss']:7.4f} {r['synced_ms']:9.2f}  {vs}", flush=True)
+              f"{fmt_gib(r['peak_above']):>9} {r['first_loss']:7.4f} {r['synced_ms']:9.2f} {fmt_ms(r['host_ms']):>8}  {vs}", flush=True)
 
     for r in results.values():
         if "cprofile" in r:
