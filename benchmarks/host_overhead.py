@@ -3,10 +3,17 @@ host: each figure is wall time per call over many calls enqueued without a synch
 is what the host spends to issue one call (a training step issues hundreds of them).
 
     python benchmarks/host_overhead.py
+    python benchmarks/host_overhead.py --busy 8192,2048,5632   # real shapes, the GPU held busy
+
+With --busy M,K,N the calls are issued at the given GEMM shape while the GPU sleeps
+(torch.cuda._sleep) behind them, so what is timed is still only the host's work, at the sizes of
+a real step (the tiny-shape rows can miss costs that grow with the problem, e.g. a GEMM
+library's heuristics).
 """
 
 from __future__ import annotations
 
+import argparse
 import time
 
 import torch
@@ -37,7 +44,57 @@ def per_call_us(fn, calls: int = 2000) -> float:
     return (t1 - t0) / calls * 1e6
 
 
+def per_call_busy_us(fn, calls: int = 100, sleep_cycles: int = 400_000_000) -> float:
+    """Host time per call of `fn` while the GPU sleeps behind the calls (its queue never drains,
+    never fills: `calls` x a few kernels stays far below the launch queue's depth)."""
+    for _ in range(5):
+        fn()
+    torch.cuda.synchronize()
+    torch.cuda._sleep(sleep_cycles)  # ~0.2 s at H200 clocks: longer than issuing the calls
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    t1 = time.perf_counter()
+    torch.cuda.synchronize()
+    return (t1 - t0) / calls * 1e6
+
+
+def busy_rows(m: int, k: int, n: int) -> None:
+    dev = "cuda"
+    x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
+    w = torch.randn(n, k, device=dev, dtype=torch.bfloat16)
+    qa, sa = tq.quantize_1x128(x)
+    qb, sb = tq.quantize_128x128(w)
+    qb, sb = qb.t(), sb.t()  # B = w.T
+    ops = torch.ops.fp8pass
+    rows = {
+        "torch.empty (the FP8 copy)": lambda: torch.empty((m, k), device=dev, dtype=torch.float8_e4m3fn),
+        f"torch.mm bf16 {m}x{k}x{n}": lambda: torch.mm(x, w.t()),
+        "cuda.cublas_gemm_blockwise (_scaled_mm_v2)": lambda: cuda.cublas_gemm_blockwise(qa, sa, qb, sb, torch.bfloat16),
+        "torch.ops.fp8pass.gemm_blockwise": lambda: ops.gemm_blockwise(qa, sa, qb, sb, torch.bfloat16),
+        f"tq.quantize_1x128_128x1 {m}x{k} (col^T)": lambda: tq.quantize_1x128_128x1(x, col_layout="transposed"),
+        "torch.ops.fp8pass.quantize_1x128_128x1": lambda: ops.quantize_1x128_128x1(x),
+        "torch.ops.fp8pass.quantize_128x1": lambda: ops.quantize_128x1(x),
+        f"torch.ops.fp8pass.quantize_128x128 {n}x{k}": lambda: ops.quantize_128x128(w),
+        "torch.ops.fp8pass.quantize_128x128_transposed": lambda: ops.quantize_128x128_transposed(w),
+    }
+    print(f"host time per call at {m}x{k}x{n}, the GPU held busy:")
+    for name, fn in rows.items():
+        try:
+            print(f"  {name:45} {per_call_busy_us(fn):8.1f} us/call", flush=True)
+        except Exception as exc:  # noqa: BLE001
+            print(f"  {name:45} failed: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+    print(f"dispatcher's choice for that GEMM: {cuda.dispatch_choice(qa, sa, qb, sb, torch.bfloat16)}")
+
+
 def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--busy", default=None, metavar="M,K,N", help="only the real-shape rows, GPU held busy")
+    args = p.parse_args()
+    if args.busy:
+        print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}")
+        busy_rows(*map(int, args.busy.split(",")))
+        return
     dev = "cuda"
     x = torch.randn(128, 256, device=dev, dtype=torch.bfloat16)
     qa, sa = tq.quantize_1x128(torch.randn(128, 512, device=dev, dtype=torch.bfloat16))
