@@ -27,6 +27,9 @@
 #   bash benchmarks/device_x2.sh s6d        # s6c again after a test fix, without the sweep (quantizer table last)
 #   bash benchmarks/device_x2.sh s6e        # one GPU: quantizer GPU tests, quantizer table + sweep (Gluon 128x1 and
 #                                           # 32-element layouts)
+#   bash benchmarks/device_x2.sh s9d        # one GPU: inductor_buffers (lowering) tests; 1B A/B, block peak, Linear
+#   bash benchmarks/device_x2.sh s9c        # one GPU: all GPU tests, the block's peak breakdown, a 1B fp8 step's kernels
+#   bash benchmarks/device_x2.sh s9b        # one GPU: inductor_buffers' GPU tests, the 1B step with and without it
 #   bash benchmarks/device_x2.sh s9h        # one GPU: the 1B step's host time per step (bf16, fp8, fp8 with
 #                                           # recompute_fp8_activations), each fp8 side also with the GC off
 #   bash benchmarks/device_x2.sh s9a        # one GPU (not run yet): the whole GPU suite, then the block's peak
@@ -97,14 +100,36 @@ pair_350m() {  # the 350M preset under CUDA graphs on GPU 1, FP8 then BF16 (FP8 
   preset_350m 1 baseline 220 conv_bf16 --out "$OUT" --mode reduce-overhead
 }
 
+step_1b() {  # the 1B train_step.py: $1 timeout, $2 log name, then the script's further arguments
+  local limit=$1 log=$2; shift 2
+  timeout "$limit" python3 benchmarks/train_step.py --profile none "$@" > "$OUT/$log.log" 2>&1
+  echo "$log exit $?"; grep -E "^ +(variant|bf16|fp8) " "$OUT/$log.log" | cut -c1-200
+}
+
 for what in "$@"; do
   case $what in
+    s9d)  # session 9, one GPU: inductor_buffers lowered in Inductor (buffers made after the op's input): its GPU
+          # tests, the 1B step (bf16, fp8, fp8 without it, fp8 with recompute_fp8_activations), the block's peak, Linear
+      quant_gpu_tests 120 4 0 "out_variants or inductor_buffers or registered or fullgraph"
+      step_1b 150 step_default --variants bf16,fp8
+      step_1b 80 step_nobuffers --variants fp8 --fp8-option inductor_buffers=false
+      block_bench 160 --memory --fp8-option recompute_fp8_activations=true
+      linear_bench 80
+      step_1b 80 step_recompute --variants fp8 --fp8-option recompute_fp8_activations=true ;;
+    s9c)  # session 9, one GPU: every GPU test of test_triton_gpu.py, what is live at the block's peak (defaults, and with
+          # recompute_fp8_activations), the kernels of one 1B fp8 step
+      quant_gpu_tests 240 4 0 "test_"
+      block_bench 200 --memory --fp8-option recompute_fp8_activations=true
+      timeout 120 python3 benchmarks/train_step.py --variants fp8 --profile fp8 --top 45 > "$OUT/train_step.log" 2>&1
+      echo "train_step exit $?"; grep -E "^ +fp8 |^ *[0-9.]+ +[0-9]+ " "$OUT/train_step.log" | head -3 ;;
+    s9b)  # session 9: inductor_buffers (the quantizations' outputs allocated by Inductor): GPU tests of the out
+          # variants and of the backend on CUDA, then the 1B step with it (the new default), without it, and with
+          # recompute_fp8_activations
+      quant_gpu_tests 200 4 0 "registered or out_variants or inductor_buffers or fullgraph or fast_launch or gluon"
+      step_1b 150 step_default --variants bf16,fp8
+      step_1b 100 step_nobuffers --variants fp8 --fp8-option inductor_buffers=false
+      step_1b 100 step_recompute --variants fp8 --fp8-option recompute_fp8_activations=true ;;
     s9h)  # session 9: is the 1B fp8 step host-bound, and is the option's swing host time or Python's GC?
-      step_1b() {  # $1 timeout, $2 log name, then train_step.py's further arguments
-        local limit=$1 log=$2; shift 2
-        timeout "$limit" python3 benchmarks/train_step.py --profile none "$@" > "$OUT/$log.log" 2>&1
-        echo "$log exit $?"; grep -E "^ +(variant|bf16|fp8) " "$OUT/$log.log" | cut -c1-200
-      }
       step_1b 150 step_default --variants bf16,fp8
       step_1b 100 step_recompute --variants fp8 --fp8-option recompute_fp8_activations=true
       step_1b 100 step_default_gcoff --variants fp8 --gc-off

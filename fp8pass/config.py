@@ -82,6 +82,10 @@ class Config:
         separate kernel reading the input back from memory. Off by default: on an H200 the
         Inductor-generated quantization was slower than the hand-written Triton kernels (Llama
         block 39.5 vs 34.2 ms; benchmarks/RESULTS.md).
+    inductor_buffers: after partitioning, rewrite each quantization with static shapes into its
+        out variant on buffers that Inductor allocates (and reuses) in its generated code, instead
+        of the op allocating its outputs in Python on every call (lowering/allocated_outputs.py):
+        the same numbers, less host time per op.
     log_decisions: print each compiled graph's decisions (one line per matmul site); graphs
         compiled with it on bypass Inductor's caches, so the pass runs and prints every time.
     """
@@ -98,6 +102,7 @@ class Config:
     recompute_fp8_weights: bool = True
     recompute_fp8_activations: bool = False
     fuse_quantization: bool = False
+    inductor_buffers: bool = True
     log_decisions: bool = False
 
     def __post_init__(self):

@@ -81,6 +81,27 @@ def register() -> bool:
             ops._check_float_input("quantize_128x128_transposed", w)
             return tq.quantize_128x128(w, layout="transposed")
 
+        # the out variants (ops.py): the same kernels writing into Inductor's buffers
+        def _q1x128_out(x, q, scale):
+            ops._check_float_input("quantize_1x128", x)
+            tq.quantize_1x128(x, out=(q, scale))
+
+        def _q128x1_out(x, q_t, scale_t):
+            ops._check_float_input("quantize_128x1", x)
+            tq.quantize_128x1(x, layout="transposed", out=(q_t, scale_t))
+
+        def _qdual_out(x, q_row, s_row, q_col_t, s_col_t):
+            ops._check_float_input("quantize_1x128_128x1", x)
+            tq.quantize_1x128_128x1(x, col_layout="transposed", out=(q_row, s_row, q_col_t, s_col_t))
+
+        def _q128x128_out(w, q, scale):
+            ops._check_float_input("quantize_128x128", w)
+            tq.quantize_128x128(w, out=(q, scale))
+
+        def _q128x128_t_out(w, q_t, scale_t):
+            ops._check_float_input("quantize_128x128_transposed", w)
+            tq.quantize_128x128(w, layout="transposed", out=(q_t, scale_t))
+
         def _gemm(a, a_scale, b, b_scale, out_dtype):
             ops.check_gemm_operands(a, a_scale, b, b_scale)
             return gemm_blockwise(a, a_scale, b, b_scale, out_dtype)
@@ -88,7 +109,10 @@ def register() -> bool:
         lib = torch.library.Library("fp8pass", "IMPL")
         for name, fn in (("quantize_1x128", _q1x128), ("quantize_128x1", _q128x1),
                          ("quantize_1x128_128x1", _qdual), ("quantize_128x128", _q128x128),
-                         ("quantize_128x128_transposed", _q128x128_t), ("gemm_blockwise", _gemm)):
+                         ("quantize_128x128_transposed", _q128x128_t), ("gemm_blockwise", _gemm),
+                         ("quantize_1x128_out", _q1x128_out), ("quantize_128x1_out", _q128x1_out),
+                         ("quantize_1x128_128x1_out", _qdual_out), ("quantize_128x128_out", _q128x128_out),
+                         ("quantize_128x128_transposed_out", _q128x128_t_out)):
             lib.impl(name, fn, "CUDA")
             lib.impl(name, torch.library.fallthrough_kernel, "AutogradCUDA")
         _CUDA_LIB = lib

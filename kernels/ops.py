@@ -28,6 +28,12 @@ __all__ = [
     "quantize_128x128_transposed",
     "dequantize",
     "gemm_blockwise",
+    "quantize_1x128_out",
+    "quantize_128x1_out",
+    "quantize_1x128_128x1_out",
+    "quantize_128x128_out",
+    "quantize_128x128_transposed_out",
+    "OUT_VARIANTS",
 ]
 
 
@@ -134,6 +140,59 @@ def quantize_128x128_transposed(w: torch.Tensor) -> tuple[torch.Tensor, torch.Te
 def _(w):
     r, c = w.shape
     return _empty_128x128_copy(w, c, r)
+
+
+# Out variants of the quantizations: the same numbers written into buffers the caller allocated,
+# in exactly the shapes and layouts of the functional op's outputs. The backend rewrites each
+# functional quantization with static shapes into one of these after partitioning
+# (lowering/allocated_outputs.py), so that Inductor allocates (and reuses) the buffers in its own
+# generated code instead of the op allocating them in Python on every call.
+def _write_outputs(outs: tuple, values: tuple) -> None:
+    for out, value in zip(outs, values):
+        if out.shape != value.shape or out.dtype != value.dtype:
+            raise ValueError(f"fp8pass: out buffer {tuple(out.shape)} {out.dtype} does not match the "
+                             f"op's output {tuple(value.shape)} {value.dtype}")
+        out.copy_(value)
+
+
+@torch.library.custom_op("fp8pass::quantize_1x128_out", mutates_args=("q", "scale"))
+def quantize_1x128_out(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> None:
+    """quantize_1x128(x) written into (q, scale)."""
+    _write_outputs((q, scale), quantize_1x128(x))
+
+
+@torch.library.custom_op("fp8pass::quantize_128x1_out", mutates_args=("q_t", "scale_t"))
+def quantize_128x1_out(x: torch.Tensor, q_t: torch.Tensor, scale_t: torch.Tensor) -> None:
+    """quantize_128x1(x) written into (q_t, scale_t)."""
+    _write_outputs((q_t, scale_t), quantize_128x1(x))
+
+
+@torch.library.custom_op("fp8pass::quantize_1x128_128x1_out", mutates_args=("q_row", "s_row", "q_col_t", "s_col_t"))
+def quantize_1x128_128x1_out(x: torch.Tensor, q_row: torch.Tensor, s_row: torch.Tensor, q_col_t: torch.Tensor,
+                             s_col_t: torch.Tensor) -> None:
+    """quantize_1x128_128x1(x) written into (q_row, s_row, q_col_t, s_col_t)."""
+    _write_outputs((q_row, s_row, q_col_t, s_col_t), quantize_1x128_128x1(x))
+
+
+@torch.library.custom_op("fp8pass::quantize_128x128_out", mutates_args=("q", "scale"))
+def quantize_128x128_out(w: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> None:
+    """quantize_128x128(w) written into (q, scale)."""
+    _write_outputs((q, scale), quantize_128x128(w))
+
+
+@torch.library.custom_op("fp8pass::quantize_128x128_transposed_out", mutates_args=("q_t", "scale_t"))
+def quantize_128x128_transposed_out(w: torch.Tensor, q_t: torch.Tensor, scale_t: torch.Tensor) -> None:
+    """quantize_128x128_transposed(w) written into (q_t, scale_t)."""
+    _write_outputs((q_t, scale_t), quantize_128x128_transposed(w))
+
+
+OUT_VARIANTS = {  # functional op -> its out variant (the out arguments follow its outputs' order)
+    torch.ops.fp8pass.quantize_1x128.default: torch.ops.fp8pass.quantize_1x128_out.default,
+    torch.ops.fp8pass.quantize_128x1.default: torch.ops.fp8pass.quantize_128x1_out.default,
+    torch.ops.fp8pass.quantize_1x128_128x1.default: torch.ops.fp8pass.quantize_1x128_128x1_out.default,
+    torch.ops.fp8pass.quantize_128x128.default: torch.ops.fp8pass.quantize_128x128_out.default,
+    torch.ops.fp8pass.quantize_128x128_transposed.default: torch.ops.fp8pass.quantize_128x128_transposed_out.default,
+}
 
 
 @torch.library.custom_op("fp8pass::dequantize", mutates_args=())

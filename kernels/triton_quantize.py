@@ -182,14 +182,20 @@ _BLOCK_R_1x128 = int(os.environ.get("FP8PASS_Q1X128_BLOCK_R", "32"))
 _WARPS_1x128 = int(os.environ.get("FP8PASS_Q1X128_WARPS", "4"))
 
 
-def quantize_1x128(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """q[..., K] (contiguous), scale[..., ceil(K/128)] (MN-major: rows stride 1, see ops.py)."""
+def quantize_1x128(x: torch.Tensor, *, out=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """q[..., K] (contiguous), scale[..., ceil(K/128)] (MN-major: rows stride 1, see ops.py).
+
+    out: (q, scale) to write instead of new tensors, in exactly these shapes and layouts (so in
+    every function here: the buffers Inductor allocates for the ops' out variants, ops.py)."""
     if x.dim() == 0:
         raise ValueError("quantize_1x128 needs at least one dim")
     k = x.shape[-1]
     kb = _cdiv(k, TILE)
-    q = torch.empty(x.shape, dtype=FP8_DTYPE, device=x.device)
-    s = empty_mn_major(x.shape[:-1], kb, device=x.device)
+    if out is None:
+        q = torch.empty(x.shape, dtype=FP8_DTYPE, device=x.device)
+        s = empty_mn_major(x.shape[:-1], kb, device=x.device)
+    else:
+        q, s = out
     rows = x.numel() // k if k else 0
     if rows == 0 or k == 0:
         return q, s
@@ -351,13 +357,14 @@ def _launch_col_tiles(x, q_row, s_row, q_col, q_t, s_col, *, block_c, chunk, war
     )
 
 
-def quantize_128x1(x: torch.Tensor, *, layout: str = "normal"):
+def quantize_128x1(x: torch.Tensor, *, layout: str = "normal", out=None):
     """128x1 tiles of a 2-D x[M, K].
 
     layout="normal":     (q[M, K], scale[ceil(M/128), K])  -- the contract, both contiguous
     layout="transposed": (qt[K, M], scale_t[K, ceil(M/128)]) -- q.T stored contiguous; scale.T as
                          a view (MN-major: the 1x128 scale layout of x.T, see ops.py)
     layout="both":       (q, scale, qt, scale_t), scale_t = scale.T (one storage)
+    out (layout="transposed" only): (qt, scale_t) to write instead of new tensors.
     """
     if x.dim() != 2:
         raise ValueError(f"quantize_128x1 expects a 2-D tensor, got shape {tuple(x.shape)}")
@@ -368,9 +375,14 @@ def quantize_128x1(x: torch.Tensor, *, layout: str = "normal"):
     want_q = layout in ("normal", "both")
     want_qt = layout in ("transposed", "both")
     dev = x.device
+    if out is not None and layout != "transposed":
+        raise ValueError("quantize_128x1: out= is only taken with layout='transposed'")
     q = torch.empty((m, k), dtype=FP8_DTYPE, device=dev) if want_q else None
-    qt = torch.empty((k, m), dtype=FP8_DTYPE, device=dev) if want_qt else None
-    s_t = empty_mn_major((k,), mb, device=dev)  # the same layout as the op's fake kernel
+    if out is None:
+        qt = torch.empty((k, m), dtype=FP8_DTYPE, device=dev) if want_qt else None
+        s_t = empty_mn_major((k,), mb, device=dev)  # the same layout as the op's fake kernel
+    else:
+        qt, s_t = out
     s = s_t.t()  # [MB, K] storage, contiguous
     if layout == "transposed" and k % TILE == 0 and _Q128X1_GLUON:
         gluon_quant = _gluon_quantize(dev)
@@ -394,12 +406,13 @@ def quantize_128x1(x: torch.Tensor, *, layout: str = "normal"):
     return q, s, qt, s_t
 
 
-def quantize_1x128_128x1(x: torch.Tensor, *, col_layout: str = "normal"):
+def quantize_1x128_128x1(x: torch.Tensor, *, col_layout: str = "normal", out=None):
     """(q_row[M, K], s_row[M, KB], q_col, s_col) from one read of a 2-D x; s_row is MN-major.
 
     col_layout="normal": q_col[M, K], s_col[MB, K] (the contract, contiguous);
     col_layout="transposed": q_col is q_col.T stored contiguous [K, M], s_col is s_col.T [K, MB]
-    as a view (MN-major, see ops.py)."""
+    as a view (MN-major, see ops.py).
+    out (col_layout="transposed" only): (q_row, s_row, q_col, s_col) to write instead."""
     if x.dim() != 2:
         raise ValueError(f"quantize_1x128_128x1 expects a 2-D tensor, got shape {tuple(x.shape)}")
     if col_layout not in ("normal", "transposed"):
@@ -407,11 +420,16 @@ def quantize_1x128_128x1(x: torch.Tensor, *, col_layout: str = "normal"):
     m, k = x.shape
     kb, mb = _cdiv(k, TILE), _cdiv(m, TILE)
     dev = x.device
-    q_row = torch.empty((m, k), dtype=FP8_DTYPE, device=dev)
-    s_row = empty_mn_major((m,), kb, device=dev)
     trans = col_layout == "transposed"
-    q_col = torch.empty((k, m) if trans else (m, k), dtype=FP8_DTYPE, device=dev)
-    s_col_t = empty_mn_major((k,), mb, device=dev)  # the same layout as the op's fake kernel
+    if out is None:
+        q_row = torch.empty((m, k), dtype=FP8_DTYPE, device=dev)
+        s_row = empty_mn_major((m,), kb, device=dev)
+        q_col = torch.empty((k, m) if trans else (m, k), dtype=FP8_DTYPE, device=dev)
+        s_col_t = empty_mn_major((k,), mb, device=dev)  # the same layout as the op's fake kernel
+    elif not trans:
+        raise ValueError("quantize_1x128_128x1: out= is only taken with col_layout='transposed'")
+    else:
+        q_row, s_row, q_col, s_col_t = out
     if trans and k % TILE == 0 and _DUAL_IMPL != "triton":
         gluon_quant = _gluon_quantize(dev)
         if gluon_quant is not None:
@@ -459,12 +477,13 @@ _launch_128x128 = FastLauncher(_quant_128x128_kernel)
 _WARPS_128x128 = int(os.environ.get("FP8PASS_Q128X128_WARPS", "4"))  # H200 sweep: 4 best
 
 
-def quantize_128x128(w: torch.Tensor, *, layout: str = "row", with_transposed: bool = False):
+def quantize_128x128(w: torch.Tensor, *, layout: str = "row", with_transposed: bool = False, out=None):
     """(q[R, C], scale[ceil(R/128), ceil(C/128)]); with_transposed=True adds q.T stored
     contiguous ([C, R]) as a third output (its scale is scale.T).
 
     layout="transposed": only the transposed copy, (q.T, scale.T), both contiguous: Dgrad's
-    B operand W[N, K] K-major with its scale MN-major, as cuBLAS reads them (no copy of either)."""
+    B operand W[N, K] K-major with its scale MN-major, as cuBLAS reads them (no copy of either).
+    out (without with_transposed): the two outputs, (q, scale) or (q.T, scale.T), to write instead."""
     if w.dim() != 2:
         raise ValueError(f"quantize_128x128 expects a 2-D tensor, got shape {tuple(w.shape)}")
     if layout not in ("row", "transposed"):
@@ -472,14 +491,17 @@ def quantize_128x128(w: torch.Tensor, *, layout: str = "row", with_transposed: b
     r, c = w.shape
     rb, cb = _cdiv(r, TILE), _cdiv(c, TILE)
     write_q, write_qt = layout == "row", layout == "transposed" or with_transposed
-    q = torch.empty((r, c), dtype=FP8_DTYPE, device=w.device) if write_q else None
-    qt = torch.empty((c, r), dtype=FP8_DTYPE, device=w.device) if write_qt else None
-    if write_q:
-        s = torch.empty((rb, cb), dtype=torch.float32, device=w.device)
-        ssr, ssc = cb, 1
+    if out is not None and with_transposed:
+        raise ValueError("quantize_128x128: out= is not taken with with_transposed=True")
+    if out is None:
+        q = torch.empty((r, c), dtype=FP8_DTYPE, device=w.device) if write_q else None
+        qt = torch.empty((c, r), dtype=FP8_DTYPE, device=w.device) if write_qt else None
+        s = torch.empty((rb, cb) if write_q else (cb, rb), dtype=torch.float32, device=w.device)
+    elif write_q:
+        (q, s), qt = out, None
     else:
-        s = torch.empty((cb, rb), dtype=torch.float32, device=w.device)
-        ssr, ssc = 1, rb
+        q, (qt, s) = None, out
+    ssr, ssc = (cb, 1) if write_q else (1, rb)
     if r and c:
         _launch_128x128(
             (rb, cb), w, q if write_q else qt, qt if write_qt else q, s, r, c, ssr, ssc, w.stride(0), w.stride(1),

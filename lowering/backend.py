@@ -28,6 +28,7 @@ from fp8pass.graph_pass import fp8_graph_pass, matmul_table
 from fp8pass.policy import SiteContext
 from fp8pass.sites import normalize_module_path, resolve_root
 
+from .allocated_outputs import mark_quantize_ops
 from .fused_quantize import division_rounding_patch, fuse_quantize_ops
 from .recorder import Recorder
 from .partitioner import Fp8Partitioner
@@ -164,10 +165,12 @@ class Fp8JointPass(CustomGraphPass):
 class Fp8PartitionedPass(CustomGraphPass):
     """`post_grad_custom_pre_pass` on each partitioned graph (forward, backward or inference):
     records it for explain() as the pass left it (with a recorder), then fuses the activation and
-    gradient quantizations into their producers' kernels (`fuse`, see fused_quantize.py)."""
+    gradient quantizations into their producers' kernels (`fuse`, see fused_quantize.py) and
+    gives the remaining ones buffers Inductor allocates (`allocate`, see allocated_outputs.py)."""
 
-    def __init__(self, fuse: bool, recorder: Optional[Recorder] = None, name: str = ""):
+    def __init__(self, fuse: bool, allocate: bool, recorder: Optional[Recorder] = None, name: str = ""):
         self.fuse = fuse
+        self.allocate = allocate
         self.recorder = recorder
         self.name = name
 
@@ -185,9 +188,13 @@ class Fp8PartitionedPass(CustomGraphPass):
             fused = fuse_quantize_ops(graph)
             if fused:
                 log.debug("fp8pass: %d quantize op(s) fused into their producers' kernels", fused)
+        if self.allocate:
+            marked = mark_quantize_ops(graph)
+            if marked:
+                log.debug("fp8pass: %d quantize op(s) write into buffers Inductor allocates", marked)
 
     def uuid(self):
-        return f"fp8pass-partitioned-{_source_digest()[:16]}-fuse={self.fuse}"
+        return f"fp8pass-partitioned-{_source_digest()[:16]}-fuse={self.fuse}-allocate={self.allocate}"
 
 
 _graph_counter = itertools.count()
@@ -264,10 +271,11 @@ def compile_with_fp8(gm: torch.fx.GraphModule, example_inputs, config: Config,
     fuse = config.fuse_quantization and not observe
     if fuse:
         patches.update(division_rounding_patch())
-    if recorder.keep_graphs or fuse:
-        # Without a recorder the pass holds only `fuse`: per-compile state would defeat the caches.
-        patches["post_grad_custom_pre_pass"] = (Fp8PartitionedPass(fuse, recorder, name) if recorder.keep_graphs
-                                                else Fp8PartitionedPass(fuse))
+    allocate = config.inductor_buffers and not observe
+    if recorder.keep_graphs or fuse or allocate:
+        # Without a recorder the pass holds only its flags: per-compile state would defeat the caches.
+        patches["post_grad_custom_pre_pass"] = (Fp8PartitionedPass(fuse, allocate, recorder, name)
+                                                if recorder.keep_graphs else Fp8PartitionedPass(fuse, allocate))
     _warn_about_replaced_hooks(patches)
     if not (recorder.keep_graphs or config.log_decisions or logs.enabled()):
         return compile_fx(gm, example_inputs, config_patches=patches)

@@ -54,7 +54,7 @@ def test_quantization_generated_inside_norm_and_swiglu_kernels():
     fwd, bwd = _compiled_block_code()
     for code in (fwd, bwd):  # every activation/gradient quantization became generated code
         for op in ("quantize_1x128", "quantize_128x1", "quantize_1x128_128x1"):
-            assert f"fp8pass.{op}.default" not in code
+            assert not re.search(rf"fp8pass\.{op}(_out)?\.default", code)
     norm_weights = _NORM_WEIGHT.findall(fwd)
     assert len(norm_weights) == 2  # attn_norm.weight, mlp_norm.weight
     writers = _a_operand_writers(fwd)
@@ -75,7 +75,7 @@ def test_without_fusion_quantization_stays_separate_ops():
     """The negative control of the test above: with fuse_quantization=False the quantize ops run
     as their own kernels, and no generated kernel writes a GEMM operand."""
     fwd, _ = _compiled_block_code(fuse_quantization=False)
-    assert "fp8pass.quantize_1x128_128x1.default" in fwd
+    assert re.search(r"fp8pass\.quantize_1x128_128x1(_out)?\.default", fwd)
     assert all(name == "" for name, _ in _a_operand_writers(fwd))
 
 
@@ -120,8 +120,9 @@ def test_generated_quantization_is_bit_identical_to_reference(dtype, rows, devic
     compiled = torch.compile(quantize_all, backend=fp8pass.backend(fuse_quantization=True))
     got, (code,) = run_and_get_code(compiled, x)
     # generated, not the ops' own kernels (except the 128x1 of bf16 on the CPU: fused_quantize.py)
-    assert "fp8pass.quantize_1x128.default" not in code and "fp8pass.quantize_1x128_128x1.default" not in code
-    assert ("fp8pass.quantize_128x1.default" in code) == (device == "cpu" and dtype != torch.float32)
+    # (an op left in the graph is called as itself or, with inductor_buffers, as its out variant)
+    assert not re.search(r"fp8pass\.quantize_1x128(_128x1)?(_out)?\.default", code)
+    assert bool(re.search(r"fp8pass\.quantize_128x1(_out)?\.default", code)) == (device == "cpu" and dtype != torch.float32)
     want = quantize_all(x)
     for g, w in zip(got, want):
         assert g.shape == w.shape and g.dtype == w.dtype

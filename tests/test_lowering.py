@@ -182,6 +182,60 @@ class WithGraphBreak(nn.Module):
         return self.b2(x)
 
 
+def _block_grads_and_code(**options):
+    from torch._inductor.utils import run_and_get_code
+
+    torch._dynamo.reset()
+    block, x = _block_and_input()
+    compiled = torch.compile(block, backend=fp8pass.backend(**options))
+    _, codes = run_and_get_code(lambda: compiled(x).square().mean().backward())
+    return [x.grad] + [p.grad for p in block.parameters()], codes
+
+
+def test_quantization_outputs_are_inductor_buffers():
+    """inductor_buffers (default): every quantization of a static-shape block writes into buffers
+    Inductor allocates (`empty_strided_*`) or reuses in its generated code, with no copy of them,
+    and training computes exactly what the functional ops compute."""
+    import re
+
+    grads_on, codes_on = _block_grads_and_code(inductor_buffers=True)
+    grads_off, codes_off = _block_grads_and_code(inductor_buffers=False)
+    assert len(codes_on) == 2  # forward, backward
+    functional = re.compile(r"fp8pass\.quantize_\w+?(?<!_out)\.default\(")
+    for code_on, code_off in zip(codes_on, codes_off):
+        calls = re.findall(r"torch\.ops\.fp8pass\.(quantize_\w+)\.default\((.*)\)\n", code_on)
+        assert calls and all(name.endswith("_out") for name, _ in calls), calls
+        assert not functional.search(code_on)
+        assert functional.search(code_off), "the negative control: without the option the ops allocate"
+        for name, args in calls:  # each out buffer is allocated by the generated code itself
+            n_out = 4 if name == "quantize_1x128_128x1_out" else 2
+            for buf in re.findall(r"\bbuf\d+\b", args)[-n_out:]:
+                # a new allocation, or a buffer freed earlier in the graph, reused
+                assert re.search(rf"\n +{buf} = (empty_strided_\w+\(|.*  # reuse\n)", code_on), (name, buf)
+        assert "clone" not in code_on and ".copy_(" not in code_on
+    assert "quantize_1x128_128x1_out" in codes_on[0] and "quantize_128x128_transposed_out" in codes_on[1]
+    for on, off in zip(grads_on, grads_off):
+        assert torch.equal(on, off)
+
+
+def test_inductor_buffers_for_ops_called_by_the_model_itself():
+    # ops traced from the user's code, not emitted by the pass, get the out variants too
+    ops = torch.ops.fp8pass
+    x = torch.randn(256, 384).bfloat16()
+
+    def quantize_all(t):
+        return (*ops.quantize_1x128(t), *ops.quantize_128x1(t), *ops.quantize_1x128_128x1(t))
+
+    from torch._inductor.utils import run_and_get_code
+
+    torch._dynamo.reset()
+    got, (code,) = run_and_get_code(torch.compile(quantize_all, backend=fp8pass.backend()), x)
+    assert code.count("_out.default(") == 3
+    for g, w in zip(got, quantize_all(x)):
+        assert torch.equal(g.view(torch.uint8), w.view(torch.uint8)) if g.dtype == torch.float8_e4m3fn \
+            else torch.equal(g, w)
+
+
 def test_graph_breaks_each_graph_converted():
     torch.manual_seed(0)
     model = WithGraphBreak()
