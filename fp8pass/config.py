@@ -72,20 +72,22 @@ class Config:
         Same numbers (the same quantization of the same values), less memory held through the
         step, one more pass over those inputs in backward. (With fp8_saved_activations too, the
         SwiGLU product is recomputed from the FP8-stored inputs: a slightly different Wgrad input
-        for w2.) Off by default: on an H200 the 1B train step's peak fell from 0.94x to 0.83x of
-        BF16's and its CUDA-graph step was 1.1% slower, but its default-mode step swung between
-        77.8 and 107.8 ms in four runs against 73.7-83.2 without (its extra launches on a host
-        about as slow as the GPU) and the Llama block's peak rose from 0.98x to 1.20x
-        (benchmarks/RESULTS.md, session 8).
+        for w2.) Off by default: on an H200 the 1B train step's peak falls from 0.94x to 0.83x of
+        BF16's, its step was 1.5-2% slower in session 9 (75.49 / 76.34 against 74.39 / 74.86 ms;
+        in session 8, before inductor_buffers, it swung between 77.8 and 107.8 ms), but the Llama
+        block's peak rises from 0.98x to 1.20x and no 350M convergence run has been made with it
+        (benchmarks/RESULTS.md, sessions 8-9).
     fuse_quantization: generate each activation/gradient quantization inside the Inductor kernel
         that produces its input (norm, SiLU*mul, residual add, backward kernels) instead of as a
         separate kernel reading the input back from memory. Off by default: on an H200 the
         Inductor-generated quantization was slower than the hand-written Triton kernels (Llama
         block 39.5 vs 34.2 ms; benchmarks/RESULTS.md).
-    inductor_buffers: after partitioning, rewrite each quantization with static shapes into its
-        out variant on buffers that Inductor allocates (and reuses) in its generated code, instead
-        of the op allocating its outputs in Python on every call (lowering/allocated_outputs.py):
-        the same numbers, less host time per op.
+    inductor_buffers: lower each quantization with static shapes as its out variant on buffers
+        that Inductor allocates (or reuses) in its generated code, instead of the op allocating its
+        outputs in Python on every call (lowering/allocated_outputs.py): the same numbers, less
+        host work per op. On an H200 the 1B train step took 74.39 / 74.86 ms with it against
+        75.11 / 82.10 ms without (two runs), the Llama block's peak 2872 MiB either way
+        (benchmarks/RESULTS.md, session 9).
     log_decisions: print each compiled graph's decisions (one line per matmul site); graphs
         compiled with it on bypass Inductor's caches, so the pass runs and prints every time.
     """

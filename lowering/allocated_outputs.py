@@ -2,9 +2,11 @@
 
 A functional `fp8pass.quantize_*` op allocates its two or four outputs in Python on every call,
 and Inductor then unpacks and checks each of them (a getitem, a size and an alignment assert per
-output). On an H200 the 1B-parameter train step's host took 71.5 ms a step that way against
-BF16's ~21 ms, about as long as its kernels, so the host set the step's rate; with the outputs
-allocated by Inductor, 45.5 ms (benchmarks/RESULTS.md, session 9).
+output): host work repeated ~300 times in a 1B-parameter train step, whose host time per step
+measured 61-78 ms on an H200 against BF16's 18-21 ms, as long as its ~68 ms of kernels in some
+runs (benchmarks/RESULTS.md, session 9, with what this change measured: the step 74.39 / 74.86 ms
+with it against 75.11 / 82.10 ms without in two runs; the host's time per step moved as much
+between runs of the same code as between the two).
 
 So, after partitioning, `mark_quantize_ops` marks each such op whose output shapes are static,
 and the Inductor lowering registered here turns a marked op into its out variant (kernels/ops.py
