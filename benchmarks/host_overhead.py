@@ -32,10 +32,15 @@ def _noop_kernel(x_ptr):
 _noop_fast = launch.FastLauncher(_noop_kernel)
 
 
-def per_call_us(fn, calls: int = 2000) -> float:
-    for _ in range(20):
+def per_call_us(fn, calls: int = 2000, warmup: int = 20, sleep_cycles: int = 0) -> float:
+    """Wall time per call over `calls` calls issued without a synchronize. sleep_cycles > 0: the
+    GPU sleeps (torch.cuda._sleep) behind the calls, so its queue never drains and, with `calls`
+    x a few kernels far below the launch queue's depth, never fills: host time at any shape."""
+    for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
+    if sleep_cycles:
+        torch.cuda._sleep(sleep_cycles)
     t0 = time.perf_counter()
     for _ in range(calls):
         fn()
@@ -44,19 +49,17 @@ def per_call_us(fn, calls: int = 2000) -> float:
     return (t1 - t0) / calls * 1e6
 
 
-def per_call_busy_us(fn, calls: int = 100, sleep_cycles: int = 400_000_000) -> float:
-    """Host time per call of `fn` while the GPU sleeps behind the calls (its queue never drains,
-    never fills: `calls` x a few kernels stays far below the launch queue's depth)."""
-    for _ in range(5):
-        fn()
-    torch.cuda.synchronize()
-    torch.cuda._sleep(sleep_cycles)  # ~0.2 s at H200 clocks: longer than issuing the calls
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    t1 = time.perf_counter()
-    torch.cuda.synchronize()
-    return (t1 - t0) / calls * 1e6
+def per_call_busy_us(fn) -> float:
+    return per_call_us(fn, calls=100, warmup=5, sleep_cycles=400_000_000)  # ~0.2 s of sleep on an H200
+
+
+def print_rows(rows: dict, timer) -> None:
+    """One line per row: `timer(fn)` in us, or why the call failed (the other rows still run)."""
+    for name, fn in rows.items():
+        try:
+            print(f"  {name:45} {timer(fn):8.1f} us/call", flush=True)
+        except Exception as exc:  # noqa: BLE001
+            print(f"  {name:45} failed: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
 
 
 def busy_rows(m: int, k: int, n: int) -> None:
@@ -79,11 +82,7 @@ def busy_rows(m: int, k: int, n: int) -> None:
         "torch.ops.fp8pass.quantize_128x128_transposed": lambda: ops.quantize_128x128_transposed(w),
     }
     print(f"host time per call at {m}x{k}x{n}, the GPU held busy:")
-    for name, fn in rows.items():
-        try:
-            print(f"  {name:45} {per_call_busy_us(fn):8.1f} us/call", flush=True)
-        except Exception as exc:  # noqa: BLE001
-            print(f"  {name:45} failed: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+    print_rows(rows, per_call_busy_us)
     print(f"dispatcher's choice for that GEMM: {cuda.dispatch_choice(qa, sa, qb, sb, torch.bfloat16)}")
 
 
@@ -120,11 +119,7 @@ def main():
     }
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}")
     print(f"registered on the CUDA key: {cuda.registered()}; FastLauncher on: {launch.fast_launch_enabled()}")
-    for name, fn in rows.items():
-        try:
-            print(f"  {name:45} {per_call_us(fn):8.1f} us/call", flush=True)
-        except Exception as exc:  # noqa: BLE001
-            print(f"  {name:45} failed: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+    print_rows(rows, per_call_us)
     # (the dispatcher measures the backends at a key's first call; its pick sets the rows above)
     print(f"dispatcher's choice for the GEMM above: {cuda.dispatch_choice(qa, sa, qb, sb, torch.bfloat16)}")
     # whole steps: a small Linear, forward + backward
