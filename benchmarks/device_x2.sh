@@ -27,6 +27,8 @@
 #   bash benchmarks/device_x2.sh s6d        # s6c again after a test fix, without the sweep (quantizer table last)
 #   bash benchmarks/device_x2.sh s6e        # one GPU: quantizer GPU tests, quantizer table + sweep (Gluon 128x1 and
 #                                           # 32-element layouts)
+#   bash benchmarks/device_x2.sh s10a       # one GPU (not run yet): host time with/without inductor_buffers, block peak
+#   bash benchmarks/device_x2.sh s10conv    # four GPUs (not run yet): 350M FP8 with recompute_fp8_activations, seeds 0-1
 #   bash benchmarks/device_x2.sh s9d        # one GPU: inductor_buffers (lowering) tests; 1B A/B, block peak, Linear
 #   bash benchmarks/device_x2.sh s9c        # one GPU: all GPU tests, the block's peak breakdown, a 1B fp8 step's kernels
 #   bash benchmarks/device_x2.sh s9b        # one GPU: inductor_buffers' GPU tests, the 1B step with and without it
@@ -108,6 +110,23 @@ step_1b() {  # the 1B train_step.py: $1 timeout, $2 log name, then the script's 
 
 for what in "$@"; do
   case $what in
+    s10a)  # prepared in session 9, not run, one GPU: the small Linear step's host time with and without
+           # inductor_buffers in one process (host_overhead.py), the block's peak without it beside the default
+      timeout 150 python3 benchmarks/host_overhead.py > "$OUT/host_overhead.log" 2>&1
+      echo "host_overhead exit $?"; grep -E "us/(call|step)" "$OUT/host_overhead.log" | cut -c1-120
+      block_bench 160 --memory --fp8-option inductor_buffers=false ;;
+    s10conv)  # prepared in session 9, not run, four GPUs: the 350M FP8 run with recompute_fp8_activations at seeds 0 and 1
+              # (BF16 curves of those seeds in benchmarks/results), and the default pair at seed 2
+      preset_350m 0 fp8 450 conv_recompute_s0 --out "$OUT" --mode reduce-overhead --seed 0 --tag recompute_s0 \
+        --fp8-option recompute_fp8_activations=true &
+      preset_350m 1 fp8 450 conv_recompute_s1 --out "$OUT" --mode reduce-overhead --seed 1 --tag recompute_s1 \
+        --fp8-option recompute_fp8_activations=true &
+      preset_350m 2 baseline 450 conv_bf16_seed2 --out "$OUT" --mode reduce-overhead --seed 2 &
+      preset_350m 3 fp8 450 conv_fp8_seed2 --out "$OUT" --mode reduce-overhead --seed 2 &
+      wait
+      for f in "$OUT"/loss_*.csv; do
+        tail_mean "$f"
+      done ;;
     s9d)  # session 9, one GPU: inductor_buffers lowered in Inductor (buffers made after the op's input): its GPU
           # tests, the 1B step (bf16, fp8, fp8 without it, fp8 with recompute_fp8_activations), the block's peak, Linear
       quant_gpu_tests 120 4 0 "out_variants or inductor_buffers or registered or fullgraph"
