@@ -82,12 +82,12 @@ class Config:
         separate kernel reading the input back from memory. Off by default: on an H200 the
         Inductor-generated quantization was slower than the hand-written Triton kernels (Llama
         block 39.5 vs 34.2 ms; benchmarks/RESULTS.md).
-    inductor_buffers: lower each quantization with static shapes as its out variant on buffers
-        that Inductor allocates (or reuses) in its generated code, instead of the op allocating its
+    inductor_buffers: lower each quantization as its out variant on buffers that Inductor
+        allocates (or reuses) in its generated code, instead of the op allocating its
         outputs in Python on every call (lowering/allocated_outputs.py): the same numbers, less
         host work per op. On an H200 the 1B train step took 74.39 / 74.86 ms with it against
-        75.11 / 82.10 ms without (two runs), the Llama block's peak 2872 MiB either way
-        (benchmarks/RESULTS.md, session 9).
+        75.11 / 82.10 ms without (two runs), and the Llama block's peak was 2872 MiB as without
+        it in session 8 (benchmarks/RESULTS.md, session 9).
     log_decisions: print each compiled graph's decisions (one line per matmul site); graphs
         compiled with it on bypass Inductor's caches, so the pass runs and prints every time.
     """

@@ -34,6 +34,7 @@ __all__ = [
     "quantize_128x128_out",
     "quantize_128x128_transposed_out",
     "OUT_VARIANTS",
+    "out_variant",
 ]
 
 
@@ -186,13 +187,25 @@ def quantize_128x128_transposed_out(w: torch.Tensor, q_t: torch.Tensor, scale_t:
     _write_outputs((q_t, scale_t), quantize_128x128_transposed(w))
 
 
-OUT_VARIANTS = {  # functional op -> its out variant (the out arguments follow its outputs' order)
-    torch.ops.fp8pass.quantize_1x128.default: torch.ops.fp8pass.quantize_1x128_out.default,
-    torch.ops.fp8pass.quantize_128x1.default: torch.ops.fp8pass.quantize_128x1_out.default,
-    torch.ops.fp8pass.quantize_1x128_128x1.default: torch.ops.fp8pass.quantize_1x128_128x1_out.default,
-    torch.ops.fp8pass.quantize_128x128.default: torch.ops.fp8pass.quantize_128x128_out.default,
-    torch.ops.fp8pass.quantize_128x128_transposed.default: torch.ops.fp8pass.quantize_128x128_transposed_out.default,
+# functional op name -> its out variant's (the out arguments follow the functional op's outputs).
+# By name: the OpOverload objects under torch.ops.fp8pass can be rebuilt during a process (seen
+# after a transformers model's training in the test suite), so a dict keyed by the objects of
+# import time would stop matching the ops in later graphs.
+OUT_VARIANTS = {
+    "quantize_1x128": "quantize_1x128_out",
+    "quantize_128x1": "quantize_128x1_out",
+    "quantize_1x128_128x1": "quantize_1x128_128x1_out",
+    "quantize_128x128": "quantize_128x128_out",
+    "quantize_128x128_transposed": "quantize_128x128_transposed_out",
 }
+
+
+def out_variant(op) -> "torch._ops.OpOverload | None":
+    """The out variant of a functional quantize op (`torch.ops.fp8pass.<name>.default`), else None."""
+    if getattr(op, "namespace", None) != "fp8pass" or getattr(op, "_overloadname", None) != "default":
+        return None
+    name = OUT_VARIANTS.get(op._opname)
+    return getattr(torch.ops.fp8pass, name).default if name else None
 
 
 @torch.library.custom_op("fp8pass::dequantize", mutates_args=())

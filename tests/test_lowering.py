@@ -1,6 +1,8 @@
 """The backend inside torch.compile's machinery: FP8 saved activations, activation checkpointing,
 graph breaks, dynamic shapes and Inductor's caches."""
 
+import re
+
 import pytest
 import torch
 import torch.nn as nn
@@ -216,6 +218,41 @@ def test_quantization_outputs_are_inductor_buffers():
     assert "quantize_1x128_128x1_out" in codes_on[0] and "quantize_128x128_transposed_out" in codes_on[1]
     for on, off in zip(grads_on, grads_off):
         assert torch.equal(on, off)
+
+
+def test_inductor_buffers_with_dynamic_sequence_lengths():
+    # symbolic token counts: the buffers get symbolic sizes (one graph for every length, as in
+    # test_dynamic_sequence_lengths_compile_once) and training computes what the functional ops do
+    from torch._dynamo.utils import counters
+    from torch._inductor.utils import run_and_get_code
+
+    torch.manual_seed(0)
+    model = train_gpt.GPT(train_gpt.GPTConfig(dim=128, n_layers=1, n_heads=2, mlp_hidden=384, seq_len=256))
+    results = {}
+    for flag in (True, False):
+        torch._dynamo.reset()
+        counters.clear()
+        compiled = torch.compile(model, backend=fp8pass.backend(inductor_buffers=flag), dynamic=True)
+        grads = []
+        for t in (140, 200):
+            tokens = torch.randint(0, 256, (2, t), generator=torch.Generator().manual_seed(t))
+            model.zero_grad(set_to_none=True)
+            if t == 140:  # (run_and_get_code's config patch would itself make dynamo compile again)
+                _, codes = run_and_get_code(lambda: compiled(tokens, tokens).backward())
+            else:
+                compiled(tokens, tokens).backward()
+            grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+            if flag and t == 140:
+                assert len(codes) == 2 and all("quantize_1x128_128x1_out.default(" in c for c in codes)
+                assert re.search(r"empty_strided_cpu\(\(\w*s\d+", codes[0]), "a buffer of symbolic size"
+        assert counters["stats"]["unique_graphs"] == 1, "one graph for both lengths"
+        results[flag] = grads
+    for on, off in zip(results[True], results[False]):
+        for name in on:
+            if name == "embed.weight":  # summed in an order that differs between two compiles, either way
+                torch.testing.assert_close(on[name], off[name], rtol=1e-5, atol=1e-7)
+            else:
+                assert torch.equal(on[name], off[name]), name
 
 
 def test_inductor_buffers_for_ops_called_by_the_model_itself():
