@@ -13,10 +13,11 @@ backward recomputes the block's forward. Every variant starts from the same seed
 the same random tokens; parameters, gradients and AdamW state stay in the model's dtype.
 
 Printed per variant: compile time (first step), step time (steps back to back, as a training loop
-runs them; also the median of steps each followed by a synchronize), the host's time to issue
-one step that starts on an idle GPU (near the step time, the host sets the loop's rate), tokens/s, the peak memory
-during a step (total allocated, and above what was resident before the step: parameters and
-optimizer state), the first step's loss, and the ratios to BF16 with the same checkpointing.
+runs them; also the median of steps each followed by a synchronize), the host's time to issue one
+step that starts on an idle GPU ("host ms": near the step time, the host sets the loop's rate),
+tokens/s, the peak memory during a step (total allocated, and above what was resident before the
+step: parameters and optimizer state), the first step's loss, and the ratios to BF16 with the same
+checkpointing.
 Then the top kernels of one fp8 step (torch.profiler). On CPU (--tiny) times are wall-clock,
 memory is not measured and the profile lists CPU ops.
 """
@@ -135,7 +136,8 @@ def run_variant(name: str, cfg: GPTConfig, args, device, dtype, tokens, targets)
     else:
         ms = synced_ms = cpu_median_ms(step, args.warmup, args.iters)
         peak_above = peak_total = float("nan")
-    result = dict(name=name, compile_s=compile_s, ms=ms, synced_ms=synced_ms, host_ms=host_ms, tokens_per_s=tokens.numel() / (ms / 1e3),
+    result = dict(name=name, compile_s=compile_s, ms=ms, synced_ms=synced_ms, host_ms=host_ms,
+                  tokens_per_s=tokens.numel() / (ms / 1e3),
                   peak_total=peak_total, peak_above=peak_above, first_loss=first_loss,
                   last_loss=losses[-1].item())
     if name == args.profile:

@@ -144,10 +144,10 @@ def _(w):
 
 
 # Out variants of the quantizations: the same numbers written into buffers the caller allocated,
-# in exactly the shapes and layouts of the functional op's outputs. The backend rewrites each
-# functional quantization with static shapes into one of these after partitioning
-# (lowering/allocated_outputs.py), so that Inductor allocates (and reuses) the buffers in its own
-# generated code instead of the op allocating them in Python on every call.
+# in exactly the shapes and layouts of the functional op's outputs. The backend lowers each
+# functional quantization as one of these (lowering/allocated_outputs.py), so that Inductor
+# allocates (and reuses) the buffers in its own generated code instead of the op allocating them
+# in Python on every call.
 def _write_outputs(outs: tuple, values: tuple) -> None:
     for out, value in zip(outs, values):
         if out.shape != value.shape or out.dtype != value.dtype:
@@ -187,7 +187,7 @@ def quantize_128x128_transposed_out(w: torch.Tensor, q_t: torch.Tensor, scale_t:
     _write_outputs((q_t, scale_t), quantize_128x128_transposed(w))
 
 
-# functional op name -> its out variant's (the out arguments follow the functional op's outputs).
+# functional op name -> its out variant's name (the out arguments follow the functional op's outputs).
 # By name: the OpOverload objects under torch.ops.fp8pass can be rebuilt during a process (seen
 # after a transformers model's training in the test suite), so a dict keyed by the objects of
 # import time would stop matching the ops in later graphs.

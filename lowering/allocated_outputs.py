@@ -21,8 +21,8 @@ before the op, they were allocated ahead of the kernel that computes the input w
 realized that input late (a SwiGLU backward kernel writing two gradients), holding them beside
 the tensors that kernel frees: +462 MiB at the Llama block's peak. The numbers are the same: the
 out variants run the same kernels. Symbolic sizes (dynamic shapes) become the buffers' symbolic
-sizes (tested on the CPU; not yet run on a GPU). Unmarked ops (`inductor_buffers=False`, or a plain `backend="inductor"` compile of the ops)
-lower as Inductor's usual fallback call.
+sizes (tested on the CPU; not yet run on a GPU). Unmarked ops (`inductor_buffers=False`, or a
+plain `backend="inductor"` compile of the ops) lower as Inductor's usual fallback call.
 """
 
 from __future__ import annotations
