@@ -34,6 +34,7 @@ __all__ = [
     "quantize_128x128_out",
     "quantize_128x128_transposed_out",
     "OUT_VARIANTS",
+    "op_name",
     "out_variant",
 ]
 
@@ -200,11 +201,16 @@ OUT_VARIANTS = {
 }
 
 
+def op_name(op) -> "str | None":
+    """'quantize_1x128' for torch.ops.fp8pass.quantize_1x128.default (any object of it), else None."""
+    if getattr(op, "namespace", None) == "fp8pass" and getattr(op, "_overloadname", None) == "default":
+        return op._opname
+    return None
+
+
 def out_variant(op) -> "torch._ops.OpOverload | None":
     """The out variant of a functional quantize op (`torch.ops.fp8pass.<name>.default`), else None."""
-    if getattr(op, "namespace", None) != "fp8pass" or getattr(op, "_overloadname", None) != "default":
-        return None
-    name = OUT_VARIANTS.get(op._opname)
+    name = OUT_VARIANTS.get(op_name(op))
     return getattr(torch.ops.fp8pass, name).default if name else None
 
 

@@ -33,6 +33,7 @@ from torch.fx import Graph, Node
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
+from fp8pass.kernels.ops import op_name
 from fp8pass.kernels.reference import TILE, _cast_to_fp8, _scale_from_amax
 from fp8pass.rewrite import FP8_META_KEY
 
@@ -73,10 +74,16 @@ def _quantize_1x128_fused_128x1_op(x: torch.Tensor):
     return (*_quantize_1x128(x), *fp8_ops.quantize_128x1(x))
 
 
+# By op name: the OpOverload objects under torch.ops.fp8pass can be rebuilt during a process
+# (kernels/ops.py), so a dict keyed by the objects of import time could stop matching later graphs.
 _DECOMPOSITIONS = {
-    fp8_ops.quantize_1x128.default: _quantize_1x128,
-    fp8_ops.quantize_128x1.default: _quantize_128x1_transposed,
-    fp8_ops.quantize_1x128_128x1.default: _quantize_1x128_128x1,
+    "quantize_1x128": _quantize_1x128,
+    "quantize_128x1": _quantize_128x1_transposed,
+    "quantize_1x128_128x1": _quantize_1x128_128x1,
+}
+_CPU_BF16_DECOMPOSITIONS = {  # the 128x1 quantizations stay ops there (below)
+    "quantize_1x128": _quantize_1x128,
+    "quantize_1x128_128x1": _quantize_1x128_fused_128x1_op,
 }
 
 
@@ -90,7 +97,8 @@ def _cpu_miscompiles_128x1(val: torch.Tensor) -> bool:
 
 def _decomposition(node: Node):
     """The aten-level replacement of a quantize node, or None to keep the op."""
-    if node.op != "call_function" or node.target not in _DECOMPOSITIONS:
+    name = op_name(node.target) if node.op == "call_function" else None
+    if name not in _DECOMPOSITIONS:
         return None
     if not all(u.op == "call_function" and u.target is operator.getitem for u in node.users):
         return None
@@ -99,9 +107,8 @@ def _decomposition(node: Node):
     if not (isinstance(val, torch.Tensor) and statically_known_true(val.shape[-1] % TILE == 0)):
         return None
     if _cpu_miscompiles_128x1(val):
-        return {fp8_ops.quantize_1x128.default: _quantize_1x128,
-                fp8_ops.quantize_1x128_128x1.default: _quantize_1x128_fused_128x1_op}.get(node.target)
-    return _DECOMPOSITIONS[node.target]
+        return _CPU_BF16_DECOMPOSITIONS.get(name)
+    return _DECOMPOSITIONS[name]
 
 
 def _trace(fn, example: torch.Tensor) -> torch.fx.GraphModule:

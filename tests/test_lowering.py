@@ -273,6 +273,36 @@ def test_inductor_buffers_for_ops_called_by_the_model_itself():
             else torch.equal(g, w)
 
 
+def test_ops_rebuilt_during_the_process_are_still_lowered():
+    # torch.ops.fp8pass.<op> objects can be rebuilt mid-process (a torch.library Library holding an
+    # fp8pass definition being destroyed clears torch.ops' cached packets; seen after the HF Llama
+    # test): the out-variant lowering and the fusion, which Inductor and the pass look up per op,
+    # must still apply to graphs holding the new objects
+    from torch._inductor.utils import run_and_get_code
+
+    clear = getattr(torch.library, "_clear_torch_ops_cache", None)
+    if clear is None:
+        pytest.skip("this torch has no torch.library._clear_torch_ops_cache to simulate the rebuild")
+    ops = torch.ops.fp8pass
+    before = ops.quantize_1x128.default
+    clear({f"fp8pass::{name}" for name in ("quantize_1x128", "quantize_128x1", "quantize_1x128_128x1")})
+    assert ops.quantize_1x128.default is not before, "the rebuild was simulated"
+    x = torch.randn(256, 384)
+
+    def quantize_all(t):
+        return (*ops.quantize_1x128(t), *ops.quantize_128x1(t), *ops.quantize_1x128_128x1(t))
+
+    for options, check in (({}, lambda code: code.count("_out.default(") == 3),
+                           ({"fuse_quantization": True},
+                            lambda code: not re.search(r"fp8pass\.quantize_\w+\.default\(", code))):
+        torch._dynamo.reset()
+        got, (code,) = run_and_get_code(torch.compile(quantize_all, backend=fp8pass.backend(**options)), x)
+        assert check(code), options
+        for g, w in zip(got, quantize_all(x)):
+            assert torch.equal(g.view(torch.uint8), w.view(torch.uint8)) if g.dtype == torch.float8_e4m3fn \
+                else torch.equal(g, w)
+
+
 def test_graph_breaks_each_graph_converted():
     torch.manual_seed(0)
     model = WithGraphBreak()
