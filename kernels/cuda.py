@@ -22,6 +22,7 @@ misread scale layout can never be picked. FP8PASS_GEMM_BACKEND=triton|gluon|cubl
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 
@@ -61,58 +62,36 @@ def register() -> bool:
             return True
         from . import triton_quantize as tq
 
-        def _q1x128(x):
-            ops._check_float_input("quantize_1x128", x)
-            return tq.quantize_1x128(x)
+        # each quantize op and its out variant (ops.py) run the same wrapper; the out variant
+        # passes the buffers it is given (Inductor's) as `out`
+        quantizers = {
+            "quantize_1x128": tq.quantize_1x128,
+            "quantize_128x1": functools.partial(tq.quantize_128x1, layout="transposed"),
+            "quantize_1x128_128x1": functools.partial(tq.quantize_1x128_128x1, col_layout="transposed"),
+            "quantize_128x128": tq.quantize_128x128,
+            "quantize_128x128_transposed": functools.partial(tq.quantize_128x128, layout="transposed"),
+        }
 
-        def _q128x1(x):
-            ops._check_float_input("quantize_128x1", x)
-            return tq.quantize_128x1(x, layout="transposed")
+        def checked(name, quantize):
+            def functional(x):
+                ops._check_float_input(name, x)
+                return quantize(x)
 
-        def _qdual(x):
-            ops._check_float_input("quantize_1x128_128x1", x)
-            return tq.quantize_1x128_128x1(x, col_layout="transposed")
+            def out_variant(x, *out):
+                ops._check_float_input(name, x)
+                quantize(x, out=out)
 
-        def _q128x128(w):
-            ops._check_float_input("quantize_128x128", w)
-            return tq.quantize_128x128(w)
-
-        def _q128x128_t(w):
-            ops._check_float_input("quantize_128x128_transposed", w)
-            return tq.quantize_128x128(w, layout="transposed")
-
-        # the out variants (ops.py): the same kernels writing into Inductor's buffers
-        def _q1x128_out(x, q, scale):
-            ops._check_float_input("quantize_1x128", x)
-            tq.quantize_1x128(x, out=(q, scale))
-
-        def _q128x1_out(x, q_t, scale_t):
-            ops._check_float_input("quantize_128x1", x)
-            tq.quantize_128x1(x, layout="transposed", out=(q_t, scale_t))
-
-        def _qdual_out(x, q_row, s_row, q_col_t, s_col_t):
-            ops._check_float_input("quantize_1x128_128x1", x)
-            tq.quantize_1x128_128x1(x, col_layout="transposed", out=(q_row, s_row, q_col_t, s_col_t))
-
-        def _q128x128_out(w, q, scale):
-            ops._check_float_input("quantize_128x128", w)
-            tq.quantize_128x128(w, out=(q, scale))
-
-        def _q128x128_t_out(w, q_t, scale_t):
-            ops._check_float_input("quantize_128x128_transposed", w)
-            tq.quantize_128x128(w, layout="transposed", out=(q_t, scale_t))
+            return functional, out_variant
 
         def _gemm(a, a_scale, b, b_scale, out_dtype):
             ops.check_gemm_operands(a, a_scale, b, b_scale)
             return gemm_blockwise(a, a_scale, b, b_scale, out_dtype)
 
+        impls = {"gemm_blockwise": _gemm}
+        for name, quantize in quantizers.items():
+            impls[name], impls[ops.OUT_VARIANTS[name]] = checked(name, quantize)
         lib = torch.library.Library("fp8pass", "IMPL")
-        for name, fn in (("quantize_1x128", _q1x128), ("quantize_128x1", _q128x1),
-                         ("quantize_1x128_128x1", _qdual), ("quantize_128x128", _q128x128),
-                         ("quantize_128x128_transposed", _q128x128_t), ("gemm_blockwise", _gemm),
-                         ("quantize_1x128_out", _q1x128_out), ("quantize_128x1_out", _q128x1_out),
-                         ("quantize_1x128_128x1_out", _qdual_out), ("quantize_128x128_out", _q128x128_out),
-                         ("quantize_128x128_transposed_out", _q128x128_t_out)):
+        for name, fn in impls.items():
             lib.impl(name, fn, "CUDA")
             lib.impl(name, torch.library.fallthrough_kernel, "AutogradCUDA")
         _CUDA_LIB = lib
