@@ -82,6 +82,11 @@ class Config:
         separate kernel reading the input back from memory. Off by default: on an H200 the
         Inductor-generated quantization was slower than the hand-written Triton kernels (Llama
         block 39.5 vs 34.2 ms; benchmarks/RESULTS.md).
+    fuse_swiglu: compute a SwiGLU MLP's silu(a) * b inside the kernel that makes w2's two FP8
+        input copies, and in backward both its input gradients inside the kernel that makes their
+        FP8 copies, so the BF16 product and gradients never go to memory (lowering/swiglu.py).
+        Matches `F.silu(a) * b` in the model's code; values agree with the unfused path up to the
+        last bit of exp and a division (see kernels/triton_swiglu.py).
     inductor_buffers: lower each quantization as its out variant on buffers that Inductor
         allocates (or reuses) in its generated code, instead of the op allocating its
         outputs in Python on every call (lowering/allocated_outputs.py): the same numbers, less
@@ -104,6 +109,7 @@ class Config:
     recompute_fp8_weights: bool = True
     recompute_fp8_activations: bool = False
     fuse_quantization: bool = False
+    fuse_swiglu: bool = True
     inductor_buffers: bool = True
     log_decisions: bool = False
 

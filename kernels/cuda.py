@@ -87,7 +87,18 @@ def register() -> bool:
             ops.check_gemm_operands(a, a_scale, b, b_scale)
             return gemm_blockwise(a, a_scale, b, b_scale, out_dtype)
 
+        def swiglu_fused(name, kernel):
+            def impl(*tensors):
+                ops._check_swiglu_2d(name, *tensors)
+                return kernel(*tensors)
+
+            return impl
+
+        from . import triton_swiglu as tsw
+
         impls = {"gemm_blockwise": _gemm}
+        for name in ("swiglu_quantize_1x128_128x1", "swiglu_backward_quantize_1x128_128x1"):
+            impls[name] = swiglu_fused(name, getattr(tsw, name))
         for name, quantize in quantizers.items():
             impls[name], impls[ops.OUT_VARIANTS[name]] = checked(name, quantize)
         lib = torch.library.Library("fp8pass", "IMPL")

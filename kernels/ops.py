@@ -28,6 +28,10 @@ __all__ = [
     "quantize_128x128_transposed",
     "dequantize",
     "gemm_blockwise",
+    "swiglu",
+    "swiglu_backward",
+    "swiglu_quantize_1x128_128x1",
+    "swiglu_backward_quantize_1x128_128x1",
     "quantize_1x128_out",
     "quantize_128x1_out",
     "quantize_1x128_128x1_out",
@@ -142,6 +146,94 @@ def quantize_128x128_transposed(w: torch.Tensor) -> tuple[torch.Tensor, torch.Te
 def _(w):
     r, c = w.shape
     return _empty_128x128_copy(w, c, r)
+
+
+# SwiGLU, silu(a) * b, as ops: lowering/swiglu.py puts `swiglu` in place of `F.silu(a) * b` in the
+# graphs torch.compile gives the backend, so that autograd's formula for it is one node
+# (`swiglu_backward`) in the joint graph. Where the product, or both input gradients, go only to
+# dual quantizations (the SwiGLU MLP's w2 in forward, w1 and w3 in backward), the pass fuses them
+# into the `*_quantize_1x128_128x1` ops: one kernel that computes the SwiGLU values of a 128x128
+# tile and writes their two FP8 copies, so the high-precision product and gradients never go to
+# memory. Elsewhere the two plain ops are decomposed back into aten ops for Inductor to fuse as
+# before.
+def _check_swiglu_inputs(op: str, *tensors: torch.Tensor) -> None:
+    first = tensors[0]
+    for t in tensors:
+        _check_float_input(op, t)
+        if t.shape != first.shape or t.dtype != first.dtype:
+            raise ValueError(f"fp8pass.{op}: inputs must share shape and dtype, got "
+                             + ", ".join(f"{tuple(u.shape)} {u.dtype}" for u in tensors))
+
+
+@torch.library.custom_op("fp8pass::swiglu", mutates_args=())
+def swiglu(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """silu(a) * b (reference.swiglu's numerics), contiguous."""
+    _check_swiglu_inputs("swiglu", a, b)
+    return reference.swiglu(a, b).contiguous()
+
+
+@swiglu.register_fake
+def _(a, b):
+    return a.new_empty(a.shape)
+
+
+@torch.library.custom_op("fp8pass::swiglu_backward", mutates_args=())
+def swiglu_backward(grad: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradients of swiglu(a, b) for its output's gradient: (grad_a, grad_b), contiguous."""
+    _check_swiglu_inputs("swiglu_backward", grad, a, b)
+    grad_a, grad_b = reference.swiglu_backward(grad, a, b)
+    return grad_a.contiguous(), grad_b.contiguous()
+
+
+@swiglu_backward.register_fake
+def _(grad, a, b):
+    return a.new_empty(a.shape), a.new_empty(a.shape)
+
+
+def _swiglu_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _swiglu_autograd(ctx, grad):
+    a, b = ctx.saved_tensors
+    return tuple(swiglu_backward(grad, a, b))
+
+
+swiglu.register_autograd(_swiglu_autograd, setup_context=_swiglu_setup_context)
+
+
+def _check_swiglu_2d(op: str, *tensors: torch.Tensor) -> None:
+    _check_swiglu_inputs(op, *tensors)
+    if tensors[0].dim() != 2:
+        raise ValueError(f"fp8pass.{op}: expected 2-D inputs [M, K], got shape {tuple(tensors[0].shape)}")
+
+
+@torch.library.custom_op("fp8pass::swiglu_quantize_1x128_128x1", mutates_args=())
+def swiglu_quantize_1x128_128x1(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                          torch.Tensor]:
+    """quantize_1x128_128x1(swiglu(a, b)) for 2-D a, b: the product's two FP8 copies, not the product."""
+    _check_swiglu_2d("swiglu_quantize_1x128_128x1", a, b)
+    return quantize_1x128_128x1(reference.swiglu(a, b))
+
+
+@swiglu_quantize_1x128_128x1.register_fake
+def _(a, b):
+    return quantize_1x128_128x1(a)  # the fake kernel's outputs for an input of a's shape
+
+
+@torch.library.custom_op("fp8pass::swiglu_backward_quantize_1x128_128x1", mutates_args=())
+def swiglu_backward_quantize_1x128_128x1(grad: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tuple[
+        torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """quantize_1x128_128x1 of each of swiglu_backward(grad, a, b) for 2-D inputs: grad_a's four
+    outputs, then grad_b's."""
+    _check_swiglu_2d("swiglu_backward_quantize_1x128_128x1", grad, a, b)
+    grad_a, grad_b = reference.swiglu_backward(grad, a, b)
+    return (*quantize_1x128_128x1(grad_a), *quantize_1x128_128x1(grad_b))
+
+
+@swiglu_backward_quantize_1x128_128x1.register_fake
+def _(grad, a, b):
+    return (*quantize_1x128_128x1(a), *quantize_1x128_128x1(a))
 
 
 # Out variants of the quantizations: the same numbers written into buffers the caller allocated,

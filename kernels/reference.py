@@ -116,6 +116,26 @@ def quantize_1x128_128x1(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, t
     return q_row, s_row, q_col, s_col
 
 
+def swiglu(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """silu(a) * b as torch.compile computes `F.silu(a) * b` (Inductor's decomposition): in fp32,
+    silu(a) = a / (1 + exp(-a)) rounded to the inputs' dtype, then the product rounded to it."""
+    a32 = a.float()
+    silu = (a32 / (1 + torch.exp(-a32))).to(a.dtype)
+    return (silu.float() * b.float()).to(a.dtype)
+
+
+def swiglu_backward(grad: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(d/da, d/db) of swiglu(a, b) times grad, as autograd's silu backward, in fp32, each
+    rounded to the inputs' dtype: grad * b * sigmoid(a) * (1 + a * (1 - sigmoid(a))), and
+    grad * silu(a) with silu(a) rounded as in forward."""
+    a32, g32 = a.float(), grad.float()
+    e = torch.exp(-a32)
+    sig = 1 / (1 + e)
+    silu = (a32 / (1 + e)).to(a.dtype).float()
+    grad_a = (g32 * b.float() * sig * (1 + a32 * (1 - sig))).to(a.dtype)
+    return grad_a, (g32 * silu).to(a.dtype)
+
+
 def quantize_128x128(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantize a 2-D tensor in 128x128 blocks. Returns (q, scale[ceil(R/128), ceil(C/128)])."""
     if w.dim() != 2:

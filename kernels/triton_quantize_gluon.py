@@ -40,12 +40,16 @@ try:  # Gluon is experimental: absent from older Triton, names move between rele
     _amax = gluon.jit(_tq._amax.fn)
     _scale_and_recip = gluon.jit(_tq._scale_and_recip.fn)
     _to_fp8 = gluon.jit(_tq._to_fp8.fn)
+    from . import triton_swiglu as _tsw
+
+    _swiglu_values = gluon.jit(_tsw.swiglu_values.fn)
+    _swiglu_grad_values = gluon.jit(_tsw.swiglu_grad_values.fn)
     _GLUON_IMPORT_ERROR = None
 except Exception as exc:  # pragma: no cover - depends on the installed Triton
     gluon = None
     _GLUON_IMPORT_ERROR = exc
 
-__all__ = ["available", "quantize_dual_transposed", "quantize_128x1_transposed"]
+__all__ = ["available", "quantize_dual_transposed", "quantize_128x1_transposed", "swiglu_dual_transposed"]
 
 _WARPS = int(os.environ.get("FP8PASS_QDUAL_GLUON_WARPS", "8"))
 # 128: two 8-warp CTAs per SM (65536 registers); ptxas needs no spills at this cap. 0: no cap
@@ -55,6 +59,19 @@ _MAXNREG = int(os.environ.get("FP8PASS_QDUAL_GLUON_MAXNREG", "128"))
 # (benchmarks/RESULTS_gemm.md, session 6): dual 16/16 3273 GB/s, 32/16 3238, 16/32 3218, 32/32 3204
 # (the fewest instructions, 18.0 per element against 21.5, but the slowest); 128x1 alone 32/16 3139,
 # 32/32 3050
+# The SwiGLU kernels hold two or three input tiles: at 8 warps they need 174 (forward) and 255
+# (backward) registers without spilling (ptxas of Triton 3.9 for sm90), one CTA per SM; at 16 warps
+# 101-127, so one 16-warp CTA per SM fits under the 128 cap, the dual kernel's occupancy. fp32
+# inputs in backward spill at that cap (48 bytes): 8 warps and no cap for them.
+_WARPS_SWIGLU = int(os.environ.get("FP8PASS_SWIGLU_GLUON_WARPS", "16"))
+_MAXNREG_SWIGLU = int(os.environ.get("FP8PASS_SWIGLU_GLUON_MAXNREG", "128"))
+
+
+def swiglu_launch_options(dtype: torch.dtype, backward: bool) -> dict:
+    """num_warps and the register cap of the SwiGLU kernel for these inputs."""
+    if backward and dtype == torch.float32:
+        return {"num_warps": 8}
+    return {"num_warps": _WARPS_SWIGLU, **({"maxnreg": _MAXNREG_SWIGLU} if _MAXNREG_SWIGLU else {})}
 _ROW_SPT = int(os.environ.get("FP8PASS_QDUAL_GLUON_ROW_SPT", "16"))
 _COL_SPT = int(os.environ.get("FP8PASS_QDUAL_GLUON_COL_SPT", "16"))
 _ROW_SPT_128X1 = int(os.environ.get("FP8PASS_Q128X1_GLUON_ROW_SPT", "32"))
@@ -77,30 +94,14 @@ def available(device: torch.device) -> bool:
 if gluon is not None:
 
     @gluon.jit
-    def _quant_dual_kernel(
-        x_ptr, qr_ptr, sr_ptr, qt_ptr, sc_ptr,
-        M, K, sxm, sxk,
-        WRITE_ROW: gl.constexpr,
-        ROW_SPT: gl.constexpr,
-        COL_SPT: gl.constexpr,
-        num_warps: gl.constexpr,
-    ):
-        """One 128x128 tile of x[M, K] (K % 128 == 0; rows past M masked) per program:
-        q_row[M, K] with its scales s_row ([KB, M] storage), if WRITE_ROW, and q_col_t[K, M] (the
-        128x1 copy, transposed) with its scales ([MB, K] storage). A thread holds ROW_SPT
-        consecutive elements of a row in the 1x128 pass and COL_SPT consecutive rows of a column
-        in the 128x1 pass (16 or 32: fewer lanes share a tile's scale computation at 32)."""
-        ROW: gl.constexpr = gl.BlockedLayout([1, ROW_SPT], [32 * ROW_SPT // 128, 128 // ROW_SPT],
-                                             [num_warps, 1], [1, 0])
-        COL: gl.constexpr = gl.BlockedLayout([COL_SPT, 1], [128 // COL_SPT, 32 * COL_SPT // 128],
-                                             [1, num_warps], [0, 1])
-        mb = gl.program_id(0)
-        kb = gl.program_id(1)
+    def _quantize_tile_dual(x, mb, kb, M, K, qr_ptr, sr_ptr, qt_ptr, sc_ptr,
+                            WRITE_ROW: gl.constexpr, ROW: gl.constexpr, COL: gl.constexpr):
+        """The dual quantization of x, the 128x128 tile (mb, kb) of an [M, K] tensor in layout ROW
+        (rows past M hold zeros): q_row[M, K] with its scales s_row ([KB, M] storage), if
+        WRITE_ROW, and q_col_t[K, M] (the 128x1 copy, transposed) with its scales ([MB, K] storage)."""
         rows = mb * 128 + gl.arange(0, 128, layout=gl.SliceLayout(1, ROW))
         cols = kb * 128 + gl.arange(0, 128, layout=gl.SliceLayout(0, ROW))
         rmask = rows < M
-        x = gl.load(x_ptr + rows.to(gl.int64)[:, None] * sxm + cols.to(gl.int64)[None, :] * sxk,
-                    mask=rmask[:, None], other=0.0)
         if WRITE_ROW:
             xf = x.to(gl.float32)
             s_row, r_row, sf_row = _scale_and_recip(_amax(xf, 1))
@@ -117,7 +118,65 @@ if gluon is not None:
         gl.store(qt_ptr + cols_c.to(gl.int64)[None, :] * M + rows_c[:, None], q_col, mask=rmask_c[:, None])
         gl.store(sc_ptr + mb.to(gl.int64) * K + cols_c, s_col)
 
+    @gluon.jit
+    def _load_tile(ptr, mb, kb, M, sm, sk, ROW: gl.constexpr):
+        rows = mb * 128 + gl.arange(0, 128, layout=gl.SliceLayout(1, ROW))
+        cols = kb * 128 + gl.arange(0, 128, layout=gl.SliceLayout(0, ROW))
+        return gl.load(ptr + rows.to(gl.int64)[:, None] * sm + cols.to(gl.int64)[None, :] * sk,
+                       mask=(rows < M)[:, None], other=0.0)
+
+    @gluon.jit
+    def _quant_dual_kernel(
+        x_ptr, qr_ptr, sr_ptr, qt_ptr, sc_ptr,
+        M, K, sxm, sxk,
+        WRITE_ROW: gl.constexpr,
+        ROW_SPT: gl.constexpr,
+        COL_SPT: gl.constexpr,
+        num_warps: gl.constexpr,
+    ):
+        """One 128x128 tile of x[M, K] (K % 128 == 0; rows past M masked) per program: its dual
+        quantization (only the 128x1 copy without WRITE_ROW), see _quantize_tile_dual."""
+        ROW: gl.constexpr = gl.BlockedLayout([1, ROW_SPT], [32 * ROW_SPT // 128, 128 // ROW_SPT],
+                                             [num_warps, 1], [1, 0])
+        COL: gl.constexpr = gl.BlockedLayout([COL_SPT, 1], [128 // COL_SPT, 32 * COL_SPT // 128],
+                                             [1, num_warps], [0, 1])
+        mb = gl.program_id(0)
+        kb = gl.program_id(1)
+        x = _load_tile(x_ptr, mb, kb, M, sxm, sxk, ROW)
+        _quantize_tile_dual(x, mb, kb, M, K, qr_ptr, sr_ptr, qt_ptr, sc_ptr, WRITE_ROW, ROW, COL)
+
+    @gluon.jit
+    def _swiglu_dual_kernel(
+        g_ptr, a_ptr, b_ptr,
+        qr0_ptr, sr0_ptr, qt0_ptr, sc0_ptr,
+        qr1_ptr, sr1_ptr, qt1_ptr, sc1_ptr,
+        M, K, sgm, sgk, sam, sak, sbm, sbk,
+        BACKWARD: gl.constexpr,
+        ROW_SPT: gl.constexpr,
+        COL_SPT: gl.constexpr,
+        num_warps: gl.constexpr,
+    ):
+        """triton_swiglu._swiglu_dual_kernel in these layouts: the dual quantization of
+        silu(a) * b (forward) or of both its input gradients (BACKWARD), computed per tile."""
+        ROW: gl.constexpr = gl.BlockedLayout([1, ROW_SPT], [32 * ROW_SPT // 128, 128 // ROW_SPT],
+                                             [num_warps, 1], [1, 0])
+        COL: gl.constexpr = gl.BlockedLayout([COL_SPT, 1], [128 // COL_SPT, 32 * COL_SPT // 128],
+                                             [1, num_warps], [0, 1])
+        mb = gl.program_id(0)
+        kb = gl.program_id(1)
+        a = _load_tile(a_ptr, mb, kb, M, sam, sak, ROW)
+        b = _load_tile(b_ptr, mb, kb, M, sbm, sbk, ROW)
+        if BACKWARD:
+            g = _load_tile(g_ptr, mb, kb, M, sgm, sgk, ROW)
+            grad_a, grad_b = _swiglu_grad_values(g, a, b)
+            _quantize_tile_dual(grad_a, mb, kb, M, K, qr0_ptr, sr0_ptr, qt0_ptr, sc0_ptr, True, ROW, COL)
+            _quantize_tile_dual(grad_b, mb, kb, M, K, qr1_ptr, sr1_ptr, qt1_ptr, sc1_ptr, True, ROW, COL)
+        else:
+            _quantize_tile_dual(_swiglu_values(a, b), mb, kb, M, K, qr0_ptr, sr0_ptr, qt0_ptr, sc0_ptr,
+                                True, ROW, COL)
+
     _launch_dual = FastLauncher(_quant_dual_kernel)
+    _launch_swiglu_dual = FastLauncher(_swiglu_dual_kernel)
 
 
 def _launch(x, q_row, s_row, q_col_t, s_col_t, write_row: bool, row_spt: int, col_spt: int) -> None:
@@ -142,3 +201,20 @@ def quantize_128x1_transposed(x: torch.Tensor, q_t, s_t) -> None:
     """Fill the outputs of triton_quantize.quantize_128x1(x, layout="transposed") (allocated by
     the caller) for a 2-D x whose K is a multiple of 128: the same kernel without its 1x128 pass."""
     _launch(x, q_t, s_t, q_t, s_t, False, _ROW_SPT_128X1, _COL_SPT_128X1)
+
+
+def swiglu_dual_transposed(grad, a, b, outs: tuple) -> None:
+    """Fill the outputs of triton_swiglu's ops (allocated by the caller, in quantize_1x128_128x1's
+    layouts): four for silu(a) * b (grad None), eight for its input gradients."""
+    m, k = a.shape
+    if k % TILE:
+        raise ValueError(f"the Gluon quantizer needs K % 128 == 0, got inputs of shape {tuple(a.shape)}")
+    if m == 0:
+        return
+    backward = grad is not None
+    if not backward:
+        grad, outs = a, outs + outs  # the second set is not written
+    _launch_swiglu_dual(((m + TILE - 1) // TILE, k // TILE), grad, a, b, *outs, m, k,
+                        grad.stride(0), grad.stride(1), a.stride(0), a.stride(1), b.stride(0), b.stride(1),
+                        BACKWARD=backward, ROW_SPT=_ROW_SPT, COL_SPT=_COL_SPT,
+                        **swiglu_launch_options(a.dtype, backward))

@@ -30,6 +30,7 @@ from fp8pass.sites import normalize_module_path, resolve_root
 
 from .allocated_outputs import mark_quantize_ops
 from .fused_quantize import division_rounding_patch, fuse_quantize_ops
+from .swiglu import decompose_swiglu_ops, fuse_swiglu_quantizations, rewrite_swiglu
 from .recorder import Recorder
 from .partitioner import Fp8Partitioner
 
@@ -164,13 +165,17 @@ class Fp8JointPass(CustomGraphPass):
 
 class Fp8PartitionedPass(CustomGraphPass):
     """`post_grad_custom_pre_pass` on each partitioned graph (forward, backward or inference):
-    records it for explain() as the pass left it (with a recorder), then fuses the activation and
-    gradient quantizations into their producers' kernels (`fuse`, see fused_quantize.py) and
-    gives the remaining ones buffers Inductor allocates (`allocate`, see allocated_outputs.py)."""
+    records it for explain() as the pass left it (with a recorder), then fuses SwiGLU into the
+    dual quantizations that read it and turns the SwiGLU ops left back into aten ops (`swiglu`,
+    see swiglu.py), fuses the activation and gradient quantizations into their producers' kernels
+    (`fuse`, see fused_quantize.py) and gives the remaining ones buffers Inductor allocates
+    (`allocate`, see allocated_outputs.py)."""
 
-    def __init__(self, fuse: bool, allocate: bool, recorder: Optional[Recorder] = None, name: str = ""):
+    def __init__(self, fuse: bool, allocate: bool, recorder: Optional[Recorder] = None, name: str = "",
+                 swiglu: bool = False):
         self.fuse = fuse
         self.allocate = allocate
+        self.swiglu = swiglu
         self.recorder = recorder
         self.name = name
 
@@ -184,6 +189,11 @@ class Fp8PartitionedPass(CustomGraphPass):
             else:
                 kind = "inference"
             self.recorder.add_graph(f"{self.name}_{kind}", graph)
+        if self.swiglu:
+            fused = fuse_swiglu_quantizations(graph)
+            if fused:
+                log.debug("fp8pass: %d SwiGLU op(s) fused into the quantizations reading them", fused)
+        decompose_swiglu_ops(graph)  # any left (also from a graph compiled with swiglu=False)
         if self.fuse:
             fused = fuse_quantize_ops(graph)
             if fused:
@@ -194,7 +204,8 @@ class Fp8PartitionedPass(CustomGraphPass):
                 log.debug("fp8pass: %d quantize op(s) write into buffers Inductor allocates", marked)
 
     def uuid(self):
-        return f"fp8pass-partitioned-{_source_digest()[:16]}-fuse={self.fuse}-allocate={self.allocate}"
+        return (f"fp8pass-partitioned-{_source_digest()[:16]}-fuse={self.fuse}-allocate={self.allocate}"
+                f"-swiglu={self.swiglu}")
 
 
 _graph_counter = itertools.count()
@@ -257,6 +268,7 @@ def compile_with_fp8(gm: torch.fx.GraphModule, example_inputs, config: Config,
     # explain() gets graph_0, graph_1, ... per report; plain compiles are numbered per process
     name = f"graph_{next(_graph_counter) if recorder is None else recorder.next_graph_index()}"
     recorder = recorder if recorder is not None else Recorder(keep_graphs=False)
+    swiglu = config.fuse_swiglu and not observe and rewrite_swiglu(gm) > 0
     patches = _mode_patches(mode)
     patches |= {
         "joint_custom_pre_pass": Fp8JointPass(config, _describe_inputs(gm), _module_lookup(gm), recorder, name,
@@ -272,10 +284,11 @@ def compile_with_fp8(gm: torch.fx.GraphModule, example_inputs, config: Config,
     if fuse:
         patches.update(division_rounding_patch())
     allocate = config.inductor_buffers and not observe
-    if recorder.keep_graphs or fuse or allocate:
+    if recorder.keep_graphs or fuse or allocate or swiglu:
         # Without a recorder the pass holds only its flags: per-compile state would defeat the caches.
-        patches["post_grad_custom_pre_pass"] = (Fp8PartitionedPass(fuse, allocate, recorder, name)
-                                                if recorder.keep_graphs else Fp8PartitionedPass(fuse, allocate))
+        patches["post_grad_custom_pre_pass"] = (Fp8PartitionedPass(fuse, allocate, recorder, name, swiglu)
+                                                if recorder.keep_graphs else Fp8PartitionedPass(fuse, allocate,
+                                                                                                swiglu=swiglu))
     _warn_about_replaced_hooks(patches)
     if not (recorder.keep_graphs or config.log_decisions or logs.enabled()):
         return compile_fx(gm, example_inputs, config_patches=patches)

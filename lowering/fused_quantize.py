@@ -111,10 +111,40 @@ def _decomposition(node: Node):
     return _DECOMPOSITIONS[name]
 
 
-def _trace(fn, example: torch.Tensor) -> torch.fx.GraphModule:
+def _trace(fn, *examples: torch.Tensor) -> torch.fx.GraphModule:
     from torch._inductor.decomposition import select_decomp_table
 
-    return make_fx(fn, decomposition_table=select_decomp_table())(example)
+    return make_fx(fn, decomposition_table=select_decomp_table())(*examples)
+
+
+def inline_traced(graph: Graph, node: Node, fn, fake_mode) -> None:
+    """Replace `node` by the aten ops of fn(*its tensor args), traced with Inductor's decompositions
+    on the args' fake values; its users (getitems for an op with several outputs) are rewired."""
+    args = list(node.args)
+    with fake_mode if fake_mode is not None else contextlib.nullcontext():
+        traced = _trace(fn, *(a.meta["val"] for a in args))
+    env: dict[Node, Node] = {}
+    placeholders = iter(args)
+    results = None
+    with graph.inserting_before(node):
+        for t in traced.graph.nodes:
+            if t.op == "placeholder":
+                env[t] = next(placeholders)
+            elif t.op == "output":
+                results = t.args[0]
+            else:
+                new = graph.node_copy(t, lambda a: env[a])
+                for key in ("stack_trace", "nn_module_stack", "seq_nr", FP8_META_KEY):
+                    if key in node.meta:
+                        new.meta[key] = node.meta[key]
+                env[t] = new
+    if isinstance(results, (tuple, list)):
+        for user in list(node.users):
+            user.replace_all_uses_with(env[results[user.args[1]]])
+            graph.erase_node(user)
+    else:
+        node.replace_all_uses_with(env[results])
+    graph.erase_node(node)
 
 
 def fuse_quantize_ops(graph: Graph) -> int:
@@ -125,27 +155,7 @@ def fuse_quantize_ops(graph: Graph) -> int:
         return 0
     fake_mode = detect_fake_mode([n.args[0].meta["val"] for n, _ in nodes])
     for node, fn in nodes:
-        source = node.args[0]
-        with fake_mode if fake_mode is not None else contextlib.nullcontext():
-            traced = _trace(fn, source.meta["val"])
-        env: dict[Node, Node] = {}
-        results = None
-        with graph.inserting_before(node):
-            for t in traced.graph.nodes:
-                if t.op == "placeholder":
-                    env[t] = source
-                elif t.op == "output":
-                    results = t.args[0]
-                else:
-                    new = graph.node_copy(t, lambda a: env[a])
-                    for key in ("stack_trace", "nn_module_stack", "seq_nr", FP8_META_KEY):
-                        if key in node.meta:
-                            new.meta[key] = node.meta[key]
-                    env[t] = new
-        for user in list(node.users):
-            user.replace_all_uses_with(env[results[user.args[1]]])
-            graph.erase_node(user)
-        graph.erase_node(node)
+        inline_traced(graph, node, fn, fake_mode)
     graph.lint()
     return len(nodes)
 

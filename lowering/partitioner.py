@@ -32,6 +32,7 @@ from torch._inductor.custom_graph_pass import CustomPartitionerFn
 from torch.fx import GraphModule, Node
 from torch.utils.checkpoint import CheckpointPolicy
 
+from fp8pass.kernels.ops import op_name
 from fp8pass.rewrite import FP8_META_KEY, NodeBuilder
 from fp8pass.sites import strip_to_placeholder
 
@@ -182,7 +183,8 @@ _VIEWS = (aten.view.default, aten._unsafe_view.default, aten.reshape.default, at
 def _cheap_to_recompute(node: Node) -> bool:
     target = node.target
     return node.op == "call_function" and (
-        target in _VIEWS or (isinstance(target, torch._ops.OpOverload) and torch.Tag.pointwise in target.tags))
+        target in _VIEWS or (isinstance(target, torch._ops.OpOverload) and torch.Tag.pointwise in target.tags)
+        or op_name(target) == "swiglu")  # elementwise too (lowering/swiglu.py)
 
 
 def recompute_chain(nodes: dict[str, Node], name: str, available: set[str], limit: int = 24) -> Optional[list[Node]]:

@@ -327,10 +327,84 @@ def run_gemm() -> None:
                     check(f"gemm_blockwise[{tag}]", one)
 
 
+# --------------------------------------------------------------------------------------------
+# SwiGLU fused with the dual quantization
+# --------------------------------------------------------------------------------------------
+def run_swiglu() -> None:
+    """The fused kernels (kernels/triton_swiglu.py) against the plain dual quantizer of the
+    reference SwiGLU values and gradients, both under the interpreter (whose FP8 cast rounds the
+    same way in both, so any difference is in the SwiGLU values). bf16: every byte and scale equal
+    (the kernel rounds to bf16 to nearest even, spelled out under the interpreter); fp32 and fp16
+    (exp and the divisions are numpy's there, torch's in the reference): scales within 1e-6 and
+    at most 1 in 10^4 FP8 bytes different."""
+    from fp8pass.kernels import triton_quantize as tq
+    from fp8pass.kernels import triton_swiglu as tsw
+
+    gen = torch.Generator().manual_seed(777)
+
+    def compare(got, want, exact):
+        for i, (g, w) in enumerate(zip(got, want)):
+            if g.shape != w.shape or g.stride() != w.stride():
+                return False, f"output {i}: {tuple(g.shape)} {g.stride()} vs {tuple(w.shape)} {w.stride()}"
+            if g.dtype == torch.float32:
+                rel = float(((g - w) / w).abs().max())
+                if rel > (0.0 if exact else 1e-6):
+                    return False, f"output {i} (scales): max relative difference {rel:.3g}"
+            else:
+                diff = float((g.view(torch.uint8) != w.view(torch.uint8)).float().mean())
+                if diff > (0.0 if exact else 1e-4):
+                    return False, f"output {i} (FP8): {diff:.3g} of the bytes differ"
+        return True, ""
+
+    def dual(x):
+        return tq.quantize_1x128_128x1(x, col_layout="transposed")
+
+    for dtype in (torch.bfloat16, torch.float32, torch.float16):
+        for m in (256, 200):  # a tail of 72 rows in the second 128-row tile
+            a = (torch.randn(m, 256, generator=gen) * 3).to(dtype)
+            b = torch.randn(m, 256, generator=gen).to(dtype)
+            g = torch.randn(m, 256, generator=gen).to(dtype)
+            exact = dtype == torch.bfloat16
+            tag = f"{str(dtype).replace('torch.', '')},M={m}"
+
+            def forward(a=a, b=b, exact=exact):
+                return compare(tsw.swiglu_quantize_1x128_128x1(a, b), dual(ref.swiglu(a, b)), exact)
+
+            def backward(g=g, a=a, b=b, exact=exact):
+                grad_a, grad_b = ref.swiglu_backward(g, a, b)
+                return compare(tsw.swiglu_backward_quantize_1x128_128x1(g, a, b), dual(grad_a) + dual(grad_b), exact)
+
+            check(f"swiglu_quantize_1x128_128x1[{tag}]", forward)
+            check(f"swiglu_backward_quantize_1x128_128x1[{tag}]", backward)
+
+    def strided():  # inputs read through their strides (a view of a wider tensor), no copy
+        wide = torch.randn(200, 512, generator=gen).to(torch.bfloat16)
+        a, b = wide[:, :256], wide[:, 256:]
+        return compare(tsw.swiglu_quantize_1x128_128x1(a, b), dual(ref.swiglu(a, b)), True)
+
+    check("swiglu_quantize_1x128_128x1[strided]", strided)
+
+    def op_layouts():  # the CUDA kernels return what the ops' fake kernels say (Inductor asserts it)
+        a = torch.randn(200, 256, generator=gen).to(torch.bfloat16)
+        ops = torch.ops.fp8pass
+        for got, want in ((tsw.swiglu_quantize_1x128_128x1(a, a), ops.swiglu_quantize_1x128_128x1(a, a)),
+                          (tsw.swiglu_backward_quantize_1x128_128x1(a, a, a),
+                           ops.swiglu_backward_quantize_1x128_128x1(a, a, a))):
+            g = [(tuple(t.shape), t.stride(), t.dtype) for t in got]
+            w = [(tuple(t.shape), t.stride(), t.dtype) for t in want]
+            if g != w:
+                return False, f"{g} vs {w}"
+        return True, ""
+
+    check("swiglu layouts of the CUDA kernels = the ops'", op_layouts)
+
+
 if __name__ == "__main__":
-    which = sys.argv[1:] or ["quantize", "gemm"]
+    which = sys.argv[1:] or ["quantize", "gemm", "swiglu"]
     if "quantize" in which:
         run_quantize()
+    if "swiglu" in which:
+        run_swiglu()
     if "gemm" in which:
         run_gemm()
     print(f"{len(FAILED)} failed", flush=True)

@@ -1,0 +1,157 @@
+"""SwiGLU fused with the dual quantization: the CUDA kernels of the ops
+`swiglu_quantize_1x128_128x1(a, b)` and `swiglu_backward_quantize_1x128_128x1(grad, a, b)` (ops.py).
+
+In a SwiGLU MLP, w2's input silu(a) * b, and in backward the gradients of a and b, are made by
+one elementwise kernel and read back at once by a dual quantization (the 1x128 copy for the next
+GEMM and the transposed 128x1 copy for Wgrad), their only reader. Here one program computes the
+SwiGLU values of a 128x128 tile in registers and quantizes them, so those tensors never go to
+memory: per 8192 x 5632 bf16 tensor that saves writing it and reading it back (~185 MB).
+
+Numerics: the SwiGLU values are reference.swiglu / reference.swiglu_backward's steps (fp32,
+rounded to the inputs' dtype where the reference rounds), except that exp and the divisions are
+Triton's (approximate on NVIDIA; the reference's are torch's): a value may differ from the
+reference's in its last bit, and so a tile's scale and FP8 bytes near a rounding boundary. The
+quantization of those values is triton_quantize.py's, bit for bit.
+
+Kernels: on sm90 the Gluon kernel of triton_quantize_gluon.py (the dual quantizer's register
+layouts, with these values as its input tile); elsewhere, and under the Triton interpreter (the CPU
+tests), the plain-Triton kernel below, one 128x128 tile per program held whole in registers.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .launch import FastLauncher
+from .reference import FP8_DTYPE, TILE, _cdiv, empty_mn_major
+from .triton_quantize import _INTERPRET, _amax, _gluon_quantize, _scale_and_recip, _to_fp8
+
+__all__ = ["swiglu_quantize_1x128_128x1", "swiglu_backward_quantize_1x128_128x1"]
+
+
+@triton.jit
+def _round(x, dtype: tl.constexpr):
+    """fp32 x rounded to dtype, to nearest even. (The interpreter truncates to bf16; the GPU's
+    cvt.rn rounds to nearest even, as torch does, so under the interpreter that is spelled out.)"""
+    if _INTERPRET:
+        if dtype == tl.bfloat16:
+            bits = x.to(tl.uint32, bitcast=True)
+            bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+            x = tl.where(x != x, x, bits.to(tl.float32, bitcast=True))
+    return x.to(dtype)
+
+
+@triton.jit
+def swiglu_values(a, b):
+    """silu(a) * b of two tiles, in their dtype: silu rounded to it, then the product."""
+    a32 = a.to(tl.float32)
+    silu = _round(a32 / (1.0 + tl.exp(a32 * -1.0)), a.dtype)
+    return _round(silu.to(tl.float32) * b.to(tl.float32), a.dtype)
+
+
+@triton.jit
+def swiglu_grad_values(g, a, b):
+    """(grad_a, grad_b) of silu(a) * b for its output's gradient g, in the tiles' dtype."""
+    a32 = a.to(tl.float32)
+    g32 = g.to(tl.float32)
+    d = 1.0 + tl.exp(a32 * -1.0)
+    sig = 1.0 / d
+    silu = _round(a32 / d, a.dtype).to(tl.float32)
+    grad_a = _round(g32 * b.to(tl.float32) * sig * (1.0 + a32 * (1.0 - sig)), a.dtype)
+    return grad_a, _round(g32 * silu, a.dtype)
+
+
+@triton.jit
+def _quantize_tile_dual(x, rows, cols, rmask, mb, kb, M, K, qr_ptr, sr_ptr, qt_ptr, sc_ptr):
+    """Both FP8 copies of the 128x128 tile x (rows past M are zeros): its 1x128 tiles into q_row
+    [M, K] with scales at [KB, M] storage, and its 128x1 tiles transposed into q_col_t [K, M] with
+    scales at [MB, K] storage (the layouts of quantize_1x128_128x1's outputs, ops.py)."""
+    xf = x.to(tl.float32)
+    s_row, r_row, sf_row = _scale_and_recip(_amax(xf, 1))
+    q_row = _to_fp8(xf, sf_row[:, None], r_row[:, None])
+    tl.store(qr_ptr + rows.to(tl.int64)[:, None] * K + cols[None, :], q_row, mask=rmask[:, None])
+    tl.store(sr_ptr + kb.to(tl.int64) * M + rows, s_row, mask=rmask)
+    s_col, r_col, sf_col = _scale_and_recip(_amax(xf, 0))
+    q_col = _to_fp8(xf, sf_col[None, :], r_col[None, :])
+    tl.store(qt_ptr + cols.to(tl.int64)[None, :] * M + rows[:, None], q_col, mask=rmask[:, None])
+    tl.store(sc_ptr + mb.to(tl.int64) * K + cols, s_col)
+
+
+@triton.jit
+def _swiglu_dual_kernel(
+    g_ptr, a_ptr, b_ptr,
+    qr0_ptr, sr0_ptr, qt0_ptr, sc0_ptr,
+    qr1_ptr, sr1_ptr, qt1_ptr, sc1_ptr,
+    M, K,
+    sgm, sgk, sam, sak, sbm, sbk,
+    BACKWARD: tl.constexpr,
+):
+    """One 128x128 tile of [M, K] (K % 128 == 0) per program. Forward: the dual copies of
+    silu(a) * b into the first four outputs. BACKWARD: those of grad_a into the first four and
+    of grad_b into the last four."""
+    mb = tl.program_id(0)
+    kb = tl.program_id(1)
+    rows = mb * 128 + tl.arange(0, 128)
+    cols = kb * 128 + tl.arange(0, 128)
+    rmask = rows < M
+    r64 = rows.to(tl.int64)[:, None]
+    c64 = cols.to(tl.int64)[None, :]
+    a = tl.load(a_ptr + r64 * sam + c64 * sak, mask=rmask[:, None], other=0.0)
+    b = tl.load(b_ptr + r64 * sbm + c64 * sbk, mask=rmask[:, None], other=0.0)
+    if BACKWARD:
+        g = tl.load(g_ptr + r64 * sgm + c64 * sgk, mask=rmask[:, None], other=0.0)
+        grad_a, grad_b = swiglu_grad_values(g, a, b)
+        _quantize_tile_dual(grad_a, rows, cols, rmask, mb, kb, M, K, qr0_ptr, sr0_ptr, qt0_ptr, sc0_ptr)
+        _quantize_tile_dual(grad_b, rows, cols, rmask, mb, kb, M, K, qr1_ptr, sr1_ptr, qt1_ptr, sc1_ptr)
+    else:
+        _quantize_tile_dual(swiglu_values(a, b), rows, cols, rmask, mb, kb, M, K,
+                            qr0_ptr, sr0_ptr, qt0_ptr, sc0_ptr)
+
+
+_launch_swiglu_dual = FastLauncher(_swiglu_dual_kernel)
+_WARPS = 8
+
+
+def _dual_outputs(x: torch.Tensor) -> tuple:
+    """New tensors in the layouts of quantize_1x128_128x1(x)'s outputs (ops.py)."""
+    m, k = x.shape
+    return (torch.empty((m, k), dtype=FP8_DTYPE, device=x.device), empty_mn_major((m,), _cdiv(k, TILE), device=x.device),
+            torch.empty((k, m), dtype=FP8_DTYPE, device=x.device), empty_mn_major((k,), _cdiv(m, TILE), device=x.device))
+
+
+def _run(g, a, b, outs: tuple) -> None:
+    m, k = a.shape
+    if k % TILE:
+        raise ValueError(f"fp8pass: the fused SwiGLU quantization needs K % 128 == 0, got inputs of shape {tuple(a.shape)}")
+    if m == 0:
+        return
+    backward = g is not None
+    gluon_quant = _gluon_quantize(a.device)
+    if gluon_quant is not None:
+        gluon_quant.swiglu_dual_transposed(g, a, b, outs)
+        return
+    if not backward:
+        g = a
+        outs = outs + outs  # the second set is not written
+    # the MN-major scales s_row [M, KB] and s_col_t [K, MB] are stored as [KB, M] and [MB, K]
+    _launch_swiglu_dual(
+        (_cdiv(m, TILE), k // TILE), g, a, b, *outs, m, k,
+        g.stride(0), g.stride(1), a.stride(0), a.stride(1), b.stride(0), b.stride(1),
+        BACKWARD=backward, num_warps=_WARPS,
+    )
+
+
+def swiglu_quantize_1x128_128x1(a: torch.Tensor, b: torch.Tensor) -> tuple:
+    """(q_row, s_row, q_col_t, s_col_t) of silu(a) * b for 2-D a, b [M, K], K % 128 == 0."""
+    outs = _dual_outputs(a)
+    _run(None, a, b, outs)
+    return outs
+
+
+def swiglu_backward_quantize_1x128_128x1(grad: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tuple:
+    """grad_a's four dual-quantization outputs, then grad_b's (the gradients of silu(a) * b)."""
+    outs = _dual_outputs(a) + _dual_outputs(a)
+    _run(grad, a, b, outs)
+    return outs

@@ -1,0 +1,182 @@
+"""SwiGLU MLPs: silu(a) * b computed inside the kernels that quantize it (`fuse_swiglu`).
+
+In a SwiGLU MLP, w2(silu(w1(x)) * w3(x)), the product's only reader is w2's dual quantization
+in forward, and in backward the gradients of w1's and w3's outputs go only to their own dual
+quantizations. Inductor writes each of those tensors from one elementwise kernel and the
+quantizer reads it back: per 8192 x 5632 bf16 tensor ~185 MB written and read again, three times
+per MLP and step. The fused ops (kernels/ops.py `swiglu_*quantize_1x128_128x1`) compute the
+SwiGLU values of a tile in registers and write only the FP8 copies. Three graph functions:
+
+  rewrite_swiglu(gm)               on the graph torch.compile gives the backend (torch-level ops):
+                                   `F.silu(a) * b` becomes the op `fp8pass.swiglu(a, b)`, whose
+                                   autograd formula is one op, `fp8pass.swiglu_backward`, so that
+                                   the joint graph holds both as single nodes to match (after
+                                   Inductor's decompositions silu would be five aten ops, spelled
+                                   differently across torch versions);
+  fuse_swiglu_quantizations(graph) on each partitioned graph: a dual quantization whose input is
+                                   (a view of) `swiglu(a, b)`, or the two of `swiglu_backward`'s
+                                   outputs, becomes the fused op;
+  decompose_swiglu_ops(graph)      every `swiglu` / `swiglu_backward` left (the product read by
+                                   something else: an opted-out w2, the 1x128-only quantization of
+                                   inference) becomes aten ops again, for Inductor to fuse as it
+                                   would have without the rewrite (the same numerics:
+                                   reference.swiglu is Inductor's decomposition of silu).
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.nn.functional as F
+from torch._guards import detect_fake_mode
+from torch.fx import Graph, GraphModule, Node
+from torch.fx.experimental.symbolic_shapes import statically_known_true
+
+from fp8pass.kernels import reference
+from fp8pass.kernels.ops import op_name
+from fp8pass.kernels.reference import TILE
+
+from .fused_quantize import inline_traced
+
+aten = torch.ops.aten
+fp8_ops = torch.ops.fp8pass
+
+_MULS = (operator.mul, torch.mul, torch.Tensor.mul)
+_VIEWS = (aten.view.default, aten.reshape.default, aten._unsafe_view.default)
+
+
+def _example(node) -> "torch.Tensor | None":
+    if not isinstance(node, Node):
+        return None
+    val = node.meta.get("example_value", node.meta.get("val"))
+    return val if isinstance(val, torch.Tensor) else None
+
+
+def _is_silu(node) -> bool:
+    return (isinstance(node, Node) and node.op == "call_function" and node.target is F.silu
+            and len(node.args) == 1 and not node.kwargs.get("inplace", False) and len(node.users) == 1)
+
+
+def rewrite_swiglu(gm: GraphModule) -> int:
+    """`F.silu(a) * b` (either operand order) -> `fp8pass.swiglu(a, b)` where a and b are tensors of
+    one shape and floating dtype whose last dim is a multiple of 128 (else the product's reader
+    could not be an FP8 GEMM anyway). Returns how many were rewritten."""
+    count = 0
+    for mul in list(gm.graph.nodes):
+        if mul.op != "call_function" or mul.target not in _MULS or len(mul.args) != 2 or mul.kwargs:
+            continue
+        first, second = mul.args
+        silu, other = (first, second) if _is_silu(first) else (second, first) if _is_silu(second) else (None, None)
+        if silu is None or not isinstance(other, Node):
+            continue
+        a, ea, eb = silu.args[0], _example(silu.args[0]), _example(other)
+        if ea is None or eb is None or not ea.dtype.is_floating_point or ea.dtype != eb.dtype:
+            continue
+        if ea.dim() < 1 or ea.shape != eb.shape or not statically_known_true(ea.shape[-1] % TILE == 0):
+            continue
+        with gm.graph.inserting_before(mul):
+            fused = gm.graph.call_function(fp8_ops.swiglu.default, (a, other))
+        fused.meta.update(mul.meta)
+        mul.replace_all_uses_with(fused)
+        gm.graph.erase_node(mul)
+        gm.graph.erase_node(silu)
+        count += 1
+    if count:
+        gm.graph.lint()
+        gm.recompile()
+    return count
+
+
+def _quantized_through_views(node: Node) -> "tuple[Node, list[Node]] | None":
+    """(the dual quantization reading `node`, the view nodes between) if that quantization is the
+    only reader of node and of each view, and its input is 2-D; else None."""
+    chain = []
+    cur = node
+    while len(cur.users) == 1:
+        (user,) = cur.users
+        if user.op == "call_function" and user.target in _VIEWS:
+            chain.append(user)
+            cur = user
+            continue
+        if user.op == "call_function" and op_name(user.target) == "quantize_1x128_128x1":
+            return user, chain
+        return None
+    return None
+
+
+def _as_2d(graph: Graph, node: Node, like: Node) -> Node:
+    shape = list(like.meta["val"].shape)
+    if list(node.meta["val"].shape) == shape:
+        return node
+    view = graph.call_function(aten.reshape.default, (node, shape))
+    view.meta["val"] = node.meta["val"].reshape(shape)
+    return view
+
+
+def _replace(graph: Graph, anchor: Node, fused_op, inputs: list[Node], quantizations: list[Node],
+             dead: list[Node]) -> None:
+    """Put fused_op(*inputs, each reshaped to the quantizations' 2-D input) before `anchor`, send
+    the k-th quantization's outputs to its outputs 4k..4k+3, erase the quantizations and `dead`."""
+    like = quantizations[0].args[0]
+    fake_mode = detect_fake_mode([like.meta["val"]])
+    with graph.inserting_before(anchor):
+        args = [_as_2d(graph, n, like) for n in inputs]
+        fused = graph.call_function(fused_op, tuple(args))
+        with fake_mode:
+            fused.meta["val"] = fused_op(*(a.meta["val"] for a in args))
+    for k, q in enumerate(quantizations):
+        for user in list(q.users):  # getitems
+            with graph.inserting_before(user):
+                new = graph.call_function(operator.getitem, (fused, 4 * k + user.args[1]))
+            new.meta.update(user.meta)
+            user.replace_all_uses_with(new)
+            graph.erase_node(user)
+        graph.erase_node(q)
+    for node in dead:  # readers first
+        graph.erase_node(node)
+
+
+def fuse_swiglu_quantizations(graph: Graph) -> int:
+    """The fused ops in place of the dual quantizations of swiglu's output and of both of
+    swiglu_backward's outputs (module docstring). Returns how many ops were fused."""
+    fused = 0
+    for node in list(graph.nodes):
+        name = op_name(node.target) if node.op == "call_function" else None
+        if name == "swiglu":
+            found = _quantized_through_views(node)
+            if found is None:
+                continue
+            quant, views = found
+            _replace(graph, node, fp8_ops.swiglu_quantize_1x128_128x1.default, list(node.args), [quant],
+                     views[::-1] + [node])
+            fused += 1
+        elif name == "swiglu_backward":
+            getitems = {u.args[1]: u for u in node.users if u.target is operator.getitem}
+            if len(node.users) != 2 or set(getitems) != {0, 1}:
+                continue
+            found = [_quantized_through_views(getitems[i]) for i in (0, 1)]
+            if any(f is None for f in found):
+                continue
+            dead = [v for _, views in found for v in views[::-1]] + [getitems[0], getitems[1], node]
+            _replace(graph, node, fp8_ops.swiglu_backward_quantize_1x128_128x1.default, list(node.args),
+                     [q for q, _ in found], dead)
+            fused += 1
+    if fused:
+        graph.lint()
+    return fused
+
+
+_DECOMPOSITIONS = {"swiglu": reference.swiglu, "swiglu_backward": reference.swiglu_backward}
+
+
+def decompose_swiglu_ops(graph: Graph) -> int:
+    """Every swiglu / swiglu_backward op left in a graph -> aten ops. Returns how many."""
+    nodes = [n for n in graph.nodes if n.op == "call_function" and op_name(n.target) in _DECOMPOSITIONS]
+    if not nodes:
+        return 0
+    fake_mode = detect_fake_mode([nodes[0].args[0].meta["val"]])
+    for node in nodes:
+        inline_traced(graph, node, _DECOMPOSITIONS[op_name(node.target)], fake_mode)
+    graph.lint()
+    return len(nodes)
