@@ -27,6 +27,8 @@
 #   bash benchmarks/device_x2.sh s6d        # s6c again after a test fix, without the sweep (quantizer table last)
 #   bash benchmarks/device_x2.sh s6e        # one GPU: quantizer GPU tests, quantizer table + sweep (Gluon 128x1 and
 #                                           # 32-element layouts)
+#   bash benchmarks/device_x2.sh s10b       # one GPU: fuse_swiglu's GPU tests and every quantizer test; the block with/without it
+#   bash benchmarks/device_x2.sh s10c       # one GPU: the 1B step with/without fuse_swiglu, one fp8 step's kernels
 #   bash benchmarks/device_x2.sh s10a       # one GPU (not run yet): host time with/without inductor_buffers, block peak
 #   bash benchmarks/device_x2.sh s10conv    # four GPUs (not run yet): 350M FP8 with recompute_fp8_activations, seeds 0-1
 #   bash benchmarks/device_x2.sh s9d        # one GPU: inductor_buffers (lowering) tests; 1B A/B, block peak, Linear
@@ -110,6 +112,17 @@ step_1b() {  # the 1B train_step.py: $1 timeout, $2 log name, then the script's 
 
 for what in "$@"; do
   case $what in
+    s10b)  # session 10, one GPU: fuse_swiglu's GPU tests, with every quantizer test (the Gluon dual kernel's body was
+           # moved into a helper the SwiGLU kernels share) and the registered ops; the block with and without it
+      quant_gpu_tests 240 4 0 "quantize or swiglu or registered or out_variants or gluon or fullgraph or inductor_buffers"
+      block_bench 130 --memory
+      mv "$OUT/block.log" "$OUT/block_swiglu.log"
+      block_bench 130 --memory --fp8-option fuse_swiglu=false ;;
+    s10c)  # session 10, one GPU: the 1B step with and without fuse_swiglu, then one fp8 step's kernels
+      step_1b 170 step_default --variants bf16,fp8
+      step_1b 90 step_noswiglu --variants fp8 --fp8-option fuse_swiglu=false
+      timeout 150 python3 benchmarks/train_step.py --variants fp8 --profile fp8 --top 30 > "$OUT/step_profile.log" 2>&1
+      echo "profile exit $?"; sed -n '/kernel/,$p' "$OUT/step_profile.log" | head -45 | cut -c1-200 ;;
     s10a)  # prepared in session 9, not run, one GPU: the small Linear step's host time with and without
            # inductor_buffers in one process (host_overhead.py), the block's peak without it beside the default
       timeout 150 python3 benchmarks/host_overhead.py > "$OUT/host_overhead.log" 2>&1

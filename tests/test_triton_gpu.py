@@ -415,3 +415,99 @@ def test_gluon_quantizers_are_used_on_sm90(monkeypatch):
     assert launches == [1]
     _q().quantize_128x1(x, layout="transposed")  # the 128x1 copy alone: the same kernel
     assert launches == [1, 1]
+
+
+# --------------------------------------------------------------------------------------------
+# SwiGLU fused with the dual quantization (kernels/triton_swiglu.py, lowering/swiglu.py)
+# --------------------------------------------------------------------------------------------
+def _swiglu_inputs(m, k, dtype, seed):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    a = (torch.randn(m, k, device="cuda", generator=g) * 3).to(dtype)
+    b = torch.randn(m, k, device="cuda", generator=g).to(dtype)
+    grad = torch.randn(m, k, device="cuda", generator=g).to(dtype)
+    return grad, a, b
+
+
+def _swiglu_reference(grad, a, b):
+    """The dual quantizer (bit-identical to the reference) of the reference SwiGLU values."""
+    dual = lambda x: _q().quantize_1x128_128x1(x, col_layout="transposed")  # noqa: E731
+    grad_a, grad_b = ref.swiglu_backward(grad, a, b)
+    return dual(ref.swiglu(a, b)), dual(grad_a) + dual(grad_b)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
+@pytest.mark.parametrize("m,k", [(1000, 5632), (4096, 384), (77, 256)])
+def test_swiglu_fused_kernels_match_the_dual_quantizer_of_the_reference(dtype, m, k, monkeypatch):
+    """Against the reference SwiGLU values quantized by the dual quantizer: exp and the divisions
+    are Triton's (approximate) in the kernel and torch's in the reference, so a value can differ in
+    its last bit, which moves a tile's scale by up to one ulp of the input dtype and some FP8 bytes
+    by one step; everything else equal. The Gluon kernel (sm90) and the plain-Triton one must
+    agree bit for bit (the same helpers)."""
+    from fp8pass.kernels import triton_swiglu as tsw
+
+    grad, a, b = _swiglu_inputs(m, k, dtype, seed=m + k)
+    want_fwd, want_bwd = _swiglu_reference(grad, a, b)
+    got_fwd = tsw.swiglu_quantize_1x128_128x1(a, b)
+    got_bwd = tsw.swiglu_backward_quantize_1x128_128x1(grad, a, b)
+    # fp32: Triton's exp is ex2.approx of x * log2(e), a few ulps off torch's for |x| ~ 10
+    ulp = {torch.bfloat16: 2.0 ** -7, torch.float16: 2.0 ** -10, torch.float32: 2.0 ** -18}[dtype]
+    for got, want in zip(got_fwd + got_bwd, want_fwd + want_bwd):
+        assert got.shape == want.shape and got.stride() == want.stride()
+        if got.dtype == torch.float32:
+            assert not torch.isnan(got).any()
+            rel = ((got - want) / want).abs().max().item()
+            assert rel <= ulp * 1.01, f"scales differ by {rel:.3g} (relative)"
+        else:
+            same = (got.view(torch.uint8) == want.view(torch.uint8)).float().mean().item()
+            assert same >= 0.99, f"only {same:.4f} of the FP8 bytes equal"
+            assert not torch.isnan(got.float()).any()
+    # the plain-Triton kernel (elsewhere than sm90) gives the same bytes
+    monkeypatch.setattr(tsw, "_gluon_quantize", lambda device: None)
+    plain = tsw.swiglu_quantize_1x128_128x1(a, b) + tsw.swiglu_backward_quantize_1x128_128x1(grad, a, b)
+    for p, g in zip(plain, got_fwd + got_bwd):
+        assert torch.equal(p.view(torch.uint8), g.view(torch.uint8))
+
+
+def test_gluon_swiglu_kernel_is_used_on_sm90(monkeypatch):
+    if torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("the Gluon kernels are enabled on sm90 only")
+    from fp8pass.kernels import triton_quantize_gluon as tqg
+
+    launches = []
+    real = tqg._launch_swiglu_dual
+
+    def counting(*args, **kwargs):
+        launches.append(kwargs["BACKWARD"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tqg, "_launch_swiglu_dual", counting)
+    grad, a, b = _swiglu_inputs(256, 512, torch.bfloat16, seed=3)
+    torch.ops.fp8pass.swiglu_quantize_1x128_128x1(a, b)
+    torch.ops.fp8pass.swiglu_backward_quantize_1x128_128x1(grad, a, b)
+    assert launches == [False, True]
+
+
+def test_block_with_fused_swiglu_trains_as_close_to_bf16_on_cuda():
+    import fp8pass
+    from torch._inductor.utils import run_and_get_code
+    from conftest import load_example, sqnr_db
+
+    train_gpt = load_example("train_gpt")
+    cfg = train_gpt.GPTConfig(dim=256, n_heads=2, mlp_hidden=768, seq_len=128)
+
+    def grads_of(backend):
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        block = train_gpt.Block(cfg).to("cuda", torch.bfloat16)
+        x = torch.randn(4, 128, 256, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        model = block if backend is None else torch.compile(block, backend=backend)
+        _, codes = run_and_get_code(lambda: model(x).float().square().mean().backward())
+        return codes, [x.grad] + [p.grad for p in block.parameters()]
+
+    _, want = grads_of(None)
+    codes, fused = grads_of(fp8pass.backend())
+    assert "swiglu_quantize_1x128_128x1" in codes[0] and "swiglu_backward_quantize_1x128_128x1" in codes[1]
+    _, unfused = grads_of(fp8pass.backend(fuse_swiglu=False))
+    for w, f, u in zip(want, fused, unfused):
+        s_fused, s_unfused = sqnr_db(w.float(), f.float()), sqnr_db(w.float(), u.float())
+        assert s_fused > 20 and abs(s_fused - s_unfused) < 1.0, (s_fused, s_unfused)
