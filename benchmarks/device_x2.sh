@@ -118,6 +118,10 @@ for what in "$@"; do
       block_bench 130 --memory
       mv "$OUT/block.log" "$OUT/block_swiglu.log"
       block_bench 130 --memory --fp8-option fuse_swiglu=false ;;
+    s10d)  # session 10, one GPU: the fused SwiGLU kernels' GPU tests, and their speed against the unfused pair
+      quant_gpu_tests 150 4 0 "swiglu"
+      timeout 200 python3 benchmarks/swiglu_quant.py --sweep > "$OUT/swiglu_quant.log" 2>&1
+      echo "swiglu_quant exit $?"; cat "$OUT/swiglu_quant.log" | cut -c1-200 ;;
     s10c)  # session 10, one GPU: the 1B step with and without fuse_swiglu, then one fp8 step's kernels
       step_1b 170 step_default --variants bf16,fp8
       step_1b 90 step_noswiglu --variants fp8 --fp8-option fuse_swiglu=false

@@ -1,0 +1,88 @@
+"""SwiGLU and the dual quantizations that read it: the fused kernels (fuse_swiglu) against what
+runs without them (Inductor's SwiGLU kernel writing the BF16 product / gradients, then the dual
+quantizer on each), at the Llama block's and the 1B model's MLP shapes, on one card.
+
+    python benchmarks/swiglu_quant.py                  # the table
+    python benchmarks/swiglu_quant.py --sweep          # also the Gluon kernel's warps / register cap
+
+Printed per shape and direction: ms (median, triton.testing.do_bench) of the unfused pair and of
+the fused kernel, and each one's bytes moved per second (the unfused pair's own traffic: its
+BF16 tensors written and read back; the fused kernel's: inputs read, FP8 copies and scales written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+
+import torch
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from common import versions  # noqa: E402
+
+import fp8pass  # noqa: E402,F401
+from fp8pass.kernels import reference  # noqa: E402
+from fp8pass.kernels import triton_quantize_gluon as tqg  # noqa: E402
+from fp8pass.kernels import triton_swiglu as tsw  # noqa: E402
+
+SHAPES = [(16384, 14336), (8192, 5632)]  # Llama block (batch 4 x 4096, SwiGLU 14336); 1B (4 x 2048, 5632)
+
+
+def bench(fn) -> float:
+    import triton.testing
+
+    return triton.testing.do_bench(fn, warmup=10, rep=50, return_mode="median")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sweep", action="store_true", help="also time the Gluon kernel at other warps / register caps")
+    args = p.parse_args()
+    print(versions())
+    ops = torch.ops.fp8pass
+    swiglu = torch.compile(reference.swiglu)
+    swiglu_bwd = torch.compile(reference.swiglu_backward)
+    dual = ops.quantize_1x128_128x1
+    configs = [("default", tqg._WARPS_SWIGLU, tqg._MAXNREG_SWIGLU)]
+    if args.sweep:
+        configs += [("8 warps, no cap", 8, 0), ("8 warps, cap 168", 8, 168), ("16 warps, no cap", 16, 0),
+                    ("4 warps, no cap", 4, 0)]
+    print(f"{'M x K':>12} {'direction':>9} {'variant':>22} {'ms':>8} {'GB/s':>7}")
+    for m, k in SHAPES:
+        g = torch.Generator(device="cuda").manual_seed(0)
+        a, b, grad = (torch.randn(m, k, device="cuda", generator=g).to(torch.bfloat16) for _ in range(3))
+        e = m * k * 2  # bytes of one bf16 tensor; its FP8 dual copies plus scales are ~e as well
+        rows = []
+        ms = bench(lambda: dual(swiglu(a, b)))
+        rows.append(("forward", "unfused", ms, 2 * e + e + e + e))  # read a, b; write h; read h; write copies
+
+        def unfused_bwd():
+            ga, gb = swiglu_bwd(grad, a, b)
+            return dual(ga), dual(gb)
+
+        ms = bench(unfused_bwd)
+        rows.append(("backward", "unfused", ms, 3 * e + 2 * e + 2 * e + 2 * e))
+        for name, warps, cap in configs:
+            tqg._WARPS_SWIGLU, tqg._MAXNREG_SWIGLU = warps, cap
+            try:
+                ms_f = bench(lambda: ops.swiglu_quantize_1x128_128x1(a, b))
+                ms_b = bench(lambda: ops.swiglu_backward_quantize_1x128_128x1(grad, a, b))
+            except Exception as exc:  # a configuration that does not compile is reported, not fatal
+                print(f"{m}x{k} {name}: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
+                continue
+            rows.append(("forward", f"fused, {name}", ms_f, 2 * e + e))
+            rows.append(("backward", f"fused, {name}", ms_b, 3 * e + 2 * e))
+        tqg._WARPS_SWIGLU, tqg._MAXNREG_SWIGLU = configs[0][1], configs[0][2]
+        gluon = tsw._gluon_quantize
+        tsw._gluon_quantize = lambda device: None  # the plain-Triton kernel (used off sm90)
+        rows.append(("forward", "fused, plain Triton", bench(lambda: ops.swiglu_quantize_1x128_128x1(a, b)), 3 * e))
+        rows.append(("backward", "fused, plain Triton",
+                     bench(lambda: ops.swiglu_backward_quantize_1x128_128x1(grad, a, b)), 5 * e))
+        tsw._gluon_quantize = gluon
+        for direction, variant, ms, nbytes in rows:
+            print(f"{m:>6}x{k:<5} {direction:>9} {variant:>22} {ms:8.3f} {nbytes / ms / 1e6:7.0f}")
+
+
+if __name__ == "__main__":
+    main()
