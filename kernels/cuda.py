@@ -97,7 +97,8 @@ def register() -> bool:
         from . import triton_swiglu as tsw
 
         impls = {"gemm_blockwise": _gemm}
-        for name in ("swiglu_quantize_1x128_128x1", "swiglu_backward_quantize_1x128_128x1"):
+        for name in ("swiglu_quantize_1x128_128x1", "swiglu_grad_a_quantize_1x128_128x1",
+                     "swiglu_grad_b_quantize_1x128_128x1"):
             impls[name] = swiglu_fused(name, getattr(tsw, name))
         for name, quantize in quantizers.items():
             impls[name], impls[ops.OUT_VARIANTS[name]] = checked(name, quantize)

@@ -42,8 +42,7 @@ try:  # Gluon is experimental: absent from older Triton, names move between rele
     _to_fp8 = gluon.jit(_tq._to_fp8.fn)
     from . import triton_swiglu as _tsw
 
-    _swiglu_values = gluon.jit(_tsw.swiglu_values.fn)
-    _swiglu_grad_values = gluon.jit(_tsw.swiglu_grad_values.fn)
+    _swiglu_tile_values = gluon.jit(_tsw.swiglu_tile_values.fn)
     _GLUON_IMPORT_ERROR = None
 except Exception as exc:  # pragma: no cover - depends on the installed Triton
     gluon = None
@@ -59,17 +58,18 @@ _MAXNREG = int(os.environ.get("FP8PASS_QDUAL_GLUON_MAXNREG", "128"))
 # (benchmarks/RESULTS_gemm.md, session 6): dual 16/16 3273 GB/s, 32/16 3238, 16/32 3218, 32/32 3204
 # (the fewest instructions, 18.0 per element against 21.5, but the slowest); 128x1 alone 32/16 3139,
 # 32/32 3050
-# The SwiGLU kernels hold two or three input tiles: at 8 warps they need 174 (forward) and 255
-# (backward) registers without spilling (ptxas of Triton 3.9 for sm90), one CTA per SM; at 16 warps
-# 101-127, so one 16-warp CTA per SM fits under the 128 cap, the dual kernel's occupancy. fp32
-# inputs in backward spill at that cap (48 bytes): 8 warps and no cap for them.
+# The SwiGLU kernels hold two or three input tiles: at 8 warps they need ~174 registers or more
+# without spilling (ptxas of Triton 3.9 for sm90), one CTA per SM; at 16 warps under 128, so one
+# 16-warp CTA per SM fits the 128 cap. H200 (benchmarks/RESULTS.md, session 10): 16 warps 0.480 ms
+# for the forward at 16384 x 14336 against 0.659 at 8 warps without a cap. fp32 inputs of the
+# grad_a kernel: 8 warps and no cap (they spilled at 16 warps and 128 in the one-kernel backward).
 _WARPS_SWIGLU = int(os.environ.get("FP8PASS_SWIGLU_GLUON_WARPS", "16"))
 _MAXNREG_SWIGLU = int(os.environ.get("FP8PASS_SWIGLU_GLUON_MAXNREG", "128"))
 
 
-def swiglu_launch_options(dtype: torch.dtype, backward: bool) -> dict:
-    """num_warps and the register cap of the SwiGLU kernel for these inputs."""
-    if backward and dtype == torch.float32:
+def swiglu_launch_options(dtype: torch.dtype, mode: int) -> dict:
+    """num_warps and the register cap of the SwiGLU kernel for these inputs and mode (0 forward)."""
+    if mode == 1 and dtype == torch.float32:
         return {"num_warps": 8}
     return {"num_warps": _WARPS_SWIGLU, **({"maxnreg": _MAXNREG_SWIGLU} if _MAXNREG_SWIGLU else {})}
 _ROW_SPT = int(os.environ.get("FP8PASS_QDUAL_GLUON_ROW_SPT", "16"))
@@ -148,16 +148,15 @@ if gluon is not None:
     @gluon.jit
     def _swiglu_dual_kernel(
         g_ptr, a_ptr, b_ptr,
-        qr0_ptr, sr0_ptr, qt0_ptr, sc0_ptr,
-        qr1_ptr, sr1_ptr, qt1_ptr, sc1_ptr,
+        qr_ptr, sr_ptr, qt_ptr, sc_ptr,
         M, K, sgm, sgk, sam, sak, sbm, sbk,
-        BACKWARD: gl.constexpr,
+        MODE: gl.constexpr,
         ROW_SPT: gl.constexpr,
         COL_SPT: gl.constexpr,
         num_warps: gl.constexpr,
     ):
-        """triton_swiglu._swiglu_dual_kernel in these layouts: the dual quantization of
-        silu(a) * b (forward) or of both its input gradients (BACKWARD), computed per tile."""
+        """triton_swiglu._swiglu_dual_kernel in these layouts: the dual quantization of silu(a) * b
+        (MODE 0) or of its gradient of a (1) or of b (2), computed per tile."""
         ROW: gl.constexpr = gl.BlockedLayout([1, ROW_SPT], [32 * ROW_SPT // 128, 128 // ROW_SPT],
                                              [num_warps, 1], [1, 0])
         COL: gl.constexpr = gl.BlockedLayout([COL_SPT, 1], [128 // COL_SPT, 32 * COL_SPT // 128],
@@ -165,15 +164,14 @@ if gluon is not None:
         mb = gl.program_id(0)
         kb = gl.program_id(1)
         a = _load_tile(a_ptr, mb, kb, M, sam, sak, ROW)
-        b = _load_tile(b_ptr, mb, kb, M, sbm, sbk, ROW)
-        if BACKWARD:
+        g = a
+        b = a
+        if MODE != 0:
             g = _load_tile(g_ptr, mb, kb, M, sgm, sgk, ROW)
-            grad_a, grad_b = _swiglu_grad_values(g, a, b)
-            _quantize_tile_dual(grad_a, mb, kb, M, K, qr0_ptr, sr0_ptr, qt0_ptr, sc0_ptr, True, ROW, COL)
-            _quantize_tile_dual(grad_b, mb, kb, M, K, qr1_ptr, sr1_ptr, qt1_ptr, sc1_ptr, True, ROW, COL)
-        else:
-            _quantize_tile_dual(_swiglu_values(a, b), mb, kb, M, K, qr0_ptr, sr0_ptr, qt0_ptr, sc0_ptr,
-                                True, ROW, COL)
+        if MODE != 2:
+            b = _load_tile(b_ptr, mb, kb, M, sbm, sbk, ROW)
+        x = _swiglu_tile_values(g, a, b, MODE)
+        _quantize_tile_dual(x, mb, kb, M, K, qr_ptr, sr_ptr, qt_ptr, sc_ptr, True, ROW, COL)
 
     _launch_dual = FastLauncher(_quant_dual_kernel)
     _launch_swiglu_dual = FastLauncher(_swiglu_dual_kernel)
@@ -203,18 +201,15 @@ def quantize_128x1_transposed(x: torch.Tensor, q_t, s_t) -> None:
     _launch(x, q_t, s_t, q_t, s_t, False, _ROW_SPT_128X1, _COL_SPT_128X1)
 
 
-def swiglu_dual_transposed(grad, a, b, outs: tuple) -> None:
-    """Fill the outputs of triton_swiglu's ops (allocated by the caller, in quantize_1x128_128x1's
-    layouts): four for silu(a) * b (grad None), eight for its input gradients."""
+def swiglu_dual_transposed(mode: int, grad, a, b, outs: tuple) -> None:
+    """Fill the four outputs of a triton_swiglu op (allocated by the caller, in quantize_1x128_128x1's
+    layouts) for its mode (triton_swiglu.FORWARD, GRAD_A, GRAD_B); the inputs a mode does not read
+    may be any tensor of a's shape."""
     m, k = a.shape
     if k % TILE:
         raise ValueError(f"the Gluon quantizer needs K % 128 == 0, got inputs of shape {tuple(a.shape)}")
     if m == 0:
         return
-    backward = grad is not None
-    if not backward:
-        grad, outs = a, outs + outs  # the second set is not written
     _launch_swiglu_dual(((m + TILE - 1) // TILE, k // TILE), grad, a, b, *outs, m, k,
                         grad.stride(0), grad.stride(1), a.stride(0), a.stride(1), b.stride(0), b.stride(1),
-                        BACKWARD=backward, ROW_SPT=_ROW_SPT, COL_SPT=_COL_SPT,
-                        **swiglu_launch_options(a.dtype, backward))
+                        MODE=mode, ROW_SPT=_ROW_SPT, COL_SPT=_COL_SPT, **swiglu_launch_options(a.dtype, mode))

@@ -1,5 +1,6 @@
 """SwiGLU fused with the dual quantization: the CUDA kernels of the ops
-`swiglu_quantize_1x128_128x1(a, b)` and `swiglu_backward_quantize_1x128_128x1(grad, a, b)` (ops.py).
+`swiglu_quantize_1x128_128x1(a, b)`, `swiglu_grad_a_quantize_1x128_128x1(grad, a, b)` and
+`swiglu_grad_b_quantize_1x128_128x1(grad, a)` (ops.py).
 
 In a SwiGLU MLP, w2's input silu(a) * b, and in backward the gradients of a and b, are made by
 one elementwise kernel and read back at once by a dual quantization (the 1x128 copy for the next
@@ -28,7 +29,7 @@ from .launch import FastLauncher
 from .reference import FP8_DTYPE, TILE, _cdiv, empty_mn_major
 from .triton_quantize import _INTERPRET, _amax, _gluon_quantize, _scale_and_recip, _to_fp8
 
-__all__ = ["swiglu_quantize_1x128_128x1", "swiglu_backward_quantize_1x128_128x1"]
+__all__ = ["swiglu_quantize_1x128_128x1", "swiglu_grad_a_quantize_1x128_128x1", "swiglu_grad_b_quantize_1x128_128x1"]
 
 
 @triton.jit
@@ -52,15 +53,30 @@ def swiglu_values(a, b):
 
 
 @triton.jit
-def swiglu_grad_values(g, a, b):
-    """(grad_a, grad_b) of silu(a) * b for its output's gradient g, in the tiles' dtype."""
+def swiglu_grad_a_values(g, a, b):
+    """grad_a of silu(a) * b for its output's gradient g: g * b * sigmoid(a) * (1 + a * (1 - sigmoid(a)))."""
     a32 = a.to(tl.float32)
-    g32 = g.to(tl.float32)
-    d = 1.0 + tl.exp(a32 * -1.0)
-    sig = 1.0 / d
-    silu = _round(a32 / d, a.dtype).to(tl.float32)
-    grad_a = _round(g32 * b.to(tl.float32) * sig * (1.0 + a32 * (1.0 - sig)), a.dtype)
-    return grad_a, _round(g32 * silu, a.dtype)
+    sig = 1.0 / (1.0 + tl.exp(a32 * -1.0))
+    return _round(g.to(tl.float32) * b.to(tl.float32) * sig * (1.0 + a32 * (1.0 - sig)), a.dtype)
+
+
+@triton.jit
+def swiglu_grad_b_values(g, a):
+    """grad_b of silu(a) * b for its output's gradient g: g * silu(a), silu rounded as in forward."""
+    a32 = a.to(tl.float32)
+    silu = _round(a32 / (1.0 + tl.exp(a32 * -1.0)), a.dtype)
+    return _round(g.to(tl.float32) * silu.to(tl.float32), a.dtype)
+
+
+@triton.jit
+def swiglu_tile_values(g, a, b, MODE: tl.constexpr):
+    """The tile a fused op quantizes: silu(a) * b (MODE 0), its gradient of a (1) or of b (2)."""
+    if MODE == 0:
+        return swiglu_values(a, b)
+    elif MODE == 1:
+        return swiglu_grad_a_values(g, a, b)
+    else:
+        return swiglu_grad_b_values(g, a)
 
 
 @triton.jit
@@ -82,15 +98,13 @@ def _quantize_tile_dual(x, rows, cols, rmask, mb, kb, M, K, qr_ptr, sr_ptr, qt_p
 @triton.jit
 def _swiglu_dual_kernel(
     g_ptr, a_ptr, b_ptr,
-    qr0_ptr, sr0_ptr, qt0_ptr, sc0_ptr,
-    qr1_ptr, sr1_ptr, qt1_ptr, sc1_ptr,
+    qr_ptr, sr_ptr, qt_ptr, sc_ptr,
     M, K,
     sgm, sgk, sam, sak, sbm, sbk,
-    BACKWARD: tl.constexpr,
+    MODE: tl.constexpr,
 ):
-    """One 128x128 tile of [M, K] (K % 128 == 0) per program. Forward: the dual copies of
-    silu(a) * b into the first four outputs. BACKWARD: those of grad_a into the first four and
-    of grad_b into the last four."""
+    """One 128x128 tile of [M, K] (K % 128 == 0) per program: the dual copies of the SwiGLU values
+    of MODE (swiglu_tile_values; the inputs it does not read are not loaded)."""
     mb = tl.program_id(0)
     kb = tl.program_id(1)
     rows = mb * 128 + tl.arange(0, 128)
@@ -99,19 +113,19 @@ def _swiglu_dual_kernel(
     r64 = rows.to(tl.int64)[:, None]
     c64 = cols.to(tl.int64)[None, :]
     a = tl.load(a_ptr + r64 * sam + c64 * sak, mask=rmask[:, None], other=0.0)
-    b = tl.load(b_ptr + r64 * sbm + c64 * sbk, mask=rmask[:, None], other=0.0)
-    if BACKWARD:
+    g = a
+    b = a
+    if MODE != 0:
         g = tl.load(g_ptr + r64 * sgm + c64 * sgk, mask=rmask[:, None], other=0.0)
-        grad_a, grad_b = swiglu_grad_values(g, a, b)
-        _quantize_tile_dual(grad_a, rows, cols, rmask, mb, kb, M, K, qr0_ptr, sr0_ptr, qt0_ptr, sc0_ptr)
-        _quantize_tile_dual(grad_b, rows, cols, rmask, mb, kb, M, K, qr1_ptr, sr1_ptr, qt1_ptr, sc1_ptr)
-    else:
-        _quantize_tile_dual(swiglu_values(a, b), rows, cols, rmask, mb, kb, M, K,
-                            qr0_ptr, sr0_ptr, qt0_ptr, sc0_ptr)
+    if MODE != 2:
+        b = tl.load(b_ptr + r64 * sbm + c64 * sbk, mask=rmask[:, None], other=0.0)
+    x = swiglu_tile_values(g, a, b, MODE)
+    _quantize_tile_dual(x, rows, cols, rmask, mb, kb, M, K, qr_ptr, sr_ptr, qt_ptr, sc_ptr)
 
 
 _launch_swiglu_dual = FastLauncher(_swiglu_dual_kernel)
 _WARPS = 8
+FORWARD, GRAD_A, GRAD_B = 0, 1, 2
 
 
 def _dual_outputs(x: torch.Tensor) -> tuple:
@@ -121,37 +135,38 @@ def _dual_outputs(x: torch.Tensor) -> tuple:
             torch.empty((k, m), dtype=FP8_DTYPE, device=x.device), empty_mn_major((k,), _cdiv(m, TILE), device=x.device))
 
 
-def _run(g, a, b, outs: tuple) -> None:
+def _run(mode: int, g, a, b) -> tuple:
     m, k = a.shape
     if k % TILE:
         raise ValueError(f"fp8pass: the fused SwiGLU quantization needs K % 128 == 0, got inputs of shape {tuple(a.shape)}")
+    outs = _dual_outputs(a)
     if m == 0:
-        return
-    backward = g is not None
+        return outs
+    g = a if g is None else g
+    b = a if b is None else b
     gluon_quant = _gluon_quantize(a.device)
     if gluon_quant is not None:
-        gluon_quant.swiglu_dual_transposed(g, a, b, outs)
-        return
-    if not backward:
-        g = a
-        outs = outs + outs  # the second set is not written
+        gluon_quant.swiglu_dual_transposed(mode, g, a, b, outs)
+        return outs
     # the MN-major scales s_row [M, KB] and s_col_t [K, MB] are stored as [KB, M] and [MB, K]
     _launch_swiglu_dual(
         (_cdiv(m, TILE), k // TILE), g, a, b, *outs, m, k,
         g.stride(0), g.stride(1), a.stride(0), a.stride(1), b.stride(0), b.stride(1),
-        BACKWARD=backward, num_warps=_WARPS,
+        MODE=mode, num_warps=_WARPS,
     )
+    return outs
 
 
 def swiglu_quantize_1x128_128x1(a: torch.Tensor, b: torch.Tensor) -> tuple:
     """(q_row, s_row, q_col_t, s_col_t) of silu(a) * b for 2-D a, b [M, K], K % 128 == 0."""
-    outs = _dual_outputs(a)
-    _run(None, a, b, outs)
-    return outs
+    return _run(FORWARD, None, a, b)
 
 
-def swiglu_backward_quantize_1x128_128x1(grad: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tuple:
-    """grad_a's four dual-quantization outputs, then grad_b's (the gradients of silu(a) * b)."""
-    outs = _dual_outputs(a) + _dual_outputs(a)
-    _run(grad, a, b, outs)
-    return outs
+def swiglu_grad_a_quantize_1x128_128x1(grad: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tuple:
+    """The four dual-quantization outputs of the gradient of a in silu(a) * b."""
+    return _run(GRAD_A, grad, a, b)
+
+
+def swiglu_grad_b_quantize_1x128_128x1(grad: torch.Tensor, a: torch.Tensor) -> tuple:
+    """The four dual-quantization outputs of the gradient of b in silu(a) * b."""
+    return _run(GRAD_B, grad, a, None)

@@ -14,8 +14,8 @@ SwiGLU values of a tile in registers and write only the FP8 copies. Three graph 
                                    Inductor's decompositions silu would be five aten ops, spelled
                                    differently across torch versions);
   fuse_swiglu_quantizations(graph) on each partitioned graph: a dual quantization whose input is
-                                   (a view of) `swiglu(a, b)`, or the two of `swiglu_backward`'s
-                                   outputs, becomes the fused op;
+                                   (a view of) `swiglu(a, b)` becomes the fused op, and the two of
+                                   `swiglu_backward`'s outputs the two fused ops of its gradients;
   decompose_swiglu_ops(graph)      every `swiglu` / `swiglu_backward` left (the product read by
                                    something else: an opted-out w2, the 1x128-only quantization of
                                    inference) becomes aten ops again, for Inductor to fuse as it
@@ -114,32 +114,28 @@ def _as_2d(graph: Graph, node: Node, like: Node) -> Node:
     return view
 
 
-def _replace(graph: Graph, anchor: Node, fused_op, inputs: list[Node], quantizations: list[Node],
-             dead: list[Node]) -> None:
-    """Put fused_op(*inputs, each reshaped to the quantizations' 2-D input) before `anchor`, send
-    the k-th quantization's outputs to its outputs 4k..4k+3, erase the quantizations and `dead`."""
-    like = quantizations[0].args[0]
+def _fuse(graph: Graph, anchor: Node, fused_op, inputs: list[Node], quantization: Node) -> None:
+    """Put fused_op(*inputs, each reshaped to the quantization's 2-D input) before `anchor`, in
+    place of the quantization (its getitems rewired to the fused op's outputs)."""
+    like = quantization.args[0]
     fake_mode = detect_fake_mode([like.meta["val"]])
     with graph.inserting_before(anchor):
         args = [_as_2d(graph, n, like) for n in inputs]
         fused = graph.call_function(fused_op, tuple(args))
         with fake_mode:
             fused.meta["val"] = fused_op(*(a.meta["val"] for a in args))
-    for k, q in enumerate(quantizations):
-        for user in list(q.users):  # getitems
-            with graph.inserting_before(user):
-                new = graph.call_function(operator.getitem, (fused, 4 * k + user.args[1]))
-            new.meta.update(user.meta)
-            user.replace_all_uses_with(new)
-            graph.erase_node(user)
-        graph.erase_node(q)
-    for node in dead:  # readers first
+    quantization.replace_all_uses_with(fused)
+    graph.erase_node(quantization)
+
+
+def _erase(graph: Graph, nodes: list[Node]) -> None:
+    for node in nodes:  # readers first
         graph.erase_node(node)
 
 
 def fuse_swiglu_quantizations(graph: Graph) -> int:
     """The fused ops in place of the dual quantizations of swiglu's output and of both of
-    swiglu_backward's outputs (module docstring). Returns how many ops were fused."""
+    swiglu_backward's outputs (module docstring). Returns how many SwiGLU ops were fused."""
     fused = 0
     for node in list(graph.nodes):
         name = op_name(node.target) if node.op == "call_function" else None
@@ -148,8 +144,8 @@ def fuse_swiglu_quantizations(graph: Graph) -> int:
             if found is None:
                 continue
             quant, views = found
-            _replace(graph, node, fp8_ops.swiglu_quantize_1x128_128x1.default, list(node.args), [quant],
-                     views[::-1] + [node])
+            _fuse(graph, node, fp8_ops.swiglu_quantize_1x128_128x1.default, list(node.args), quant)
+            _erase(graph, views[::-1] + [node])
             fused += 1
         elif name == "swiglu_backward":
             getitems = {u.args[1]: u for u in node.users if u.target is operator.getitem}
@@ -158,9 +154,12 @@ def fuse_swiglu_quantizations(graph: Graph) -> int:
             found = [_quantized_through_views(getitems[i]) for i in (0, 1)]
             if any(f is None for f in found):
                 continue
-            dead = [v for _, views in found for v in views[::-1]] + [getitems[0], getitems[1], node]
-            _replace(graph, node, fp8_ops.swiglu_backward_quantize_1x128_128x1.default, list(node.args),
-                     [q for q, _ in found], dead)
+            grad, a, b = node.args
+            # grad_a's op first: it is b's last reader, so b can be freed before grad_b's copies
+            # are allocated (kernels/ops.py)
+            _fuse(graph, node, fp8_ops.swiglu_grad_a_quantize_1x128_128x1.default, [grad, a, b], found[0][0])
+            _fuse(graph, node, fp8_ops.swiglu_grad_b_quantize_1x128_128x1.default, [grad, a], found[1][0])
+            _erase(graph, [v for _, views in found for v in views[::-1]] + [getitems[0], getitems[1], node])
             fused += 1
     if fused:
         graph.lint()

@@ -69,17 +69,16 @@ def test_gluon_quantizer_compiles_for_sm90_without_spills(dtype, kernel, tmp_pat
                       f"{triton.__version__} (no spills on {_MEASURED_TRITON}, where its settings were measured)")
 
 
-def _compile_swiglu_sm90(dtype: str, backward: bool, tmp_path):
+def _compile_swiglu_sm90(dtype: str, mode: int, tmp_path):
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
 
-    sig = {"g_ptr": f"*{dtype}", "a_ptr": f"*{dtype}", "b_ptr": f"*{dtype}"}
-    for i in (0, 1):
-        sig.update({f"qr{i}_ptr": "*fp8e4nv", f"sr{i}_ptr": "*fp32", f"qt{i}_ptr": "*fp8e4nv", f"sc{i}_ptr": "*fp32"})
+    sig = {"g_ptr": f"*{dtype}", "a_ptr": f"*{dtype}", "b_ptr": f"*{dtype}",
+           "qr_ptr": "*fp8e4nv", "sr_ptr": "*fp32", "qt_ptr": "*fp8e4nv", "sc_ptr": "*fp32"}
     sig.update({n: "i32" for n in ("M", "K", "sgm", "sgk", "sam", "sak", "sbm", "sbk")})
-    sig.update({n: "constexpr" for n in ("BACKWARD", "ROW_SPT", "COL_SPT", "num_warps")})
-    options = tqg.swiglu_launch_options({"bf16": torch.bfloat16, "fp32": torch.float32}[dtype], backward)
-    consts = {"sgk": 1, "sak": 1, "sbk": 1, "BACKWARD": backward, "ROW_SPT": tqg._ROW_SPT, "COL_SPT": tqg._COL_SPT,
+    sig.update({n: "constexpr" for n in ("MODE", "ROW_SPT", "COL_SPT", "num_warps")})
+    options = tqg.swiglu_launch_options({"bf16": torch.bfloat16, "fp32": torch.float32}[dtype], mode)
+    consts = {"sgk": 1, "sak": 1, "sbk": 1, "MODE": mode, "ROW_SPT": tqg._ROW_SPT, "COL_SPT": tqg._COL_SPT,
               "num_warps": options["num_warps"]}
     names = list(sig)
     attrs = {(names.index(n),): [["tt.divisibility", 16]]
@@ -95,10 +94,10 @@ def _compile_swiglu_sm90(dtype: str, backward: bool, tmp_path):
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp32"])
-@pytest.mark.parametrize("backward", [False, True])
-def test_gluon_swiglu_quantizer_compiles_for_sm90_without_spills(dtype, backward, tmp_path):
-    # the SwiGLU kernels hold two (forward) or three (backward) input tiles: 16 warps keep them
-    # under the 128-register cap (kernels/triton_quantize_gluon.py)
-    regs, stack, cap = _compile_swiglu_sm90(dtype, backward, tmp_path)
+@pytest.mark.parametrize("mode", [0, 1, 2], ids=["forward", "grad_a", "grad_b"])
+def test_gluon_swiglu_quantizer_compiles_for_sm90_without_spills(dtype, mode, tmp_path):
+    # the SwiGLU kernels hold two or three input tiles: 16 warps keep them under the 128-register
+    # cap (kernels/triton_quantize_gluon.py)
+    regs, stack, cap = _compile_swiglu_sm90(dtype, mode, tmp_path)
     assert regs <= cap
-    assert stack == 0, f"SwiGLU kernel ({dtype}, backward={backward}) spills: {stack} bytes at {regs} registers"
+    assert stack == 0, f"SwiGLU kernel ({dtype}, mode {mode}) spills: {stack} bytes at {regs} registers"

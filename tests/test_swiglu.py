@@ -44,6 +44,8 @@ def test_swiglu_op_rejects_mismatched_inputs():
         torch.ops.fp8pass.swiglu(torch.randn(4, 128), torch.randn(4, 256))
     with pytest.raises(ValueError, match="2-D"):
         torch.ops.fp8pass.swiglu_quantize_1x128_128x1(torch.randn(2, 4, 128), torch.randn(2, 4, 128))
+    with pytest.raises(ValueError, match="share shape and dtype"):
+        torch.ops.fp8pass.swiglu_grad_b_quantize_1x128_128x1(torch.randn(4, 128), torch.randn(4, 128).double())
 
 
 def _dynamo_graph(fn, *inputs):
@@ -137,7 +139,10 @@ def test_generated_code_calls_the_fused_ops_in_forward_and_backward():
 
     fwd, bwd, _, _ = _block_code_and_grads()
     assert calls("swiglu_quantize_1x128_128x1", fwd) == 1
-    assert calls("swiglu_backward_quantize_1x128_128x1", bwd) == 1
+    assert calls("swiglu_grad_a_quantize_1x128_128x1", bwd) == 1
+    assert calls("swiglu_grad_b_quantize_1x128_128x1", bwd) == 1
+    # grad_a's op before grad_b's (b's last reader first: kernels/ops.py)
+    assert bwd.index("swiglu_grad_a_quantize_1x128_128x1.default(") < bwd.index("swiglu_grad_b_quantize_1x128_128x1.default(")
     # the three dual quantizations they replace are gone: forward keeps the two norms' outputs'
     # and the attention output's; backward the gradients of wqkv's, wo's and w2's outputs
     assert calls("quantize_1x128_128x1(_out)?", fwd) == 3
@@ -175,7 +180,7 @@ def test_opted_out_w2_and_inference_decompose_the_swiglu_op():
     fwd, bwd, out, grads = _block_code_and_grads(module_filter=no_w2)
     assert "swiglu" not in fwd
     # backward still fuses w1's and w3's gradient quantizations
-    assert "fp8pass.swiglu_backward_quantize_1x128_128x1" in bwd
+    assert "fp8pass.swiglu_grad_a_quantize_1x128_128x1" in bwd
     _, _, out0, grads0 = _block_code_and_grads(module_filter=no_w2, fuse_swiglu=False)
     torch.testing.assert_close(out, out0, rtol=1e-5, atol=1e-6)  # forward: the same decomposition
     for name in grads:

@@ -372,10 +372,11 @@ def run_swiglu() -> None:
 
             def backward(g=g, a=a, b=b, exact=exact):
                 grad_a, grad_b = ref.swiglu_backward(g, a, b)
-                return compare(tsw.swiglu_backward_quantize_1x128_128x1(g, a, b), dual(grad_a) + dual(grad_b), exact)
+                got = tsw.swiglu_grad_a_quantize_1x128_128x1(g, a, b) + tsw.swiglu_grad_b_quantize_1x128_128x1(g, a)
+                return compare(got, dual(grad_a) + dual(grad_b), exact)
 
             check(f"swiglu_quantize_1x128_128x1[{tag}]", forward)
-            check(f"swiglu_backward_quantize_1x128_128x1[{tag}]", backward)
+            check(f"swiglu_grad_quantize_1x128_128x1[{tag}]", backward)
 
     def strided():  # inputs read through their strides (a view of a wider tensor), no copy
         wide = torch.randn(200, 512, generator=gen).to(torch.bfloat16)
@@ -388,8 +389,8 @@ def run_swiglu() -> None:
         a = torch.randn(200, 256, generator=gen).to(torch.bfloat16)
         ops = torch.ops.fp8pass
         for got, want in ((tsw.swiglu_quantize_1x128_128x1(a, a), ops.swiglu_quantize_1x128_128x1(a, a)),
-                          (tsw.swiglu_backward_quantize_1x128_128x1(a, a, a),
-                           ops.swiglu_backward_quantize_1x128_128x1(a, a, a))):
+                          (tsw.swiglu_grad_a_quantize_1x128_128x1(a, a, a), ops.swiglu_grad_a_quantize_1x128_128x1(a, a, a)),
+                          (tsw.swiglu_grad_b_quantize_1x128_128x1(a, a), ops.swiglu_grad_b_quantize_1x128_128x1(a, a))):
             g = [(tuple(t.shape), t.stride(), t.dtype) for t in got]
             w = [(tuple(t.shape), t.stride(), t.dtype) for t in want]
             if g != w:
