@@ -28,6 +28,8 @@
 #   bash benchmarks/device_x2.sh s6e        # one GPU: quantizer GPU tests, quantizer table + sweep (Gluon 128x1 and
 #                                           # 32-element layouts)
 #   bash benchmarks/device_x2.sh s10b       # one GPU: fuse_swiglu's GPU tests and every quantizer test; the block with/without it
+#   bash benchmarks/device_x2.sh s10d       # one GPU: the fused SwiGLU kernels' GPU tests and speed (config sweep)
+#   bash benchmarks/device_x2.sh s10e       # one GPU: the same after the backward split in two ops, and the block A/B
 #   bash benchmarks/device_x2.sh s10c       # one GPU: the 1B step with/without fuse_swiglu, one fp8 step's kernels
 #   bash benchmarks/device_x2.sh s10a       # one GPU (not run yet): host time with/without inductor_buffers, block peak
 #   bash benchmarks/device_x2.sh s10conv    # four GPUs (not run yet): 350M FP8 with recompute_fp8_activations, seeds 0-1
@@ -122,6 +124,13 @@ for what in "$@"; do
       quant_gpu_tests 150 4 0 "swiglu"
       timeout 200 python3 benchmarks/swiglu_quant.py --sweep > "$OUT/swiglu_quant.log" 2>&1
       echo "swiglu_quant exit $?"; cat "$OUT/swiglu_quant.log" | cut -c1-200 ;;
+    s10e)  # session 10, one GPU: the SwiGLU backward as two fused ops: GPU tests, kernel speed, the block with/without
+      quant_gpu_tests 150 4 0 "swiglu"
+      timeout 120 python3 benchmarks/swiglu_quant.py > "$OUT/swiglu_quant.log" 2>&1
+      echo "swiglu_quant exit $?"; cat "$OUT/swiglu_quant.log" | cut -c1-200
+      block_bench 130 --memory
+      mv "$OUT/block.log" "$OUT/block_swiglu.log"
+      block_bench 130 --memory --fp8-option fuse_swiglu=false ;;
     s10c)  # session 10, one GPU: the 1B step with and without fuse_swiglu, then one fp8 step's kernels
       step_1b 170 step_default --variants bf16,fp8
       step_1b 90 step_noswiglu --variants fp8 --fp8-option fuse_swiglu=false
