@@ -30,7 +30,7 @@
 #   bash benchmarks/device_x2.sh s10b       # one GPU: fuse_swiglu's GPU tests and every quantizer test; the block with/without it
 #   bash benchmarks/device_x2.sh s10d       # one GPU: the fused SwiGLU kernels' GPU tests and speed (config sweep)
 #   bash benchmarks/device_x2.sh s10e       # one GPU: the same after the backward split in two ops, and the block A/B
-#   bash benchmarks/device_x2.sh s10c       # one GPU: the 1B step with/without fuse_swiglu, one fp8 step's kernels
+#   bash benchmarks/device_x2.sh s10c       # one GPU: the 1B step with/without fuse_swiglu
 #   bash benchmarks/device_x2.sh s10a       # one GPU (not run yet): host time with/without inductor_buffers, block peak
 #   bash benchmarks/device_x2.sh s10conv    # four GPUs (not run yet): 350M FP8 with recompute_fp8_activations, seeds 0-1
 #   bash benchmarks/device_x2.sh s9d        # one GPU: inductor_buffers (lowering) tests; 1B A/B, block peak, Linear
@@ -130,12 +130,10 @@ for what in "$@"; do
       echo "swiglu_quant exit $?"; cat "$OUT/swiglu_quant.log" | cut -c1-200
       block_bench 130 --memory
       mv "$OUT/block.log" "$OUT/block_swiglu.log"
-      block_bench 130 --memory --fp8-option fuse_swiglu=false ;;
-    s10c)  # session 10, one GPU: the 1B step with and without fuse_swiglu, then one fp8 step's kernels
+      block_bench 130 --memory --fp8-option fuse_swiglu=false ;;  # (run while fuse_swiglu defaulted to on)
+    s10c)  # session 10, one GPU: the 1B step (bf16, fp8 defaults) and fp8 with fuse_swiglu
       step_1b 170 step_default --variants bf16,fp8
-      step_1b 90 step_noswiglu --variants fp8 --fp8-option fuse_swiglu=false
-      timeout 150 python3 benchmarks/train_step.py --variants fp8 --profile fp8 --top 30 > "$OUT/step_profile.log" 2>&1
-      echo "profile exit $?"; sed -n '/kernel/,$p' "$OUT/step_profile.log" | head -45 | cut -c1-200 ;;
+      step_1b 90 step_swiglu --variants fp8 --fp8-option fuse_swiglu=true ;;
     s10a)  # prepared in session 9, not run, one GPU: the small Linear step's host time with and without
            # inductor_buffers in one process (host_overhead.py), the block's peak without it beside the default
       timeout 150 python3 benchmarks/host_overhead.py > "$OUT/host_overhead.log" 2>&1

@@ -86,7 +86,11 @@ class Config:
         input copies, and in backward both its input gradients inside the kernel that makes their
         FP8 copies, so the BF16 product and gradients never go to memory (lowering/swiglu.py).
         Matches `F.silu(a) * b` in the model's code; values agree with the unfused path up to the
-        last bit of exp and a division (see kernels/triton_swiglu.py).
+        last bit of exp and a division (see kernels/triton_swiglu.py). Off by default: on an H200
+        the fused kernels beat the unfused pairs (16384 x 14336: forward 0.479 vs 0.592 ms,
+        backward 1.059 vs 1.080), but the Llama block's step was slower with it (31.20 / 31.14 ms
+        against 30.19 without, peak 2900 vs 2872 MiB; cause not yet profiled) (benchmarks/RESULTS.md,
+        session 10).
     inductor_buffers: lower each quantization as its out variant on buffers that Inductor
         allocates (or reuses) in its generated code, instead of the op allocating its
         outputs in Python on every call (lowering/allocated_outputs.py): the same numbers, less
@@ -109,7 +113,7 @@ class Config:
     recompute_fp8_weights: bool = True
     recompute_fp8_activations: bool = False
     fuse_quantization: bool = False
-    fuse_swiglu: bool = True
+    fuse_swiglu: bool = False
     inductor_buffers: bool = True
     log_decisions: bool = False
 

@@ -1,4 +1,4 @@
-"""SwiGLU fused into the quantizations that read it (`fuse_swiglu`, lowering/swiglu.py).
+"""SwiGLU fused into the quantizations that read it (`fuse_swiglu`, off by default; lowering/swiglu.py).
 
 CPU checks: the ops' numerics and autograd formula; the rewrite of `F.silu(a) * b` in the graph
 torch.compile hands the backend (and what it leaves alone); Inductor's generated code calling the
@@ -111,6 +111,7 @@ def _block_code_and_grads(dtype=torch.float32, **options):
     torch.manual_seed(0)
     block = train_gpt.Block(CFG).to(dtype)
     x = torch.randn(4, 64, 128, dtype=dtype, requires_grad=True)
+    options.setdefault("fuse_swiglu", True)
     compiled = torch.compile(block, backend=fp8pass.backend(**options))
     grad = torch.randn(4, 64, 128, dtype=dtype, generator=torch.Generator().manual_seed(1))
 
@@ -190,7 +191,7 @@ def test_opted_out_w2_and_inference_decompose_the_swiglu_op():
     torch.manual_seed(0)
     block = train_gpt.Block(CFG).eval()
     x = torch.randn(4, 64, 128)
-    compiled = torch.compile(block, backend="fp8")
+    compiled = torch.compile(block, backend=fp8pass.backend(fuse_swiglu=True))
     with torch.no_grad():
         got, (code,) = run_and_get_code(lambda: compiled(x))
         want = block(x)
@@ -202,7 +203,7 @@ def test_bf16_block_trains_with_the_fusion():
     torch.manual_seed(0)
     model = train_gpt.GPT(train_gpt.GPTConfig(dim=128, n_heads=2, mlp_hidden=384, seq_len=64, n_layers=2))
     model = model.to(torch.bfloat16)
-    compiled = torch.compile(model, backend="fp8")
+    compiled = torch.compile(model, backend=fp8pass.backend(fuse_swiglu=True))
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     data = torch.randint(0, 256, (8, 65), generator=torch.Generator().manual_seed(1))
     losses = []

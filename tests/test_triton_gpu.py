@@ -507,7 +507,7 @@ def test_block_with_fused_swiglu_trains_as_close_to_bf16_on_cuda():
         return codes, [x.grad] + [p.grad for p in block.parameters()]
 
     _, want = grads_of(None)
-    codes, fused = grads_of(fp8pass.backend())
+    codes, fused = grads_of(fp8pass.backend(fuse_swiglu=True))
     assert "swiglu_quantize_1x128_128x1" in codes[0] and "swiglu_grad_b_quantize_1x128_128x1" in codes[1]
     _, unfused = grads_of(fp8pass.backend(fuse_swiglu=False))
     for w, f, u in zip(want, fused, unfused):
