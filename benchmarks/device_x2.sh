@@ -30,6 +30,7 @@
 #   bash benchmarks/device_x2.sh s10b       # one GPU: fuse_swiglu's GPU tests and every quantizer test; the block with/without it
 #   bash benchmarks/device_x2.sh s10d       # one GPU: the fused SwiGLU kernels' GPU tests and speed (config sweep)
 #   bash benchmarks/device_x2.sh s10e       # one GPU: the same after the backward split in two ops, and the block A/B
+#   bash benchmarks/device_x2.sh s10f       # one GPU: fused SwiGLU ops as out variants: tests, block A/B profiled, 1B A/B
 #   bash benchmarks/device_x2.sh s10c       # one GPU: the 1B step with/without fuse_swiglu
 #   bash benchmarks/device_x2.sh s10a       # one GPU (not run yet): host time with/without inductor_buffers, block peak
 #   bash benchmarks/device_x2.sh s10conv    # four GPUs (not run yet): 350M FP8 with recompute_fp8_activations, seeds 0-1
@@ -131,6 +132,13 @@ for what in "$@"; do
       block_bench 130 --memory
       mv "$OUT/block.log" "$OUT/block_swiglu.log"
       block_bench 130 --memory --fp8-option fuse_swiglu=false ;;  # (run while fuse_swiglu defaulted to on)
+    s10f)  # session 10, one GPU: the fused SwiGLU ops as out variants on Inductor's buffers: GPU tests, the block A/B
+           # with profiles and the allocator's cudaMalloc/cudaFree count, the 1B fp8 step A/B
+      quant_gpu_tests 150 4 0 "swiglu or out_variants"
+      block_bench 200 --profile --fp8-option fuse_swiglu=true
+      grep -E "cudaMalloc|Self CUDA time total" "$OUT/block.log"
+      step_1b 90 step_noswiglu --variants fp8
+      step_1b 90 step_swiglu --variants fp8 --fp8-option fuse_swiglu=true ;;
     s10c)  # session 10, one GPU: the 1B step (bf16, fp8 defaults) and fp8 with fuse_swiglu
       step_1b 170 step_default --variants bf16,fp8
       step_1b 90 step_swiglu --variants fp8 --fp8-option fuse_swiglu=true ;;

@@ -87,19 +87,23 @@ def register() -> bool:
             ops.check_gemm_operands(a, a_scale, b, b_scale)
             return gemm_blockwise(a, a_scale, b, b_scale, out_dtype)
 
-        def swiglu_fused(name, kernel):
-            def impl(*tensors):
-                ops._check_swiglu_2d(name, *tensors)
-                return kernel(*tensors)
+        def swiglu_fused(name, kernel, n_inputs):
+            def functional(*inputs):
+                ops._check_swiglu_2d(name, *inputs)
+                return kernel(*inputs)
 
-            return impl
+            def out_variant(*args):
+                ops._check_swiglu_2d(name, *args[:n_inputs])
+                kernel(*args[:n_inputs], out=args[n_inputs:])
+
+            return functional, out_variant
 
         from . import triton_swiglu as tsw
 
         impls = {"gemm_blockwise": _gemm}
-        for name in ("swiglu_quantize_1x128_128x1", "swiglu_grad_a_quantize_1x128_128x1",
-                     "swiglu_grad_b_quantize_1x128_128x1"):
-            impls[name] = swiglu_fused(name, getattr(tsw, name))
+        for name, n_inputs in (("swiglu_quantize_1x128_128x1", 2), ("swiglu_grad_a_quantize_1x128_128x1", 3),
+                               ("swiglu_grad_b_quantize_1x128_128x1", 2)):
+            impls[name], impls[ops.OUT_VARIANTS[name]] = swiglu_fused(name, getattr(tsw, name), n_inputs)
         for name, quantize in quantizers.items():
             impls[name], impls[ops.OUT_VARIANTS[name]] = checked(name, quantize)
         lib = torch.library.Library("fp8pass", "IMPL")

@@ -38,6 +38,9 @@ __all__ = [
     "quantize_1x128_128x1_out",
     "quantize_128x128_out",
     "quantize_128x128_transposed_out",
+    "swiglu_quantize_1x128_128x1_out",
+    "swiglu_grad_a_quantize_1x128_128x1_out",
+    "swiglu_grad_b_quantize_1x128_128x1_out",
     "OUT_VARIANTS",
     "op_name",
     "out_variant",
@@ -294,6 +297,30 @@ def quantize_128x128_transposed_out(w: torch.Tensor, q_t: torch.Tensor, scale_t:
     _write_outputs((q_t, scale_t), quantize_128x128_transposed(w))
 
 
+
+_DUAL_OUTS = ("q_row", "s_row", "q_col_t", "s_col_t")
+
+
+@torch.library.custom_op("fp8pass::swiglu_quantize_1x128_128x1_out", mutates_args=_DUAL_OUTS)
+def swiglu_quantize_1x128_128x1_out(a: torch.Tensor, b: torch.Tensor, q_row: torch.Tensor, s_row: torch.Tensor,
+                                    q_col_t: torch.Tensor, s_col_t: torch.Tensor) -> None:
+    """swiglu_quantize_1x128_128x1(a, b) written into (q_row, s_row, q_col_t, s_col_t)."""
+    _write_outputs((q_row, s_row, q_col_t, s_col_t), swiglu_quantize_1x128_128x1(a, b))
+
+
+@torch.library.custom_op("fp8pass::swiglu_grad_a_quantize_1x128_128x1_out", mutates_args=_DUAL_OUTS)
+def swiglu_grad_a_quantize_1x128_128x1_out(grad: torch.Tensor, a: torch.Tensor, b: torch.Tensor, q_row: torch.Tensor,
+                                           s_row: torch.Tensor, q_col_t: torch.Tensor, s_col_t: torch.Tensor) -> None:
+    """swiglu_grad_a_quantize_1x128_128x1(grad, a, b) written into (q_row, s_row, q_col_t, s_col_t)."""
+    _write_outputs((q_row, s_row, q_col_t, s_col_t), swiglu_grad_a_quantize_1x128_128x1(grad, a, b))
+
+
+@torch.library.custom_op("fp8pass::swiglu_grad_b_quantize_1x128_128x1_out", mutates_args=_DUAL_OUTS)
+def swiglu_grad_b_quantize_1x128_128x1_out(grad: torch.Tensor, a: torch.Tensor, q_row: torch.Tensor,
+                                           s_row: torch.Tensor, q_col_t: torch.Tensor, s_col_t: torch.Tensor) -> None:
+    """swiglu_grad_b_quantize_1x128_128x1(grad, a) written into (q_row, s_row, q_col_t, s_col_t)."""
+    _write_outputs((q_row, s_row, q_col_t, s_col_t), swiglu_grad_b_quantize_1x128_128x1(grad, a))
+
 # functional op name -> its out variant's name (the out arguments follow the functional op's outputs).
 # By name: the OpOverload objects under torch.ops.fp8pass can be rebuilt during a process (seen
 # after a transformers model's training in the test suite), so a dict keyed by the objects of
@@ -304,6 +331,9 @@ OUT_VARIANTS = {
     "quantize_1x128_128x1": "quantize_1x128_128x1_out",
     "quantize_128x128": "quantize_128x128_out",
     "quantize_128x128_transposed": "quantize_128x128_transposed_out",
+    "swiglu_quantize_1x128_128x1": "swiglu_quantize_1x128_128x1_out",
+    "swiglu_grad_a_quantize_1x128_128x1": "swiglu_grad_a_quantize_1x128_128x1_out",
+    "swiglu_grad_b_quantize_1x128_128x1": "swiglu_grad_b_quantize_1x128_128x1_out",
 }
 
 

@@ -135,11 +135,11 @@ def _dual_outputs(x: torch.Tensor) -> tuple:
             torch.empty((k, m), dtype=FP8_DTYPE, device=x.device), empty_mn_major((k,), _cdiv(m, TILE), device=x.device))
 
 
-def _run(mode: int, g, a, b) -> tuple:
+def _run(mode: int, g, a, b, out) -> tuple:
     m, k = a.shape
     if k % TILE:
         raise ValueError(f"fp8pass: the fused SwiGLU quantization needs K % 128 == 0, got inputs of shape {tuple(a.shape)}")
-    outs = _dual_outputs(a)
+    outs = _dual_outputs(a) if out is None else tuple(out)
     if m == 0:
         return outs
     g = a if g is None else g
@@ -157,16 +157,19 @@ def _run(mode: int, g, a, b) -> tuple:
     return outs
 
 
-def swiglu_quantize_1x128_128x1(a: torch.Tensor, b: torch.Tensor) -> tuple:
-    """(q_row, s_row, q_col_t, s_col_t) of silu(a) * b for 2-D a, b [M, K], K % 128 == 0."""
-    return _run(FORWARD, None, a, b)
+def swiglu_quantize_1x128_128x1(a: torch.Tensor, b: torch.Tensor, *, out=None) -> tuple:
+    """(q_row, s_row, q_col_t, s_col_t) of silu(a) * b for 2-D a, b [M, K], K % 128 == 0.
+
+    out (in every function here): the four outputs to write instead of new tensors, in exactly
+    these shapes and layouts (the buffers Inductor allocates for the ops' out variants)."""
+    return _run(FORWARD, None, a, b, out)
 
 
-def swiglu_grad_a_quantize_1x128_128x1(grad: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tuple:
+def swiglu_grad_a_quantize_1x128_128x1(grad: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, out=None) -> tuple:
     """The four dual-quantization outputs of the gradient of a in silu(a) * b."""
-    return _run(GRAD_A, grad, a, b)
+    return _run(GRAD_A, grad, a, b, out)
 
 
-def swiglu_grad_b_quantize_1x128_128x1(grad: torch.Tensor, a: torch.Tensor) -> tuple:
+def swiglu_grad_b_quantize_1x128_128x1(grad: torch.Tensor, a: torch.Tensor, *, out=None) -> tuple:
     """The four dual-quantization outputs of the gradient of b in silu(a) * b."""
-    return _run(GRAD_B, grad, a, None)
+    return _run(GRAD_B, grad, a, None, out)

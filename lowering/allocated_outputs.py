@@ -58,14 +58,15 @@ def _lowering(functional):
     fallback = L.fallback_handler(functional, add_to_fallback_set=False)
     write_into = L.fallback_handler(out_variant(functional), add_to_fallback_set=False)
 
-    def lower(x):
+    def lower(*inputs):
         node = V.graph.current_node
         if node is None or not node.meta.get(MARK):
-            return fallback(x)
-        x.realize()  # the input's kernel first: the buffers are allocated after it
+            return fallback(*inputs)
+        for x in inputs:  # the inputs' kernels first: the buffers are allocated after them
+            x.realize()
         buffers = [L.empty_strided(convert_shape_to_inductor(v.shape), convert_shape_to_inductor(v.stride()),
                                    dtype=v.dtype, device=v.device) for v in node.meta["val"]]
-        write_into(x, *buffers)
+        write_into(*inputs, *buffers)
         return tuple(buffers)
 
     lower.fp8pass_out_lowering = True

@@ -139,17 +139,22 @@ def test_generated_code_calls_the_fused_ops_in_forward_and_backward():
         return len(re.findall(rf"torch\.ops\.fp8pass\.{op}\.default\(", code))
 
     fwd, bwd, _, _ = _block_code_and_grads()
-    assert calls("swiglu_quantize_1x128_128x1", fwd) == 1
-    assert calls("swiglu_grad_a_quantize_1x128_128x1", bwd) == 1
-    assert calls("swiglu_grad_b_quantize_1x128_128x1", bwd) == 1
+    # as out variants on buffers Inductor allocates (inductor_buffers, on by default)
+    assert calls("swiglu_quantize_1x128_128x1_out", fwd) == 1
+    assert calls("swiglu_grad_a_quantize_1x128_128x1_out", bwd) == 1
+    assert calls("swiglu_grad_b_quantize_1x128_128x1_out", bwd) == 1
     # grad_a's op before grad_b's (b's last reader first: kernels/ops.py)
-    assert bwd.index("swiglu_grad_a_quantize_1x128_128x1.default(") < bwd.index("swiglu_grad_b_quantize_1x128_128x1.default(")
+    assert bwd.index("swiglu_grad_a_quantize_1x128_128x1_out.default(") < bwd.index(
+        "swiglu_grad_b_quantize_1x128_128x1_out.default(")
     # the three dual quantizations they replace are gone: forward keeps the two norms' outputs'
     # and the attention output's; backward the gradients of wqkv's, wo's and w2's outputs
     assert calls("quantize_1x128_128x1(_out)?", fwd) == 3
     assert calls("quantize_1x128_128x1(_out)?", bwd) == 3
     for code in (fwd, bwd):
         assert calls("swiglu(_backward)?", code) == 0  # none left undecomposed
+
+    fwd1, bwd1, _, _ = _block_code_and_grads(inductor_buffers=False)  # the functional ops then
+    assert calls("swiglu_quantize_1x128_128x1", fwd1) == 1 and calls("swiglu_grad_b_quantize_1x128_128x1", bwd1) == 1
 
     fwd0, bwd0, _, _ = _block_code_and_grads(fuse_swiglu=False)  # the negative control
     assert "swiglu" not in fwd0 + bwd0

@@ -469,6 +469,21 @@ def test_swiglu_fused_kernels_match_the_dual_quantizer_of_the_reference(dtype, m
         assert torch.equal(p.view(torch.uint8), g.view(torch.uint8)) if p.dtype == FP8 else torch.equal(p, g)
 
 
+def test_swiglu_out_variants_write_what_the_functional_ops_return():
+    ops = torch.ops.fp8pass
+    grad, a, b = _swiglu_inputs(1000, 768, torch.bfloat16, seed=11)
+    for name, inputs in (("swiglu_quantize_1x128_128x1", (a, b)), ("swiglu_grad_a_quantize_1x128_128x1", (grad, a, b)),
+                         ("swiglu_grad_b_quantize_1x128_128x1", (grad, a))):
+        want = getattr(ops, name)(*inputs)
+        bufs = [torch.full_like(w, float("nan")) if w.dtype == torch.float32 else
+                torch.full_like(w.view(torch.uint8), 0x7F).view(FP8) for w in want]  # poisoned
+        bufs = [b_.as_strided(w.shape, w.stride()) for b_, w in zip(bufs, want)]
+        getattr(ops, name + "_out")(*inputs, *bufs)
+        for got, w in zip(bufs, want):
+            assert got.stride() == w.stride()
+            assert torch.equal(got.view(torch.uint8), w.view(torch.uint8)) if w.dtype == FP8 else torch.equal(got, w)
+
+
 def test_gluon_swiglu_kernel_is_used_on_sm90(monkeypatch):
     if torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("the Gluon kernels are enabled on sm90 only")
