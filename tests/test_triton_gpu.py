@@ -163,6 +163,8 @@ def test_out_variants_write_what_the_functional_ops_return(m):
     from fp8pass.kernels.ops import OUT_VARIANTS, out_variant
 
     for name in OUT_VARIANTS:
+        if name.startswith("swiglu"):  # several inputs: test_swiglu_out_variants_write_...
+            continue
         functional = getattr(torch.ops.fp8pass, name).default
         out_op = out_variant(functional)
         want = functional(x)
