@@ -31,6 +31,7 @@
 #   bash benchmarks/device_x2.sh s10d       # one GPU: the fused SwiGLU kernels' GPU tests and speed (config sweep)
 #   bash benchmarks/device_x2.sh s10e       # one GPU: the same after the backward split in two ops, and the block A/B
 #   bash benchmarks/device_x2.sh s10f       # one GPU: fused SwiGLU ops as out variants: tests, block A/B profiled, 1B A/B
+#   bash benchmarks/device_x2.sh s10g       # one GPU: SwiGLU kernel settings swept, tests, block A/B at 8 warps / cap 128
 #   bash benchmarks/device_x2.sh s10c       # one GPU: the 1B step with/without fuse_swiglu
 #   bash benchmarks/device_x2.sh s10a       # one GPU (not run yet): host time with/without inductor_buffers, block peak
 #   bash benchmarks/device_x2.sh s10conv    # four GPUs (not run yet): 350M FP8 with recompute_fp8_activations, seeds 0-1
@@ -139,6 +140,12 @@ for what in "$@"; do
       grep -E "cudaMalloc|Self CUDA time total" "$OUT/block.log"
       step_1b 90 step_noswiglu --variants fp8
       step_1b 90 step_swiglu --variants fp8 --fp8-option fuse_swiglu=true ;;
+    s10g)  # session 10, one GPU: the SwiGLU kernel's settings swept (8 warps under the 128-register cap: two CTAs
+           # per SM, with spills), GPU tests, then the block A/B with the fused kernels at 8 warps / cap 128
+      quant_gpu_tests 150 4 0 "swiglu or out_variants"
+      timeout 150 python3 benchmarks/swiglu_quant.py --sweep > "$OUT/swiglu_quant.log" 2>&1
+      echo "swiglu_quant exit $?"; cat "$OUT/swiglu_quant.log" | cut -c1-200
+      FP8PASS_SWIGLU_GLUON_WARPS=8 FP8PASS_SWIGLU_GLUON_MAXNREG=128 block_bench 200 --fp8-option fuse_swiglu=true ;;
     s10c)  # session 10, one GPU: the 1B step (bf16, fp8 defaults) and fp8 with fuse_swiglu
       step_1b 170 step_default --variants bf16,fp8
       step_1b 90 step_swiglu --variants fp8 --fp8-option fuse_swiglu=true ;;
