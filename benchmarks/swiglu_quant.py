@@ -44,9 +44,10 @@ def main() -> None:
     swiglu = torch.compile(reference.swiglu)
     swiglu_bwd = torch.compile(reference.swiglu_backward)
     dual = ops.quantize_1x128_128x1
-    configs = [("default", tqg._WARPS_SWIGLU, tqg._MAXNREG_SWIGLU)]
-    if args.sweep:
-        configs += [("8 warps, no cap", 8, 0), ("8 warps, cap 128", 8, 128), ("16 warps, no cap", 16, 0)]
+    configs = [("default", tqg._WARPS_SWIGLU, tqg._MAXNREG_SWIGLU, tqg._ROW_SPT)]
+    if args.sweep:  # (name, warps, register cap, elements of a row per thread in the 1x128 pass)
+        configs += [("8 warps, cap 128", 8, 128, 16), ("8 warps, cap 128, row 32", 8, 128, 32),
+                    ("16 warps, row 32", 16, 128, 32), ("8 warps, no cap", 8, 0, 16)]
     print(f"{'M x K':>12} {'direction':>9} {'variant':>22} {'ms':>8} {'GB/s':>7}")
     for m, k in SHAPES:
         g = torch.Generator(device="cuda").manual_seed(0)
@@ -62,8 +63,8 @@ def main() -> None:
 
         ms = bench(unfused_bwd)
         rows.append(("backward", "unfused", ms, 3 * e + 2 * e + 2 * e + 2 * e))
-        for name, warps, cap in configs:
-            tqg._WARPS_SWIGLU, tqg._MAXNREG_SWIGLU = warps, cap
+        for name, warps, cap, row_spt in configs:
+            tqg._WARPS_SWIGLU, tqg._MAXNREG_SWIGLU, tqg._ROW_SPT = warps, cap, row_spt
             try:
                 ms_f = bench(lambda: ops.swiglu_quantize_1x128_128x1(a, b))
                 ms_b = bench(lambda: (ops.swiglu_grad_a_quantize_1x128_128x1(grad, a, b),
@@ -73,7 +74,7 @@ def main() -> None:
                 continue
             rows.append(("forward", f"fused, {name}", ms_f, 2 * e + e))
             rows.append(("backward", f"fused, {name}", ms_b, 5 * e + 2 * e))  # reads g, a, b; then g, a
-        tqg._WARPS_SWIGLU, tqg._MAXNREG_SWIGLU = configs[0][1], configs[0][2]
+        tqg._WARPS_SWIGLU, tqg._MAXNREG_SWIGLU, tqg._ROW_SPT = configs[0][1:]
         gluon = tsw._gluon_quantize
         tsw._gluon_quantize = lambda device: None  # the plain-Triton kernel (used off sm90)
         rows.append(("forward", "fused, plain Triton", bench(lambda: ops.swiglu_quantize_1x128_128x1(a, b)), 3 * e))
