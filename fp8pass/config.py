@@ -87,10 +87,10 @@ class Config:
         FP8 copies, so the BF16 product and gradients never go to memory (lowering/swiglu.py).
         Matches `F.silu(a) * b` in the model's code; values agree with the unfused path up to the
         last bit of exp and a division (see kernels/triton_swiglu.py). Off by default: on an H200
-        the fused kernels beat the unfused pairs (16384 x 14336: forward 0.479 vs 0.592 ms,
-        backward 1.059 vs 1.080), but the Llama block's step was slower with it (31.20 / 31.14 ms
-        against 30.19 without, peak 2900 vs 2872 MiB; cause not yet profiled) (benchmarks/RESULTS.md,
-        session 10).
+        the fused kernels beat the unfused pairs in isolation (16384 x 14336: forward 0.479 vs 0.592
+        ms, backward 1.059 vs 1.080) but not inside a Llama block step (1.696 vs 1.658 ms), and the
+        block and 1B steps moved both ways by about 1 ms across runs; peak 2900 vs 2872 MiB
+        (benchmarks/RESULTS.md, session 10).
     inductor_buffers: lower each quantization as its out variant on buffers that Inductor
         allocates (or reuses) in its generated code, instead of the op allocating its
         outputs in Python on every call (lowering/allocated_outputs.py): the same numbers, less
