@@ -90,7 +90,7 @@ def rewrite_swiglu(gm: GraphModule) -> int:
 
 def _quantized_through_views(node: Node) -> "tuple[Node, list[Node]] | None":
     """(the dual quantization reading `node`, the view nodes between) if that quantization is the
-    only reader of node and of each view, and its input is 2-D; else None."""
+    only reader of node and of each view, and its input's last dim is static; else None."""
     chain = []
     cur = node
     while len(cur.users) == 1:
@@ -100,32 +100,36 @@ def _quantized_through_views(node: Node) -> "tuple[Node, list[Node]] | None":
             cur = user
             continue
         if user.op == "call_function" and op_name(user.target) == "quantize_1x128_128x1":
-            return user, chain
+            static_k = isinstance(user.args[0].meta["val"].shape[-1], int)
+            return (user, chain) if static_k else None
         return None
     return None
 
 
-def _as_2d(graph: Graph, node: Node, like: Node) -> Node:
-    shape = list(like.meta["val"].shape)
-    if list(node.meta["val"].shape) == shape:
+def _as_2d(graph: Graph, node: Node, k: int) -> Node:
+    """node viewed as [-1, k] (a -1, not the token count: no symbolic size enters the graph as a
+    raw argument under dynamic shapes)."""
+    val = node.meta["val"]
+    if val.dim() == 2:
         return node
-    view = graph.call_function(aten.reshape.default, (node, shape))
-    view.meta["val"] = node.meta["val"].reshape(shape)
+    view = graph.call_function(aten.reshape.default, (node, [-1, k]))
+    view.meta["val"] = val.reshape(-1, k)
     return view
 
 
-def _fuse(graph: Graph, anchor: Node, fused_op, inputs: list[Node], quantization: Node) -> None:
-    """Put fused_op(*inputs, each reshaped to the quantization's 2-D input) before `anchor`, in
-    place of the quantization (its getitems rewired to the fused op's outputs)."""
-    like = quantization.args[0]
-    fake_mode = detect_fake_mode([like.meta["val"]])
-    with graph.inserting_before(anchor):
-        args = [_as_2d(graph, n, like) for n in inputs]
+def _fuse(graph: Graph, before: Node, fused_op, inputs: list[Node], quantization: Node) -> Node:
+    """Put fused_op(*inputs, each viewed 2-D) before `before`, in place of the quantization (its
+    getitems rewired to the fused op's outputs); returns the fused node."""
+    k = quantization.args[0].meta["val"].shape[-1]
+    fake_mode = detect_fake_mode([quantization.args[0].meta["val"]])
+    with graph.inserting_before(before):
+        args = [_as_2d(graph, n, k) for n in inputs]
         fused = graph.call_function(fused_op, tuple(args))
         with fake_mode:
             fused.meta["val"] = fused_op(*(a.meta["val"] for a in args))
     quantization.replace_all_uses_with(fused)
     graph.erase_node(quantization)
+    return fused
 
 
 def _erase(graph: Graph, nodes: list[Node]) -> None:

@@ -327,12 +327,14 @@ def _counting_backend(counter, **options):
     return count
 
 
-@pytest.mark.parametrize("recompute_activations", [False, True], ids=["default", "recompute_fp8_activations"])
-def test_dynamic_sequence_lengths_compile_once(recompute_activations):
+@pytest.mark.parametrize("options", [{}, {"recompute_fp8_activations": True}, {"fuse_swiglu": True}],
+                         ids=["default", "recompute_fp8_activations", "fuse_swiglu"])
+@pytest.mark.filterwarnings("error:Raw SymInt")  # a symbolic size passed to a graph node as a plain value
+def test_dynamic_sequence_lengths_compile_once(options):
     torch.manual_seed(0)
     model = train_gpt.GPT(train_gpt.GPTConfig(dim=128, n_layers=1, n_heads=2, mlp_hidden=384, seq_len=256))
     compiles = []
-    backend = _counting_backend(compiles, recompute_fp8_activations=recompute_activations)
+    backend = _counting_backend(compiles, **options)
     compiled = torch.compile(model, backend=backend, dynamic=True)
     # M = 2 * t tokens, over 128 from the first call on: a first call with M <= 128 makes the
     # 128x1 scales' ceil(M/128) dimension 1, which torch specializes (one extra recompile).
