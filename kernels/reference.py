@@ -128,12 +128,10 @@ def swiglu_backward(grad: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tup
     """(d/da, d/db) of swiglu(a, b) times grad, as autograd's silu backward, in fp32, each
     rounded to the inputs' dtype: grad * b * sigmoid(a) * (1 + a * (1 - sigmoid(a))), and
     grad * silu(a) with silu(a) rounded as in forward."""
-    a32, g32 = a.float(), grad.float()
-    e = torch.exp(-a32)
-    sig = 1 / (1 + e)
-    silu = (a32 / (1 + e)).to(a.dtype).float()
-    grad_a = (g32 * b.float() * sig * (1 + a32 * (1 - sig))).to(a.dtype)
-    return grad_a, (g32 * silu).to(a.dtype)
+    a32 = a.float()
+    sig = 1 / (1 + torch.exp(-a32))
+    grad_a = (grad.float() * b.float() * sig * (1 + a32 * (1 - sig))).to(a.dtype)
+    return grad_a, swiglu(a, grad)  # grad * silu(a), silu rounded as in forward
 
 
 def quantize_128x128(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

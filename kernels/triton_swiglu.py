@@ -61,22 +61,15 @@ def swiglu_grad_a_values(g, a, b):
 
 
 @triton.jit
-def swiglu_grad_b_values(g, a):
-    """grad_b of silu(a) * b for its output's gradient g: g * silu(a), silu rounded as in forward."""
-    a32 = a.to(tl.float32)
-    silu = _round(a32 / (1.0 + tl.exp(a32 * -1.0)), a.dtype)
-    return _round(g.to(tl.float32) * silu.to(tl.float32), a.dtype)
-
-
-@triton.jit
 def swiglu_tile_values(g, a, b, MODE: tl.constexpr):
-    """The tile a fused op quantizes: silu(a) * b (MODE 0), its gradient of a (1) or of b (2)."""
+    """The tile a fused op quantizes: silu(a) * b (MODE 0), its gradient of a (1) or of b (2):
+    g * silu(a), silu rounded as in forward, is swiglu_values(a, g)."""
     if MODE == 0:
         return swiglu_values(a, b)
     elif MODE == 1:
         return swiglu_grad_a_values(g, a, b)
     else:
-        return swiglu_grad_b_values(g, a)
+        return swiglu_values(a, g)
 
 
 @triton.jit
