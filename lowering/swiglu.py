@@ -4,10 +4,12 @@ In a SwiGLU MLP, w2(silu(w1(x)) * w3(x)), the product's only reader is w2's dual
 in forward, and in backward the gradients of w1's and w3's outputs go only to their own dual
 quantizations. Inductor writes each of those tensors from one elementwise kernel and the
 quantizer reads it back: per 8192 x 5632 bf16 tensor ~185 MB written and read again, three times
-per MLP and step. The fused ops (kernels/ops.py `swiglu_*quantize_1x128_128x1`) compute the
+per MLP and step. The fused ops (kernels/ops.py: `swiglu_quantize_1x128_128x1` and the two
+`swiglu_grad_*_quantize_1x128_128x1`) compute the
 SwiGLU values of a tile in registers and write only the FP8 copies. Three graph functions:
 
-  rewrite_swiglu(gm)               on the graph torch.compile gives the backend (torch-level ops):
+  rewrite_swiglu(gm)               on the graph torch.compile gives the backend (torch-level ops,
+                                   checkpointed regions' subgraphs included):
                                    `F.silu(a) * b` becomes the op `fp8pass.swiglu(a, b)`, whose
                                    autograd formula is one op, `fp8pass.swiglu_backward`, so that
                                    the joint graph holds both as single nodes to match (after
@@ -61,7 +63,12 @@ def _is_silu(node) -> bool:
 def rewrite_swiglu(gm: GraphModule) -> int:
     """`F.silu(a) * b` (either operand order) -> `fp8pass.swiglu(a, b)` where a and b are tensors of
     one shape and floating dtype whose last dim is a multiple of 128 (else the product's reader
-    could not be an FP8 GEMM anyway). Returns how many were rewritten."""
+    could not be an FP8 GEMM anyway), in gm and in its subgraphs (the bodies of torch.utils.checkpoint
+    regions). Returns how many were rewritten."""
+    return sum(_rewrite_graph(m) for m in gm.modules() if isinstance(m, GraphModule))
+
+
+def _rewrite_graph(gm: GraphModule) -> int:
     count = 0
     for mul in list(gm.graph.nodes):
         if mul.op != "call_function" or mul.target not in _MULS or len(mul.args) != 2 or mul.kwargs:
