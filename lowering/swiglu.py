@@ -5,8 +5,8 @@ in forward, and in backward the gradients of w1's and w3's outputs go only to th
 quantizations. Inductor writes each of those tensors from one elementwise kernel and the
 quantizer reads it back: per 8192 x 5632 bf16 tensor ~185 MB written and read again, three times
 per MLP and step. The fused ops (kernels/ops.py: `swiglu_quantize_1x128_128x1` and the two
-`swiglu_grad_*_quantize_1x128_128x1`) compute the
-SwiGLU values of a tile in registers and write only the FP8 copies. Three graph functions:
+`swiglu_grad_*_quantize_1x128_128x1`) compute the SwiGLU values of a tile in registers and write
+only the FP8 copies. Three graph functions:
 
   rewrite_swiglu(gm)               on the graph torch.compile gives the backend (torch-level ops,
                                    checkpointed regions' subgraphs included):
