@@ -140,6 +140,20 @@ class Report:
         return modules
 
     @property
+    def fused_swiglu(self) -> dict:
+        """{"forward": n, "backward": m}: the fused SwiGLU-quantization kernels in the partitioned
+        graphs (Config.fuse_swiglu): one per MLP in forward, two in backward."""
+        from .kernels.ops import op_name
+
+        counts = {"forward": 0, "backward": 0}
+        for name, gm in self.graphs.items():
+            kind = name.rsplit("_", 1)[-1]
+            if kind in counts and isinstance(gm, torch.fx.GraphModule):
+                counts[kind] += sum(1 for n in gm.graph.nodes if n.op == "call_function"
+                                    and (op_name(n.target) or "").startswith("swiglu_"))
+        return counts
+
+    @property
     def baseline_saved_bytes(self) -> Optional[int]:
         if self.baseline_saved is None:
             return None
@@ -182,6 +196,10 @@ class Report:
             if remade:
                 lines.append(f"Wgrad's 128x1 copies of {len(remade)} Linear inputs made in backward, not saved "
                              f"(recompute_fp8_activations): {', '.join(remade)}")
+        swiglu = self.fused_swiglu
+        if any(swiglu.values()):
+            lines.append(f"SwiGLU computed inside its quantization kernels (fuse_swiglu): {swiglu['forward']} in "
+                         f"forward, {swiglu['backward']} in backward")
         return "\n".join(lines)
 
     def table(self) -> str:

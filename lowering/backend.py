@@ -165,11 +165,11 @@ class Fp8JointPass(CustomGraphPass):
 
 class Fp8PartitionedPass(CustomGraphPass):
     """`post_grad_custom_pre_pass` on each partitioned graph (forward, backward or inference):
-    records it for explain() as the pass left it (with a recorder), then fuses SwiGLU into the
-    dual quantizations that read it and turns the SwiGLU ops left back into aten ops (`swiglu`,
-    see swiglu.py), fuses the activation and gradient quantizations into their producers' kernels
-    (`fuse`, see fused_quantize.py) and gives the remaining ones buffers Inductor allocates
-    (`allocate`, see allocated_outputs.py)."""
+    fuses SwiGLU into the dual quantizations that read it and turns the SwiGLU ops left back into
+    aten ops (`swiglu`, see swiglu.py), records the graph for explain() (with a recorder), then
+    fuses the activation and gradient quantizations into their producers' kernels (`fuse`, see
+    fused_quantize.py) and gives the remaining ones buffers Inductor allocates (`allocate`, see
+    allocated_outputs.py)."""
 
     def __init__(self, fuse: bool, allocate: bool, recorder: Optional[Recorder] = None, name: str = "",
                  swiglu: bool = False):
@@ -180,7 +180,12 @@ class Fp8PartitionedPass(CustomGraphPass):
         self.name = name
 
     def __call__(self, graph: torch.fx.Graph) -> None:
-        if self.recorder is not None:
+        if self.swiglu:
+            fused = fuse_swiglu_quantizations(graph)
+            if fused:
+                log.debug("fp8pass: %d SwiGLU op(s) fused into the quantizations reading them", fused)
+        decompose_swiglu_ops(graph)  # any left (also from a graph compiled with swiglu=False)
+        if self.recorder is not None:  # with the SwiGLU fusions: explain() reports them
             names = [n.name for n in graph.nodes if n.op == "placeholder"]
             if any(n.startswith("tangents") for n in names):
                 kind = "backward"
@@ -189,11 +194,6 @@ class Fp8PartitionedPass(CustomGraphPass):
             else:
                 kind = "inference"
             self.recorder.add_graph(f"{self.name}_{kind}", graph)
-        if self.swiglu:
-            fused = fuse_swiglu_quantizations(graph)
-            if fused:
-                log.debug("fp8pass: %d SwiGLU op(s) fused into the quantizations reading them", fused)
-        decompose_swiglu_ops(graph)  # any left (also from a graph compiled with swiglu=False)
         if self.fuse:
             fused = fuse_quantize_ops(graph)
             if fused:

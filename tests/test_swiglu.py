@@ -242,3 +242,15 @@ def test_checkpointed_block_is_fused_and_trains_the_same():
         grads[ckpt] = [x.grad] + [p.grad for p in block.parameters()]
     for plain, ckpt in zip(grads[False], grads[True]):
         assert sqnr_db(plain, ckpt) > 40
+
+
+def test_explain_reports_the_fused_swiglu_kernels():
+    torch.manual_seed(0)
+    block = train_gpt.Block(CFG)
+    x = torch.randn(4, 64, 128, requires_grad=True)
+    on = fp8pass.explain(block, x, fp8_config=fp8pass.Config(fuse_swiglu=True))
+    assert on.fused_swiglu == {"forward": 1, "backward": 2}
+    assert "SwiGLU computed inside its quantization kernels (fuse_swiglu): 1 in forward, 2 in backward" in str(on)
+    torch._dynamo.reset()
+    off = fp8pass.explain(block, x)
+    assert off.fused_swiglu == {"forward": 0, "backward": 0} and "fuse_swiglu" not in str(off)
