@@ -79,3 +79,19 @@ def test_kv_cache_outputs_do_not_make_k_v_projections_heads():
     for linear in ("self_attn.k_proj", "self_attn.v_proj"):
         fp8, recs = roles(report, f"model.layers.0.{linear}")
         assert fp8 == ["dgrad", "fprop", "wgrad"], (linear, [(r.role, r.reason) for r in recs])
+
+
+def test_fuse_swiglu_matches_the_unmodified_llama_mlp():
+    # LlamaMLP computes down_proj(act_fn(gate_proj(x)) * up_proj(x)) with act_fn an nn.SiLU-like
+    # module: the rewrite must find it in the graph Dynamo hands the backend
+    import fp8pass
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=2,
+                      num_key_value_heads=2, vocab_size=256, max_position_embeddings=128)
+    model = LlamaForCausalLM(cfg)
+    ids = torch.randint(0, 256, (2, 64))
+    report = fp8pass.explain(model, ids, labels=ids, fp8_config=fp8pass.Config(fuse_swiglu=True))
+    assert report.fused_swiglu == {"forward": 2, "backward": 4}
