@@ -72,14 +72,16 @@ def register() -> bool:
             "quantize_128x128_transposed": functools.partial(tq.quantize_128x128, layout="transposed"),
         }
 
-        def checked(name, quantize):
-            def functional(x):
-                ops._check_float_input(name, x)
-                return quantize(x)
+        def checked(name, kernel, check=ops._check_float_input, n_inputs=1):
+            """The op's CUDA kernel and its out variant's: the op's input checks, then `kernel`,
+            given the out variant's buffers (Inductor's) as `out`."""
+            def functional(*inputs):
+                check(name, *inputs)
+                return kernel(*inputs)
 
-            def out_variant(x, *out):
-                ops._check_float_input(name, x)
-                quantize(x, out=out)
+            def out_variant(*args):
+                check(name, *args[:n_inputs])
+                kernel(*args[:n_inputs], out=args[n_inputs:])
 
             return functional, out_variant
 
@@ -87,25 +89,15 @@ def register() -> bool:
             ops.check_gemm_operands(a, a_scale, b, b_scale)
             return gemm_blockwise(a, a_scale, b, b_scale, out_dtype)
 
-        def swiglu_fused(name, kernel, n_inputs):
-            def functional(*inputs):
-                ops._check_swiglu_2d(name, *inputs)
-                return kernel(*inputs)
-
-            def out_variant(*args):
-                ops._check_swiglu_2d(name, *args[:n_inputs])
-                kernel(*args[:n_inputs], out=args[n_inputs:])
-
-            return functional, out_variant
-
         from . import triton_swiglu as tsw
 
         impls = {"gemm_blockwise": _gemm}
-        for name, n_inputs in (("swiglu_quantize_1x128_128x1", 2), ("swiglu_grad_a_quantize_1x128_128x1", 3),
-                               ("swiglu_grad_b_quantize_1x128_128x1", 2)):
-            impls[name], impls[ops.OUT_VARIANTS[name]] = swiglu_fused(name, getattr(tsw, name), n_inputs)
         for name, quantize in quantizers.items():
             impls[name], impls[ops.OUT_VARIANTS[name]] = checked(name, quantize)
+        for name, n_inputs in (("swiglu_quantize_1x128_128x1", 2), ("swiglu_grad_a_quantize_1x128_128x1", 3),
+                               ("swiglu_grad_b_quantize_1x128_128x1", 2)):
+            impls[name], impls[ops.OUT_VARIANTS[name]] = checked(name, getattr(tsw, name), ops._check_swiglu_2d,
+                                                                 n_inputs)
         lib = torch.library.Library("fp8pass", "IMPL")
         for name, fn in impls.items():
             lib.impl(name, fn, "CUDA")

@@ -246,12 +246,13 @@ def swiglu_grad_b_quantize_1x128_128x1(grad: torch.Tensor, a: torch.Tensor) -> t
         torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """quantize_1x128_128x1 of the gradient of b, grad * silu(a) (swiglu_backward's second output)."""
     _check_swiglu_2d("swiglu_grad_b_quantize_1x128_128x1", grad, a)
-    return quantize_1x128_128x1(reference.swiglu_backward(grad, a, a)[1])
+    return quantize_1x128_128x1(reference.swiglu(a, grad))  # grad * silu(a): reference.swiglu_backward
 
 
 @swiglu_grad_b_quantize_1x128_128x1.register_fake
 def _(grad, a):
     return quantize_1x128_128x1(a)
+
 
 # Out variants of the quantizations: the same numbers written into buffers the caller allocated,
 # in exactly the shapes and layouts of the functional op's outputs. The backend lowers each
@@ -278,7 +279,10 @@ def quantize_128x1_out(x: torch.Tensor, q_t: torch.Tensor, scale_t: torch.Tensor
     _write_outputs((q_t, scale_t), quantize_128x1(x))
 
 
-@torch.library.custom_op("fp8pass::quantize_1x128_128x1_out", mutates_args=("q_row", "s_row", "q_col_t", "s_col_t"))
+_DUAL_OUTS = ("q_row", "s_row", "q_col_t", "s_col_t")  # the outputs of every dual quantization
+
+
+@torch.library.custom_op("fp8pass::quantize_1x128_128x1_out", mutates_args=_DUAL_OUTS)
 def quantize_1x128_128x1_out(x: torch.Tensor, q_row: torch.Tensor, s_row: torch.Tensor, q_col_t: torch.Tensor,
                              s_col_t: torch.Tensor) -> None:
     """quantize_1x128_128x1(x) written into (q_row, s_row, q_col_t, s_col_t)."""
@@ -295,10 +299,6 @@ def quantize_128x128_out(w: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) 
 def quantize_128x128_transposed_out(w: torch.Tensor, q_t: torch.Tensor, scale_t: torch.Tensor) -> None:
     """quantize_128x128_transposed(w) written into (q_t, scale_t)."""
     _write_outputs((q_t, scale_t), quantize_128x128_transposed(w))
-
-
-
-_DUAL_OUTS = ("q_row", "s_row", "q_col_t", "s_col_t")
 
 
 @torch.library.custom_op("fp8pass::swiglu_quantize_1x128_128x1_out", mutates_args=_DUAL_OUTS)
@@ -320,6 +320,7 @@ def swiglu_grad_b_quantize_1x128_128x1_out(grad: torch.Tensor, a: torch.Tensor, 
                                            s_row: torch.Tensor, q_col_t: torch.Tensor, s_col_t: torch.Tensor) -> None:
     """swiglu_grad_b_quantize_1x128_128x1(grad, a) written into (q_row, s_row, q_col_t, s_col_t)."""
     _write_outputs((q_row, s_row, q_col_t, s_col_t), swiglu_grad_b_quantize_1x128_128x1(grad, a))
+
 
 # functional op name -> its out variant's name (the out arguments follow the functional op's outputs).
 # By name: the OpOverload objects under torch.ops.fp8pass can be rebuilt during a process (seen

@@ -29,7 +29,6 @@ pytestmark = [
 
 
 def _compile_sm90(dtype: str, write_row: bool, row_spt: int, col_spt: int, tmp_path):
-    from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
 
     sig = {"x_ptr": f"*{dtype}", "qr_ptr": "*fp8e4nv", "sr_ptr": "*fp32", "qt_ptr": "*fp8e4nv", "sc_ptr": "*fp32",
@@ -41,9 +40,15 @@ def _compile_sm90(dtype: str, write_row: bool, row_spt: int, col_spt: int, tmp_p
     names = list(sig)
     attrs = {(names.index(n),): [["tt.divisibility", 16]]
              for n in ("x_ptr", "qr_ptr", "sr_ptr", "qt_ptr", "sc_ptr", "M", "K", "sxm")}
-    src = GluonASTSource(tqg._quant_dual_kernel, sig, consts, attrs)
-    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                              options={"num_warps": tqg._WARPS, "maxnreg": tqg._MAXNREG})
+    return _registers_and_stack(GluonASTSource(tqg._quant_dual_kernel, sig, consts, attrs),
+                                {"num_warps": tqg._WARPS, "maxnreg": tqg._MAXNREG}, tmp_path)
+
+
+def _registers_and_stack(src, options: dict, tmp_path) -> tuple[int, int]:
+    """Registers per thread and stack bytes (spills) of a kernel source compiled for sm90."""
+    from triton.backends.compiler import GPUTarget
+
+    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
     cubin = tmp_path / "kernel.cubin"
     cubin.write_bytes(compiled.asm["cubin"])
     usage = subprocess.run([os.path.join(_BIN, "cuobjdump"), "--dump-resource-usage", str(cubin)],
@@ -70,7 +75,6 @@ def test_gluon_quantizer_compiles_for_sm90_without_spills(dtype, kernel, tmp_pat
 
 
 def _compile_swiglu_sm90(dtype: str, mode: int, tmp_path):
-    from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
 
     sig = {"g_ptr": f"*{dtype}", "a_ptr": f"*{dtype}", "b_ptr": f"*{dtype}",
@@ -83,14 +87,8 @@ def _compile_swiglu_sm90(dtype: str, mode: int, tmp_path):
     names = list(sig)
     attrs = {(names.index(n),): [["tt.divisibility", 16]]
              for n in names if n.endswith("_ptr") or n in ("M", "K", "sgm", "sam", "sbm")}
-    src = GluonASTSource(tqg._swiglu_dual_kernel, sig, consts, attrs)
-    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
-    cubin = tmp_path / "kernel.cubin"
-    cubin.write_bytes(compiled.asm["cubin"])
-    usage = subprocess.run([os.path.join(_BIN, "cuobjdump"), "--dump-resource-usage", str(cubin)],
-                           capture_output=True, text=True, check=True).stdout
-    return (int(re.search(r"REG:(\d+)", usage).group(1)), int(re.search(r"STACK:(\d+)", usage).group(1)),
-            options.get("maxnreg", 255))
+    regs, stack = _registers_and_stack(GluonASTSource(tqg._swiglu_dual_kernel, sig, consts, attrs), options, tmp_path)
+    return regs, stack, options.get("maxnreg", 255)
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp32"])
