@@ -27,6 +27,7 @@
 #   bash benchmarks/device_x2.sh s6d        # s6c again after a test fix, without the sweep (quantizer table last)
 #   bash benchmarks/device_x2.sh s6e        # one GPU: quantizer GPU tests, quantizer table + sweep (Gluon 128x1 and
 #                                           # 32-element layouts)
+#   bash benchmarks/device_x2.sh s11a       # one GPU: the warp-specialized Gluon GEMM: speed at the large shapes, GPU tests
 #   bash benchmarks/device_x2.sh s10b       # one GPU: fuse_swiglu's GPU tests and every quantizer test; the block with/without it
 #   bash benchmarks/device_x2.sh s10d       # one GPU: the fused SwiGLU kernels' GPU tests and speed (config sweep)
 #   bash benchmarks/device_x2.sh s10e       # one GPU: the same after the backward split in two ops, and the block A/B
@@ -116,6 +117,14 @@ step_1b() {  # the 1B train_step.py: $1 timeout, $2 log name, then the script's 
 
 for what in "$@"; do
   case $what in
+    s11a)  # session 11, one GPU: the warp-specialized Gluon GEMM: smoke test and TFLOP/s at the four large shapes
+           # (every role, K-major operands) beside cuBLAS and the other Gluon kernel, then its GPU tests
+      timeout 420 python3 benchmarks/gemm.py --no-quant --roles fprop,dgrad,wgrad \
+        --shapes 8192x8192x8192,16384x4096x14336,16384x14336x4096,4096x4096x4096 --columns bf16,cublas,gluon,ws \
+        > "$OUT/gemm.log" 2>&1; echo "gemm exit $?"; grep -v "^ *$" "$OUT/gemm.log" | cut -c1-220
+      CUDA_VISIBLE_DEVICES=0 timeout 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_gpu.py \
+        -k "gemm_roles and gluon" > "$OUT/gemm_gpu.log" 2>&1; echo "GEMM GPU tests exit $?"
+      grep -E "^(FAILED|ERROR)|passed|failed|Error" "$OUT/gemm_gpu.log" | cut -c1-300 | tail -12 ;;
     s10b)  # session 10, one GPU: fuse_swiglu's GPU tests, with every quantizer test (the Gluon dual kernel's body was
            # moved into a helper the SwiGLU kernels share) and the registered ops; the block with and without it
       quant_gpu_tests 240 4 0 "quantize or swiglu or registered or out_variants or gluon or fullgraph or inductor_buffers"

@@ -7,8 +7,10 @@
     cublas+cp the same, starting from the operands as the graph pass emits them (transposed
               FP8 copies included in the time; equal to `cublas` for Fprop)
     tl        the plain-Triton kernel on the operands as emitted (strided views, no copies)
-    gluon     the Gluon sm90 kernel, kernel only, on K-major operands
-    gluon+cp  the Gluon kernel starting from the operands as emitted (copies timed)
+    gluon     the Gluon sm90 kernel (two partials in flight), kernel only, on K-major operands
+    ws        the warp-specialized persistent Gluon kernel (a TMA warp, two consumer
+              warpgroups), kernel only, on K-major operands
+    gluon+cp  the faster Gluon kernel starting from the operands as emitted (copies timed)
     dispatch  torch.ops.fp8pass.gemm_blockwise (the dispatcher's choice, in brackets)
   and calc_diff of the dispatched result against the BF16-input FP32 reference.
   Roles (operands exactly as the pass emits them; W is the [out, in] weight):
@@ -20,6 +22,7 @@
   Quantization, GB/s (bytes read + written / time) beside a device-to-device copy of the input.
 
 Usage: python benchmarks/gemm.py [--quick] [--roles fprop,dgrad,wgrad] [--tune-quant]
+                                [--shapes MxKxN,...] [--columns bf16,cublas,gluon,ws,...]
 """
 
 from __future__ import annotations
@@ -91,12 +94,12 @@ def fmt(v):
     return f"{v:8.1f}" if isinstance(v, float) else f"{v:>8}"
 
 
-def run_gemm(roles, shapes, out_dtype=torch.bfloat16):
+def run_gemm(roles, shapes, out_dtype=torch.bfloat16, columns=None):
     from fp8pass.kernels import cuda, triton_gemm, triton_gemm_gluon
 
     gluon_ok = triton_gemm_gluon.available()
     rows = []
-    hdr = (f"{'role':6} {'M x K x N':>20} {'bf16':>8} {'cublas':>8} {'cublas+cp':>9} {'tl':>8} {'gluon':>8} "
+    hdr = (f"{'role':6} {'M x K x N':>20} {'bf16':>8} {'cublas':>8} {'cublas+cp':>9} {'tl':>8} {'gluon':>8} {'ws':>8} "
            f"{'gluon+cp':>8} {'dispatch':>8} {'choice':>8} {'calc_diff':>10}")
     print("\n== GEMM TFLOP/s (median of do_bench; output bf16) ==", flush=True)
     print(hdr, flush=True)
@@ -113,6 +116,9 @@ def run_gemm(roles, shapes, out_dtype=torch.bfloat16):
             res = {}
 
             def t(name, fn):
+                if columns and name not in columns:
+                    res[name] = "-"
+                    return
                 try:
                     ms = bench(fn, nsets)
                     res[name] = flops / ms / 1e9
@@ -125,15 +131,22 @@ def run_gemm(roles, shapes, out_dtype=torch.bfloat16):
             t("cublas+cp", lambda i: cuda.cublas_gemm_blockwise(*sets[i]["emitted"], out_dtype))
             t("tl", lambda i: triton_gemm.gemm_blockwise(*sets[i]["emitted"], out_dtype))
             if gluon_ok:
-                t("gluon", lambda i: triton_gemm_gluon.gemm_blockwise(*sets[i]["kmajor"], out_dtype))
+                t("gluon", lambda i: triton_gemm_gluon.gemm_blockwise(
+                    *sets[i]["kmajor"], out_dtype, configs=triton_gemm_gluon.GLUON_CONFIGS))
+                t("ws", lambda i: triton_gemm_gluon.gemm_blockwise(
+                    *sets[i]["kmajor"], out_dtype, configs=triton_gemm_gluon.WS_CONFIGS))
                 t("gluon+cp", lambda i: cuda._run("gluon", *sets[i]["emitted"], out_dtype))
             else:
-                res["gluon"] = res["gluon+cp"] = "n/a"
+                res["gluon"] = res["ws"] = res["gluon+cp"] = "n/a"
             t("dispatch", lambda i: torch.ops.fp8pass.gemm_blockwise(*sets[i]["emitted"], out_dtype))
             choice = cuda.dispatch_choice(*sets[0]["emitted"], out_dtype) or "?"
             try:
-                a, sa, b, sb = sets[0]["emitted"]
-                out = torch.ops.fp8pass.gemm_blockwise(a, sa, b, sb, out_dtype)
+                if columns and "dispatch" not in columns:  # calc_diff of the ws kernel instead
+                    choice = "ws"
+                    out = triton_gemm_gluon.gemm_blockwise(*sets[0]["kmajor"], out_dtype,
+                                                           configs=triton_gemm_gluon.WS_CONFIGS)
+                else:
+                    out = torch.ops.fp8pass.gemm_blockwise(*sets[0]["emitted"], out_dtype)
                 x, y = sets[0]["bf16"]
                 diff = calc_diff(out.float(), x.float() @ y.float())
                 nan = bool(torch.isnan(out).any())
@@ -141,7 +154,7 @@ def run_gemm(roles, shapes, out_dtype=torch.bfloat16):
             except Exception as exc:
                 diff_s = f"err {exc}"
             line = (f"{role:6} {f'{m}x{k}x{n}':>20} {fmt(res['bf16'])} {fmt(res['cublas'])} {fmt(res['cublas+cp']):>9} "
-                    f"{fmt(res['tl'])} {fmt(res['gluon'])} {fmt(res['gluon+cp'])} {fmt(res['dispatch'])} "
+                    f"{fmt(res['tl'])} {fmt(res['gluon'])} {fmt(res['ws'])} {fmt(res['gluon+cp'])} {fmt(res['dispatch'])} "
                     f"{choice:>8} {diff_s}")
             print(line, flush=True)
             for key, val in res.items():
@@ -153,9 +166,9 @@ def run_gemm(roles, shapes, out_dtype=torch.bfloat16):
     print("\nautotuned plain-Triton configs:", flush=True)
     for key, cfg in getattr(triton_gemm._gemm_kernel_tuned, "cache", {}).items():
         print(f"  {key[:6]}: {cfg}", flush=True)
-    print("Gluon configs chosen (BLOCK_M, BLOCK_N, warps, stages):", flush=True)
+    print("Gluon configs chosen (BLOCK_M, BLOCK_N, warps, stages[, ws]) among the candidates:", flush=True)
     for key, cfg in triton_gemm_gluon._choice_cache.items():
-        print(f"  M,N,K={key[:3]} b128x128={key[3]}: {cfg}", flush=True)
+        print(f"  M,N,K={key[:3]} b128x128={key[3]} of {len(key[-1])}: {cfg}", flush=True)
     print("\ndispatcher measurements (ms, or why a backend was skipped):", flush=True)
     for key, val in cuda.dispatch_report().items():
         print(f"  M,N,K={key[:3]} b128x128={key[3]} A_kmajor={key[5]} B_kmajor={key[6]}: "
@@ -270,6 +283,8 @@ def main():
     p.add_argument("--tune-quant", action="store_true")
     p.add_argument("--no-quant", action="store_true")
     p.add_argument("--no-gemm", action="store_true")
+    p.add_argument("--shapes", default="", help="M x K x N list instead of the issue's six, e.g. 8192x8192x8192,4096x4096x4096")
+    p.add_argument("--columns", default="", help="time only these columns (comma list, e.g. cublas,gluon,ws)")
     args = p.parse_args()
     import fp8pass.kernels as kernels
 
@@ -293,6 +308,10 @@ def main():
             out = triton_gemm_gluon.gemm_blockwise(qx, sx, qw.t(), sw.t(), torch.float32, config=(128, 128, 8, 4))
             print(f"gluon smoke test: calc_diff vs bf16 reference {calc_diff(out, x.float() @ w.float().t()):.2e}",
                   flush=True)
+            out = triton_gemm_gluon.gemm_blockwise(qx, sx, qw.t(), sw.t(), torch.float32,
+                                                   config=triton_gemm_gluon.WS_CONFIGS[0])
+            print(f"gluon ws smoke test: calc_diff vs bf16 reference {calc_diff(out, x.float() @ w.float().t()):.2e}",
+                  flush=True)
         except Exception:
             print("gluon smoke test FAILED:", flush=True)
             traceback.print_exc()
@@ -304,7 +323,10 @@ def main():
             traceback.print_exc()
     if not args.no_gemm:
         shapes = [(4096, 4096, 4096), (128, 4096, 4096)] if args.quick else SHAPES
-        run_gemm([r for r in args.roles.split(",") if r], shapes)
+        if args.shapes:
+            shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+        run_gemm([r for r in args.roles.split(",") if r], shapes,
+                 columns=set(c for c in args.columns.split(",") if c) or None)
     print(f"\nbenchmark wall time {time.time() - t0:.0f} s", flush=True)
 
 

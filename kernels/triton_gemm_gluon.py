@@ -20,6 +20,8 @@ Import is harmless without a GPU; `available()` says whether Gluon is usable her
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 
@@ -38,13 +40,14 @@ try:  # Gluon is experimental: absent from older Triton, names move between rele
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
+    _tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_global
     _cta_barrier = getattr(gl, "barrier", None) or gl.thread_barrier
     _GLUON_IMPORT_ERROR = None
 except Exception as exc:  # pragma: no cover - depends on the installed Triton
     gluon = None
     _GLUON_IMPORT_ERROR = exc
 
-__all__ = ["available", "supports", "gemm_blockwise", "GLUON_CONFIGS"]
+__all__ = ["available", "supports", "gemm_blockwise", "GLUON_CONFIGS", "WS_CONFIGS"]
 
 
 def available() -> bool:
@@ -235,21 +238,227 @@ if gluon is not None:
         gl.store(c_ptrs, c, mask=mask)
 
 
+    # ----------------------------------------------------------------------------------------
+    # Warp-specialized persistent kernel: one TMA warp and two consumer warpgroups per CTA
+    # ----------------------------------------------------------------------------------------
+    @gluon.jit
+    def _tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M: gl.constexpr):
+        """Grouped order (GROUP_M row blocks share their B column blocks in L2)."""
+        num_pid_in_group = GROUP_M * num_pid_n
+        group_id = tile_id // num_pid_in_group
+        first_pid_m = group_id * GROUP_M
+        group_size_m = gl.minimum(num_pid_m - first_pid_m, GROUP_M)
+        pid_m = first_pid_m + ((tile_id % num_pid_in_group) % group_size_m)
+        pid_n = (tile_id % num_pid_in_group) // group_size_m
+        return pid_m, pid_n
+
+    @gluon.jit
+    def _ws_producer(args, B_BLOCK: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                     NUM_STAGES: gl.constexpr, GROUP_M: gl.constexpr, OVERLAP: gl.constexpr,
+                     HALF: gl.constexpr):
+        """One warp: walks the CTA's tiles and K blocks in the consumers' order and keeps the
+        NUM_STAGES-deep ring of (A 128x128, B 128x128) FP8 stages filled by TMA; a stage is
+        reused once both consumer warpgroups have arrived on its `empty` barrier."""
+        (a_desc, b_desc, c_desc, as_ptr, bs_ptr, M, N, K, s_asm, s_ask, s_bsk, s_bsn,
+         a_bufs, b_bufs, ready, empty) = args
+        nbytes: gl.constexpr = (BLOCK_M + BLOCK_N) * 128
+        num_pid_m = gl.cdiv(M, BLOCK_M)
+        num_pid_n = gl.cdiv(N, BLOCK_N)
+        num_k = gl.cdiv(K, 128)
+        it = 0
+        for tile_id in range(gl.program_id(0), num_pid_m * num_pid_n, gl.num_programs(0)):
+            pid_m, pid_n = _tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M)
+            for k in range(num_k):
+                s = it % NUM_STAGES
+                # a fresh mbarrier counts as having completed the phase before 0: the first
+                # pass over the ring does not wait
+                mbarrier.wait(empty.index(s), ((it // NUM_STAGES) & 1) ^ 1)
+                mbarrier.expect(ready.index(s), nbytes)
+                _tma_load(a_desc, [pid_m * BLOCK_M, k * 128], ready.index(s), a_bufs.index(s))
+                _tma_load(b_desc, [pid_n * BLOCK_N, k * 128], ready.index(s), b_bufs.index(s))
+                it += 1
+
+    @gluon.jit
+    def _ws_issue(a_bufs, b_bufs, ready, zero, it, NUM_STAGES: gl.constexpr, HALF: gl.constexpr,
+                  WG_M: gl.constexpr):
+        """Wait for the stage of the CTA's it-th K block, then start this warpgroup's wgmma on its
+        rows of A into a fresh partial."""
+        s = it % NUM_STAGES
+        mbarrier.wait(ready.index(s), (it // NUM_STAGES) & 1)
+        return warpgroup_mma(a_bufs.index(s).slice(HALF * WG_M, WG_M), b_bufs.index(s).permute((1, 0)), zero,
+                             use_acc=False, is_async=True)
+
+    @gluon.jit
+    def _ws_retire(acc, part, pending: gl.constexpr, empty, it, sa, sb, NUM_STAGES: gl.constexpr,
+                   SCALAR_SB: gl.constexpr):
+        """Wait until at most `pending` wgmmas are in flight (so `part`, the it-th block's, is
+        done), release its stage to the producer, promote it into acc."""
+        d = warpgroup_mma_wait(pending, deps=(part, ))
+        mbarrier.arrive(empty.index(it % NUM_STAGES))
+        return _promote(acc, d, sa, sb, SCALAR_SB)
+
+    @gluon.jit
+    def _ws_k_loop_overlapped(acc, zero, a_bufs, b_bufs, ready, empty, it, num_k, as_ptrs, bs_ptrs, bs_ptr,
+                              cols_lin, s_ask, s_bsk, s_bsn, col_layout: gl.constexpr, B_BLOCK: gl.constexpr,
+                              NUM_STAGES: gl.constexpr, HALF: gl.constexpr, WG_M: gl.constexpr):
+        """The K loop of one tile with block k+1's wgmma in flight while block k is promoted: two
+        partials in fixed registers (P0, P1), the loop unrolled by two, as in _gluon_gemm_kernel.
+        128x128 b scales are loaded one block ahead; 128x1 ones (vectors) just before their wait."""
+        PREFETCH: gl.constexpr = B_BLOCK
+        if PREFETCH:
+            sa0, sb0 = _load_scales(as_ptrs, bs_ptrs, 0, s_ask, s_bsk)
+        p0 = _ws_issue(a_bufs, b_bufs, ready, zero, it, NUM_STAGES, HALF, WG_M)
+        for k in range(1, num_k - 1, 2):
+            p1 = _ws_issue(a_bufs, b_bufs, ready, zero, it + k, NUM_STAGES, HALF, WG_M)
+            if PREFETCH:
+                sa1, sb1 = _load_scales(as_ptrs, bs_ptrs, k, s_ask, s_bsk)
+            else:
+                sa0, sb0 = _load_scales_vec(as_ptrs, bs_ptr, cols_lin, k - 1, s_ask, s_bsk, s_bsn, col_layout)
+            acc = _ws_retire(acc, p0, 1, empty, it + k - 1, sa0, sb0, NUM_STAGES, B_BLOCK)
+            p0 = _ws_issue(a_bufs, b_bufs, ready, zero, it + k + 1, NUM_STAGES, HALF, WG_M)
+            if PREFETCH:
+                sa0, sb0 = _load_scales(as_ptrs, bs_ptrs, k + 1, s_ask, s_bsk)
+            else:
+                sa1, sb1 = _load_scales_vec(as_ptrs, bs_ptr, cols_lin, k, s_ask, s_bsk, s_bsn, col_layout)
+            acc = _ws_retire(acc, p1, 1, empty, it + k, sa1, sb1, NUM_STAGES, B_BLOCK)
+        if num_k % 2 == 0:
+            k = num_k - 1
+            p1 = _ws_issue(a_bufs, b_bufs, ready, zero, it + k, NUM_STAGES, HALF, WG_M)
+            if PREFETCH:
+                sa1, sb1 = _load_scales(as_ptrs, bs_ptrs, k, s_ask, s_bsk)
+            else:
+                sa0, sb0 = _load_scales_vec(as_ptrs, bs_ptr, cols_lin, k - 1, s_ask, s_bsk, s_bsn, col_layout)
+            acc = _ws_retire(acc, p0, 1, empty, it + k - 1, sa0, sb0, NUM_STAGES, B_BLOCK)
+            if not PREFETCH:
+                sa1, sb1 = _load_scales_vec(as_ptrs, bs_ptr, cols_lin, k, s_ask, s_bsk, s_bsn, col_layout)
+            acc = _ws_retire(acc, p1, 0, empty, it + k, sa1, sb1, NUM_STAGES, B_BLOCK)
+        else:
+            if not PREFETCH:
+                sa0, sb0 = _load_scales_vec(as_ptrs, bs_ptr, cols_lin, num_k - 1, s_ask, s_bsk, s_bsn, col_layout)
+            acc = _ws_retire(acc, p0, 0, empty, it + num_k - 1, sa0, sb0, NUM_STAGES, B_BLOCK)
+        return acc
+
+    @gluon.jit
+    def _ws_consumer(args, B_BLOCK: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                     NUM_STAGES: gl.constexpr, GROUP_M: gl.constexpr, OVERLAP: gl.constexpr,
+                     HALF: gl.constexpr):
+        """One warpgroup: rows [HALF * BLOCK_M / 2, (HALF + 1) * BLOCK_M / 2) of every tile. Per K
+        block: wgmma into a fresh partial, wait for it, release the stage, promote the partial
+        into the fp32 accumulator with the block's scales. The other warpgroup's wgmma keeps
+        the tensor cores busy during this one's promotion (DeepGEMM's schedule)."""
+        (a_desc, b_desc, c_desc, as_ptr, bs_ptr, M, N, K, s_asm, s_ask, s_bsk, s_bsn,
+         a_bufs, b_bufs, ready, empty) = args
+        WG_M: gl.constexpr = BLOCK_M // 2
+        mma_layout: gl.constexpr = gl.NVMMADistributedLayout(
+            version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BLOCK_N, 32])
+        row_layout: gl.constexpr = gl.SliceLayout(1, mma_layout)
+        col_layout: gl.constexpr = gl.SliceLayout(0, mma_layout)
+        lin_layout: gl.constexpr = gl.BlockedLayout([1], [32], [4], [0])
+        num_pid_m = gl.cdiv(M, BLOCK_M)
+        num_pid_n = gl.cdiv(N, BLOCK_N)
+        num_k = gl.cdiv(K, 128)
+        zero = gl.zeros([WG_M, BLOCK_N], gl.float32, mma_layout)
+        c_smem = gl.allocate_shared_memory(c_desc.dtype, [WG_M, BLOCK_N], c_desc.layout)
+        it = 0
+        for tile_id in range(gl.program_id(0), num_pid_m * num_pid_n, gl.num_programs(0)):
+            pid_m, pid_n = _tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M)
+            off_m = pid_m * BLOCK_M + HALF * WG_M
+            off_n = pid_n * BLOCK_N
+            offs_m = off_m + gl.arange(0, WG_M, layout=row_layout)
+            as_ptrs = as_ptr + (offs_m % M).to(gl.int64) * s_asm
+            bs_ptrs = bs_ptr + (off_n // 128) * s_bsn  # 128x128 b scales: one block column, a scalar
+            cols_lin = (off_n + gl.arange(0, BLOCK_N, layout=lin_layout)) % N  # 128x1 b scales: a vector
+            if not OVERLAP:
+                if B_BLOCK:
+                    sa, sb = _load_scales(as_ptrs, bs_ptrs, 0, s_ask, s_bsk)
+                else:
+                    sa, sb = _load_scales_vec(as_ptrs, bs_ptr, cols_lin, 0, s_ask, s_bsk, s_bsn, col_layout)
+            acc = gl.zeros([WG_M, BLOCK_N], gl.float32, mma_layout)
+            if OVERLAP:
+                acc = _ws_k_loop_overlapped(acc, zero, a_bufs, b_bufs, ready, empty, it, num_k, as_ptrs, bs_ptrs,
+                                            bs_ptr, cols_lin, s_ask, s_bsk, s_bsn, col_layout, B_BLOCK, NUM_STAGES,
+                                            HALF, WG_M)
+                it += num_k
+            else:
+                for k in range(num_k):
+                    s = it % NUM_STAGES
+                    part = _ws_issue(a_bufs, b_bufs, ready, zero, it, NUM_STAGES, HALF, WG_M)
+                    # the next block's scales load while this block's wgmma runs
+                    kn = gl.minimum(k + 1, num_k - 1)
+                    if B_BLOCK:
+                        sa_next, sb_next = _load_scales(as_ptrs, bs_ptrs, kn, s_ask, s_bsk)
+                    else:
+                        sa_next, sb_next = _load_scales_vec(as_ptrs, bs_ptr, cols_lin, kn, s_ask, s_bsk, s_bsn,
+                                                            col_layout)
+                    part = warpgroup_mma_wait(0, deps=(part, ))
+                    mbarrier.arrive(empty.index(s))
+                    if B_BLOCK:
+                        acc = acc + part * (sa * sb)[:, None]
+                    else:
+                        acc = acc + part * sa[:, None] * sb[None, :]
+                    sa, sb = sa_next, sb_next
+                    it += 1
+            # epilogue through shared memory and a TMA store (tails clipped by TMA), left in flight
+            # while the next tile's K loop runs; its buffer is reused once the store has read it
+            tma.store_wait(0)
+            c_smem.store(acc.to(c_desc.dtype))
+            fence_async_shared()
+            _tma_store(c_desc, [off_m, off_n], c_smem)
+        tma.store_wait(0)
+
+    @gluon.jit
+    def _gluon_gemm_ws_kernel(
+        a_desc, b_desc, c_desc, as_ptr, bs_ptr,
+        M, N, K,
+        s_asm, s_ask, s_bsk, s_bsn,
+        B_BLOCK: gl.constexpr,
+        BLOCK_M: gl.constexpr,
+        BLOCK_N: gl.constexpr,
+        NUM_STAGES: gl.constexpr,
+        GROUP_M: gl.constexpr,
+        CONSUMER_REGS: gl.constexpr,
+        OVERLAP: gl.constexpr,
+        num_warps: gl.constexpr,
+    ):
+        """Persistent (grid = min(SMs, tiles)), warp-specialized: the default partition (4 warps)
+        and a 4-warp worker are the two consumer warpgroups (HALF 0 and 1), a 1-warp worker is
+        the TMA producer. Each stage's `empty` barrier counts one arrival per consumer."""
+        gl.static_assert(num_warps == 4, "the default partition is one consumer warpgroup")
+        gl.static_assert(BLOCK_M == 128, "two 64-row consumer warpgroups")
+        a_bufs = gl.allocate_shared_memory(a_desc.dtype, [NUM_STAGES, BLOCK_M, 128], a_desc.layout)
+        b_bufs = gl.allocate_shared_memory(b_desc.dtype, [NUM_STAGES, BLOCK_N, 128], b_desc.layout)
+        ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+        empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(NUM_STAGES):
+            mbarrier.init(ready.index(i), count=1)
+            mbarrier.init(empty.index(i), count=2)
+        fence_async_shared()
+        args = (a_desc, b_desc, c_desc, as_ptr, bs_ptr, M, N, K, s_asm, s_ask, s_bsk, s_bsn,
+                a_bufs, b_bufs, ready, empty)
+        gl.warp_specialize([
+            (_ws_producer, (args, B_BLOCK, BLOCK_M, BLOCK_N, NUM_STAGES, GROUP_M, OVERLAP, 0)),
+            (_ws_consumer, (args, B_BLOCK, BLOCK_M, BLOCK_N, NUM_STAGES, GROUP_M, OVERLAP, 0)),
+            (_ws_consumer, (args, B_BLOCK, BLOCK_M, BLOCK_N, NUM_STAGES, GROUP_M, OVERLAP, 1)),
+        ], [4, 4], [CONSUMER_REGS, CONSUMER_REGS])
+
+
 # (BLOCK_M, BLOCK_N, num_warps, NUM_STAGES): the fp32 accumulator and two fp32 partials must
 # fit in registers, which caps a warpgroup at a 64x128 share of the tile.
 GLUON_CONFIGS = [(128, 128, 8, 4), (128, 128, 8, 5), (128, 128, 8, 3), (64, 128, 4, 4)]
+# (BLOCK_M, BLOCK_N, num_warps, NUM_STAGES, "ws"): the warp-specialized persistent kernel; 4 warps
+# is its default partition (one consumer warpgroup), the other warpgroup and the TMA warp come on top.
+WS_CONFIGS = [(128, 128, 4, 6, "ws2"), (128, 128, 4, 4, "ws2"), (128, 128, 4, 6, "ws"), (128, 128, 4, 4, "ws")]
 
 _choice_cache: dict = {}
 
 
 def _launch(a, a_scale, b, b_scale, out, cfg):
+    if len(cfg) == 5:
+        return _launch_ws(a, a_scale, b, b_scale, out, cfg)
     bm, bn, warps, stages = cfg
     m, k = a.shape
     n = b.shape[1]
-    a_layout = gl.NVMMASharedLayout.get_default_for([bm, TILE], gl.float8e4nv)
-    b_layout = gl.NVMMASharedLayout.get_default_for([bn, TILE], gl.float8e4nv)
-    a_desc = TensorDescriptor.from_tensor(a, [bm, TILE], a_layout)
-    b_desc = TensorDescriptor.from_tensor(b.t(), [bn, TILE], b_layout)
+    a_desc, b_desc = _descriptors(a, b, bm, bn)
     b_block = b_scale.shape[1] != n
     grid = (triton.cdiv(m, bm) * triton.cdiv(n, bn),)
     _gluon_gemm_kernel[grid](
@@ -260,27 +469,85 @@ def _launch(a, a_scale, b, b_scale, out, cfg):
     return out
 
 
+def _descriptors(a, b, bm, bn):
+    a_layout = gl.NVMMASharedLayout.get_default_for([bm, TILE], gl.float8e4nv)
+    b_layout = gl.NVMMASharedLayout.get_default_for([bn, TILE], gl.float8e4nv)
+    return (TensorDescriptor.from_tensor(a, [bm, TILE], a_layout),
+            TensorDescriptor.from_tensor(b.t(), [bn, TILE], b_layout))
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+# Registers: the kernel runs 12 warps (the producer's warpgroup and two consumer warpgroups), so
+# at launch each thread may hold at most 65536 / 384 = 170 registers; setmaxnreg then moves the
+# consumers up to WS_CONSUMER_REGS and the producer down to what is left (3 * 168 - 2 * 240 = 24,
+# setmaxnreg's minimum). 240 keeps the overlapped schedule's accumulator and two partials (64
+# registers each) free of spills with 128x128 b scales.
+_WS_LAUNCH_REGS = 168
+WS_CONSUMER_REGS = 240
+
+
+_GL_DTYPES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
+_SMEM_BYTES = 232448  # sm90's largest shared-memory allocation for one CTA (227 KiB)
+
+
+def _launch_ws(a, a_scale, b, b_scale, out, cfg):
+    bm, bn, warps, stages, kind = cfg
+    m, k = a.shape
+    n = b.shape[1]
+    if not _tma_compatible(out):  # the epilogue stores by TMA: through a contiguous buffer
+        tmp = torch.empty((m, n), dtype=out.dtype, device=out.device)
+        return out.copy_(_launch_ws(a, a_scale, b, b_scale, tmp, cfg))
+    # shared memory: the stage ring, plus each consumer warpgroup's [BLOCK_M / 2, BLOCK_N] output tile
+    c_bytes = bm * bn * out.element_size()
+    stages = min(stages, (_SMEM_BYTES - c_bytes - 1024) // ((bm + bn) * TILE))
+    a_desc, b_desc = _descriptors(a, b, bm, bn)
+    c_layout = gl.NVMMASharedLayout.get_default_for([bm // 2, bn], getattr(gl, _GL_DTYPES[out.dtype]))
+    c_desc = TensorDescriptor.from_tensor(out, [bm // 2, bn], c_layout)
+    b_block = b_scale.shape[1] != n
+    tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
+    grid = (min(tiles, _sm_count(a.device.index if a.device.index is not None else torch.cuda.current_device())),)
+    _gluon_gemm_ws_kernel[grid](
+        a_desc, b_desc, c_desc, a_scale, b_scale, m, n, k,
+        a_scale.stride(0), a_scale.stride(1), b_scale.stride(0), b_scale.stride(1),
+        B_BLOCK=b_block, BLOCK_M=bm, BLOCK_N=bn, NUM_STAGES=stages, GROUP_M=8, CONSUMER_REGS=WS_CONSUMER_REGS,
+        OVERLAP=kind == "ws2", num_warps=warps, maxnreg=_WS_LAUNCH_REGS,
+    )
+    return out
+
+
+def _tma_compatible(t: torch.Tensor) -> bool:
+    return (t.stride(1) == 1 and (t.stride(0) * t.element_size()) % 16 == 0 and t.data_ptr() % 16 == 0)
+
+
 def gemm_blockwise(a: torch.Tensor, a_scale: torch.Tensor, b: torch.Tensor, b_scale: torch.Tensor,
-                   out_dtype: torch.dtype, *, config: tuple | None = None, out: torch.Tensor | None = None
-                   ) -> torch.Tensor:
+                   out_dtype: torch.dtype, *, config: tuple | None = None, configs: tuple | None = None,
+                   out: torch.Tensor | None = None) -> torch.Tensor:
     """K-major operands only (see `supports`). Without `config`, the first call for a
-    (shape, pairing, dtype) times GLUON_CONFIGS and keeps the fastest."""
+    (shape, pairing, dtype) times `configs` (default: WS_CONFIGS and GLUON_CONFIGS, i.e. both
+    kernels) and keeps the fastest."""
     m, k = a.shape
     n = b.shape[1]
     if out is None:
         out = torch.empty((m, n), dtype=out_dtype, device=a.device)
     if m == 0 or n == 0:
         return out
+    if k == 0:  # no K block to wait for: the kernels would wait forever
+        return out.zero_()
     if config is not None:
         return _launch(a, a_scale, b, b_scale, out, config)
-    key = (m, n, k, b_scale.shape[1] != n, out_dtype, a_scale.stride(), b_scale.stride())
+    configs = tuple(configs) if configs is not None else tuple(WS_CONFIGS + GLUON_CONFIGS)
+    key = (m, n, k, b_scale.shape[1] != n, out_dtype, a_scale.stride(), b_scale.stride(), configs)
     cfg = _choice_cache.get(key)
     if cfg is None:
         if torch.cuda.is_current_stream_capturing():
-            cfg = GLUON_CONFIGS[0]
+            cfg = configs[0]
         else:
             best = None
-            for c in GLUON_CONFIGS:
+            for c in configs:
                 try:
                     t = triton.testing.do_bench(lambda: _launch(a, a_scale, b, b_scale, out, c),
                                                 warmup=5, rep=20, return_mode="median")

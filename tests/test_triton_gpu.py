@@ -254,6 +254,12 @@ def _backends():
         out = torch.full((a.shape[0], b.shape[1]), float("nan"), device="cuda", dtype=od)
         return triton_gemm_gluon.gemm_blockwise(a, sa, b, sb, od, out=out, config=_GLUON_CONFIG)
 
+    def gluon_ws_kernel(a, sa, b, sb, od):
+        if not triton_gemm_gluon.supports(a, b):
+            pytest.skip("Gluon kernel needs K-major operands on sm90")
+        out = torch.full((a.shape[0], b.shape[1]), float("nan"), device="cuda", dtype=od)
+        return triton_gemm_gluon.gemm_blockwise(a, sa, b, sb, od, out=out, config=triton_gemm_gluon.WS_CONFIGS[0])
+
     def op(a, sa, b, sb, od):
         return torch.ops.fp8pass.gemm_blockwise(a, sa, b, sb, od)
 
@@ -263,13 +269,15 @@ def _backends():
             pytest.skip("this torch has no cuBLAS blockwise for the pairing")
         return cuda.cublas_gemm_blockwise_swapped(a, sa, b, sb, od)
 
-    return {"triton": tl_kernel, "gluon": gluon_kernel, "dispatch": op, "cublas_swapped": cublas_swapped}
+    return {"triton": tl_kernel, "gluon": gluon_kernel, "gluon_ws": gluon_ws_kernel, "dispatch": op,
+            "cublas_swapped": cublas_swapped}
 
 
 _GEMM_CASES = (
     [("triton", r, d) for r in ("fprop", "dgrad", "wgrad", "dgrad_kmajor", "wgrad_kmajor")
      for d in (torch.bfloat16, torch.float32)]
-    + [("gluon", r, d) for r in ("fprop", "dgrad_kmajor", "wgrad_kmajor") for d in (torch.bfloat16, torch.float32)]
+    + [(g, r, d) for g in ("gluon", "gluon_ws") for r in ("fprop", "dgrad_kmajor", "wgrad_kmajor")
+       for d in (torch.bfloat16, torch.float32)]
     + [("dispatch", r, torch.bfloat16) for r in ("fprop", "dgrad", "wgrad")]
     + [("cublas_swapped", r, d) for r in ("wgrad", "wgrad_kmajor") for d in (torch.bfloat16, torch.float32)]
 )
@@ -283,7 +291,7 @@ def test_gemm_roles(backend, role, out_dtype):
     for i, (m, k, n) in enumerate(GEMM_SHAPES):
         if base_role == "wgrad":
             k = k - 64  # token count with a tail (still 16-byte aligned for TMA)
-        if backend == "gluon" and not kmajor and base_role != "fprop":
+        if backend.startswith("gluon") and not kmajor and base_role != "fprop":
             continue
         if backend == "cublas_swapped" and m % 16:  # M becomes cuBLAS's N, which must be a multiple of 16
             continue
