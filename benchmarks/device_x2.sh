@@ -27,6 +27,8 @@
 #   bash benchmarks/device_x2.sh s6d        # s6c again after a test fix, without the sweep (quantizer table last)
 #   bash benchmarks/device_x2.sh s6e        # one GPU: quantizer GPU tests, quantizer table + sweep (Gluon 128x1 and
 #                                           # 32-element layouts)
+#   bash benchmarks/device_x2.sh s11c       # one GPU: the full GEMM table with the dispatcher, then the Linear benchmark
+#   bash benchmarks/device_x2.sh s11b       # one GPU: the warp-specialized GEMM's settings swept, its GPU tests
 #   bash benchmarks/device_x2.sh s11a       # one GPU: the warp-specialized Gluon GEMM: speed at the large shapes, GPU tests
 #   bash benchmarks/device_x2.sh s10b       # one GPU: fuse_swiglu's GPU tests and every quantizer test; the block with/without it
 #   bash benchmarks/device_x2.sh s10d       # one GPU: the fused SwiGLU kernels' GPU tests and speed (config sweep)
@@ -117,6 +119,19 @@ step_1b() {  # the 1B train_step.py: $1 timeout, $2 log name, then the script's 
 
 for what in "$@"; do
   case $what in
+    s11c)  # session 11, one GPU: the issue's GEMM table (six shapes, three roles, every column, the dispatcher), then
+           # the Linear benchmark (the dispatcher now also times the warp-specialized kernel)
+      timeout 420 python3 benchmarks/gemm.py --no-quant > "$OUT/gemm.log" 2>&1; echo "gemm exit $?"
+      grep -v "^ *$" "$OUT/gemm.log" | grep -v "^  M,N,K" | cut -c1-220
+      grep "^  M,N,K" "$OUT/gemm.log" | grep -v "of [24]:" | cut -c1-400 | head -40
+      linear_bench 150 ;;
+    s11b)  # session 11, one GPU: the warp-specialized kernel's settings swept (schedule, stages, GROUP_M), its tests
+      timeout 300 python3 benchmarks/gemm.py --no-quant --ws-sweep --roles fprop,wgrad \
+        --shapes 8192x8192x8192,16384x4096x14336,16384x14336x4096,4096x4096x4096 > "$OUT/ws_sweep.log" 2>&1
+      echo "sweep exit $?"; grep -v "^ *$" "$OUT/ws_sweep.log" | cut -c1-400
+      CUDA_VISIBLE_DEVICES=0 timeout 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_gpu.py \
+        -k "gemm_roles and gluon" > "$OUT/gemm_gpu.log" 2>&1; echo "GEMM GPU tests exit $?"
+      grep -E "^(FAILED|ERROR)|passed|failed|Error" "$OUT/gemm_gpu.log" | cut -c1-300 | tail -12 ;;
     s11a)  # session 11, one GPU: the warp-specialized Gluon GEMM: smoke test and TFLOP/s at the four large shapes
            # (every role, K-major operands) beside cuBLAS and the other Gluon kernel, then its GPU tests
       timeout 420 python3 benchmarks/gemm.py --no-quant --roles fprop,dgrad,wgrad \

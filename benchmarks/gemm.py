@@ -176,6 +176,31 @@ def run_gemm(roles, shapes, out_dtype=torch.bfloat16, columns=None):
     return rows
 
 
+def run_ws_sweep(shapes, roles):
+    """TFLOP/s of the warp-specialized Gluon kernel per (schedule, stages, GROUP_M), K-major
+    operands, beside cuBLAS on the same operands."""
+    from fp8pass.kernels import cuda, triton_gemm_gluon as G
+
+    variants = [(128, 128, 4, st, kind, g) for kind in ("ws2", "ws") for st in (4, 5, 6) for g in (4, 8, 16)]
+    print("\n== warp-specialized Gluon GEMM sweep, TFLOP/s (kind, stages, GROUP_M) ==", flush=True)
+    for role in roles:
+        for (m, k, n) in shapes:
+            flops = 2.0 * m * n * k
+            sets = make_sets(role, m, k, n, 2)
+            out = torch.empty((m, n), device="cuda", dtype=torch.bfloat16)
+            line = [f"{role:6} {m}x{k}x{n}: cublas "
+                    f"{flops / bench(lambda i: cuda.cublas_gemm_blockwise(*sets[i]['kmajor'], torch.bfloat16), 2) / 1e9:.1f}"]
+            for v in variants:
+                try:
+                    ms = bench(lambda i: G.gemm_blockwise(*sets[i]["kmajor"], torch.bfloat16, config=v, out=out), 2)
+                    line.append(f"{v[4]}/{v[3]}/{v[5]} {flops / ms / 1e9:.1f}")
+                except Exception as exc:
+                    line.append(f"{v[4]}/{v[3]}/{v[5]} err {type(exc).__name__}")
+            print("  ".join(line), flush=True)
+            del sets
+            torch.cuda.empty_cache()
+
+
 def run_quant(tune: bool):
     from fp8pass.kernels import reference as ref_q
     from fp8pass.kernels import triton_quantize as tq
@@ -284,6 +309,7 @@ def main():
     p.add_argument("--no-quant", action="store_true")
     p.add_argument("--no-gemm", action="store_true")
     p.add_argument("--shapes", default="", help="M x K x N list instead of the issue's six, e.g. 8192x8192x8192,4096x4096x4096")
+    p.add_argument("--ws-sweep", action="store_true", help="sweep the warp-specialized kernel's settings instead")
     p.add_argument("--columns", default="", help="time only these columns (comma list, e.g. cublas,gluon,ws)")
     args = p.parse_args()
     import fp8pass.kernels as kernels
@@ -325,6 +351,9 @@ def main():
         shapes = [(4096, 4096, 4096), (128, 4096, 4096)] if args.quick else SHAPES
         if args.shapes:
             shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+        if args.ws_sweep:
+            run_ws_sweep(shapes, [r for r in args.roles.split(",") if r])
+            shapes = []
         run_gemm([r for r in args.roles.split(",") if r], shapes,
                  columns=set(c for c in args.columns.split(",") if c) or None)
     print(f"\nbenchmark wall time {time.time() - t0:.0f} s", flush=True)

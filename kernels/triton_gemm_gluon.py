@@ -303,30 +303,34 @@ if gluon is not None:
                               NUM_STAGES: gl.constexpr, HALF: gl.constexpr, WG_M: gl.constexpr):
         """The K loop of one tile with block k+1's wgmma in flight while block k is promoted: two
         partials in fixed registers (P0, P1), the loop unrolled by two, as in _gluon_gemm_kernel.
-        128x128 b scales are loaded one block ahead; 128x1 ones (vectors) just before their wait."""
+        128x128 b scales are loaded two wgmmas ahead of their use (an L2 round trip is about one
+        wgmma's time); 128x1 ones (vectors) just before their wait."""
         PREFETCH: gl.constexpr = B_BLOCK
-        if PREFETCH:
-            sa0, sb0 = _load_scales(as_ptrs, bs_ptrs, 0, s_ask, s_bsk)
+        last = num_k - 1
         p0 = _ws_issue(a_bufs, b_bufs, ready, zero, it, NUM_STAGES, HALF, WG_M)
+        if PREFETCH:  # (scalar b scales) each block's scales load two wgmmas before their use
+            sa0, sb0 = _load_scales(as_ptrs, bs_ptrs, 0, s_ask, s_bsk)
+            sa1, sb1 = _load_scales(as_ptrs, bs_ptrs, gl.minimum(1, last), s_ask, s_bsk)
         for k in range(1, num_k - 1, 2):
             p1 = _ws_issue(a_bufs, b_bufs, ready, zero, it + k, NUM_STAGES, HALF, WG_M)
             if PREFETCH:
-                sa1, sb1 = _load_scales(as_ptrs, bs_ptrs, k, s_ask, s_bsk)
+                sa_n, sb_n = _load_scales(as_ptrs, bs_ptrs, k + 1, s_ask, s_bsk)
             else:
                 sa0, sb0 = _load_scales_vec(as_ptrs, bs_ptr, cols_lin, k - 1, s_ask, s_bsk, s_bsn, col_layout)
             acc = _ws_retire(acc, p0, 1, empty, it + k - 1, sa0, sb0, NUM_STAGES, B_BLOCK)
             p0 = _ws_issue(a_bufs, b_bufs, ready, zero, it + k + 1, NUM_STAGES, HALF, WG_M)
             if PREFETCH:
-                sa0, sb0 = _load_scales(as_ptrs, bs_ptrs, k + 1, s_ask, s_bsk)
+                sa0, sb0 = sa_n, sb_n
+                sa_n, sb_n = _load_scales(as_ptrs, bs_ptrs, gl.minimum(k + 2, last), s_ask, s_bsk)
             else:
                 sa1, sb1 = _load_scales_vec(as_ptrs, bs_ptr, cols_lin, k, s_ask, s_bsk, s_bsn, col_layout)
             acc = _ws_retire(acc, p1, 1, empty, it + k, sa1, sb1, NUM_STAGES, B_BLOCK)
-        if num_k % 2 == 0:
-            k = num_k - 1
-            p1 = _ws_issue(a_bufs, b_bufs, ready, zero, it + k, NUM_STAGES, HALF, WG_M)
             if PREFETCH:
-                sa1, sb1 = _load_scales(as_ptrs, bs_ptrs, k, s_ask, s_bsk)
-            else:
+                sa1, sb1 = sa_n, sb_n
+        if num_k % 2 == 0:
+            k = last
+            p1 = _ws_issue(a_bufs, b_bufs, ready, zero, it + k, NUM_STAGES, HALF, WG_M)
+            if not PREFETCH:
                 sa0, sb0 = _load_scales_vec(as_ptrs, bs_ptr, cols_lin, k - 1, s_ask, s_bsk, s_bsn, col_layout)
             acc = _ws_retire(acc, p0, 1, empty, it + k - 1, sa0, sb0, NUM_STAGES, B_BLOCK)
             if not PREFETCH:
@@ -334,8 +338,8 @@ if gluon is not None:
             acc = _ws_retire(acc, p1, 0, empty, it + k, sa1, sb1, NUM_STAGES, B_BLOCK)
         else:
             if not PREFETCH:
-                sa0, sb0 = _load_scales_vec(as_ptrs, bs_ptr, cols_lin, num_k - 1, s_ask, s_bsk, s_bsn, col_layout)
-            acc = _ws_retire(acc, p0, 0, empty, it + num_k - 1, sa0, sb0, NUM_STAGES, B_BLOCK)
+                sa0, sb0 = _load_scales_vec(as_ptrs, bs_ptr, cols_lin, last, s_ask, s_bsk, s_bsn, col_layout)
+            acc = _ws_retire(acc, p0, 0, empty, it + last, sa0, sb0, NUM_STAGES, B_BLOCK)
         return acc
 
     @gluon.jit
@@ -445,15 +449,19 @@ if gluon is not None:
 # (BLOCK_M, BLOCK_N, num_warps, NUM_STAGES): the fp32 accumulator and two fp32 partials must
 # fit in registers, which caps a warpgroup at a 64x128 share of the tile.
 GLUON_CONFIGS = [(128, 128, 8, 4), (128, 128, 8, 5), (128, 128, 8, 3), (64, 128, 4, 4)]
-# (BLOCK_M, BLOCK_N, num_warps, NUM_STAGES, "ws"): the warp-specialized persistent kernel; 4 warps
-# is its default partition (one consumer warpgroup), the other warpgroup and the TMA warp come on top.
-WS_CONFIGS = [(128, 128, 4, 6, "ws2"), (128, 128, 4, 4, "ws2"), (128, 128, 4, 6, "ws"), (128, 128, 4, 4, "ws")]
+# (BLOCK_M, BLOCK_N, num_warps, NUM_STAGES, "ws2" | "ws"[, GROUP_M]): the warp-specialized
+# persistent kernel, with the overlapped ("ws2") or the serial ("ws": wgmma, wait, promote) K loop;
+# its 4 warps are the producer's partition, the two consumer warpgroups come on top.
+# The four: the best of each schedule in a sweep at the issue's large shapes (H200, RESULTS_gemm.md,
+# session 11): "ws2" for 128x128 b scales, "ws" for 128x1 ones (Wgrad), where "ws2" spills.
+WS_CONFIGS = [(128, 128, 4, 6, "ws2", 8), (128, 128, 4, 5, "ws2", 8), (128, 128, 4, 5, "ws", 16),
+              (128, 128, 4, 4, "ws", 4)]
 
 _choice_cache: dict = {}
 
 
 def _launch(a, a_scale, b, b_scale, out, cfg):
-    if len(cfg) == 5:
+    if len(cfg) >= 5:
         return _launch_ws(a, a_scale, b, b_scale, out, cfg)
     bm, bn, warps, stages = cfg
     m, k = a.shape
@@ -495,7 +503,8 @@ _SMEM_BYTES = 232448  # sm90's largest shared-memory allocation for one CTA (227
 
 
 def _launch_ws(a, a_scale, b, b_scale, out, cfg):
-    bm, bn, warps, stages, kind = cfg
+    bm, bn, warps, stages, kind, *rest = cfg
+    group_m = rest[0] if rest else 8
     m, k = a.shape
     n = b.shape[1]
     if not _tma_compatible(out):  # the epilogue stores by TMA: through a contiguous buffer
@@ -513,7 +522,7 @@ def _launch_ws(a, a_scale, b, b_scale, out, cfg):
     _gluon_gemm_ws_kernel[grid](
         a_desc, b_desc, c_desc, a_scale, b_scale, m, n, k,
         a_scale.stride(0), a_scale.stride(1), b_scale.stride(0), b_scale.stride(1),
-        B_BLOCK=b_block, BLOCK_M=bm, BLOCK_N=bn, NUM_STAGES=stages, GROUP_M=8, CONSUMER_REGS=WS_CONSUMER_REGS,
+        B_BLOCK=b_block, BLOCK_M=bm, BLOCK_N=bn, NUM_STAGES=stages, GROUP_M=group_m, CONSUMER_REGS=WS_CONSUMER_REGS,
         OVERLAP=kind == "ws2", num_warps=warps, maxnreg=_WS_LAUNCH_REGS,
     )
     return out
