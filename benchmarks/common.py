@@ -18,6 +18,20 @@ def versions(device: str | None = None) -> str:
     return f"{card}, torch {torch.__version__}, triton {triton.__version__}, python {platform.python_version()}"
 
 
+def dispatch_choices() -> str:
+    """The GEMM dispatcher's choice per measured (M, N, K, pairing, layout) key, with its timings."""
+    try:
+        from fp8pass.kernels import cuda
+    except Exception as exc:  # noqa: BLE001 - a diagnostic only
+        return f"(no dispatcher: {exc})"
+    lines = ["GEMM dispatcher (ms per candidate; the choice first):"]
+    for key, timings in cuda.dispatch_report().items():
+        choice = cuda._choice.get(key, "?")
+        times = ", ".join(f"{n}={v:.4f}" if isinstance(v, float) else f"{n}: {v}" for n, v in timings.items())
+        lines.append(f"  M,N,K={key[:3]} b128x128={key[3]} A_kmajor={key[5]} B_kmajor={key[6]}: {choice} ({times})")
+    return "\n".join(lines)
+
+
 def step_ms(step, warmup: int = 5, iters: int = 20) -> tuple[float, float]:
     """(back-to-back, synced) time of `step()` in ms, CUDA events, after `warmup` untimed calls.
 

@@ -27,6 +27,7 @@
 #   bash benchmarks/device_x2.sh s6d        # s6c again after a test fix, without the sweep (quantizer table last)
 #   bash benchmarks/device_x2.sh s6e        # one GPU: quantizer GPU tests, quantizer table + sweep (Gluon 128x1 and
 #                                           # 32-element layouts)
+#   bash benchmarks/device_x2.sh s11d       # one GPU: dispatcher GPU tests, Linear and the 1B step with the new dispatcher
 #   bash benchmarks/device_x2.sh s11c       # one GPU: the full GEMM table with the dispatcher, then the Linear benchmark
 #   bash benchmarks/device_x2.sh s11b       # one GPU: the warp-specialized GEMM's settings swept, its GPU tests
 #   bash benchmarks/device_x2.sh s11a       # one GPU: the warp-specialized Gluon GEMM: speed at the large shapes, GPU tests
@@ -119,6 +120,13 @@ step_1b() {  # the 1B train_step.py: $1 timeout, $2 log name, then the script's 
 
 for what in "$@"; do
   case $what in
+    s11d)  # session 11, one GPU: the dispatcher (median of retimes, warp-specialized kernel a candidate): its GPU
+           # tests, the Linear, the 1B step (bf16, fp8), each printing the dispatcher's choices
+      CUDA_VISIBLE_DEVICES=0 timeout 100 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_gpu.py \
+        -k "dispatch or registered" > "$OUT/ops_gpu.log" 2>&1; echo "dispatcher GPU tests exit $?"
+      grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/ops_gpu.log" | cut -c1-300 | tail -6
+      linear_bench 150; grep -A12 "GEMM dispatcher" "$OUT/linear.log" | cut -c1-250
+      step_1b 200 step_default --variants bf16,fp8; grep -A30 "GEMM dispatcher" "$OUT/step_default.log" | cut -c1-250 ;;
     s11c)  # session 11, one GPU: the GEMM table (six shapes, three roles, every column, the dispatcher), then
            # the Linear benchmark (the dispatcher now also times the warp-specialized kernel)
       timeout 420 python3 benchmarks/gemm.py --no-quant > "$OUT/gemm.log" 2>&1; echo "gemm exit $?"

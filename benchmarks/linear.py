@@ -13,7 +13,8 @@ import sys
 
 import torch
 
-from common import host_timeline, grads_after, kernel_count, step_ms, peak_step_bytes, sqnr_db, top_kernels, versions
+from common import (dispatch_choices, host_timeline, grads_after, kernel_count, step_ms, peak_step_bytes, sqnr_db,
+                    top_kernels, versions)
 
 
 def make_step(model, x, dy, params):
@@ -119,6 +120,7 @@ def main(argv=None):
                     print(f"({name}) timeline failed: {type(exc).__name__}: {exc}")
             lin.weight.grad = None
             x.grad = None
+    print(dispatch_choices(), flush=True)
 
 
 if __name__ == "__main__":

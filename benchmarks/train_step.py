@@ -41,7 +41,8 @@ from fp8pass.config import parse_option
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "examples"))
-from common import host_enqueue_ms, host_timeline, peak_step_bytes, step_ms, top_kernels, versions  # noqa: E402
+from common import (dispatch_choices, host_enqueue_ms, host_timeline, peak_step_bytes, step_ms, top_kernels,  # noqa: E402
+                    versions)
 from train_gpt import GPT, GPTConfig  # noqa: E402
 
 VARIANTS = {  # name: (torch.compile backend, activation checkpointing)
@@ -288,6 +289,8 @@ def main(argv=None):
         print(f"{label:>8} {r['compile_s']:9.1f} {r['ms']:9.2f} {r['tokens_per_s']:10,.0f} {fmt_gib(r['peak_total']):>9} "
               f"{fmt_gib(r['peak_above']):>9} {r['first_loss']:7.4f} {r['synced_ms']:9.2f} {fmt_ms(r['host_ms']):>8}  {vs}", flush=True)
 
+    if device.type == "cuda":
+        print(dispatch_choices(), flush=True)
     for r in results.values():
         if "cprofile" in r:
             print(f"\nHost cProfile of {r['name']} (5 steps, by self time):\n{r['cprofile']}")

@@ -146,19 +146,25 @@ def test_dispatcher_retimes_close_candidates():
     from fp8pass.kernels import cuda
     # a clear winner is taken from its single timing
     assert cuda.pick_fastest({"triton": 2.0, "cublas": 1.0}, lambda n: pytest.fail("no retiming")) == "cublas"
-    # close candidates are timed again, in turns, each keeping its best time
-    retimes = {"triton": iter([1.05, 1.06, 1.04]), "cublas": iter([0.98, 0.99, 1.0])}
+    # close candidates are timed again, in turns, and judged by the median of their timings: one
+    # fast first timing (0.97) does not outweigh four slower ones
+    retimes = {"triton": iter([1.05, 1.06, 1.04, 1.05]), "cublas": iter([0.98, 0.99, 1.0, 0.99])}
     calls = []
 
     def retime(name):
         calls.append(name)
         return next(retimes[name])
     timed = {"triton": 0.97, "cublas": 1.0, "gluon": 1.5}
-    assert cuda.pick_fastest(timed, retime) == "triton"  # its first timing stays its best
-    assert calls == ["triton", "cublas"] * 3, "only the close candidates, in turns"
-    # one slow first timing of the fastest (a clock dip) no longer decides (session 6's miss)
+    assert cuda.pick_fastest(timed, retime) == "cublas"
+    assert calls == ["triton", "cublas"] * 4, "only the close candidates, in turns"
+    assert timed["triton"] == 1.05 and timed["cublas"] == 0.99
+    # one slow first timing of the fastest (a clock dip) does not decide either (session 6's miss)
     timed = {"triton": 1.0, "cublas": 1.02}
-    retimes = {"triton": iter([1.03] * 3), "cublas": iter([0.97, 1.0, 1.0])}
+    retimes = {"triton": iter([1.03] * 4), "cublas": iter([0.97, 1.0, 1.0, 0.99])}
+    assert cuda.pick_fastest(timed, retime) == "cublas"
+    # candidates 14% apart are still retimed (session 11: such a first timing was an outlier)
+    timed = {"gluon": 1.56, "cublas": 1.80}
+    retimes = {"gluon": iter([1.85, 1.86, 1.84, 1.85]), "cublas": iter([1.74, 1.75, 1.73, 1.74])}
     assert cuda.pick_fastest(timed, retime) == "cublas"
     # an exact tie goes to cuBLAS
     assert cuda.pick_fastest({"gluon": 1.0, "cublas": 1.0}, lambda n: 1.0) == "cublas"
