@@ -477,11 +477,16 @@ def _launch(a, a_scale, b, b_scale, out, cfg):
     return out
 
 
+@functools.lru_cache(maxsize=None)
+def _smem_layout(rows: int, cols: int, dtype_name: str):
+    """The NVMMA shared layout of a [rows, cols] TMA block (built once: a launch is host-bound at
+    small shapes)."""
+    return gl.NVMMASharedLayout.get_default_for([rows, cols], getattr(gl, dtype_name))
+
+
 def _descriptors(a, b, bm, bn):
-    a_layout = gl.NVMMASharedLayout.get_default_for([bm, TILE], gl.float8e4nv)
-    b_layout = gl.NVMMASharedLayout.get_default_for([bn, TILE], gl.float8e4nv)
-    return (TensorDescriptor.from_tensor(a, [bm, TILE], a_layout),
-            TensorDescriptor.from_tensor(b.t(), [bn, TILE], b_layout))
+    return (TensorDescriptor.from_tensor(a, [bm, TILE], _smem_layout(bm, TILE, "float8e4nv")),
+            TensorDescriptor.from_tensor(b.t(), [bn, TILE], _smem_layout(bn, TILE, "float8e4nv")))
 
 
 @functools.lru_cache(maxsize=None)
@@ -514,8 +519,7 @@ def _launch_ws(a, a_scale, b, b_scale, out, cfg):
     c_bytes = bm * bn * out.element_size()
     stages = min(stages, (_SMEM_BYTES - c_bytes - 1024) // ((bm + bn) * TILE))
     a_desc, b_desc = _descriptors(a, b, bm, bn)
-    c_layout = gl.NVMMASharedLayout.get_default_for([bm // 2, bn], getattr(gl, _GL_DTYPES[out.dtype]))
-    c_desc = TensorDescriptor.from_tensor(out, [bm // 2, bn], c_layout)
+    c_desc = TensorDescriptor.from_tensor(out, [bm // 2, bn], _smem_layout(bm // 2, bn, _GL_DTYPES[out.dtype]))
     b_block = b_scale.shape[1] != n
     tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
     grid = (min(tiles, _sm_count(a.device.index if a.device.index is not None else torch.cuda.current_device())),)

@@ -166,8 +166,12 @@ def test_dispatcher_retimes_close_candidates():
     timed = {"gluon": 1.56, "cublas": 1.80}
     retimes = {"gluon": iter([1.85, 1.86, 1.84, 1.85]), "cublas": iter([1.74, 1.75, 1.73, 1.74])}
     assert cuda.pick_fastest(timed, retime) == "cublas"
-    # an exact tie goes to cuBLAS
+    # an exact tie goes to cuBLAS, and so does a win of less than _MARGIN (host cost per launch)
     assert cuda.pick_fastest({"gluon": 1.0, "cublas": 1.0}, lambda n: 1.0) == "cublas"
+    assert cuda.pick_fastest({"gluon": 0.97, "cublas": 1.0}, lambda n: {"gluon": 0.97, "cublas": 1.0}[n]) == "cublas"
+    assert cuda.pick_fastest({"gluon": 0.9, "cublas": 1.0}, lambda n: {"gluon": 0.9, "cublas": 1.0}[n]) == "gluon"
+    # without cuBLAS among the close ones the fastest is taken
+    assert cuda.pick_fastest({"gluon": 0.99, "triton": 1.0}, lambda n: {"gluon": 0.99, "triton": 1.0}[n]) == "gluon"
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
