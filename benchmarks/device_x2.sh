@@ -27,6 +27,7 @@
 #   bash benchmarks/device_x2.sh s6d        # s6c again after a test fix, without the sweep (quantizer table last)
 #   bash benchmarks/device_x2.sh s6e        # one GPU: quantizer GPU tests, quantizer table + sweep (Gluon 128x1 and
 #                                           # 32-element layouts)
+#   bash benchmarks/device_x2.sh s11f       # one GPU: the 1B step once more
 #   bash benchmarks/device_x2.sh s11e       # one GPU: the 1B step and the Linear with the dispatcher's 5% margin
 #   bash benchmarks/device_x2.sh s11d       # one GPU: dispatcher GPU tests, Linear and the 1B step with the new dispatcher
 #   bash benchmarks/device_x2.sh s11c       # one GPU: the full GEMM table with the dispatcher, then the Linear benchmark
@@ -121,6 +122,8 @@ step_1b() {  # the 1B train_step.py: $1 timeout, $2 log name, then the script's 
 
 for what in "$@"; do
   case $what in
+    s11f)  # session 11, one GPU: the 1B step once more (its run-to-run spread)
+      step_1b 220 step_default --variants bf16,fp8 ;;
     s11e)  # session 11, one GPU: the 1B step again with cuBLAS kept unless another backend is 5% faster, and the Linear
       step_1b 200 step_default --variants bf16,fp8; grep -A30 "GEMM dispatcher" "$OUT/step_default.log" | cut -c1-250
       linear_bench 150; grep -A12 "GEMM dispatcher" "$OUT/linear.log" | cut -c1-250 ;;
