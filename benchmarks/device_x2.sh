@@ -27,6 +27,7 @@
 #   bash benchmarks/device_x2.sh s6d        # s6c again after a test fix, without the sweep (quantizer table last)
 #   bash benchmarks/device_x2.sh s6e        # one GPU: quantizer GPU tests, quantizer table + sweep (Gluon 128x1 and
 #                                           # 32-element layouts)
+#   bash benchmarks/device_x2.sh s11g       # one GPU: the WS kernel's column-split schedules: GPU tests and speed
 #   bash benchmarks/device_x2.sh s11f       # one GPU: the 1B step once more
 #   bash benchmarks/device_x2.sh s11e       # one GPU: the 1B step and the Linear with the dispatcher's 5% margin
 #   bash benchmarks/device_x2.sh s11d       # one GPU: dispatcher GPU tests, Linear and the 1B step with the new dispatcher
@@ -122,6 +123,14 @@ step_1b() {  # the 1B train_step.py: $1 timeout, $2 log name, then the script's 
 
 for what in "$@"; do
   case $what in
+    s11g)  # session 11, one GPU: the column-split schedules (ws_n, ws2_n) of the warp-specialized kernel: tests, speed
+      CUDA_VISIBLE_DEVICES=0 timeout 80 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_gpu.py \
+        -k "gluon_ws_schedules" > "$OUT/ws_gpu.log" 2>&1; echo "WS GPU tests exit $?"
+      grep -E "^(FAILED|ERROR)|passed|failed|Error" "$OUT/ws_gpu.log" | cut -c1-300 | tail -10
+      timeout 130 python3 benchmarks/gemm.py --no-quant --ws-sweep --roles fprop,wgrad \
+        --ws-variants ws2/6/8,ws/5/16,ws2_n/6/8,ws_n/5/16,ws2_n/5/16 \
+        --shapes 8192x8192x8192,16384x4096x14336,16384x14336x4096,4096x4096x4096 > "$OUT/ws_sweep.log" 2>&1
+      echo "sweep exit $?"; grep -v "^ *$" "$OUT/ws_sweep.log" | grep -E "fprop|wgrad" | cut -c1-400 ;;
     s11f)  # session 11, one GPU: the 1B step once more (its run-to-run spread)
       step_1b 220 step_default --variants bf16,fp8 ;;
     s11e)  # session 11, one GPU: the 1B step again with cuBLAS kept unless another backend is 5% faster, and the Linear

@@ -176,12 +176,16 @@ def run_gemm(roles, shapes, out_dtype=torch.bfloat16, columns=None):
     return rows
 
 
-def run_ws_sweep(shapes, roles):
+def run_ws_sweep(shapes, roles, spec: str = ""):
     """TFLOP/s of the warp-specialized Gluon kernel per (schedule, stages, GROUP_M), K-major
-    operands, beside cuBLAS on the same operands."""
+    operands, beside cuBLAS on the same operands. `spec`: "kind/stages/group,..." (default: both
+    row-split schedules at 4-6 stages and GROUP_M 4, 8, 16)."""
     from fp8pass.kernels import cuda, triton_gemm_gluon as G
 
-    variants = [(128, 128, 4, st, kind, g) for kind in ("ws2", "ws") for st in (4, 5, 6) for g in (4, 8, 16)]
+    if spec:
+        variants = [(128, 128, 4, int(st), kind, int(g)) for kind, st, g in (v.split("/") for v in spec.split(","))]
+    else:
+        variants = [(128, 128, 4, st, kind, g) for kind in ("ws2", "ws") for st in (4, 5, 6) for g in (4, 8, 16)]
     print("\n== warp-specialized Gluon GEMM sweep, TFLOP/s (kind, stages, GROUP_M) ==", flush=True)
     for role in roles:
         for (m, k, n) in shapes:
@@ -310,6 +314,7 @@ def main():
     p.add_argument("--no-gemm", action="store_true")
     p.add_argument("--shapes", default="", help="M x K x N list instead of the issue's six, e.g. 8192x8192x8192,4096x4096x4096")
     p.add_argument("--ws-sweep", action="store_true", help="sweep the warp-specialized kernel's settings instead")
+    p.add_argument("--ws-variants", default="", help="with --ws-sweep: kind/stages/GROUP_M,... (e.g. ws2/6/8,ws_n/5/16)")
     p.add_argument("--columns", default="", help="time only these columns (comma list, e.g. cublas,gluon,ws)")
     args = p.parse_args()
     import fp8pass.kernels as kernels
@@ -352,7 +357,7 @@ def main():
         if args.shapes:
             shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
         if args.ws_sweep:
-            run_ws_sweep(shapes, [r for r in args.roles.split(",") if r])
+            run_ws_sweep(shapes, [r for r in args.roles.split(",") if r], args.ws_variants)
             shapes = []
         run_gemm([r for r in args.roles.split(",") if r], shapes,
                  columns=set(c for c in args.columns.split(",") if c) or None)

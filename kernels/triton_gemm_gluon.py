@@ -255,7 +255,7 @@ if gluon is not None:
     @gluon.jit
     def _ws_producer(args, B_BLOCK: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                      NUM_STAGES: gl.constexpr, GROUP_M: gl.constexpr, OVERLAP: gl.constexpr,
-                     HALF: gl.constexpr):
+                     SPLIT_N: gl.constexpr, HALF: gl.constexpr):
         """One warp: walks the CTA's tiles and K blocks in the consumers' order and keeps the
         NUM_STAGES-deep ring of (A 128x128, B 128x128) FP8 stages filled by TMA; a stage is
         reused once both consumer warpgroups have arrived on its `empty` barrier."""
@@ -279,14 +279,14 @@ if gluon is not None:
                 it += 1
 
     @gluon.jit
-    def _ws_issue(a_bufs, b_bufs, ready, zero, it, NUM_STAGES: gl.constexpr, HALF: gl.constexpr,
-                  WG_M: gl.constexpr):
+    def _ws_issue(a_bufs, b_bufs, ready, zero, it, NUM_STAGES: gl.constexpr, ROW0: gl.constexpr,
+                  WG_M: gl.constexpr, COL0: gl.constexpr, WG_N: gl.constexpr):
         """Wait for the stage of the CTA's it-th K block, then start this warpgroup's wgmma on its
-        rows of A into a fresh partial."""
+        [WG_M, WG_N] part of the tile (rows ROW0.., columns COL0..) into a fresh partial."""
         s = it % NUM_STAGES
         mbarrier.wait(ready.index(s), (it // NUM_STAGES) & 1)
-        return warpgroup_mma(a_bufs.index(s).slice(HALF * WG_M, WG_M), b_bufs.index(s).permute((1, 0)), zero,
-                             use_acc=False, is_async=True)
+        return warpgroup_mma(a_bufs.index(s).slice(ROW0, WG_M), b_bufs.index(s).slice(COL0, WG_N).permute((1, 0)),
+                             zero, use_acc=False, is_async=True)
 
     @gluon.jit
     def _ws_retire(acc, part, pending: gl.constexpr, empty, it, sa, sb, NUM_STAGES: gl.constexpr,
@@ -300,25 +300,26 @@ if gluon is not None:
     @gluon.jit
     def _ws_k_loop_overlapped(acc, zero, a_bufs, b_bufs, ready, empty, it, num_k, as_ptrs, bs_ptrs, bs_ptr,
                               cols_lin, s_ask, s_bsk, s_bsn, col_layout: gl.constexpr, B_BLOCK: gl.constexpr,
-                              NUM_STAGES: gl.constexpr, HALF: gl.constexpr, WG_M: gl.constexpr):
+                              NUM_STAGES: gl.constexpr, ROW0: gl.constexpr, WG_M: gl.constexpr, COL0: gl.constexpr,
+                              WG_N: gl.constexpr):
         """The K loop of one tile with block k+1's wgmma in flight while block k is promoted: two
         partials in fixed registers (P0, P1), the loop unrolled by two, as in _gluon_gemm_kernel.
         128x128 b scales are loaded two wgmmas ahead of their use (an L2 round trip is about one
         wgmma's time); 128x1 ones (vectors) just before their wait."""
         PREFETCH: gl.constexpr = B_BLOCK
         last = num_k - 1
-        p0 = _ws_issue(a_bufs, b_bufs, ready, zero, it, NUM_STAGES, HALF, WG_M)
+        p0 = _ws_issue(a_bufs, b_bufs, ready, zero, it, NUM_STAGES, ROW0, WG_M, COL0, WG_N)
         if PREFETCH:  # (scalar b scales) each block's scales load two wgmmas before their use
             sa0, sb0 = _load_scales(as_ptrs, bs_ptrs, 0, s_ask, s_bsk)
             sa1, sb1 = _load_scales(as_ptrs, bs_ptrs, gl.minimum(1, last), s_ask, s_bsk)
         for k in range(1, num_k - 1, 2):
-            p1 = _ws_issue(a_bufs, b_bufs, ready, zero, it + k, NUM_STAGES, HALF, WG_M)
+            p1 = _ws_issue(a_bufs, b_bufs, ready, zero, it + k, NUM_STAGES, ROW0, WG_M, COL0, WG_N)
             if PREFETCH:
                 sa_n, sb_n = _load_scales(as_ptrs, bs_ptrs, k + 1, s_ask, s_bsk)
             else:
                 sa0, sb0 = _load_scales_vec(as_ptrs, bs_ptr, cols_lin, k - 1, s_ask, s_bsk, s_bsn, col_layout)
             acc = _ws_retire(acc, p0, 1, empty, it + k - 1, sa0, sb0, NUM_STAGES, B_BLOCK)
-            p0 = _ws_issue(a_bufs, b_bufs, ready, zero, it + k + 1, NUM_STAGES, HALF, WG_M)
+            p0 = _ws_issue(a_bufs, b_bufs, ready, zero, it + k + 1, NUM_STAGES, ROW0, WG_M, COL0, WG_N)
             if PREFETCH:
                 sa0, sb0 = sa_n, sb_n
                 sa_n, sb_n = _load_scales(as_ptrs, bs_ptrs, gl.minimum(k + 2, last), s_ask, s_bsk)
@@ -329,7 +330,7 @@ if gluon is not None:
                 sa1, sb1 = sa_n, sb_n
         if num_k % 2 == 0:
             k = last
-            p1 = _ws_issue(a_bufs, b_bufs, ready, zero, it + k, NUM_STAGES, HALF, WG_M)
+            p1 = _ws_issue(a_bufs, b_bufs, ready, zero, it + k, NUM_STAGES, ROW0, WG_M, COL0, WG_N)
             if not PREFETCH:
                 sa0, sb0 = _load_scales_vec(as_ptrs, bs_ptr, cols_lin, k - 1, s_ask, s_bsk, s_bsn, col_layout)
             acc = _ws_retire(acc, p0, 1, empty, it + k - 1, sa0, sb0, NUM_STAGES, B_BLOCK)
@@ -345,48 +346,53 @@ if gluon is not None:
     @gluon.jit
     def _ws_consumer(args, B_BLOCK: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                      NUM_STAGES: gl.constexpr, GROUP_M: gl.constexpr, OVERLAP: gl.constexpr,
-                     HALF: gl.constexpr):
+                     SPLIT_N: gl.constexpr, HALF: gl.constexpr):
         """One warpgroup: rows [HALF * BLOCK_M / 2, (HALF + 1) * BLOCK_M / 2) of every tile. Per K
         block: wgmma into a fresh partial, wait for it, release the stage, promote the partial
         into the fp32 accumulator with the block's scales. The other warpgroup's wgmma keeps
         the tensor cores busy during this one's promotion (DeepGEMM's schedule)."""
         (a_desc, b_desc, c_desc, as_ptr, bs_ptr, M, N, K, s_asm, s_ask, s_bsk, s_bsn,
          a_bufs, b_bufs, ready, empty) = args
-        WG_M: gl.constexpr = BLOCK_M // 2
+        # the tile is split between the two warpgroups by rows (64 x BLOCK_N each) or, with SPLIT_N,
+        # by columns (BLOCK_M x BLOCK_N / 2 each: a 128x1 b-scale vector half as long per thread)
+        WG_M: gl.constexpr = BLOCK_M if SPLIT_N else BLOCK_M // 2
+        WG_N: gl.constexpr = BLOCK_N // 2 if SPLIT_N else BLOCK_N
+        ROW0: gl.constexpr = 0 if SPLIT_N else HALF * WG_M
+        COL0: gl.constexpr = HALF * WG_N if SPLIT_N else 0
         mma_layout: gl.constexpr = gl.NVMMADistributedLayout(
-            version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BLOCK_N, 32])
+            version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, WG_N, 32])
         row_layout: gl.constexpr = gl.SliceLayout(1, mma_layout)
         col_layout: gl.constexpr = gl.SliceLayout(0, mma_layout)
         lin_layout: gl.constexpr = gl.BlockedLayout([1], [32], [4], [0])
         num_pid_m = gl.cdiv(M, BLOCK_M)
         num_pid_n = gl.cdiv(N, BLOCK_N)
         num_k = gl.cdiv(K, 128)
-        zero = gl.zeros([WG_M, BLOCK_N], gl.float32, mma_layout)
-        c_smem = gl.allocate_shared_memory(c_desc.dtype, [WG_M, BLOCK_N], c_desc.layout)
+        zero = gl.zeros([WG_M, WG_N], gl.float32, mma_layout)
+        c_smem = gl.allocate_shared_memory(c_desc.dtype, [WG_M, WG_N], c_desc.layout)
         it = 0
         for tile_id in range(gl.program_id(0), num_pid_m * num_pid_n, gl.num_programs(0)):
             pid_m, pid_n = _tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M)
-            off_m = pid_m * BLOCK_M + HALF * WG_M
-            off_n = pid_n * BLOCK_N
+            off_m = pid_m * BLOCK_M + ROW0
+            off_n = pid_n * BLOCK_N + COL0
             offs_m = off_m + gl.arange(0, WG_M, layout=row_layout)
             as_ptrs = as_ptr + (offs_m % M).to(gl.int64) * s_asm
             bs_ptrs = bs_ptr + (off_n // 128) * s_bsn  # 128x128 b scales: one block column, a scalar
-            cols_lin = (off_n + gl.arange(0, BLOCK_N, layout=lin_layout)) % N  # 128x1 b scales: a vector
+            cols_lin = (off_n + gl.arange(0, WG_N, layout=lin_layout)) % N  # 128x1 b scales: a vector
             if not OVERLAP:
                 if B_BLOCK:
                     sa, sb = _load_scales(as_ptrs, bs_ptrs, 0, s_ask, s_bsk)
                 else:
                     sa, sb = _load_scales_vec(as_ptrs, bs_ptr, cols_lin, 0, s_ask, s_bsk, s_bsn, col_layout)
-            acc = gl.zeros([WG_M, BLOCK_N], gl.float32, mma_layout)
+            acc = gl.zeros([WG_M, WG_N], gl.float32, mma_layout)
             if OVERLAP:
                 acc = _ws_k_loop_overlapped(acc, zero, a_bufs, b_bufs, ready, empty, it, num_k, as_ptrs, bs_ptrs,
                                             bs_ptr, cols_lin, s_ask, s_bsk, s_bsn, col_layout, B_BLOCK, NUM_STAGES,
-                                            HALF, WG_M)
+                                            ROW0, WG_M, COL0, WG_N)
                 it += num_k
             else:
                 for k in range(num_k):
                     s = it % NUM_STAGES
-                    part = _ws_issue(a_bufs, b_bufs, ready, zero, it, NUM_STAGES, HALF, WG_M)
+                    part = _ws_issue(a_bufs, b_bufs, ready, zero, it, NUM_STAGES, ROW0, WG_M, COL0, WG_N)
                     # the next block's scales load while this block's wgmma runs
                     kn = gl.minimum(k + 1, num_k - 1)
                     if B_BLOCK:
@@ -422,6 +428,7 @@ if gluon is not None:
         GROUP_M: gl.constexpr,
         CONSUMER_REGS: gl.constexpr,
         OVERLAP: gl.constexpr,
+        SPLIT_N: gl.constexpr,
         num_warps: gl.constexpr,
     ):
         """Persistent (grid = min(SMs, tiles)), warp-specialized: the default partition (4 warps)
@@ -440,9 +447,9 @@ if gluon is not None:
         args = (a_desc, b_desc, c_desc, as_ptr, bs_ptr, M, N, K, s_asm, s_ask, s_bsk, s_bsn,
                 a_bufs, b_bufs, ready, empty)
         gl.warp_specialize([
-            (_ws_producer, (args, B_BLOCK, BLOCK_M, BLOCK_N, NUM_STAGES, GROUP_M, OVERLAP, 0)),
-            (_ws_consumer, (args, B_BLOCK, BLOCK_M, BLOCK_N, NUM_STAGES, GROUP_M, OVERLAP, 0)),
-            (_ws_consumer, (args, B_BLOCK, BLOCK_M, BLOCK_N, NUM_STAGES, GROUP_M, OVERLAP, 1)),
+            (_ws_producer, (args, B_BLOCK, BLOCK_M, BLOCK_N, NUM_STAGES, GROUP_M, OVERLAP, SPLIT_N, 0)),
+            (_ws_consumer, (args, B_BLOCK, BLOCK_M, BLOCK_N, NUM_STAGES, GROUP_M, OVERLAP, SPLIT_N, 0)),
+            (_ws_consumer, (args, B_BLOCK, BLOCK_M, BLOCK_N, NUM_STAGES, GROUP_M, OVERLAP, SPLIT_N, 1)),
         ], [4, 4], [CONSUMER_REGS, CONSUMER_REGS])
 
 
@@ -519,7 +526,9 @@ def _launch_ws(a, a_scale, b, b_scale, out, cfg):
     c_bytes = bm * bn * out.element_size()
     stages = min(stages, (_SMEM_BYTES - c_bytes - 1024) // ((bm + bn) * TILE))
     a_desc, b_desc = _descriptors(a, b, bm, bn)
-    c_desc = TensorDescriptor.from_tensor(out, [bm // 2, bn], _smem_layout(bm // 2, bn, _GL_DTYPES[out.dtype]))
+    split_n = kind.endswith("_n")  # the warpgroups split the tile by columns, not rows
+    c_block = [bm, bn // 2] if split_n else [bm // 2, bn]
+    c_desc = TensorDescriptor.from_tensor(out, c_block, _smem_layout(*c_block, _GL_DTYPES[out.dtype]))
     b_block = b_scale.shape[1] != n
     tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
     grid = (min(tiles, _sm_count(a.device.index if a.device.index is not None else torch.cuda.current_device())),)
@@ -527,7 +536,7 @@ def _launch_ws(a, a_scale, b, b_scale, out, cfg):
         a_desc, b_desc, c_desc, a_scale, b_scale, m, n, k,
         a_scale.stride(0), a_scale.stride(1), b_scale.stride(0), b_scale.stride(1),
         B_BLOCK=b_block, BLOCK_M=bm, BLOCK_N=bn, NUM_STAGES=stages, GROUP_M=group_m, CONSUMER_REGS=WS_CONSUMER_REGS,
-        OVERLAP=kind == "ws2", num_warps=warps, maxnreg=_WS_LAUNCH_REGS,
+        OVERLAP=kind.startswith("ws2"), SPLIT_N=split_n, num_warps=warps, maxnreg=_WS_LAUNCH_REGS,
     )
     return out
 

@@ -309,6 +309,32 @@ def test_gemm_roles(backend, role, out_dtype):
             assert diff <= cdiff * 1.02 + 1e-7, f"{role} {m}x{k}x{n}: calc_diff {diff:.3g} > cuBLAS {cdiff:.3g}"
 
 
+_WS_KINDS = ["ws", "ws2", "ws_n", "ws2_n"]
+
+
+@pytest.mark.parametrize("kind", _WS_KINDS)
+@pytest.mark.parametrize("role", ["fprop", "wgrad_kmajor"])
+def test_gluon_ws_schedules(kind, role):
+    """Every schedule of the warp-specialized kernel (serial / overlapped K loop, tile split by
+    rows / columns) against the reference numerics, with more tiles than SMs (the persistent loop)
+    and fp32 output (fewer stages, a larger epilogue tile); outputs poisoned first."""
+    from fp8pass.kernels import triton_gemm_gluon
+
+    base_role = role.split("_")[0]
+    for i, (m, k, n, od) in enumerate([(2048, 4096, 1536, torch.bfloat16), (1000, 1024, 768, torch.float32)]):
+        if base_role == "wgrad":
+            k -= 64
+        a, sa, b, sb, want = make_role(base_role, m, k, n, seed=77 + i, kmajor=True)
+        if not triton_gemm_gluon.supports(a, b):
+            pytest.skip("Gluon kernel needs K-major operands on sm90")
+        out = torch.full((m, n), float("nan"), device="cuda", dtype=od)
+        triton_gemm_gluon.gemm_blockwise(a, sa, b, sb, od, out=out, config=(128, 128, 4, 6, kind, 8))
+        assert not torch.isnan(out).any(), f"{kind} {role} {m}x{k}x{n}: unwritten output"
+        assert calc_diff(out.float(), want) < 1e-3
+        exact = ref.gemm_blockwise(a, sa, b, sb, torch.float32)
+        assert calc_diff(out.float(), exact) < 1e-5, f"{kind} {role} {m}x{k}x{n}: differs from the reference numerics"
+
+
 def test_torch_compile_fullgraph_over_registered_ops():
     import fp8pass.kernels  # noqa: F401
 

@@ -92,9 +92,9 @@ if kind.startswith("gluon"):
         cl = gl.NVMMASharedLayout.get_default_for([bm // 2, bn], gl.bfloat16)
         sig = {"a_desc": sig["a_desc"], "b_desc": sig["b_desc"], "c_desc": f"tensordesc<bf16[{bm // 2},{bn}],{cl!r}>",
                **{n: t for n, t in sig.items() if n not in ("a_desc", "b_desc", "c_ptr", "s_cm", "s_cn")},
-               "CONSUMER_REGS": "constexpr", "OVERLAP": "constexpr"}
+               "CONSUMER_REGS": "constexpr", "OVERLAP": "constexpr", "SPLIT_N": "constexpr"}
         del const["s_cn"]
-        const.update(CONSUMER_REGS=G.WS_CONSUMER_REGS, OVERLAP=G.WS_CONFIGS[0][4] == "ws2",
+        const.update(CONSUMER_REGS=G.WS_CONSUMER_REGS, OVERLAP=G.WS_CONFIGS[0][4] == "ws2", SPLIT_N=False,
                      NUM_STAGES=G.WS_CONFIGS[0][3])
         w = const["num_warps"] = 4
         src = GluonASTSource(G._gluon_gemm_ws_kernel, sig, const)
