@@ -1,4 +1,4 @@
-"""Blockwise-scaled FP8 GEMM in Gluon for sm90 (Hopper): the MMA of the next K block stays in
+"""Blockwise-scaled FP8 GEMMs in Gluon for sm90 (Hopper): the MMA of the next K block stays in
 flight while the previous block's partial product is scaled into the fp32 accumulator.
 
 Same numerics and argument contract as `triton_gemm.gemm_blockwise` (see reference.py), but
@@ -7,13 +7,21 @@ stride(0) == 1, i.e. B.T row-major: the Fprop layout, or Dgrad/Wgrad on transpos
 copies) with 16-byte aligned row strides, because FP8 wgmma reads both operands K-major from
 shared memory and TMA needs aligned strides. Tails in M, N and K come zero-filled from TMA.
 
-Per CTA (BLOCK_M x BLOCK_N output tile, 2 warpgroups for BLOCK_M = 128):
+Two kernels, both timed by `gemm_blockwise`'s autotuning (GLUON_CONFIGS, WS_CONFIGS):
+
+`_gluon_gemm_kernel` (one BLOCK_M x BLOCK_N tile per CTA, 2 warpgroups for BLOCK_M = 128):
     TMA ring of NUM_STAGES (A, B) stages, one mbarrier each, all filled before the loop;
     iteration k:  wait stage k  ->  issue wgmma(k) async into a fresh partial (use_acc=False)
                   wgmma_wait(1)  -> partial k-1 done (k is still running on the tensor cores)
                   CTA barrier    -> every warpgroup is done with stage k-1: refill it by TMA
                   acc += partial(k-1) * sa(k-1) * sb(k-1)   (on the CUDA cores, overlapped)
-The scales for block k are loaded one iteration ahead, so their latency is hidden too.
+    The scales for block k are loaded one iteration ahead, so their latency is hidden too.
+
+`_gluon_gemm_ws_kernel` (persistent, warp-specialized, the faster one at large shapes): a
+producer warpgroup keeps the stage ring filled by TMA across the CTA's tiles; two consumer
+warpgroups each own half of the 128x128 tile and release a stage through its `empty` mbarrier
+instead of a CTA barrier, promote as above (or serially: "ws"), and store through shared memory
+by TMA while the next tile's K loop starts. setmaxnreg gives the consumers 240 registers each.
 
 Import is harmless without a GPU; `available()` says whether Gluon is usable here.
 """
@@ -456,13 +464,14 @@ if gluon is not None:
 # (BLOCK_M, BLOCK_N, num_warps, NUM_STAGES): the fp32 accumulator and two fp32 partials must
 # fit in registers, which caps a warpgroup at a 64x128 share of the tile.
 GLUON_CONFIGS = [(128, 128, 8, 4), (128, 128, 8, 5), (128, 128, 8, 3), (64, 128, 4, 4)]
-# (BLOCK_M, BLOCK_N, num_warps, NUM_STAGES, "ws2" | "ws"[, GROUP_M]): the warp-specialized
+# (BLOCK_M, BLOCK_N, num_warps, NUM_STAGES, "ws2" | "ws" | "ws2_n" | "ws_n"[, GROUP_M]): the warp-specialized
 # persistent kernel, with the overlapped ("ws2") or the serial ("ws": wgmma, wait, promote) K loop;
 # its 4 warps are the producer's partition, the two consumer warpgroups come on top.
-# The four: the best of each schedule in a sweep at the issue's large shapes (H200, RESULTS_gemm.md,
-# session 11): "ws2" for 128x128 b scales, "ws" for 128x1 ones (Wgrad), where "ws2" spills.
-WS_CONFIGS = [(128, 128, 4, 6, "ws2", 8), (128, 128, 4, 5, "ws2", 8), (128, 128, 4, 5, "ws", 16),
-              (128, 128, 4, 4, "ws", 4)]
+# "_n": the two consumer warpgroups split the tile by columns (each 128 x 64) instead of rows. The
+# four: the best of the schedules swept at the issue's large shapes (H200, RESULTS_gemm.md, session
+# 11): "ws2" for 128x128 b scales; for 128x1 ones (Wgrad), where "ws2" spills, "ws2_n" and "ws".
+WS_CONFIGS = [(128, 128, 4, 6, "ws2", 8), (128, 128, 4, 5, "ws2", 8), (128, 128, 4, 6, "ws2_n", 8),
+              (128, 128, 4, 5, "ws", 16)]
 
 _choice_cache: dict = {}
 
