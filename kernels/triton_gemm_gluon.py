@@ -78,6 +78,17 @@ def supports(a: torch.Tensor, b: torch.Tensor) -> bool:
 if gluon is not None:
 
     @gluon.jit
+    def _tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M: gl.constexpr):
+        """Grouped order (GROUP_M row blocks share their B column blocks in L2)."""
+        num_pid_in_group = GROUP_M * num_pid_n
+        group_id = tile_id // num_pid_in_group
+        first_pid_m = group_id * GROUP_M
+        group_size_m = gl.minimum(num_pid_m - first_pid_m, GROUP_M)
+        pid_m = first_pid_m + ((tile_id % num_pid_in_group) % group_size_m)
+        pid_n = (tile_id % num_pid_in_group) // group_size_m
+        return pid_m, pid_n
+
+    @gluon.jit
     def _promote(acc, part, sa, sb, SCALAR_SB: gl.constexpr):
         if SCALAR_SB:
             acc = acc + part * (sa * sb)[:, None]
@@ -127,15 +138,7 @@ if gluon is not None:
         num_warps: gl.constexpr,
     ):
         BLOCK_K: gl.constexpr = 128
-        pid = gl.program_id(0)
-        num_pid_m = (M + BLOCK_M - 1) // BLOCK_M
-        num_pid_n = (N + BLOCK_N - 1) // BLOCK_N
-        num_pid_in_group = GROUP_M * num_pid_n
-        group_id = pid // num_pid_in_group
-        first_pid_m = group_id * GROUP_M
-        group_size_m = gl.minimum(num_pid_m - first_pid_m, GROUP_M)
-        pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
-        pid_n = (pid % num_pid_in_group) // group_size_m
+        pid_m, pid_n = _tile_coords(gl.program_id(0), gl.cdiv(M, BLOCK_M), gl.cdiv(N, BLOCK_N), GROUP_M)
         off_m = pid_m * BLOCK_M
         off_n = pid_n * BLOCK_N
 
@@ -247,19 +250,8 @@ if gluon is not None:
 
 
     # ----------------------------------------------------------------------------------------
-    # Warp-specialized persistent kernel: one TMA warp and two consumer warpgroups per CTA
+    # Warp-specialized persistent kernel: a TMA producer warpgroup and two consumer warpgroups
     # ----------------------------------------------------------------------------------------
-    @gluon.jit
-    def _tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M: gl.constexpr):
-        """Grouped order (GROUP_M row blocks share their B column blocks in L2)."""
-        num_pid_in_group = GROUP_M * num_pid_n
-        group_id = tile_id // num_pid_in_group
-        first_pid_m = group_id * GROUP_M
-        group_size_m = gl.minimum(num_pid_m - first_pid_m, GROUP_M)
-        pid_m = first_pid_m + ((tile_id % num_pid_in_group) % group_size_m)
-        pid_n = (tile_id % num_pid_in_group) // group_size_m
-        return pid_m, pid_n
-
     @gluon.jit
     def _ws_producer(args, B_BLOCK: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                      NUM_STAGES: gl.constexpr, GROUP_M: gl.constexpr, OVERLAP: gl.constexpr,
