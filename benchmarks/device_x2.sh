@@ -27,6 +27,7 @@
 #   bash benchmarks/device_x2.sh s6d        # s6c again after a test fix, without the sweep (quantizer table last)
 #   bash benchmarks/device_x2.sh s6e        # one GPU: quantizer GPU tests, quantizer table + sweep (Gluon 128x1 and
 #                                           # 32-element layouts)
+#   bash benchmarks/device_x2.sh s11h       # one GPU: the Gluon GEMM GPU tests on the final code
 #   bash benchmarks/device_x2.sh s11g       # one GPU: the WS kernel's column-split schedules: GPU tests and speed
 #   bash benchmarks/device_x2.sh s11f       # one GPU: the 1B step once more
 #   bash benchmarks/device_x2.sh s11e       # one GPU: the 1B step and the Linear with the dispatcher's 5% margin
@@ -123,6 +124,10 @@ step_1b() {  # the 1B train_step.py: $1 timeout, $2 log name, then the script's 
 
 for what in "$@"; do
   case $what in
+    s11h)  # session 11, one GPU: the Gluon GEMM GPU tests on the final code (both kernels' roles, every WS schedule)
+      CUDA_VISIBLE_DEVICES=0 timeout 100 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_gpu.py \
+        -k "(gemm_roles and gluon) or gluon_ws_schedules" > "$OUT/gemm_gpu.log" 2>&1; echo "GEMM GPU tests exit $?"
+      grep -E "^(FAILED|ERROR)|passed|failed|Error" "$OUT/gemm_gpu.log" | cut -c1-300 | tail -12 ;;
     s11g)  # session 11, one GPU: the column-split schedules (ws_n, ws2_n) of the warp-specialized kernel: tests, speed
       CUDA_VISIBLE_DEVICES=0 timeout 80 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_gpu.py \
         -k "gluon_ws_schedules" > "$OUT/ws_gpu.log" 2>&1; echo "WS GPU tests exit $?"
