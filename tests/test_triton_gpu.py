@@ -316,19 +316,27 @@ _WS_KINDS = ["ws", "ws2", "ws_n", "ws2_n"]
 @pytest.mark.parametrize("role", ["fprop", "wgrad_kmajor"])
 def test_gluon_ws_schedules(kind, role):
     """Every schedule of the warp-specialized kernel (serial / overlapped K loop, tile split by
-    rows / columns) against the reference numerics, with more tiles than SMs (the persistent loop)
-    and fp32 output (fewer stages, a larger epilogue tile); outputs poisoned first."""
+    rows / columns) against the reference numerics, with more tiles than SMs (the persistent loop),
+    fp32 output (fewer stages, a larger epilogue tile), fp16, tails in M and K, and a column-major
+    output; outputs poisoned first."""
     from fp8pass.kernels import triton_gemm_gluon
 
     base_role = role.split("_")[0]
-    for i, (m, k, n, od) in enumerate([(2048, 4096, 1536, torch.bfloat16), (1000, 1024, 768, torch.float32)]):
+    cases = [(2048, 4096, 1536, torch.bfloat16, False), (1000, 1024, 768, torch.float32, False),
+             (640, 512, 256, torch.float16, False),
+             (512, 512, 384, torch.bfloat16, True)]  # an output the TMA store cannot take: via a copy
+    for i, (m, k, n, od, strided_out) in enumerate(cases):
         if base_role == "wgrad":
             k -= 64
         a, sa, b, sb, want = make_role(base_role, m, k, n, seed=77 + i, kmajor=True)
         if not triton_gemm_gluon.supports(a, b):
             pytest.skip("Gluon kernel needs K-major operands on sm90")
-        out = torch.full((m, n), float("nan"), device="cuda", dtype=od)
-        triton_gemm_gluon.gemm_blockwise(a, sa, b, sb, od, out=out, config=(128, 128, 4, 6, kind, 8))
+        if strided_out:  # column-major: row stride 1
+            out = torch.full((n, m), float("nan"), device="cuda", dtype=od).t()
+        else:
+            out = torch.full((m, n), float("nan"), device="cuda", dtype=od)
+        got = triton_gemm_gluon.gemm_blockwise(a, sa, b, sb, od, out=out, config=(128, 128, 4, 6, kind, 8))
+        assert got.data_ptr() == out.data_ptr(), "the result must be written into out"
         assert not torch.isnan(out).any(), f"{kind} {role} {m}x{k}x{n}: unwritten output"
         assert calc_diff(out.float(), want) < 1e-3
         exact = ref.gemm_blockwise(a, sa, b, sb, torch.float32)
