@@ -27,6 +27,8 @@
 #   bash benchmarks/device_x2.sh s6d        # s6c again after a test fix, without the sweep (quantizer table last)
 #   bash benchmarks/device_x2.sh s6e        # one GPU: quantizer GPU tests, quantizer table + sweep (Gluon 128x1 and
 #                                           # 32-element layouts)
+#   bash benchmarks/device_x2.sh s12a       # one GPU (not run yet): recompute_fp8_activations with fuse_swiglu: tests,
+#                                           # block peak, 1B step
 #   bash benchmarks/device_x2.sh s11h       # one GPU: the Gluon GEMM GPU tests on the final code
 #   bash benchmarks/device_x2.sh s11g       # one GPU: the WS kernel's column-split schedules: GPU tests and speed
 #   bash benchmarks/device_x2.sh s11f       # one GPU: the 1B step once more
@@ -124,6 +126,14 @@ step_1b() {  # the 1B train_step.py: $1 timeout, $2 log name, then the script's 
 
 for what in "$@"; do
   case $what in
+    s12a)  # prepared in session 11, not run: one GPU: the fused 128x1-only SwiGLU op (recompute_fp8_activations with
+           # fuse_swiglu): its GPU tests, the block's peak with both options against the default, the 1B step
+      quant_gpu_tests 200 4 0 "swiglu or out_variants or gluon_ws_schedules"
+      block_bench 150 --memory --fp8-option fuse_swiglu=true --fp8-option recompute_fp8_activations=true
+      mv "$OUT/block.log" "$OUT/block_recompute_fused.log"
+      block_bench 130 --memory
+      step_1b 200 step_recompute_fused --variants bf16,fp8 --fp8-option fuse_swiglu=true \
+        --fp8-option recompute_fp8_activations=true ;;
     s11h)  # session 11, one GPU: the Gluon GEMM GPU tests on the final code (both kernels' roles, every WS schedule)
       CUDA_VISIBLE_DEVICES=0 timeout 100 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_gpu.py \
         -k "(gemm_roles and gluon) or gluon_ws_schedules" > "$OUT/gemm_gpu.log" 2>&1; echo "GEMM GPU tests exit $?"

@@ -133,16 +133,19 @@ class Report:
         for name, gm in self.graphs.items():
             if not name.endswith("_backward"):
                 continue
-            for node in gm.graph.find_nodes(op="call_function", target=torch.ops.fp8pass.quantize_128x1.default):
-                meta = node.meta.get(FP8_META_KEY) or {}
-                if meta.get("for") == "fprop":
-                    modules.append(meta.get("module", ""))
+            # the 128x1 quantization, or with fuse_swiglu the fused one of a recomputed SwiGLU product
+            for op in (torch.ops.fp8pass.quantize_128x1.default, torch.ops.fp8pass.swiglu_quantize_128x1.default):
+                for node in gm.graph.find_nodes(op="call_function", target=op):
+                    meta = node.meta.get(FP8_META_KEY) or {}
+                    if meta.get("for") == "fprop":
+                        modules.append(meta.get("module", ""))
         return modules
 
     @property
     def fused_swiglu(self) -> dict:
         """{"forward": n, "backward": m}: the fused SwiGLU-quantization kernels in the partitioned
-        graphs (Config.fuse_swiglu): one per MLP in forward, two in backward."""
+        graphs (Config.fuse_swiglu): one per MLP in forward, two in backward (with
+        recompute_fp8_activations none in forward, three in backward)."""
         from .kernels.ops import op_name
 
         counts = {"forward": 0, "backward": 0}

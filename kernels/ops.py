@@ -31,6 +31,7 @@ __all__ = [
     "swiglu",
     "swiglu_backward",
     "swiglu_quantize_1x128_128x1",
+    "swiglu_quantize_128x1",
     "swiglu_grad_a_quantize_1x128_128x1",
     "swiglu_grad_b_quantize_1x128_128x1",
     "quantize_1x128_out",
@@ -39,6 +40,7 @@ __all__ = [
     "quantize_128x128_out",
     "quantize_128x128_transposed_out",
     "swiglu_quantize_1x128_128x1_out",
+    "swiglu_quantize_128x1_out",
     "swiglu_grad_a_quantize_1x128_128x1_out",
     "swiglu_grad_b_quantize_1x128_128x1_out",
     "OUT_VARIANTS",
@@ -225,6 +227,19 @@ def _(a, b):
     return quantize_1x128_128x1(a)  # the fake kernel's outputs for an input of a's shape
 
 
+@torch.library.custom_op("fp8pass::swiglu_quantize_128x1", mutates_args=())
+def swiglu_quantize_128x1(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """quantize_128x1(swiglu(a, b)) for 2-D a, b: the product's transposed 128x1 copy (Wgrad's
+    operand), not the product; recompute_fp8_activations makes w2's copy so in backward."""
+    _check_swiglu_2d("swiglu_quantize_128x1", a, b)
+    return quantize_128x1(reference.swiglu(a, b))
+
+
+@swiglu_quantize_128x1.register_fake
+def _(a, b):
+    return quantize_128x1(a)
+
+
 # Backward as two ops, grad_a's copies first (the only reader of b), then grad_b's: between them
 # Inductor frees b, so the step holds one gradient's copies more at a time, not two (one op
 # writing all eight outputs raised the Llama block's peak from 2872 to 3348 MiB on an H200).
@@ -308,6 +323,12 @@ def swiglu_quantize_1x128_128x1_out(a: torch.Tensor, b: torch.Tensor, q_row: tor
     _write_outputs((q_row, s_row, q_col_t, s_col_t), swiglu_quantize_1x128_128x1(a, b))
 
 
+@torch.library.custom_op("fp8pass::swiglu_quantize_128x1_out", mutates_args=("q_t", "scale_t"))
+def swiglu_quantize_128x1_out(a: torch.Tensor, b: torch.Tensor, q_t: torch.Tensor, scale_t: torch.Tensor) -> None:
+    """swiglu_quantize_128x1(a, b) written into (q_t, scale_t)."""
+    _write_outputs((q_t, scale_t), swiglu_quantize_128x1(a, b))
+
+
 @torch.library.custom_op("fp8pass::swiglu_grad_a_quantize_1x128_128x1_out", mutates_args=_DUAL_OUTS)
 def swiglu_grad_a_quantize_1x128_128x1_out(grad: torch.Tensor, a: torch.Tensor, b: torch.Tensor, q_row: torch.Tensor,
                                            s_row: torch.Tensor, q_col_t: torch.Tensor, s_col_t: torch.Tensor) -> None:
@@ -333,6 +354,7 @@ OUT_VARIANTS = {
     "quantize_128x128": "quantize_128x128_out",
     "quantize_128x128_transposed": "quantize_128x128_transposed_out",
     "swiglu_quantize_1x128_128x1": "swiglu_quantize_1x128_128x1_out",
+    "swiglu_quantize_128x1": "swiglu_quantize_128x1_out",
     "swiglu_grad_a_quantize_1x128_128x1": "swiglu_grad_a_quantize_1x128_128x1_out",
     "swiglu_grad_b_quantize_1x128_128x1": "swiglu_grad_b_quantize_1x128_128x1_out",
 }

@@ -151,12 +151,14 @@ if gluon is not None:
         qr_ptr, sr_ptr, qt_ptr, sc_ptr,
         M, K, sgm, sgk, sam, sak, sbm, sbk,
         MODE: gl.constexpr,
+        WRITE_ROW: gl.constexpr,
         ROW_SPT: gl.constexpr,
         COL_SPT: gl.constexpr,
         num_warps: gl.constexpr,
     ):
         """triton_swiglu._swiglu_dual_kernel in these layouts: the dual quantization of silu(a) * b
-        (MODE 0) or of its gradient of a (1) or of b (2), computed per tile."""
+        (MODE 0) or of its gradient of a (1) or of b (2), computed per tile (only the 128x1 copy
+        without WRITE_ROW)."""
         ROW: gl.constexpr = gl.BlockedLayout([1, ROW_SPT], [32 * ROW_SPT // 128, 128 // ROW_SPT],
                                              [num_warps, 1], [1, 0])
         COL: gl.constexpr = gl.BlockedLayout([COL_SPT, 1], [128 // COL_SPT, 32 * COL_SPT // 128],
@@ -171,7 +173,7 @@ if gluon is not None:
         if MODE != 2:
             b = _load_tile(b_ptr, mb, kb, M, sbm, sbk, ROW)
         x = _swiglu_tile_values(g, a, b, MODE)
-        _quantize_tile_dual(x, mb, kb, M, K, qr_ptr, sr_ptr, qt_ptr, sc_ptr, True, ROW, COL)
+        _quantize_tile_dual(x, mb, kb, M, K, qr_ptr, sr_ptr, qt_ptr, sc_ptr, WRITE_ROW, ROW, COL)
 
     _launch_dual = FastLauncher(_quant_dual_kernel)
     _launch_swiglu_dual = FastLauncher(_swiglu_dual_kernel)
@@ -201,10 +203,10 @@ def quantize_128x1_transposed(x: torch.Tensor, q_t, s_t) -> None:
     _launch(x, q_t, s_t, q_t, s_t, False, _ROW_SPT_128X1, _COL_SPT_128X1)
 
 
-def swiglu_dual_transposed(mode: int, grad, a, b, outs: tuple) -> None:
+def swiglu_dual_transposed(mode: int, grad, a, b, outs: tuple, write_row: bool = True) -> None:
     """Fill the four outputs of a triton_swiglu op (allocated by the caller, in quantize_1x128_128x1's
-    layouts) for its mode (triton_swiglu.FORWARD, GRAD_A, GRAD_B); the inputs a mode does not read
-    may be any tensor of a's shape."""
+    layouts) for its mode (triton_swiglu.FORWARD, GRAD_A, GRAD_B), or without write_row only the
+    last two; the inputs a mode does not read may be any tensor of a's shape."""
     m, k = a.shape
     if k % TILE:
         raise ValueError(f"the Gluon quantizer needs K % 128 == 0, got inputs of shape {tuple(a.shape)}")
@@ -212,4 +214,5 @@ def swiglu_dual_transposed(mode: int, grad, a, b, outs: tuple) -> None:
         return
     _launch_swiglu_dual(((m + TILE - 1) // TILE, k // TILE), grad, a, b, *outs, m, k,
                         grad.stride(0), grad.stride(1), a.stride(0), a.stride(1), b.stride(0), b.stride(1),
-                        MODE=mode, ROW_SPT=_ROW_SPT, COL_SPT=_COL_SPT, **swiglu_launch_options(a.dtype, mode))
+                        MODE=mode, WRITE_ROW=write_row, ROW_SPT=_ROW_SPT, COL_SPT=_COL_SPT,
+                        **swiglu_launch_options(a.dtype, mode))

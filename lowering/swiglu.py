@@ -18,6 +18,10 @@ only the FP8 copies. Three graph functions:
   fuse_swiglu_quantizations(graph) on each partitioned graph: a dual quantization whose input is
                                    (a view of) `swiglu(a, b)` becomes the fused op, and the two of
                                    `swiglu_backward`'s outputs the two fused ops of its gradients;
+                                   with recompute_fp8_activations, the 128x1 quantization of the
+                                   product recomputed in backward becomes `swiglu_quantize_128x1`
+                                   (the BF16 product would otherwise be written there beside the
+                                   two input gradients: the Llama block's peak rose 652 MiB);
   decompose_swiglu_ops(graph)      every `swiglu` / `swiglu_backward` left (the product read by
                                    something else: an opted-out w2, the 1x128-only quantization of
                                    inference) becomes aten ops again, for Inductor to fuse as it
@@ -38,6 +42,7 @@ from torch.fx.experimental.symbolic_shapes import statically_known_true
 from fp8pass.kernels import reference
 from fp8pass.kernels.ops import op_name
 from fp8pass.kernels.reference import TILE
+from fp8pass.rewrite import FP8_META_KEY
 
 from .fused_quantize import inline_traced
 
@@ -95,9 +100,10 @@ def _rewrite_graph(gm: GraphModule) -> int:
     return count
 
 
-def _quantized_through_views(node: Node) -> "tuple[Node, list[Node]] | None":
-    """(the dual quantization reading `node`, the view nodes between) if that quantization is the
-    only reader of node and of each view, and its input's last dim is static; else None."""
+def _quantized_through_views(node: Node, names=("quantize_1x128_128x1",)) -> "tuple[Node, list[Node]] | None":
+    """(the quantization reading `node`, one of the ops `names`, and the view nodes between) if that
+    quantization is the only reader of node and of each view, and its input's last dim is static;
+    else None."""
     chain = []
     cur = node
     while len(cur.users) == 1:
@@ -106,7 +112,7 @@ def _quantized_through_views(node: Node) -> "tuple[Node, list[Node]] | None":
             chain.append(user)
             cur = user
             continue
-        if user.op == "call_function" and op_name(user.target) == "quantize_1x128_128x1":
+        if user.op == "call_function" and op_name(user.target) in names:
             static_k = isinstance(user.args[0].meta["val"].shape[-1], int)
             return (user, chain) if static_k else None
         return None
@@ -134,6 +140,8 @@ def _fuse(graph: Graph, before: Node, fused_op, inputs: list[Node], quantization
         fused = graph.call_function(fused_op, tuple(args))
         with fake_mode:
             fused.meta["val"] = fused_op(*(a.meta["val"] for a in args))
+    if FP8_META_KEY in quantization.meta:  # which site and role the copies are for (explain)
+        fused.meta[FP8_META_KEY] = quantization.meta[FP8_META_KEY]
     quantization.replace_all_uses_with(fused)
     graph.erase_node(quantization)
     return fused
@@ -151,11 +159,15 @@ def fuse_swiglu_quantizations(graph: Graph) -> int:
     for node in list(graph.nodes):
         name = op_name(node.target) if node.op == "call_function" else None
         if name == "swiglu":
-            found = _quantized_through_views(node)
+            # the dual quantization, or (recompute_fp8_activations: Wgrad's copy made in backward
+            # from the recomputed product) the 128x1 one alone
+            found = _quantized_through_views(node, ("quantize_1x128_128x1", "quantize_128x1"))
             if found is None:
                 continue
             quant, views = found
-            _fuse(graph, node, fp8_ops.swiglu_quantize_1x128_128x1.default, list(node.args), quant)
+            fused_op = (fp8_ops.swiglu_quantize_128x1 if op_name(quant.target) == "quantize_128x1"
+                        else fp8_ops.swiglu_quantize_1x128_128x1)
+            _fuse(graph, node, fused_op.default, list(node.args), quant)
             _erase(graph, views[::-1] + [node])
             fused += 1
         elif name == "swiglu_backward":

@@ -176,6 +176,35 @@ def test_fused_block_gradients_as_close_to_bf16_as_unfused():
         assert abs(s_fused - s_unfused) < 1.0, f"{name}: fused {s_fused:.1f} dB vs unfused {s_unfused:.1f} dB"
 
 
+def test_recomputed_product_is_quantized_by_the_fused_128x1_op():
+    # recompute_fp8_activations makes w2's 128x1 copy in backward from the recomputed product;
+    # with fuse_swiglu one kernel computes the product per tile and writes only that copy (no BF16
+    # product in backward beside the two input gradients)
+    def calls(op, code):
+        return len(re.findall(rf"torch\.ops\.fp8pass\.{op}\.default\(", code))
+
+    fwd, bwd, _, grads = _block_code_and_grads(recompute_fp8_activations=True)
+    assert calls("swiglu_quantize_128x1_out", bwd) == 1
+    assert calls("swiglu_grad_a_quantize_1x128_128x1_out", bwd) == 1
+    # backward makes the other three Linear inputs' copies by the plain 128x1 quantizer
+    assert calls("quantize_128x1_out", bwd) == 3
+    # forward: the 1x128 copies only, none of them fused (the product's is the plain quantizer's)
+    assert calls(r"swiglu\w*", fwd) == 0 and calls("quantize_128x1(_out)?", fwd) == 0
+    assert calls("quantize_1x128(_out)?", fwd) == 4
+    _, ref = _bf16_reference()
+    _, _, _, plain = _block_code_and_grads(recompute_fp8_activations=True, fuse_swiglu=False)
+    for name in ref:
+        s_fused, s_plain = sqnr_db(ref[name], grads[name]), sqnr_db(ref[name], plain[name])
+        assert s_fused > 20 and abs(s_fused - s_plain) < 1.0, f"{name}: {s_fused:.1f} vs {s_plain:.1f} dB"
+    # explain names w2 among the Linears whose copy backward makes
+    torch.manual_seed(0)
+    block = train_gpt.Block(CFG)
+    report = fp8pass.explain(block, torch.randn(4, 64, 128),
+                             fp8_config=fp8pass.Config(recompute_fp8_activations=True, fuse_swiglu=True))
+    assert "mlp.w2" in report.wgrad_copies_in_backward
+    assert report.fused_swiglu == {"forward": 0, "backward": 3}
+
+
 def test_opted_out_w2_and_inference_decompose_the_swiglu_op():
     # w2 in high precision: its input is not quantized, so the op must become aten ops again (a
     # graph node Inductor would otherwise call as a slow fallback) with the same numbers as

@@ -331,8 +331,8 @@ def run_gemm() -> None:
 # SwiGLU fused with the dual quantization
 # --------------------------------------------------------------------------------------------
 def run_swiglu() -> None:
-    """The fused kernels (kernels/triton_swiglu.py) against the plain dual quantizer of the
-    reference SwiGLU values and gradients, both under the interpreter (whose FP8 cast rounds the
+    """The fused kernels (kernels/triton_swiglu.py) against the plain dual (or 128x1) quantizer of
+    the reference SwiGLU values and gradients, both under the interpreter (whose FP8 cast rounds the
     same way in both, so any difference is in the SwiGLU values). bf16: every byte and scale equal
     (the kernel rounds to bf16 to nearest even, spelled out under the interpreter); fp32 and fp16
     (exp and the divisions are numpy's there, torch's in the reference): scales within 1e-6 and
@@ -375,8 +375,13 @@ def run_swiglu() -> None:
                 got = tsw.swiglu_grad_a_quantize_1x128_128x1(g, a, b) + tsw.swiglu_grad_b_quantize_1x128_128x1(g, a)
                 return compare(got, dual(grad_a) + dual(grad_b), exact)
 
+            def col_only(a=a, b=b, exact=exact):  # the product's 128x1 copy alone
+                want = tq.quantize_128x1(ref.swiglu(a, b), layout="transposed")
+                return compare(tsw.swiglu_quantize_128x1(a, b), want, exact)
+
             check(f"swiglu_quantize_1x128_128x1[{tag}]", forward)
             check(f"swiglu_grad_quantize_1x128_128x1[{tag}]", backward)
+            check(f"swiglu_quantize_128x1[{tag}]", col_only)
 
     def strided():  # inputs read through their strides (a view of a wider tensor), no copy
         wide = torch.randn(200, 512, generator=gen).to(torch.bfloat16)
@@ -389,6 +394,7 @@ def run_swiglu() -> None:
         a = torch.randn(200, 256, generator=gen).to(torch.bfloat16)
         ops = torch.ops.fp8pass
         for got, want in ((tsw.swiglu_quantize_1x128_128x1(a, a), ops.swiglu_quantize_1x128_128x1(a, a)),
+                          (tsw.swiglu_quantize_128x1(a, a), ops.swiglu_quantize_128x1(a, a)),
                           (tsw.swiglu_grad_a_quantize_1x128_128x1(a, a, a), ops.swiglu_grad_a_quantize_1x128_128x1(a, a, a)),
                           (tsw.swiglu_grad_b_quantize_1x128_128x1(a, a), ops.swiglu_grad_b_quantize_1x128_128x1(a, a))):
             g = [(tuple(t.shape), t.stride(), t.dtype) for t in got]
