@@ -8,7 +8,7 @@
               FP8 copies included in the time; equal to `cublas` for Fprop)
     tl        the plain-Triton kernel on the operands as emitted (strided views, no copies)
     gluon     the Gluon sm90 kernel (two partials in flight), kernel only, on K-major operands
-    ws        the warp-specialized persistent Gluon kernel (a TMA warp, two consumer
+    ws        the warp-specialized persistent Gluon kernel (a TMA producer and two consumer
               warpgroups), kernel only, on K-major operands
     gluon+cp  the faster Gluon kernel starting from the operands as emitted (copies timed)
     dispatch  torch.ops.fp8pass.gemm_blockwise (the dispatcher's choice, in brackets)

@@ -144,7 +144,8 @@ def _run(mode: int, g, a, b, out, write_row: bool = True) -> tuple:
     elif write_row:
         outs = _dual_outputs(a)
     else:  # quantize_128x1's layouts (ops.py)
-        outs = (torch.empty((k, m), dtype=FP8_DTYPE, device=a.device), empty_mn_major((k,), _cdiv(m, TILE), device=a.device))
+        outs = (torch.empty((k, m), dtype=FP8_DTYPE, device=a.device),
+                empty_mn_major((k,), _cdiv(m, TILE), device=a.device))
     # the kernels' four output pointers: without the row copy, the column copy's stand in (unwritten)
     kernel_outs = outs if write_row else outs + outs
     if m == 0:
