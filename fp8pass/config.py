@@ -78,8 +78,9 @@ class Config:
         block's peak rises from 0.98x to 1.20x and no 350M convergence run has been made with it
         (benchmarks/RESULTS.md, sessions 8-9). That rise is the recomputed BF16 SwiGLU product,
         written beside the two input gradients; with fuse_swiglu too, one kernel computes the
-        product per tile and writes only its 128x1 copy (`swiglu_quantize_128x1`; CPU- and
-        interpreter-tested, not yet measured on a GPU: stage `s12a` of benchmarks/device_x2.sh).
+        product per tile and writes only the copy needed, its 1x128 one in forward and its 128x1
+        one in backward (`swiglu_quantize_1x128` / `_128x1`; CPU- and interpreter-tested, not yet
+        measured on a GPU: stage `s12a` of benchmarks/device_x2.sh).
     fuse_quantization: generate each activation/gradient quantization inside the Inductor kernel
         that produces its input (norm, SiLU*mul, residual add, backward kernels) instead of as a
         separate kernel reading the input back from memory. Off by default: on an H200 the

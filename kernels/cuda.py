@@ -98,7 +98,8 @@ def register() -> bool:
         impls = {"gemm_blockwise": _gemm}
         for name, quantize in quantizers.items():
             impls[name], impls[ops.OUT_VARIANTS[name]] = checked(name, quantize)
-        for name, n_inputs in (("swiglu_quantize_1x128_128x1", 2), ("swiglu_quantize_128x1", 2),
+        for name, n_inputs in (("swiglu_quantize_1x128_128x1", 2), ("swiglu_quantize_1x128", 2),
+                               ("swiglu_quantize_128x1", 2),
                                ("swiglu_grad_a_quantize_1x128_128x1", 3), ("swiglu_grad_b_quantize_1x128_128x1", 2)):
             impls[name], impls[ops.OUT_VARIANTS[name]] = checked(name, getattr(tsw, name), ops._check_swiglu_2d,
                                                                  n_inputs)

@@ -31,6 +31,7 @@ __all__ = [
     "swiglu",
     "swiglu_backward",
     "swiglu_quantize_1x128_128x1",
+    "swiglu_quantize_1x128",
     "swiglu_quantize_128x1",
     "swiglu_grad_a_quantize_1x128_128x1",
     "swiglu_grad_b_quantize_1x128_128x1",
@@ -40,6 +41,7 @@ __all__ = [
     "quantize_128x128_out",
     "quantize_128x128_transposed_out",
     "swiglu_quantize_1x128_128x1_out",
+    "swiglu_quantize_1x128_out",
     "swiglu_quantize_128x1_out",
     "swiglu_grad_a_quantize_1x128_128x1_out",
     "swiglu_grad_b_quantize_1x128_128x1_out",
@@ -227,6 +229,19 @@ def _(a, b):
     return quantize_1x128_128x1(a)  # the fake kernel's outputs for an input of a's shape
 
 
+@torch.library.custom_op("fp8pass::swiglu_quantize_1x128", mutates_args=())
+def swiglu_quantize_1x128(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """quantize_1x128(swiglu(a, b)) for 2-D a, b: the product's 1x128 copy (w2's Fprop operand),
+    not the product: the forward's copy under recompute_fp8_activations, and inference's."""
+    _check_swiglu_2d("swiglu_quantize_1x128", a, b)
+    return quantize_1x128(reference.swiglu(a, b))
+
+
+@swiglu_quantize_1x128.register_fake
+def _(a, b):
+    return quantize_1x128(a)
+
+
 @torch.library.custom_op("fp8pass::swiglu_quantize_128x1", mutates_args=())
 def swiglu_quantize_128x1(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """quantize_128x1(swiglu(a, b)) for 2-D a, b: the product's transposed 128x1 copy (Wgrad's
@@ -323,6 +338,12 @@ def swiglu_quantize_1x128_128x1_out(a: torch.Tensor, b: torch.Tensor, q_row: tor
     _write_outputs((q_row, s_row, q_col_t, s_col_t), swiglu_quantize_1x128_128x1(a, b))
 
 
+@torch.library.custom_op("fp8pass::swiglu_quantize_1x128_out", mutates_args=("q", "scale"))
+def swiglu_quantize_1x128_out(a: torch.Tensor, b: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> None:
+    """swiglu_quantize_1x128(a, b) written into (q, scale)."""
+    _write_outputs((q, scale), swiglu_quantize_1x128(a, b))
+
+
 @torch.library.custom_op("fp8pass::swiglu_quantize_128x1_out", mutates_args=("q_t", "scale_t"))
 def swiglu_quantize_128x1_out(a: torch.Tensor, b: torch.Tensor, q_t: torch.Tensor, scale_t: torch.Tensor) -> None:
     """swiglu_quantize_128x1(a, b) written into (q_t, scale_t)."""
@@ -354,6 +375,7 @@ OUT_VARIANTS = {
     "quantize_128x128": "quantize_128x128_out",
     "quantize_128x128_transposed": "quantize_128x128_transposed_out",
     "swiglu_quantize_1x128_128x1": "swiglu_quantize_1x128_128x1_out",
+    "swiglu_quantize_1x128": "swiglu_quantize_1x128_out",
     "swiglu_quantize_128x1": "swiglu_quantize_128x1_out",
     "swiglu_grad_a_quantize_1x128_128x1": "swiglu_grad_a_quantize_1x128_128x1_out",
     "swiglu_grad_b_quantize_1x128_128x1": "swiglu_grad_b_quantize_1x128_128x1_out",

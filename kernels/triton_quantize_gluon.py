@@ -95,10 +95,12 @@ if gluon is not None:
 
     @gluon.jit
     def _quantize_tile_dual(x, mb, kb, M, K, qr_ptr, sr_ptr, qt_ptr, sc_ptr,
-                            WRITE_ROW: gl.constexpr, ROW: gl.constexpr, COL: gl.constexpr):
+                            WRITE_ROW: gl.constexpr, ROW: gl.constexpr, COL: gl.constexpr,
+                            WRITE_COL: gl.constexpr):
         """The dual quantization of x, the 128x128 tile (mb, kb) of an [M, K] tensor in layout ROW
         (rows past M hold zeros): q_row[M, K] with its scales s_row ([KB, M] storage), if
-        WRITE_ROW, and q_col_t[K, M] (the 128x1 copy, transposed) with its scales ([MB, K] storage)."""
+        WRITE_ROW, and q_col_t[K, M] (the 128x1 copy, transposed) with its scales ([MB, K]
+        storage), if WRITE_COL."""
         rows = mb * 128 + gl.arange(0, 128, layout=gl.SliceLayout(1, ROW))
         cols = kb * 128 + gl.arange(0, 128, layout=gl.SliceLayout(0, ROW))
         rmask = rows < M
@@ -108,15 +110,16 @@ if gluon is not None:
             q_row = _to_fp8(xf, sf_row[:, None], r_row[:, None])
             gl.store(qr_ptr + rows.to(gl.int64)[:, None] * K + cols[None, :], q_row, mask=rmask[:, None])
             gl.store(sr_ptr + kb.to(gl.int64) * M + rows, s_row, mask=rmask)
-        # the tile in the column layout (through shared memory, in the input's dtype)
-        xc = gl.convert_layout(x, COL).to(gl.float32)
-        rows_c = mb * 128 + gl.arange(0, 128, layout=gl.SliceLayout(1, COL))
-        cols_c = kb * 128 + gl.arange(0, 128, layout=gl.SliceLayout(0, COL))
-        rmask_c = rows_c < M
-        s_col, r_col, sf_col = _scale_and_recip(_amax(xc, 0))
-        q_col = _to_fp8(xc, sf_col[None, :], r_col[None, :])
-        gl.store(qt_ptr + cols_c.to(gl.int64)[None, :] * M + rows_c[:, None], q_col, mask=rmask_c[:, None])
-        gl.store(sc_ptr + mb.to(gl.int64) * K + cols_c, s_col)
+        if WRITE_COL:
+            # the tile in the column layout (through shared memory, in the input's dtype)
+            xc = gl.convert_layout(x, COL).to(gl.float32)
+            rows_c = mb * 128 + gl.arange(0, 128, layout=gl.SliceLayout(1, COL))
+            cols_c = kb * 128 + gl.arange(0, 128, layout=gl.SliceLayout(0, COL))
+            rmask_c = rows_c < M
+            s_col, r_col, sf_col = _scale_and_recip(_amax(xc, 0))
+            q_col = _to_fp8(xc, sf_col[None, :], r_col[None, :])
+            gl.store(qt_ptr + cols_c.to(gl.int64)[None, :] * M + rows_c[:, None], q_col, mask=rmask_c[:, None])
+            gl.store(sc_ptr + mb.to(gl.int64) * K + cols_c, s_col)
 
     @gluon.jit
     def _load_tile(ptr, mb, kb, M, sm, sk, ROW: gl.constexpr):
@@ -143,7 +146,7 @@ if gluon is not None:
         mb = gl.program_id(0)
         kb = gl.program_id(1)
         x = _load_tile(x_ptr, mb, kb, M, sxm, sxk, ROW)
-        _quantize_tile_dual(x, mb, kb, M, K, qr_ptr, sr_ptr, qt_ptr, sc_ptr, WRITE_ROW, ROW, COL)
+        _quantize_tile_dual(x, mb, kb, M, K, qr_ptr, sr_ptr, qt_ptr, sc_ptr, WRITE_ROW, ROW, COL, True)
 
     @gluon.jit
     def _swiglu_dual_kernel(
@@ -152,13 +155,14 @@ if gluon is not None:
         M, K, sgm, sgk, sam, sak, sbm, sbk,
         MODE: gl.constexpr,
         WRITE_ROW: gl.constexpr,
+        WRITE_COL: gl.constexpr,
         ROW_SPT: gl.constexpr,
         COL_SPT: gl.constexpr,
         num_warps: gl.constexpr,
     ):
         """triton_swiglu._swiglu_dual_kernel in these layouts: the dual quantization of silu(a) * b
-        (MODE 0) or of its gradient of a (1) or of b (2), computed per tile (only the 128x1 copy
-        without WRITE_ROW)."""
+        (MODE 0) or of its gradient of a (1) or of b (2), computed per tile (one copy of it without
+        WRITE_ROW or WRITE_COL)."""
         ROW: gl.constexpr = gl.BlockedLayout([1, ROW_SPT], [32 * ROW_SPT // 128, 128 // ROW_SPT],
                                              [num_warps, 1], [1, 0])
         COL: gl.constexpr = gl.BlockedLayout([COL_SPT, 1], [128 // COL_SPT, 32 * COL_SPT // 128],
@@ -173,7 +177,7 @@ if gluon is not None:
         if MODE != 2:
             b = _load_tile(b_ptr, mb, kb, M, sbm, sbk, ROW)
         x = _swiglu_tile_values(g, a, b, MODE)
-        _quantize_tile_dual(x, mb, kb, M, K, qr_ptr, sr_ptr, qt_ptr, sc_ptr, WRITE_ROW, ROW, COL)
+        _quantize_tile_dual(x, mb, kb, M, K, qr_ptr, sr_ptr, qt_ptr, sc_ptr, WRITE_ROW, ROW, COL, WRITE_COL)
 
     _launch_dual = FastLauncher(_quant_dual_kernel)
     _launch_swiglu_dual = FastLauncher(_swiglu_dual_kernel)
@@ -203,10 +207,11 @@ def quantize_128x1_transposed(x: torch.Tensor, q_t, s_t) -> None:
     _launch(x, q_t, s_t, q_t, s_t, False, _ROW_SPT_128X1, _COL_SPT_128X1)
 
 
-def swiglu_dual_transposed(mode: int, grad, a, b, outs: tuple, write_row: bool = True) -> None:
+def swiglu_dual_transposed(mode: int, grad, a, b, outs: tuple, write_row: bool = True, write_col: bool = True) -> None:
     """Fill the four outputs of a triton_swiglu op (allocated by the caller, in quantize_1x128_128x1's
-    layouts) for its mode (triton_swiglu.FORWARD, GRAD_A, GRAD_B), or without write_row only the
-    last two; the inputs a mode does not read may be any tensor of a's shape."""
+    layouts) for its mode (triton_swiglu.FORWARD, GRAD_A, GRAD_B), or without write_row the last
+    two only, without write_col the first two; the inputs a mode does not read may be any tensor
+    of a's shape."""
     m, k = a.shape
     if k % TILE:
         raise ValueError(f"the Gluon quantizer needs K % 128 == 0, got inputs of shape {tuple(a.shape)}")
@@ -214,5 +219,5 @@ def swiglu_dual_transposed(mode: int, grad, a, b, outs: tuple, write_row: bool =
         return
     _launch_swiglu_dual(((m + TILE - 1) // TILE, k // TILE), grad, a, b, *outs, m, k,
                         grad.stride(0), grad.stride(1), a.stride(0), a.stride(1), b.stride(0), b.stride(1),
-                        MODE=mode, WRITE_ROW=write_row, ROW_SPT=_ROW_SPT, COL_SPT=_COL_SPT,
+                        MODE=mode, WRITE_ROW=write_row, WRITE_COL=write_col, ROW_SPT=_ROW_SPT, COL_SPT=_COL_SPT,
                         **swiglu_launch_options(a.dtype, mode))

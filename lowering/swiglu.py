@@ -18,13 +18,14 @@ only the FP8 copies. Three graph functions:
   fuse_swiglu_quantizations(graph) on each partitioned graph: a dual quantization whose input is
                                    (a view of) `swiglu(a, b)` becomes the fused op, and the two of
                                    `swiglu_backward`'s outputs the two fused ops of its gradients;
-                                   with recompute_fp8_activations, the 128x1 quantization of the
-                                   product recomputed in backward becomes `swiglu_quantize_128x1`
-                                   (the BF16 product would otherwise be written there beside the
-                                   two input gradients: the Llama block's peak rose 652 MiB);
+                                   a 1x128 or 128x1 quantization of the product alone (with
+                                   recompute_fp8_activations the forward's, and the backward's of
+                                   the recomputed product; inference's) becomes
+                                   `swiglu_quantize_1x128` / `_128x1` (without, the BF16 product
+                                   recomputed in backward is written beside the two input
+                                   gradients: the Llama block's peak rose 652 MiB);
   decompose_swiglu_ops(graph)      every `swiglu` / `swiglu_backward` left (the product read by
-                                   something else: an opted-out w2, the 1x128-only quantization of
-                                   inference) becomes aten ops again, for Inductor to fuse as it
+                                   something else: an opted-out w2) becomes aten ops again, for Inductor to fuse as it
                                    would have without the rewrite (the same numerics:
                                    reference.swiglu is Inductor's decomposition of silu).
 """
@@ -152,6 +153,11 @@ def _erase(graph: Graph, nodes: list[Node]) -> None:
         graph.erase_node(node)
 
 
+# quantization of swiglu(a, b) -> the fused op in its place
+_FUSED_FOR = {"quantize_1x128_128x1": "swiglu_quantize_1x128_128x1", "quantize_1x128": "swiglu_quantize_1x128",
+              "quantize_128x1": "swiglu_quantize_128x1"}
+
+
 def fuse_swiglu_quantizations(graph: Graph) -> int:
     """The fused ops in place of the dual quantizations of swiglu's output and of both of
     swiglu_backward's outputs (module docstring). Returns how many SwiGLU ops were fused."""
@@ -159,15 +165,13 @@ def fuse_swiglu_quantizations(graph: Graph) -> int:
     for node in list(graph.nodes):
         name = op_name(node.target) if node.op == "call_function" else None
         if name == "swiglu":
-            # the dual quantization, or (recompute_fp8_activations: Wgrad's copy made in backward
-            # from the recomputed product) the 128x1 one alone
-            found = _quantized_through_views(node, ("quantize_1x128_128x1", "quantize_128x1"))
+            # the dual quantization, or one copy alone: recompute_fp8_activations' 1x128 one in
+            # forward (and inference's), and its 128x1 one made in backward from the recomputed product
+            found = _quantized_through_views(node, tuple(_FUSED_FOR))
             if found is None:
                 continue
             quant, views = found
-            fused_op = (fp8_ops.swiglu_quantize_128x1 if op_name(quant.target) == "quantize_128x1"
-                        else fp8_ops.swiglu_quantize_1x128_128x1)
-            _fuse(graph, node, fused_op.default, list(node.args), quant)
+            _fuse(graph, node, getattr(fp8_ops, _FUSED_FOR[op_name(quant.target)]).default, list(node.args), quant)
             _erase(graph, views[::-1] + [node])
             fused += 1
         elif name == "swiglu_backward":

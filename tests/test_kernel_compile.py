@@ -74,15 +74,16 @@ def test_gluon_quantizer_compiles_for_sm90_without_spills(dtype, kernel, tmp_pat
                       f"{triton.__version__} (no spills on {_MEASURED_TRITON}, where its settings were measured)")
 
 
-def _compile_swiglu_sm90(dtype: str, mode: int, tmp_path, write_row: bool = True):
+def _compile_swiglu_sm90(dtype: str, mode: int, tmp_path, write_row: bool = True, write_col: bool = True):
     from triton.experimental.gluon._runtime import GluonASTSource
 
     sig = {"g_ptr": f"*{dtype}", "a_ptr": f"*{dtype}", "b_ptr": f"*{dtype}",
            "qr_ptr": "*fp8e4nv", "sr_ptr": "*fp32", "qt_ptr": "*fp8e4nv", "sc_ptr": "*fp32"}
     sig.update({n: "i32" for n in ("M", "K", "sgm", "sgk", "sam", "sak", "sbm", "sbk")})
-    sig.update({n: "constexpr" for n in ("MODE", "WRITE_ROW", "ROW_SPT", "COL_SPT", "num_warps")})
+    sig.update({n: "constexpr" for n in ("MODE", "WRITE_ROW", "WRITE_COL", "ROW_SPT", "COL_SPT", "num_warps")})
     options = tqg.swiglu_launch_options({"bf16": torch.bfloat16, "fp32": torch.float32}[dtype], mode)
-    consts = {"sgk": 1, "sak": 1, "sbk": 1, "MODE": mode, "WRITE_ROW": write_row, "ROW_SPT": tqg._ROW_SPT,
+    consts = {"sgk": 1, "sak": 1, "sbk": 1, "MODE": mode, "WRITE_ROW": write_row, "WRITE_COL": write_col,
+              "ROW_SPT": tqg._ROW_SPT,
               "COL_SPT": tqg._COL_SPT,
               "num_warps": options["num_warps"]}
     names = list(sig)
@@ -93,11 +94,11 @@ def _compile_swiglu_sm90(dtype: str, mode: int, tmp_path, write_row: bool = True
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp32"])
-@pytest.mark.parametrize("mode,write_row", [(0, True), (1, True), (2, True), (0, False)],
-                         ids=["forward", "grad_a", "grad_b", "forward_128x1_only"])
-def test_gluon_swiglu_quantizer_compiles_for_sm90_without_spills(dtype, mode, write_row, tmp_path):
+@pytest.mark.parametrize("mode,copies", [(0, "dual"), (1, "dual"), (2, "dual"), (0, "row"), (0, "col")],
+                         ids=["forward", "grad_a", "grad_b", "forward_1x128_only", "forward_128x1_only"])
+def test_gluon_swiglu_quantizer_compiles_for_sm90_without_spills(dtype, mode, copies, tmp_path):
     # the SwiGLU kernels hold two or three input tiles: 16 warps keep them under the 128-register
     # cap (kernels/triton_quantize_gluon.py)
-    regs, stack, cap = _compile_swiglu_sm90(dtype, mode, tmp_path, write_row)
+    regs, stack, cap = _compile_swiglu_sm90(dtype, mode, tmp_path, copies != "col", copies != "row")
     assert regs <= cap
     assert stack == 0, f"SwiGLU kernel ({dtype}, mode {mode}) spills: {stack} bytes at {regs} registers"

@@ -176,10 +176,10 @@ def test_fused_block_gradients_as_close_to_bf16_as_unfused():
         assert abs(s_fused - s_unfused) < 1.0, f"{name}: fused {s_fused:.1f} dB vs unfused {s_unfused:.1f} dB"
 
 
-def test_recomputed_product_is_quantized_by_the_fused_128x1_op():
-    # recompute_fp8_activations makes w2's 128x1 copy in backward from the recomputed product;
-    # with fuse_swiglu one kernel computes the product per tile and writes only that copy (no BF16
-    # product in backward beside the two input gradients)
+def test_recomputed_product_is_quantized_by_the_fused_single_copy_ops():
+    # recompute_fp8_activations makes w2's 1x128 copy in forward and its 128x1 copy in backward
+    # from the recomputed product; with fuse_swiglu one kernel computes the product per tile and
+    # writes only that copy, in both (no BF16 product, in backward beside the two input gradients)
     def calls(op, code):
         return len(re.findall(rf"torch\.ops\.fp8pass\.{op}\.default\(", code))
 
@@ -188,9 +188,9 @@ def test_recomputed_product_is_quantized_by_the_fused_128x1_op():
     assert calls("swiglu_grad_a_quantize_1x128_128x1_out", bwd) == 1
     # backward makes the other three Linear inputs' copies by the plain 128x1 quantizer
     assert calls("quantize_128x1_out", bwd) == 3
-    # forward: the 1x128 copies only, none of them fused (the product's is the plain quantizer's)
-    assert calls(r"swiglu\w*", fwd) == 0 and calls("quantize_128x1(_out)?", fwd) == 0
-    assert calls("quantize_1x128(_out)?", fwd) == 4
+    # forward: the 1x128 copies only, the product's by the fused op
+    assert calls("swiglu_quantize_1x128_out", fwd) == 1 and calls(r"swiglu\w*", fwd) == 1
+    assert calls("quantize_128x1(_out)?", fwd) == 0 and calls("quantize_1x128(_out)?", fwd) == 3
     _, ref = _bf16_reference()
     _, _, _, plain = _block_code_and_grads(recompute_fp8_activations=True, fuse_swiglu=False)
     for name in ref:
@@ -202,10 +202,10 @@ def test_recomputed_product_is_quantized_by_the_fused_128x1_op():
     report = fp8pass.explain(block, torch.randn(4, 64, 128),
                              fp8_config=fp8pass.Config(recompute_fp8_activations=True, fuse_swiglu=True))
     assert "mlp.w2" in report.wgrad_copies_in_backward
-    assert report.fused_swiglu == {"forward": 0, "backward": 3}
+    assert report.fused_swiglu == {"forward": 1, "backward": 3}
 
 
-def test_opted_out_w2_and_inference_decompose_the_swiglu_op():
+def test_opted_out_w2_decomposes_the_swiglu_op_and_inference_fuses_it():
     # w2 in high precision: its input is not quantized, so the op must become aten ops again (a
     # graph node Inductor would otherwise call as a slow fallback) with the same numbers as
     # without the rewrite
@@ -229,7 +229,8 @@ def test_opted_out_w2_and_inference_decompose_the_swiglu_op():
     with torch.no_grad():
         got, (code,) = run_and_get_code(lambda: compiled(x))
         want = block(x)
-    assert not re.search(r"fp8pass\.swiglu", code)
+    # inference quantizes the product once (w2's 1x128 copy): by the fused single-copy op
+    assert re.findall(r"fp8pass\.(swiglu\w*)\.default\(", code) == ["swiglu_quantize_1x128_out"]
     assert sqnr_db(want, got) > 25
 
 

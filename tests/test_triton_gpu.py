@@ -491,9 +491,9 @@ def test_swiglu_fused_kernels_match_the_dual_quantizer_of_the_reference(dtype, m
 
     grad, a, b = _swiglu_inputs(m, k, dtype, seed=m + k)
     want_fwd, want_bwd = _swiglu_reference(grad, a, b)
-    # the 128x1 copy alone (recompute_fp8_activations' op) is the dual op's last two outputs
-    want_fwd = want_fwd + want_fwd[2:]
-    got_fwd = tsw.swiglu_quantize_1x128_128x1(a, b) + tsw.swiglu_quantize_128x1(a, b)
+    # one copy alone (recompute_fp8_activations' ops) is the dual op's first or last two outputs
+    want_fwd = want_fwd + want_fwd[:2] + want_fwd[2:]
+    got_fwd = tsw.swiglu_quantize_1x128_128x1(a, b) + tsw.swiglu_quantize_1x128(a, b) + tsw.swiglu_quantize_128x1(a, b)
     got_bwd = tsw.swiglu_grad_a_quantize_1x128_128x1(grad, a, b) + tsw.swiglu_grad_b_quantize_1x128_128x1(grad, a)
     # fp32: Triton's exp is ex2.approx of x * log2(e), a few ulps off torch's for |x| ~ 10
     ulp = {torch.bfloat16: 2.0 ** -7, torch.float16: 2.0 ** -10, torch.float32: 2.0 ** -18}[dtype]
@@ -509,7 +509,7 @@ def test_swiglu_fused_kernels_match_the_dual_quantizer_of_the_reference(dtype, m
             assert not torch.isnan(got.float()).any()
     # the plain-Triton kernel (elsewhere than sm90) gives the same bytes
     monkeypatch.setattr(tsw, "_gluon_quantize", lambda device: None)
-    plain = (tsw.swiglu_quantize_1x128_128x1(a, b) + tsw.swiglu_quantize_128x1(a, b)
+    plain = (tsw.swiglu_quantize_1x128_128x1(a, b) + tsw.swiglu_quantize_1x128(a, b) + tsw.swiglu_quantize_128x1(a, b)
              + tsw.swiglu_grad_a_quantize_1x128_128x1(grad, a, b) + tsw.swiglu_grad_b_quantize_1x128_128x1(grad, a))
     for p, g in zip(plain, got_fwd + got_bwd):
         assert torch.equal(p.view(torch.uint8), g.view(torch.uint8)) if p.dtype == FP8 else torch.equal(p, g)
@@ -518,7 +518,8 @@ def test_swiglu_fused_kernels_match_the_dual_quantizer_of_the_reference(dtype, m
 def test_swiglu_out_variants_write_what_the_functional_ops_return():
     ops = torch.ops.fp8pass
     grad, a, b = _swiglu_inputs(1000, 768, torch.bfloat16, seed=11)
-    for name, inputs in (("swiglu_quantize_1x128_128x1", (a, b)), ("swiglu_quantize_128x1", (a, b)),
+    for name, inputs in (("swiglu_quantize_1x128_128x1", (a, b)), ("swiglu_quantize_1x128", (a, b)),
+                         ("swiglu_quantize_128x1", (a, b)),
                          ("swiglu_grad_a_quantize_1x128_128x1", (grad, a, b)),
                          ("swiglu_grad_b_quantize_1x128_128x1", (grad, a))):
         want = getattr(ops, name)(*inputs)
@@ -575,9 +576,10 @@ def test_block_with_fused_swiglu_trains_as_close_to_bf16_on_cuda():
     for w, f, u in zip(want, fused, unfused):
         s_fused, s_unfused = sqnr_db(w.float(), f.float()), sqnr_db(w.float(), u.float())
         assert s_fused > 20 and abs(s_fused - s_unfused) < 1.0, (s_fused, s_unfused)
-    # with recompute_fp8_activations: w2's 128x1 copy made in backward by the fused 128x1 op
+    # with recompute_fp8_activations: w2's 1x128 copy made in forward and its 128x1 copy in
+    # backward by the fused single-copy ops
     codes, recomputed = grads_of(fp8pass.backend(fuse_swiglu=True, recompute_fp8_activations=True))
-    assert "swiglu_quantize_128x1" in codes[1] and "swiglu_quantize" not in codes[0]
+    assert "swiglu_quantize_1x128_out" in codes[0] and "swiglu_quantize_128x1" in codes[1]
     for w, r, u in zip(want, recomputed, unfused):
         s_r, s_unfused = sqnr_db(w.float(), r.float()), sqnr_db(w.float(), u.float())
         assert s_r > 20 and abs(s_r - s_unfused) < 1.0, (s_r, s_unfused)

@@ -331,7 +331,7 @@ def run_gemm() -> None:
 # SwiGLU fused with the dual quantization
 # --------------------------------------------------------------------------------------------
 def run_swiglu() -> None:
-    """The fused kernels (kernels/triton_swiglu.py) against the plain dual (or 128x1) quantizer of
+    """The fused kernels (kernels/triton_swiglu.py) against the plain dual (or 1x128, 128x1) quantizer of
     the reference SwiGLU values and gradients, both under the interpreter (whose FP8 cast rounds the
     same way in both, so any difference is in the SwiGLU values). bf16: every byte and scale equal
     (the kernel rounds to bf16 to nearest even, spelled out under the interpreter); fp32 and fp16
@@ -375,13 +375,14 @@ def run_swiglu() -> None:
                 got = tsw.swiglu_grad_a_quantize_1x128_128x1(g, a, b) + tsw.swiglu_grad_b_quantize_1x128_128x1(g, a)
                 return compare(got, dual(grad_a) + dual(grad_b), exact)
 
-            def col_only(a=a, b=b, exact=exact):  # the product's 128x1 copy alone
-                want = tq.quantize_128x1(ref.swiglu(a, b), layout="transposed")
-                return compare(tsw.swiglu_quantize_128x1(a, b), want, exact)
+            def one_copy(a=a, b=b, exact=exact):  # the product's 1x128 copy alone, and its 128x1 one
+                prod = ref.swiglu(a, b)
+                got = tsw.swiglu_quantize_1x128(a, b) + tsw.swiglu_quantize_128x1(a, b)
+                return compare(got, tq.quantize_1x128(prod) + tq.quantize_128x1(prod, layout="transposed"), exact)
 
             check(f"swiglu_quantize_1x128_128x1[{tag}]", forward)
             check(f"swiglu_grad_quantize_1x128_128x1[{tag}]", backward)
-            check(f"swiglu_quantize_128x1[{tag}]", col_only)
+            check(f"swiglu_quantize_1x128 / _128x1[{tag}]", one_copy)
 
     def strided():  # inputs read through their strides (a view of a wider tensor), no copy
         wide = torch.randn(200, 512, generator=gen).to(torch.bfloat16)
@@ -394,6 +395,7 @@ def run_swiglu() -> None:
         a = torch.randn(200, 256, generator=gen).to(torch.bfloat16)
         ops = torch.ops.fp8pass
         for got, want in ((tsw.swiglu_quantize_1x128_128x1(a, a), ops.swiglu_quantize_1x128_128x1(a, a)),
+                          (tsw.swiglu_quantize_1x128(a, a), ops.swiglu_quantize_1x128(a, a)),
                           (tsw.swiglu_quantize_128x1(a, a), ops.swiglu_quantize_128x1(a, a)),
                           (tsw.swiglu_grad_a_quantize_1x128_128x1(a, a, a), ops.swiglu_grad_a_quantize_1x128_128x1(a, a, a)),
                           (tsw.swiglu_grad_b_quantize_1x128_128x1(a, a), ops.swiglu_grad_b_quantize_1x128_128x1(a, a))):
