@@ -27,6 +27,7 @@
 #   bash benchmarks/device_x2.sh s6d        # s6c again after a test fix, without the sweep (quantizer table last)
 #   bash benchmarks/device_x2.sh s6e        # one GPU: quantizer GPU tests, quantizer table + sweep (Gluon 128x1 and
 #                                           # 32-element layouts)
+#   bash benchmarks/device_x2.sh s12b       # one GPU (not run yet): ncu of the WS GEMM and cuBLAS at 16384x14336x4096
 #   bash benchmarks/device_x2.sh s12a       # one GPU (not run yet): recompute_fp8_activations with fuse_swiglu: tests,
 #                                           # block peak, 1B step
 #   bash benchmarks/device_x2.sh s11h       # one GPU: the Gluon GEMM GPU tests on the final code
@@ -126,6 +127,12 @@ step_1b() {  # the 1B train_step.py: $1 timeout, $2 log name, then the script's 
 
 for what in "$@"; do
   case $what in
+    s12b)  # prepared in session 11, not run: one GPU: ncu of the WS GEMM and cuBLAS at its worst Fprop shape
+      timeout 240 ncu --clock-control none -k regex:"gemm_ws|nvjet|sm90" --launch-skip 2 --launch-count 4 \
+        --section SpeedOfLight --section WarpStateStats --section SchedulerStats --section Occupancy \
+        python3 benchmarks/profile_gemm.py --no-time --shape 16384x14336x4096 > "$OUT/ncu_gemm.log" 2>&1
+      echo "ncu exit $?"; python3 benchmarks/profile_gemm.py --shape 16384x14336x4096
+      grep -v "^==PROF==" "$OUT/ncu_gemm.log" | head -150 | cut -c1-200 ;;
     s12a)  # prepared in session 11, not run: one GPU: the fused 128x1-only SwiGLU op (recompute_fp8_activations with
            # fuse_swiglu): its GPU tests, the block's peak with both options against the default, the 1B step
       quant_gpu_tests 200 4 0 "swiglu or out_variants or gluon_ws_schedules"
