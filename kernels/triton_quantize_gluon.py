@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 
 import torch
+import triton
 
 from .launch import FastLauncher
 from .reference import TILE
@@ -93,6 +94,18 @@ def available(device: torch.device) -> bool:
 
 if gluon is not None:
 
+    @triton.constexpr_function
+    def _row_layout(spt, num_warps):
+        """A 128x128 tile's row layout: spt consecutive elements of a row per thread, a warp per
+        32 * spt / 128 rows (the 1x128 pass reduces along rows inside a warp)."""
+        return gl.BlockedLayout([1, spt], [32 * spt // 128, 128 // spt], [num_warps, 1], [1, 0])
+
+    @triton.constexpr_function
+    def _col_layout(spt, num_warps):
+        """The column layout of the same tile: spt consecutive rows of a column per thread (the
+        128x1 pass reduces along columns, and stores the transposed copy contiguously)."""
+        return gl.BlockedLayout([spt, 1], [128 // spt, 32 * spt // 128], [1, num_warps], [0, 1])
+
     @gluon.jit
     def _quantize_tile_dual(x, mb, kb, M, K, qr_ptr, sr_ptr, qt_ptr, sc_ptr,
                             WRITE_ROW: gl.constexpr, ROW: gl.constexpr, COL: gl.constexpr,
@@ -139,10 +152,8 @@ if gluon is not None:
     ):
         """One 128x128 tile of x[M, K] (K % 128 == 0; rows past M masked) per program: its dual
         quantization (only the 128x1 copy without WRITE_ROW), see _quantize_tile_dual."""
-        ROW: gl.constexpr = gl.BlockedLayout([1, ROW_SPT], [32 * ROW_SPT // 128, 128 // ROW_SPT],
-                                             [num_warps, 1], [1, 0])
-        COL: gl.constexpr = gl.BlockedLayout([COL_SPT, 1], [128 // COL_SPT, 32 * COL_SPT // 128],
-                                             [1, num_warps], [0, 1])
+        ROW: gl.constexpr = _row_layout(ROW_SPT, num_warps)
+        COL: gl.constexpr = _col_layout(COL_SPT, num_warps)
         mb = gl.program_id(0)
         kb = gl.program_id(1)
         x = _load_tile(x_ptr, mb, kb, M, sxm, sxk, ROW)
@@ -163,10 +174,8 @@ if gluon is not None:
         """triton_swiglu._swiglu_dual_kernel in these layouts: the dual quantization of silu(a) * b
         (MODE 0) or of its gradient of a (1) or of b (2), computed per tile (one copy of it without
         WRITE_ROW or WRITE_COL)."""
-        ROW: gl.constexpr = gl.BlockedLayout([1, ROW_SPT], [32 * ROW_SPT // 128, 128 // ROW_SPT],
-                                             [num_warps, 1], [1, 0])
-        COL: gl.constexpr = gl.BlockedLayout([COL_SPT, 1], [128 // COL_SPT, 32 * COL_SPT // 128],
-                                             [1, num_warps], [0, 1])
+        ROW: gl.constexpr = _row_layout(ROW_SPT, num_warps)
+        COL: gl.constexpr = _col_layout(COL_SPT, num_warps)
         mb = gl.program_id(0)
         kb = gl.program_id(1)
         a = _load_tile(a_ptr, mb, kb, M, sam, sak, ROW)
