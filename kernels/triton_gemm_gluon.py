@@ -65,9 +65,13 @@ def available() -> bool:
 
 
 def _k_major(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return (a.stride(1) == 1 and b.stride(0) == 1
-            and (a.stride(0) * a.element_size()) % 16 == 0 and (b.stride(1) * b.element_size()) % 16 == 0
-            and a.data_ptr() % 16 == 0 and b.data_ptr() % 16 == 0)
+    """A [M, K] and B [K, N] both K-major, as TMA reads them (B through its transpose)."""
+    return _tma_compatible(a) and _tma_compatible(b.t())
+
+
+def _tma_compatible(t: torch.Tensor) -> bool:
+    """A 2-D tensor a TMA descriptor can address: rows contiguous, row stride and base 16-byte aligned."""
+    return t.stride(1) == 1 and (t.stride(0) * t.element_size()) % 16 == 0 and t.data_ptr() % 16 == 0
 
 
 def supports(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -540,10 +544,6 @@ def _launch_ws(a, a_scale, b, b_scale, out, cfg):
         OVERLAP=kind.startswith("ws2"), SPLIT_N=split_n, num_warps=warps, maxnreg=_WS_LAUNCH_REGS,
     )
     return out
-
-
-def _tma_compatible(t: torch.Tensor) -> bool:
-    return (t.stride(1) == 1 and (t.stride(0) * t.element_size()) % 16 == 0 and t.data_ptr() % 16 == 0)
 
 
 def gemm_blockwise(a: torch.Tensor, a_scale: torch.Tensor, b: torch.Tensor, b_scale: torch.Tensor,

@@ -129,11 +129,18 @@ _WARPS = 8
 FORWARD, GRAD_A, GRAD_B = 0, 1, 2
 
 
-def _dual_outputs(x: torch.Tensor) -> tuple:
-    """New tensors in the layouts of quantize_1x128_128x1(x)'s outputs (ops.py)."""
+def _new_outputs(x: torch.Tensor, copies: str) -> tuple:
+    """New tensors in the layouts of quantize_1x128_128x1(x)'s outputs (ops.py), or of one copy's:
+    (q_row, s_row) as quantize_1x128's ("row"), (q_col_t, s_col_t) as quantize_128x1's ("col")."""
     m, k = x.shape
-    return (torch.empty((m, k), dtype=FP8_DTYPE, device=x.device), empty_mn_major((m,), _cdiv(k, TILE), device=x.device),
-            torch.empty((k, m), dtype=FP8_DTYPE, device=x.device), empty_mn_major((k,), _cdiv(m, TILE), device=x.device))
+    outs = ()
+    if copies != "col":
+        outs += (torch.empty((m, k), dtype=FP8_DTYPE, device=x.device),
+                 empty_mn_major((m,), _cdiv(k, TILE), device=x.device))
+    if copies != "row":
+        outs += (torch.empty((k, m), dtype=FP8_DTYPE, device=x.device),
+                 empty_mn_major((k,), _cdiv(m, TILE), device=x.device))
+    return outs
 
 
 def _run(mode: int, g, a, b, out, copies: str = "dual") -> tuple:
@@ -142,11 +149,7 @@ def _run(mode: int, g, a, b, out, copies: str = "dual") -> tuple:
     m, k = a.shape
     if k % TILE:
         raise ValueError(f"fp8pass: the fused SwiGLU quantization needs K % 128 == 0, got inputs of shape {tuple(a.shape)}")
-    if out is not None:
-        outs = tuple(out)
-    else:
-        dual = _dual_outputs(a)
-        outs = {"dual": dual, "row": dual[:2], "col": dual[2:]}[copies]
+    outs = tuple(out) if out is not None else _new_outputs(a, copies)
     # the kernels' four output pointers: a copy not written gets the written one's (unused)
     kernel_outs = outs if copies == "dual" else outs + outs
     write_row, write_col = copies != "col", copies != "row"
