@@ -28,8 +28,8 @@
 #   bash benchmarks/device_x2.sh s6e        # one GPU: quantizer GPU tests, quantizer table + sweep (Gluon 128x1 and
 #                                           # 32-element layouts)
 #   bash benchmarks/device_x2.sh s12b       # one GPU (not run yet): ncu of the WS GEMM and cuBLAS at 16384x14336x4096
-#   bash benchmarks/device_x2.sh s12a       # one GPU (not run yet): recompute_fp8_activations with fuse_swiglu: tests,
-#                                           # block peak, 1B step
+#   bash benchmarks/device_x2.sh s12c       # one GPU: the 1B step with recompute_fp8_activations and fuse_swiglu
+#   bash benchmarks/device_x2.sh s12a       # one GPU: recompute_fp8_activations with fuse_swiglu: tests, block peak
 #   bash benchmarks/device_x2.sh s11h       # one GPU: the Gluon GEMM GPU tests on the final code
 #   bash benchmarks/device_x2.sh s11g       # one GPU: the WS kernel's column-split schedules: GPU tests and speed
 #   bash benchmarks/device_x2.sh s11f       # one GPU: the 1B step once more
@@ -138,7 +138,9 @@ for what in "$@"; do
       quant_gpu_tests 200 4 0 "swiglu or out_variants or gluon_ws_schedules"
       block_bench 150 --memory --fp8-option fuse_swiglu=true --fp8-option recompute_fp8_activations=true
       mv "$OUT/block.log" "$OUT/block_recompute_fused.log"
-      block_bench 130 --memory
+      block_bench 130 --memory ;;
+    s12c)  # session 12, one GPU: the 1B step with recompute_fp8_activations and fuse_swiglu (split from s12a: one
+           # call's 600 s)
       step_1b 200 step_recompute_fused --variants bf16,fp8 --fp8-option fuse_swiglu=true \
         --fp8-option recompute_fp8_activations=true ;;
     s11h)  # session 11, one GPU: the Gluon GEMM GPU tests on the final code (both kernels' roles, every WS schedule)
