@@ -28,6 +28,8 @@
 #   bash benchmarks/device_x2.sh s6e        # one GPU: quantizer GPU tests, quantizer table + sweep (Gluon 128x1 and
 #                                           # 32-element layouts)
 #   bash benchmarks/device_x2.sh s12b       # one GPU (not run yet): ncu of the WS GEMM and cuBLAS at 16384x14336x4096
+#   bash benchmarks/device_x2.sh s12e       # one GPU: WS GEMM scale loads reworked: GPU tests, the GEMM table
+#   bash benchmarks/device_x2.sh s12d       # one GPU: the 350M pair (seed 0) under the new defaults
 #   bash benchmarks/device_x2.sh s12c       # one GPU: the 1B step with recompute_fp8_activations and fuse_swiglu
 #   bash benchmarks/device_x2.sh s12a       # one GPU: recompute_fp8_activations with fuse_swiglu: tests, block peak
 #   bash benchmarks/device_x2.sh s11h       # one GPU: the Gluon GEMM GPU tests on the final code
@@ -127,6 +129,20 @@ step_1b() {  # the 1B train_step.py: $1 timeout, $2 log name, then the script's 
 
 for what in "$@"; do
   case $what in
+    s12e)  # session 12, one GPU: the WS GEMM with scales loaded straight into the registers they are used from
+           # (no back-edge copies, 128x128 b scales per row, 128x1 ones prefetched as loaded: no spills): its GPU
+           # tests, then the issue's GEMM table (all shapes and roles, every column, the dispatcher)
+      CUDA_VISIBLE_DEVICES=0 timeout 100 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_gpu.py \
+        -k "(gemm_roles and gluon) or gluon_ws_schedules" > "$OUT/gemm_gpu.log" 2>&1; echo "GEMM GPU tests exit $?"
+      grep -E "^(FAILED|ERROR)|passed|failed|Error" "$OUT/gemm_gpu.log" | cut -c1-300 | tail -12
+      timeout 400 python3 benchmarks/gemm.py --no-quant > "$OUT/gemm.log" 2>&1; echo "gemm exit $?"
+      grep -v "^ *$" "$OUT/gemm.log" | grep -v "^  M,N,K" | cut -c1-220 ;;
+    s12d)  # session 12, one GPU: the 350M pair at seed 0 under the new defaults (recompute_fp8_activations and
+           # fuse_swiglu on), FP8 then BF16 under CUDA graphs, compared (s7's seed-0 curves: benchmarks/results)
+      preset_350m 0 fp8 320 conv_fp8 --out "$OUT" --mode reduce-overhead --seed 0
+      preset_350m 0 baseline 230 conv_bf16 --out "$OUT" --mode reduce-overhead --seed 0
+      python3 examples/train_gpt.py --compare "$OUT" 2>&1 | tail -8
+      for f in "$OUT"/loss_*.csv; do tail_mean "$f"; done ;;
     s12b)  # prepared in session 11, not run: one GPU: ncu of the WS GEMM and cuBLAS at its worst Fprop shape
       timeout 240 ncu --clock-control none -k regex:"gemm_ws|nvjet|sm90" --launch-skip 2 --launch-count 4 \
         --section SpeedOfLight --section WarpStateStats --section SchedulerStats --section Occupancy \

@@ -294,57 +294,46 @@ if gluon is not None:
 
     @gluon.jit
     def _ws_retire(acc, part, pending: gl.constexpr, empty, it, sa, sb, NUM_STAGES: gl.constexpr,
-                   SCALAR_SB: gl.constexpr):
+                   SCALAR_SB: gl.constexpr, col_layout: gl.constexpr):
         """Wait until at most `pending` wgmmas are in flight (so `part`, the it-th block's, is
-        done), release its stage to the producer, promote it into acc."""
+        done), release its stage to the producer, promote it into acc. A 128x1 b-scale vector
+        comes as loaded (one value a thread) and takes the accumulator's column layout here."""
         d = warpgroup_mma_wait(pending, deps=(part, ))
         mbarrier.arrive(empty.index(it % NUM_STAGES))
+        if not SCALAR_SB:
+            sb = gl.convert_layout(sb, col_layout)
         return _promote(acc, d, sa, sb, SCALAR_SB)
 
     @gluon.jit
-    def _ws_k_loop_overlapped(acc, zero, a_bufs, b_bufs, ready, empty, it, num_k, as_ptrs, bs_ptrs, bs_ptr,
-                              cols_lin, s_ask, s_bsk, s_bsn, col_layout: gl.constexpr, B_BLOCK: gl.constexpr,
-                              NUM_STAGES: gl.constexpr, ROW0: gl.constexpr, WG_M: gl.constexpr, COL0: gl.constexpr,
-                              WG_N: gl.constexpr):
+    def _ws_k_loop_overlapped(acc, zero, a_bufs, b_bufs, ready, empty, it, num_k, as_ptrs, bs_ptrs, s_ask, s_bsk,
+                              col_layout: gl.constexpr, B_BLOCK: gl.constexpr, NUM_STAGES: gl.constexpr,
+                              ROW0: gl.constexpr, WG_M: gl.constexpr, COL0: gl.constexpr, WG_N: gl.constexpr):
         """The K loop of one tile with block k+1's wgmma in flight while block k is promoted: two
         partials in fixed registers (P0, P1), the loop unrolled by two, as in _gluon_gemm_kernel.
-        128x128 b scales are loaded two wgmmas ahead of their use (an L2 round trip is about one
-        wgmma's time); 128x1 ones (vectors) just before their wait."""
-        PREFETCH: gl.constexpr = B_BLOCK
+        Each block's scales load right after the promotion that last used their registers, two
+        blocks before their own use (an L2 round trip is about one wgmma's time), and straight
+        into those registers: a rotation through a temporary (sa0 = sa_next) made ptxas copy the
+        loaded value at the loop's back-edge, waiting there for the load. `bs_ptrs` points at
+        the b scales of the tile's block column (128x128 blocks: the same value for each row) or
+        of its columns (128x1 tiles: one column a thread, `_ws_retire` lays them out)."""
         last = num_k - 1
         p0 = _ws_issue(a_bufs, b_bufs, ready, zero, it, NUM_STAGES, ROW0, WG_M, COL0, WG_N)
-        if PREFETCH:  # (scalar b scales) each block's scales load two wgmmas before their use
-            sa0, sb0 = _load_scales(as_ptrs, bs_ptrs, 0, s_ask, s_bsk)
-            sa1, sb1 = _load_scales(as_ptrs, bs_ptrs, gl.minimum(1, last), s_ask, s_bsk)
+        sa0, sb0 = _load_scales(as_ptrs, bs_ptrs, 0, s_ask, s_bsk)
+        sa1, sb1 = _load_scales(as_ptrs, bs_ptrs, gl.minimum(1, last), s_ask, s_bsk)
         for k in range(1, num_k - 1, 2):
+            # P0 holds block k-1 (scales sa0/sb0), P1 gets block k (sa1/sb1)
             p1 = _ws_issue(a_bufs, b_bufs, ready, zero, it + k, NUM_STAGES, ROW0, WG_M, COL0, WG_N)
-            if PREFETCH:
-                sa_n, sb_n = _load_scales(as_ptrs, bs_ptrs, k + 1, s_ask, s_bsk)
-            else:
-                sa0, sb0 = _load_scales_vec(as_ptrs, bs_ptr, cols_lin, k - 1, s_ask, s_bsk, s_bsn, col_layout)
-            acc = _ws_retire(acc, p0, 1, empty, it + k - 1, sa0, sb0, NUM_STAGES, B_BLOCK)
+            acc = _ws_retire(acc, p0, 1, empty, it + k - 1, sa0, sb0, NUM_STAGES, B_BLOCK, col_layout)
+            sa0, sb0 = _load_scales(as_ptrs, bs_ptrs, k + 1, s_ask, s_bsk)  # for the next iteration's first
             p0 = _ws_issue(a_bufs, b_bufs, ready, zero, it + k + 1, NUM_STAGES, ROW0, WG_M, COL0, WG_N)
-            if PREFETCH:
-                sa0, sb0 = sa_n, sb_n
-                sa_n, sb_n = _load_scales(as_ptrs, bs_ptrs, gl.minimum(k + 2, last), s_ask, s_bsk)
-            else:
-                sa1, sb1 = _load_scales_vec(as_ptrs, bs_ptr, cols_lin, k, s_ask, s_bsk, s_bsn, col_layout)
-            acc = _ws_retire(acc, p1, 1, empty, it + k, sa1, sb1, NUM_STAGES, B_BLOCK)
-            if PREFETCH:
-                sa1, sb1 = sa_n, sb_n
+            acc = _ws_retire(acc, p1, 1, empty, it + k, sa1, sb1, NUM_STAGES, B_BLOCK, col_layout)
+            sa1, sb1 = _load_scales(as_ptrs, bs_ptrs, gl.minimum(k + 2, last), s_ask, s_bsk)  # and second
         if num_k % 2 == 0:
-            k = last
-            p1 = _ws_issue(a_bufs, b_bufs, ready, zero, it + k, NUM_STAGES, ROW0, WG_M, COL0, WG_N)
-            if not PREFETCH:
-                sa0, sb0 = _load_scales_vec(as_ptrs, bs_ptr, cols_lin, k - 1, s_ask, s_bsk, s_bsn, col_layout)
-            acc = _ws_retire(acc, p0, 1, empty, it + k - 1, sa0, sb0, NUM_STAGES, B_BLOCK)
-            if not PREFETCH:
-                sa1, sb1 = _load_scales_vec(as_ptrs, bs_ptr, cols_lin, k, s_ask, s_bsk, s_bsn, col_layout)
-            acc = _ws_retire(acc, p1, 0, empty, it + k, sa1, sb1, NUM_STAGES, B_BLOCK)
+            p1 = _ws_issue(a_bufs, b_bufs, ready, zero, it + last, NUM_STAGES, ROW0, WG_M, COL0, WG_N)
+            acc = _ws_retire(acc, p0, 1, empty, it + last - 1, sa0, sb0, NUM_STAGES, B_BLOCK, col_layout)
+            acc = _ws_retire(acc, p1, 0, empty, it + last, sa1, sb1, NUM_STAGES, B_BLOCK, col_layout)
         else:
-            if not PREFETCH:
-                sa0, sb0 = _load_scales_vec(as_ptrs, bs_ptr, cols_lin, last, s_ask, s_bsk, s_bsn, col_layout)
-            acc = _ws_retire(acc, p0, 0, empty, it + last, sa0, sb0, NUM_STAGES, B_BLOCK)
+            acc = _ws_retire(acc, p0, 0, empty, it + last, sa0, sb0, NUM_STAGES, B_BLOCK, col_layout)
         return acc
 
     @gluon.jit
@@ -380,8 +369,17 @@ if gluon is not None:
             off_n = pid_n * BLOCK_N + COL0
             offs_m = off_m + gl.arange(0, WG_M, layout=row_layout)
             as_ptrs = as_ptr + (offs_m % M).to(gl.int64) * s_asm
-            bs_ptrs = bs_ptr + (off_n // 128) * s_bsn  # 128x128 b scales: one block column, a scalar
+            # 128x128 b scales: one block column, the same value for every row, but loaded per row
+            # ((offs_m % M) >> 30 is 0, which the compilers cannot prove): a warp-uniform scalar
+            # load made ptxas move the value into a uniform register right after the load, waiting
+            # there for it, before the next wgmma was issued. (Not with SPLIT_N: four rows a
+            # thread there, and the extra registers spill.)
+            bs_ptrs = bs_ptr + (off_n // 128) * s_bsn
+            if not SPLIT_N:
+                bs_ptrs = bs_ptrs + ((offs_m % M) >> 30)
             cols_lin = (off_n + gl.arange(0, WG_N, layout=lin_layout)) % N  # 128x1 b scales: a vector
+            if not B_BLOCK:
+                bs_ptrs = bs_ptr + cols_lin * s_bsn
             if not OVERLAP:
                 if B_BLOCK:
                     sa, sb = _load_scales(as_ptrs, bs_ptrs, 0, s_ask, s_bsk)
@@ -390,8 +388,7 @@ if gluon is not None:
             acc = gl.zeros([WG_M, WG_N], gl.float32, mma_layout)
             if OVERLAP:
                 acc = _ws_k_loop_overlapped(acc, zero, a_bufs, b_bufs, ready, empty, it, num_k, as_ptrs, bs_ptrs,
-                                            bs_ptr, cols_lin, s_ask, s_bsk, s_bsn, col_layout, B_BLOCK, NUM_STAGES,
-                                            ROW0, WG_M, COL0, WG_N)
+                                            s_ask, s_bsk, col_layout, B_BLOCK, NUM_STAGES, ROW0, WG_M, COL0, WG_N)
                 it += num_k
             else:
                 for k in range(num_k):
