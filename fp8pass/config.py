@@ -72,29 +72,27 @@ class Config:
         Same numbers (the same quantization of the same values), less memory held through the
         step, one more pass over those inputs in backward. (With fp8_saved_activations too, the
         SwiGLU product is recomputed from the FP8-stored inputs: a slightly different Wgrad input
-        for w2.) Off by default: on an H200 the 1B train step's peak falls from 0.94x to 0.83x of
-        BF16's, its step was 1.5-2% slower in session 9 (75.49 / 76.34 against 74.39 / 74.86 ms;
-        in session 8, before inductor_buffers, it swung between 77.8 and 107.8 ms), but the Llama
-        block's peak rises from 0.98x to 1.20x and no 350M convergence run has been made with it
-        (benchmarks/RESULTS.md, sessions 8-9). That rise is the recomputed BF16 SwiGLU product,
-        written beside the two input gradients; with fuse_swiglu too, one kernel computes the
-        product per tile and writes only the copy needed, its 1x128 one in forward and its 128x1
-        one in backward (`swiglu_quantize_1x128` / `_128x1`; CPU- and interpreter-tested, not yet
-        measured on a GPU: stage `s12a` of benchmarks/device_x2.sh).
+        for w2.) On by default since session 12, with fuse_swiglu (which keeps the recomputed
+        SwiGLU product out of memory): on an H200 the 1B train step's peak is 0.83x of BF16's
+        (11.85 vs 14.22 GiB; 0.94x with both off) at 1.13x BF16's speed (1.15x with both off, in
+        another run), and the Llama block's 0.92x (2702 vs 2930 MiB; 0.98x with both off) at
+        1.33x; the 350M run (seed 0) ended +0.24% over BF16's loss (last 200 steps, against
+        session 7's BF16 run of the same seed; the gate is 0.25%) (benchmarks/RESULTS.md, session 12). Without fuse_swiglu this option alone raised
+        the block's peak to 1.20x (the BF16 product written beside the two input gradients).
     fuse_quantization: generate each activation/gradient quantization inside the Inductor kernel
         that produces its input (norm, SiLU*mul, residual add, backward kernels) instead of as a
         separate kernel reading the input back from memory. Off by default: on an H200 the
         Inductor-generated quantization was slower than the hand-written Triton kernels (Llama
         block 39.5 vs 34.2 ms; benchmarks/RESULTS.md).
-    fuse_swiglu: compute a SwiGLU MLP's silu(a) * b inside the kernel that makes w2's two FP8
+    fuse_swiglu: compute a SwiGLU MLP's silu(a) * b inside the kernel that makes w2's FP8
         input copies, and in backward both its input gradients inside the kernel that makes their
         FP8 copies, so the BF16 product and gradients never go to memory (lowering/swiglu.py).
         Matches `F.silu(a) * b` in the model's code; values agree with the unfused path up to the
-        last bit of exp and a division (see kernels/triton_swiglu.py). Off by default: on an H200
-        the fused kernels beat the unfused pairs in isolation (16384 x 14336: forward 0.479 vs 0.592
-        ms, backward 1.059 vs 1.080) but not inside a Llama block step (1.696 vs 1.658 ms), and the
-        block and 1B steps moved both ways by about 1 ms across runs; peak 2900 vs 2872 MiB
-        (benchmarks/RESULTS.md, session 10).
+        last bit of exp and a division (see kernels/triton_swiglu.py). On by default since session
+        12 (see recompute_fp8_activations). Alone it did not pay in session 10 on an H200: the
+        fused kernels beat the unfused pairs in isolation (16384 x 14336: forward 0.479 vs 0.592
+        ms, backward 1.059 vs 1.080) but not inside a Llama block step (1.696 vs 1.658 ms), peak
+        2900 vs 2872 MiB (benchmarks/RESULTS.md, session 10).
     inductor_buffers: lower each quantization as its out variant on buffers that Inductor
         allocates (or reuses) in its generated code, instead of the op allocating its
         outputs in Python on every call (lowering/allocated_outputs.py): the same numbers, less
@@ -115,9 +113,9 @@ class Config:
     fp8_saved_activations: bool = False
     fp8_saved_activations_min_bytes: int = 1 << 20
     recompute_fp8_weights: bool = True
-    recompute_fp8_activations: bool = False
+    recompute_fp8_activations: bool = True
     fuse_quantization: bool = False
-    fuse_swiglu: bool = False
+    fuse_swiglu: bool = True
     inductor_buffers: bool = True
     log_decisions: bool = False
 

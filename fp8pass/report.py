@@ -144,8 +144,8 @@ class Report:
     @property
     def fused_swiglu(self) -> dict:
         """{"forward": n, "backward": m}: the fused SwiGLU-quantization kernels in the partitioned
-        graphs (Config.fuse_swiglu): one per MLP in forward, two in backward (with
-        recompute_fp8_activations none in forward, three in backward)."""
+        graphs (Config.fuse_swiglu): one per MLP in forward, two in backward, three with
+        recompute_fp8_activations (w2's 128x1 copy made there too)."""
         from .kernels.ops import op_name
 
         counts = {"forward": 0, "backward": 0}
