@@ -28,6 +28,7 @@
 #   bash benchmarks/device_x2.sh s6e        # one GPU: quantizer GPU tests, quantizer table + sweep (Gluon 128x1 and
 #                                           # 32-element layouts)
 #   bash benchmarks/device_x2.sh s12b       # one GPU (not run yet): ncu of the WS GEMM and cuBLAS at 16384x14336x4096
+#   bash benchmarks/device_x2.sh s12f       # one GPU: the final code: 1B step, Linear, block peak, quantizer table
 #   bash benchmarks/device_x2.sh s12e       # one GPU: WS GEMM scale loads reworked: GPU tests, the GEMM table
 #   bash benchmarks/device_x2.sh s12d       # one GPU: the 350M pair (seed 0) under the new defaults
 #   bash benchmarks/device_x2.sh s12c       # one GPU: the 1B step with recompute_fp8_activations and fuse_swiglu
@@ -129,6 +130,12 @@ step_1b() {  # the 1B train_step.py: $1 timeout, $2 log name, then the script's 
 
 for what in "$@"; do
   case $what in
+    s12f)  # session 12, one GPU: the final code (new defaults, reworked WS scale loads): the 1B step, the Linear, the
+           # block's peak, the quantizer table
+      step_1b 200 step_final --variants bf16,fp8; grep -A12 "GEMM dispatcher" "$OUT/step_final.log" | cut -c1-250
+      linear_bench 150; grep -A8 "GEMM dispatcher" "$OUT/linear.log" | cut -c1-250
+      block_bench 130 --memory
+      quant_bench 100 ;;
     s12e)  # session 12, one GPU: the WS GEMM with scales loaded straight into the registers they are used from
            # (no back-edge copies, 128x128 b scales per row, 128x1 ones prefetched as loaded: no spills): its GPU
            # tests, then the GEMM table (all shapes and roles, every column, the dispatcher)
