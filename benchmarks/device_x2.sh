@@ -28,6 +28,7 @@
 #   bash benchmarks/device_x2.sh s6e        # one GPU: quantizer GPU tests, quantizer table + sweep (Gluon 128x1 and
 #                                           # 32-element layouts)
 #   bash benchmarks/device_x2.sh s12b       # one GPU (not run yet): ncu of the WS GEMM and cuBLAS at 16384x14336x4096
+#   bash benchmarks/device_x2.sh s12g       # one GPU: GPU tests of blocks compiled with the new defaults
 #   bash benchmarks/device_x2.sh s12f       # one GPU: the final code: 1B step, Linear, block peak, quantizer table
 #   bash benchmarks/device_x2.sh s12e       # one GPU: WS GEMM scale loads reworked: GPU tests, the GEMM table
 #   bash benchmarks/device_x2.sh s12d       # one GPU: the 350M pair (seed 0) under the new defaults
@@ -130,6 +131,10 @@ step_1b() {  # the 1B train_step.py: $1 timeout, $2 log name, then the script's 
 
 for what in "$@"; do
   case $what in
+    s12g)  # session 12, one GPU: the GPU tests that compile a block with the backend's defaults (changed this session)
+      CUDA_VISIBLE_DEVICES=0 timeout 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_gpu.py \
+        -k "inductor_buffers or fused_swiglu or fullgraph or registered" > "$OUT/defaults_gpu.log" 2>&1
+      echo "GPU tests exit $?"; grep -E "^(FAILED|ERROR)|passed|failed|Error" "$OUT/defaults_gpu.log" | cut -c1-300 | tail -12 ;;
     s12f)  # session 12, one GPU: the final code (new defaults, reworked WS scale loads): the 1B step, the Linear, the
            # block's peak, the quantizer table
       step_1b 200 step_final --variants bf16,fp8; grep -A12 "GEMM dispatcher" "$OUT/step_final.log" | cut -c1-250

@@ -15,6 +15,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -392,7 +394,9 @@ def test_backend_with_inductor_buffers_trains_the_same_on_cuda():
             compiled(x).float().square().mean().backward()
 
         _, codes = run_and_get_code(step)
-        assert ("quantize_1x128_128x1_out" in codes[0]) == flag
+        # the forward's quantizations as out variants (with recompute_fp8_activations, the default,
+        # the Linears' inputs get only their 1x128 copies there)
+        assert bool(re.search(r"fp8pass\.quantize_1x128_out\.default\(", codes[0])) == flag
         grads[flag] = [x.grad] + [p.grad for p in block.parameters()]
     for on, off in zip(grads[True], grads[False]):
         assert torch.equal(on, off)
@@ -570,9 +574,10 @@ def test_block_with_fused_swiglu_trains_as_close_to_bf16_on_cuda():
         return codes, [x.grad] + [p.grad for p in block.parameters()]
 
     _, want = grads_of(None)
-    codes, fused = grads_of(fp8pass.backend(fuse_swiglu=True))
+    # the dual fused op (w2's both copies saved from forward)
+    codes, fused = grads_of(fp8pass.backend(fuse_swiglu=True, recompute_fp8_activations=False))
     assert "swiglu_quantize_1x128_128x1" in codes[0] and "swiglu_grad_b_quantize_1x128_128x1" in codes[1]
-    _, unfused = grads_of(fp8pass.backend(fuse_swiglu=False))
+    _, unfused = grads_of(fp8pass.backend(fuse_swiglu=False, recompute_fp8_activations=False))
     for w, f, u in zip(want, fused, unfused):
         s_fused, s_unfused = sqnr_db(w.float(), f.float()), sqnr_db(w.float(), u.float())
         assert s_fused > 20 and abs(s_fused - s_unfused) < 1.0, (s_fused, s_unfused)
