@@ -369,16 +369,17 @@ if gluon is not None:
             off_n = pid_n * BLOCK_N + COL0
             offs_m = off_m + gl.arange(0, WG_M, layout=row_layout)
             as_ptrs = as_ptr + (offs_m % M).to(gl.int64) * s_asm
-            # 128x128 b scales: one block column, the same value for every row, but loaded per row
-            # ((offs_m % M) >> 30 is 0, which the compilers cannot prove): a warp-uniform scalar
-            # load made ptxas move the value into a uniform register right after the load, waiting
-            # there for it, before the next wgmma was issued. (Not with SPLIT_N: four rows a
-            # thread there, and the extra registers spill.)
-            bs_ptrs = bs_ptr + (off_n // 128) * s_bsn
-            if not SPLIT_N:
-                bs_ptrs = bs_ptrs + ((offs_m % M) >> 30)
             cols_lin = (off_n + gl.arange(0, WG_N, layout=lin_layout)) % N  # 128x1 b scales: a vector
-            if not B_BLOCK:
+            if B_BLOCK:
+                # 128x128 b scales: one block column, the same value for every row, but loaded per
+                # row ((offs_m % M) >> 31 is 0, which the compilers cannot prove): a warp-uniform
+                # scalar load made ptxas move the value into a uniform register right after the
+                # load, waiting there for it, before the next wgmma was issued. (Not with SPLIT_N:
+                # four rows a thread there, and the extra registers spill.)
+                bs_ptrs = bs_ptr + (off_n // 128) * s_bsn
+                if not SPLIT_N:
+                    bs_ptrs = bs_ptrs + ((offs_m % M) >> 31)
+            else:  # (the overlapped loop's; the serial one loads from bs_ptr and cols_lin)
                 bs_ptrs = bs_ptr + cols_lin * s_bsn
             if not OVERLAP:
                 if B_BLOCK:
