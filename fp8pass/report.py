@@ -139,7 +139,11 @@ class Report:
                     meta = node.meta.get(FP8_META_KEY) or {}
                     if meta.get("for") == "fprop":
                         modules.append(meta.get("module", ""))
-        return modules
+        # in the model's order (the backward meets them last layer first)
+        first_seen: dict[str, int] = {}
+        for i, m in enumerate(self.matmuls):
+            first_seen.setdefault(m.module, i)
+        return sorted(modules, key=lambda module: first_seen.get(module, len(first_seen)))
 
     @property
     def fused_swiglu(self) -> dict:
@@ -189,8 +193,8 @@ class Report:
         if self.saved:
             acts = [s for s in self.saved if not s.is_graph_input]
             fp8_bytes = sum(s.bytes for s in acts if s.fp8)
-            line = (f"saved for backward: {len(acts)} activations, {self.saved_bytes / 2**20:.2f} MiB "
-                    f"({fp8_bytes / 2**20:.2f} MiB of it FP8)")
+            in_fp8 = f"{fp8_bytes / 2**20:.2f} MiB of it FP8" if fp8_bytes else "none of it FP8"
+            line = f"saved for backward: {len(acts)} activations, {self.saved_bytes / 2**20:.2f} MiB ({in_fp8})"
             if self.baseline_saved_bytes:
                 line += (f"; without the pass {self.baseline_saved_bytes / 2**20:.2f} MiB "
                          f"({self.saved_bytes / self.baseline_saved_bytes:.2f}x)")

@@ -42,9 +42,10 @@ def test_saved_bytes_match_the_partitioned_forward_outputs(recompute):
     assert expect > 0 and report.saved_bytes == expect
     fp8 = [s for s in report.saved if s.fp8]
     if recompute:  # (the default) Wgrad's copies are made in backward from what it holds anyway
-        assert not fp8
+        assert not fp8 and "(none of it FP8)" in str(report)
     else:  # the forward's 128x1 copies are saved
         assert fp8 and all(s.dtype == torch.float8_e4m3fn for s in fp8)
+        assert f"({sum(s.bytes for s in fp8) / 2**20:.2f} MiB of it FP8)" in str(report)
     # either way less than the same block compiled without the pass saves
     assert report.baseline_saved_bytes > report.saved_bytes
     assert "without the pass" in str(report)
