@@ -25,9 +25,9 @@ only the FP8 copies. Three graph functions:
                                    recomputed in backward is written beside the two input
                                    gradients: the Llama block's peak rose 652 MiB);
   decompose_swiglu_ops(graph)      every `swiglu` / `swiglu_backward` left (the product read by
-                                   something else: an opted-out w2) becomes aten ops again, for Inductor to fuse as it
-                                   would have without the rewrite (the same numerics:
-                                   reference.swiglu is Inductor's decomposition of silu).
+                                   something else: an opted-out w2) becomes aten ops again, for
+                                   Inductor to fuse as it would have without the rewrite (the same
+                                   numerics: reference.swiglu is Inductor's decomposition of silu).
 """
 
 from __future__ import annotations
