@@ -27,6 +27,8 @@
 #   bash benchmarks/device_x2.sh s6d        # s6c again after a test fix, without the sweep (quantizer table last)
 #   bash benchmarks/device_x2.sh s6e        # one GPU: quantizer GPU tests, quantizer table + sweep (Gluon 128x1 and
 #                                           # 32-element layouts)
+#   bash benchmarks/device_x2.sh s13b       # one GPU: launch plans: GPU tests, 1B step (default mode, CUDA graphs)
+#   bash benchmarks/device_x2.sh s13a       # one GPU: 1B step profile and traces (defaults), GEMM table at 1B shapes
 #   bash benchmarks/device_x2.sh s12b       # one GPU (not run yet): ncu of the WS GEMM and cuBLAS at 16384x14336x4096
 #   bash benchmarks/device_x2.sh s12g       # one GPU: GPU tests of blocks compiled with the new defaults
 #   bash benchmarks/device_x2.sh s12f       # one GPU: the final code: 1B step, Linear, block peak, quantizer table
@@ -131,6 +133,22 @@ step_1b() {  # the 1B train_step.py: $1 timeout, $2 log name, then the script's 
 
 for what in "$@"; do
   case $what in
+    s13b)  # session 13, one GPU: launch plans (the registered ops' repeat calls replay the first call's launches;
+           # GEMMs call cuBLAS straight): their GPU tests, the 1B step in the default mode and under CUDA graphs
+      CUDA_VISIBLE_DEVICES=0 timeout 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_gpu.py \
+        -k "out_variants or (gemm_roles and dispatch) or registered or fast_launch or inductor_buffers or fused_swiglu" \
+        > "$OUT/plans_gpu.log" 2>&1
+      echo "GPU tests exit $?"; grep -E "^(FAILED|ERROR)|passed|failed|Error" "$OUT/plans_gpu.log" | cut -c1-300 | tail -12
+      step_1b 200 step_plans --variants bf16,fp8
+      step_1b 200 step_plans_graphs --variants bf16,fp8 --mode reduce-overhead ;;
+    s13a)  # session 13, one GPU: where the 1B step's time goes under the defaults (a per-kernel profile of one fp8
+           # step, 5-step Chrome traces of both variants), and the GEMM table at the 1B model's shapes
+      step_1b 300 step_profile --variants bf16,fp8 --profile fp8 --top 70 --timeline --trace-dir "$OUT"
+      grep -A75 "Self CPU\|Name " "$OUT/step_profile.log" | cut -c1-200 | head -80
+      grep -A12 "GEMM dispatcher" "$OUT/step_profile.log" | cut -c1-250
+      timeout 200 python3 benchmarks/gemm.py --no-quant --shapes 8192x2048x2048,8192x2048x5632,8192x5632x2048,8192x2048x6144 \
+        > "$OUT/gemm_1b.log" 2>&1; echo "gemm exit $?"
+      grep -v "^ *$" "$OUT/gemm_1b.log" | grep -v "^  M,N,K" | cut -c1-220 ;;
     s12g)  # session 12, one GPU: the GPU tests that compile a block with the backend's defaults (changed this session)
       CUDA_VISIBLE_DEVICES=0 timeout 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_gpu.py \
         -k "inductor_buffers or fused_swiglu or fullgraph or registered" > "$OUT/defaults_gpu.log" 2>&1

@@ -32,7 +32,7 @@ import threading
 
 import torch
 
-from . import ops, triton_gemm, triton_gemm_gluon
+from . import launch, ops, triton_gemm, triton_gemm_gluon
 from .reference import TILE, _cdiv
 
 __all__ = ["register", "registered", "gemm_blockwise", "dispatch_choice", "cublas_gemm_blockwise",
@@ -76,33 +76,16 @@ def register() -> bool:
             "quantize_128x128_transposed": functools.partial(tq.quantize_128x128, layout="transposed"),
         }
 
-        def checked(name, kernel, check=ops._check_float_input, n_inputs=1):
-            """The op's CUDA kernel and its out variant's: the op's input checks, then `kernel`,
-            given the out variant's buffers (Inductor's) as `out`."""
-            def functional(*inputs):
-                check(name, *inputs)
-                return kernel(*inputs)
-
-            def out_variant(*args):
-                check(name, *args[:n_inputs])
-                kernel(*args[:n_inputs], out=args[n_inputs:])
-
-            return functional, out_variant
-
-        def _gemm(a, a_scale, b, b_scale, out_dtype):
-            ops.check_gemm_operands(a, a_scale, b, b_scale)
-            return gemm_blockwise(a, a_scale, b, b_scale, out_dtype)
-
         from . import triton_swiglu as tsw
 
-        impls = {"gemm_blockwise": _gemm}
+        impls = {"gemm_blockwise": gemm_op}
         for name, quantize in quantizers.items():
-            impls[name], impls[ops.OUT_VARIANTS[name]] = checked(name, quantize)
+            impls[name], impls[ops.OUT_VARIANTS[name]] = op_impls(name, quantize)
         for name, n_inputs in (("swiglu_quantize_1x128_128x1", 2), ("swiglu_quantize_1x128", 2),
                                ("swiglu_quantize_128x1", 2),
                                ("swiglu_grad_a_quantize_1x128_128x1", 3), ("swiglu_grad_b_quantize_1x128_128x1", 2)):
-            impls[name], impls[ops.OUT_VARIANTS[name]] = checked(name, getattr(tsw, name), ops._check_swiglu_2d,
-                                                                 n_inputs)
+            impls[name], impls[ops.OUT_VARIANTS[name]] = op_impls(name, getattr(tsw, name), ops._check_swiglu_2d,
+                                                                  n_inputs)
         lib = torch.library.Library("fp8pass", "IMPL")
         for name, fn in impls.items():
             lib.impl(name, fn, "CUDA")
@@ -110,6 +93,65 @@ def register() -> bool:
         _CUDA_LIB = lib
         _REGISTERED = True
         return True
+
+
+def gemm_op(a, a_scale, b, b_scale, out_dtype):
+    """The CUDA kernel of `fp8pass.gemm_blockwise`: the operand checks and the dispatcher at the
+    first call per key (the operands' and scales' shapes, strides and dtypes, the out dtype, the
+    device), then the dispatcher's choice as a plan (`gemm_plan`) without either."""
+    key = (a.shape, a.stride(), b.shape, b.stride(), a_scale.shape, a_scale.stride(), b_scale.shape,
+           b_scale.stride(), a.dtype, b.dtype, out_dtype, a.device)
+    plan = _gemm_plans.get(key)
+    if plan is not None:
+        return plan(a, a_scale, b, b_scale)
+    ops.check_gemm_operands(a, a_scale, b, b_scale)
+    out = gemm_blockwise(a, a_scale, b, b_scale, out_dtype)
+    plan = gemm_plan(a, a_scale, b, b_scale, out_dtype)
+    if plan is not None:
+        _gemm_plans[key] = plan
+    return out
+
+
+def op_impls(name: str, kernel, check=ops._check_float_input, n_inputs: int = 1):
+    """The op's CUDA kernel and its out variant's: the op's input checks, then `kernel`,
+    given the out variant's buffers (Inductor's) as `out`. The out variant's first call
+    per key (the inputs' shapes, strides, dtypes and alignments; the outputs' alignments)
+    records its launches, and later calls with that key replay them (launch.LaunchPlan):
+    the checks and the wrapper's arithmetic are the same for the same key."""
+    plans: dict = {}
+
+    def functional(*inputs):
+        check(name, *inputs)
+        return kernel(*inputs)
+
+    def out_variant(*args):
+        key = _out_variant_key(args, n_inputs)
+        plan = plans.get(key)
+        if plan is not None and plan(args):
+            return
+        check(name, *args[:n_inputs])
+        if plan is not None:  # recorded before; not to be replayed now (see LaunchPlan)
+            kernel(*args[:n_inputs], out=args[n_inputs:])
+            return
+        with launch.recording() as record:
+            kernel(*args[:n_inputs], out=args[n_inputs:])
+        plans[key] = launch.plan_from(record, args) or _no_plan
+
+    return functional, out_variant
+
+
+def _out_variant_key(args, n_inputs: int) -> tuple:
+    """What an out variant's wrapper decides from: the current device, each input's shape,
+    strides, dtype and 16-byte alignment, and each output buffer's alignment (the wrapper takes
+    the buffers' shapes and layouts as the op's contract says and only passes their addresses)."""
+    key = [torch._C._cuda_getDevice()]
+    for i, t in enumerate(args):
+        key.append((t.shape, t.stride(), t.dtype, t.data_ptr() & 15) if i < n_inputs else t.data_ptr() & 15)
+    return tuple(key)
+
+
+def _no_plan(args) -> bool:
+    return False
 
 
 # --------------------------------------------------------------------------------------------
@@ -135,6 +177,8 @@ def _mn_major(scale: torch.Tensor) -> torch.Tensor:
 
 
 _CUBLAS_B1x128_VARIANT: list = []  # which 128x1 b_scale layout this torch accepted
+# the layouts of B's 128x1 scale [KB, N] tried for cuBLAS's 1x128 scale of B^T, in this order
+_B1x128_LAYOUTS = (lambda s: _mn_major(s.t()), lambda s: s.t().contiguous(), lambda s: s.contiguous())
 
 
 def scaled_mm(a, b, scale_a, recipe_a, scale_b, recipe_b, out_dtype):
@@ -169,12 +213,11 @@ def cublas_gemm_blockwise(a, a_scale, b, b_scale, out_dtype):
     st = F.ScalingType
     if b_block:
         return scaled_mm(a, b, sa, st.BlockWise1x128, _mn_major(b_scale), st.BlockWise128x128, out_dtype)
-    variants = (lambda s: _mn_major(s.t()), lambda s: s.t().contiguous(), lambda s: s.contiguous())
-    order = _CUBLAS_B1x128_VARIANT or list(range(len(variants)))
+    order = _CUBLAS_B1x128_VARIANT or list(range(len(_B1x128_LAYOUTS)))
     err = None
     for i in order:
         try:
-            out = scaled_mm(a, b, sa, st.BlockWise1x128, variants[i](b_scale), st.BlockWise1x128, out_dtype)
+            out = scaled_mm(a, b, sa, st.BlockWise1x128, _B1x128_LAYOUTS[i](b_scale), st.BlockWise1x128, out_dtype)
         except (ValueError, RuntimeError) as exc:
             err = exc
             continue
@@ -218,6 +261,7 @@ _choice_info: dict = {}
 def clear_cache() -> None:
     _choice.clear()
     _choice_info.clear()
+    _gemm_plans.clear()
 
 
 def _key(a, a_scale, b, b_scale, out_dtype):
@@ -346,6 +390,39 @@ def gemm_blockwise(a, a_scale, b, b_scale, out_dtype):
                                                       "num_stages": cfg.num_stages})
         name = _measure(a, a_scale, b, b_scale, out_dtype, key)
     return _run(name, a, a_scale, b, b_scale, out_dtype)
+
+
+# (shapes, strides, dtypes of the operands and scales, out dtype, device) -> a callable running the
+# dispatcher's choice for them without its checks and key (kernels/cuda.py `_gemm`)
+_gemm_plans: dict = {}
+
+
+def gemm_plan(a, a_scale, b, b_scale, out_dtype):
+    """The dispatcher's choice for these operands as a callable `plan(a, a_scale, b, b_scale)`
+    for later calls with the same shapes, strides and dtypes (None until a choice is cached).
+    cuBLAS with operands already in its layouts calls torch's op directly: F.scaled_mm's and this
+    module's Python per call cost the 1B train step's host ~10 us of its ~40-170 us per GEMM call
+    on the H200 machine (240 calls a step; benchmarks/RESULTS.md, session 13)."""
+    name = _FORCED if _FORCED != "auto" else _choice.get(_key(a, a_scale, b, b_scale, out_dtype))
+    if name is None:
+        return None
+    op = getattr(torch, "_scaled_mm_v2", None)
+    F = torch.nn.functional
+    b_block = b_scale.shape[1] != b.shape[1]
+    direct = (name == "cublas" and op is not None and hasattr(F, "ScalingType") and a.stride(1) == 1
+              and b.stride(0) == 1 and _mn_major(a_scale) is a_scale
+              and (not b_block or _mn_major(b_scale) is b_scale) and (b_block or _CUBLAS_B1x128_VARIANT))
+    if not direct:
+        return lambda a, a_scale, b, b_scale: _run(name, a, a_scale, b, b_scale, out_dtype)
+    st = F.ScalingType
+    recipe_a = [st.BlockWise1x128.value]
+    recipe_b = [(st.BlockWise128x128 if b_block else st.BlockWise1x128).value]
+    if b_block:
+        return lambda a, a_scale, b, b_scale: op(a, b, [a_scale], recipe_a, [], [b_scale], recipe_b, [], None,
+                                                 out_dtype, (), False)
+    b_scale_layout = _B1x128_LAYOUTS[_CUBLAS_B1x128_VARIANT[0]]
+    return lambda a, a_scale, b, b_scale: op(a, b, [a_scale], recipe_a, [], [b_scale_layout(b_scale)], recipe_b, [],
+                                             None, out_dtype, (), False)
 
 
 def dispatch_report() -> dict:

@@ -163,13 +163,13 @@ def gemm_blockwise(a: torch.Tensor, a_scale: torch.Tensor, b: torch.Tensor, b_sc
     )
     even_k = k % TILE == 0
     if config is None:
-        grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
+        grid = lambda meta: (_cdiv(m, meta["BLOCK_M"]) * _cdiv(n, meta["BLOCK_N"]),)
         _gemm_kernel_tuned[grid](*args, B_BLOCK=b_block, EVEN_K=even_k)
     else:
         cfg = dict(config)
         warps = cfg.pop("num_warps", 4)
         stages = cfg.pop("num_stages", 3)
         cfg.setdefault("GROUP_M", 8)
-        grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]),)
+        grid = (_cdiv(m, cfg["BLOCK_M"]) * _cdiv(n, cfg["BLOCK_N"]),)
         _gemm_kernel[grid](*args, B_BLOCK=b_block, EVEN_K=even_k, num_warps=warps, num_stages=stages, **cfg)
     return out

@@ -33,7 +33,7 @@ import functools
 import torch
 import triton
 
-from .reference import TILE
+from .reference import TILE, _cdiv
 
 try:  # Gluon is experimental: absent from older Triton, names move between releases
     from triton.experimental import gluon
@@ -479,7 +479,7 @@ def _launch(a, a_scale, b, b_scale, out, cfg):
     n = b.shape[1]
     a_desc, b_desc = _descriptors(a, b, bm, bn)
     b_block = b_scale.shape[1] != n
-    grid = (triton.cdiv(m, bm) * triton.cdiv(n, bn),)
+    grid = (_cdiv(m, bm) * _cdiv(n, bn),)
     _gluon_gemm_kernel[grid](
         a_desc, b_desc, out, a_scale, b_scale, m, n, k,
         out.stride(0), out.stride(1), a_scale.stride(0), a_scale.stride(1), b_scale.stride(0), b_scale.stride(1),
@@ -534,7 +534,7 @@ def _launch_ws(a, a_scale, b, b_scale, out, cfg):
     c_block = [bm, bn // 2] if split_n else [bm // 2, bn]
     c_desc = TensorDescriptor.from_tensor(out, c_block, _smem_layout(*c_block, _GL_DTYPES[out.dtype]))
     b_block = b_scale.shape[1] != n
-    tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
+    tiles = _cdiv(m, bm) * _cdiv(n, bn)
     grid = (min(tiles, _sm_count(a.device.index if a.device.index is not None else torch.cuda.current_device())),)
     _gluon_gemm_ws_kernel[grid](
         a_desc, b_desc, c_desc, a_scale, b_scale, m, n, k,

@@ -204,7 +204,7 @@ def quantize_1x128(x: torch.Tensor, *, out=None) -> tuple[torch.Tensor, torch.Te
         x = x.contiguous()
         folded = _fold_leading(x)
     d0, d1, s0, s1 = folded
-    grid = (triton.cdiv(rows, _BLOCK_R_1x128), kb)
+    grid = (_cdiv(rows, _BLOCK_R_1x128), kb)
     _launch_1x128(
         grid, x, q, s, rows, d1, k, s0, s1, x.stride(-1),
         BLOCK_R=_BLOCK_R_1x128, EVEN_K=(k % TILE == 0), num_warps=_WARPS_1x128,
@@ -347,7 +347,7 @@ def _launch_col_tiles(x, q_row, s_row, q_col, q_t, s_col, *, block_c, chunk, war
     if not (m and k):
         return
     some_q = next(t for t in (q_row, q_col, q_t) if t is not None)
-    grid = (_cdiv(m, TILE), triton.cdiv(k, block_c))
+    grid = (_cdiv(m, TILE), _cdiv(k, block_c))
     _launch_col_tiles_kernel(
         grid, x, some_q if q_row is None else q_row, s_col if s_row is None else s_row,
         some_q if q_col is None else q_col, some_q if q_t is None else q_t, s_col,
@@ -392,7 +392,7 @@ def quantize_128x1(x: torch.Tensor, *, layout: str = "normal", out=None):
     if _Q128X1_IMPL == "whole":
         if m and k:
             _launch_128x1(
-                (mb, triton.cdiv(k, _BLOCK_C_128x1)), x, q if want_q else qt, qt if want_qt else q, s,
+                (mb, _cdiv(k, _BLOCK_C_128x1)), x, q if want_q else qt, qt if want_qt else q, s,
                 m, k, x.stride(0), x.stride(1),
                 BLOCK_C=_BLOCK_C_128x1, WRITE_Q=want_q, WRITE_QT=want_qt, num_warps=_WARPS_128x1,
             )

@@ -300,6 +300,144 @@ def test_fast_launch_key_is_as_fine_as_tritons_specialization():
     assert _arg_key(64) == _arg_key(4096)
 
 
+class _StubKernel:
+    """Stands in for a compiled Triton kernel: `run` records its launcher arguments."""
+
+    function = "function"
+    packed_metadata = "metadata"
+
+    def __init__(self):
+        self.runs = []
+
+    def run(self, *args):
+        self.runs.append(args)
+
+    def launch(self, grid, device, args):
+        """What FastLauncher does with a cached kernel: run it, and record it inside recording()."""
+        from fp8pass.kernels import launch
+
+        self.run(*grid, 7, self.function, self.packed_metadata, None, None, None, *args)
+        record = getattr(launch._RECORDING, "record", None)
+        if record is not None:
+            record.launches.append((self, grid, device, args))
+
+
+@pytest.fixture
+def stub_cuda_launch(monkeypatch):
+    """The CUDA calls of a launch (device, stream, profiler hooks) stubbed so that the launch-plan
+    logic of kernels/launch.py and kernels/cuda.py runs on the CPU."""
+    from fp8pass.kernels import launch
+
+    monkeypatch.setattr(torch._C, "_cuda_getDevice", lambda: 0, raising=False)
+    monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda device: 7, raising=False)
+    monkeypatch.setattr(launch, "_hooks_in_use", lambda: False)
+    return launch
+
+
+def test_out_variant_replays_the_launches_of_its_first_call_per_key(stub_cuda_launch):
+    """kernels/cuda.py op_impls: an out variant's first call per key runs the wrapper (which
+    launches through FastLauncher, recorded); later calls with the same key launch the same
+    kernel with the same grid and arguments but the new call's tensors, without the wrapper.
+    A new shape, a misaligned input or an output whose address changes alignment runs the
+    wrapper again; a wrapper that launches with a tensor it made itself is never replayed."""
+    from fp8pass.kernels import cuda
+
+    launch = stub_cuda_launch
+    kernel = _StubKernel()
+    wrapper_calls = []
+
+    def wrapper(x, *, out):  # the shape of a quantizer: launches with x, its outputs and shape ints
+        q, s = out
+        wrapper_calls.append(x.shape)
+        kernel.launch((x.shape[0] // 4, 2, 1), 0, (x, q, s.t(), x.shape[0], x.stride(0), True))
+
+    _, out_variant = cuda.op_impls("quantize_1x128", wrapper)
+    storage = torch.zeros(2 * 64 * 256 + 8, dtype=torch.bfloat16)
+    x1, x2 = storage[: 64 * 256].view(64, 256), storage[64 * 256: 2 * 64 * 256].view(64, 256)
+    outs = [(torch.empty(64, 256, dtype=torch.float8_e4m3fn), torch.empty(2, 64).t()) for _ in range(3)]
+
+    out_variant(x1, *outs[0])
+    out_variant(x2, *outs[1])
+    assert len(wrapper_calls) == 1, "the same key must replay, not run the wrapper"
+    assert len(kernel.runs) == 2 and kernel.runs[0][9] is x1
+    (g0, g1, g2, stream, function, metadata, _, _, _, *args) = kernel.runs[1]
+    assert (g0, g1, g2, stream, function, metadata) == (16, 2, 1, 7, "function", "metadata")
+    assert args[0] is x2 and args[1] is outs[1][0] and args[2] is outs[1][1]  # the view s.t() maps to s
+    assert args[3:] == [64, 256, True]
+
+    out_variant(storage[1: 1 + 64 * 256].view(64, 256), *outs[2])  # input off 16-byte alignment
+    out_variant(torch.zeros(128, 256, dtype=torch.bfloat16), torch.empty(128, 256, dtype=torch.float8_e4m3fn),
+                torch.empty(2, 128).t())
+    assert len(wrapper_calls) == 3 and len(kernel.runs) == 4
+
+    def allocating_wrapper(x, *, out):
+        wrapper_calls.append("allocating")
+        scratch = torch.empty(4)
+        kernel.launch((1, 1, 1), 0, (x, scratch))
+
+    _, out_variant = cuda.op_impls("quantize_1x128", allocating_wrapper)
+    for _ in range(2):
+        out_variant(x1, *outs[0])
+    assert wrapper_calls[-2:] == ["allocating", "allocating"] and len(kernel.runs) == 6
+
+
+def test_launch_plan_is_not_made_from_an_incomplete_record_or_used_under_launch_hooks(stub_cuda_launch, monkeypatch):
+    launch = stub_cuda_launch
+    kernel = _StubKernel()
+    x = torch.zeros(8)
+    with launch.recording() as record:
+        record.launches.append((kernel, (1, 1, 1), 0, (x, 3)))
+    plan = launch.plan_from(record, (x,))
+    assert plan is not None and plan((torch.ones(8),)) and len(kernel.runs) == 1
+    monkeypatch.setattr(launch, "_hooks_in_use", lambda: True)  # a profiler's hooks: the full path
+    assert not plan((x,)) and len(kernel.runs) == 1
+    record.complete = False
+    assert launch.plan_from(record, (x,)) is None
+    with launch.recording() as record:
+        record.launches.append((kernel, (1, 1, 1), 0, (x, object())))  # e.g. a TMA descriptor
+    assert launch.plan_from(record, (x,)) is None
+
+
+def test_gemm_plan_calls_cublas_as_the_dispatcher_does(stub_cuda_launch, monkeypatch):
+    """kernels/cuda.py gemm_op: once the dispatcher has chosen cuBLAS for a key, later calls go
+    straight to torch._scaled_mm_v2 with the same arguments cublas_gemm_blockwise passes (for
+    both scale pairings), without the checks and the dispatcher's key."""
+    from fp8pass.kernels import cuda
+
+    if not hasattr(torch.nn.functional, "ScalingType"):
+        pytest.skip("this torch has no F.scaled_mm recipes")
+    calls = []
+    monkeypatch.setattr(torch, "_scaled_mm_v2", lambda *args: calls.append(args) or torch.empty(0), raising=False)
+    monkeypatch.setattr(cuda, "_FORCED", "auto")
+    monkeypatch.setattr(cuda, "_CUBLAS_B1x128_VARIANT", [0])
+    cuda.clear_cache()
+    checks = []
+    monkeypatch.setattr(cuda.ops, "check_gemm_operands", lambda *a: checks.append(1))
+    try:
+        for pairing in ("128x128", "128x1"):
+            _, (a, sa, b, sb) = _gemm_case(pairing, 256, 256, 384)
+            a, b = a.to(torch.float8_e4m3fn), b.t().contiguous().t().to(torch.float8_e4m3fn)
+            sa = sa.t().contiguous().t()  # MN-major, as the quantizers give it
+            sb = sb.t().contiguous().t() if pairing == "128x128" else sb
+            cuda._choice[cuda._key(a, sa, b, sb, torch.bfloat16)] = "cublas"
+            calls.clear()
+            checks.clear()
+            cuda.gemm_op(a, sa, b, sb, torch.bfloat16)       # checks, dispatcher, cublas_gemm_blockwise
+            cuda.gemm_op(a, sa, b, sb, torch.bfloat16)       # the plan
+            assert len(checks) == 1 and len(calls) == 2
+            first, planned = calls
+            assert len(first) == len(planned)
+            for u, v in zip(first, planned):
+                if isinstance(u, list) and u and isinstance(u[0], torch.Tensor):
+                    assert u[0].data_ptr() == v[0].data_ptr() and u[0].stride() == v[0].stride()
+                elif isinstance(u, torch.Tensor):
+                    assert u is v
+                else:
+                    assert u == v, (pairing, u, v)
+    finally:
+        cuda.clear_cache()
+
+
 def test_gpu_gaps_of_benchmark_timeline():
     """benchmarks/common.gpu_gaps (the timeline diagnostic of linear.py/train_step.py --timeline):
     union of overlapping intervals as busy time, gaps between them longest first."""
