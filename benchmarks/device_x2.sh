@@ -27,6 +27,7 @@
 #   bash benchmarks/device_x2.sh s6d        # s6c again after a test fix, without the sweep (quantizer table last)
 #   bash benchmarks/device_x2.sh s6e        # one GPU: quantizer GPU tests, quantizer table + sweep (Gluon 128x1 and
 #                                           # 32-element layouts)
+#   bash benchmarks/device_x2.sh s13c       # one GPU: launch plans: GPU tests, host per call, small-model A/B, graph profile
 #   bash benchmarks/device_x2.sh s13b       # one GPU: launch plans: GPU tests, 1B step (default mode, CUDA graphs)
 #   bash benchmarks/device_x2.sh s13a       # one GPU: 1B step profile and traces (defaults), GEMM table at 1B shapes
 #   bash benchmarks/device_x2.sh s12b       # one GPU (not run yet): ncu of the WS GEMM and cuBLAS at 16384x14336x4096
@@ -133,6 +134,19 @@ step_1b() {  # the 1B train_step.py: $1 timeout, $2 log name, then the script's 
 
 for what in "$@"; do
   case $what in
+    s13c)  # session 13, one GPU: launch plans: GPU tests (verbose), host time per call with and without a plan,
+           # a host-bound small model's step with plans on and off, and the 1B fp8 step's kernels under CUDA graphs
+      CUDA_VISIBLE_DEVICES=0 timeout 200 python3 -m pytest -v -p no:cacheprovider -m gpu tests/test_triton_gpu.py \
+        -k "out_variants or (gemm_roles and dispatch) or registered or fast_launch" > "$OUT/plans_gpu.log" 2>&1
+      echo "GPU tests exit $?"; grep -E "PASSED|FAILED|ERROR|passed|failed" "$OUT/plans_gpu.log" | cut -c1-200 | tail -30
+      timeout 60 python3 benchmarks/host_overhead.py --busy 8192,2048,5632 > "$OUT/host_busy.log" 2>&1
+      echo "host_overhead exit $?"; grep -E "us/call|failed|choice" "$OUT/host_busy.log" | cut -c1-160
+      small="--dim 1024 --layers 8 --heads 8 --hidden 2816 --seq 1024 --batch 4"
+      step_1b 120 step_small $small --variants bf16,fp8
+      FP8PASS_LAUNCH_PLANS=0 step_1b 90 step_small_noplans $small --variants fp8
+      timeout 150 python3 benchmarks/train_step.py --variants fp8 --mode reduce-overhead --profile fp8 --top 30 \
+        > "$OUT/step_graphs_profile.log" 2>&1; echo "graphs profile exit $?"
+      grep -E "^ +fp8 |nvjet|_kernel|sdpa|triton_|multi_tensor" "$OUT/step_graphs_profile.log" | cut -c1-70,150-230 | head -36 ;;
     s13b)  # session 13, one GPU: launch plans (the registered ops' repeat calls replay the first call's launches;
            # GEMMs call cuBLAS straight): their GPU tests, the 1B step in the default mode and under CUDA graphs
       CUDA_VISIBLE_DEVICES=0 timeout 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_gpu.py \

@@ -80,7 +80,21 @@ def busy_rows(m: int, k: int, n: int) -> None:
         "torch.ops.fp8pass.quantize_128x1": lambda: ops.quantize_128x1(x),
         f"torch.ops.fp8pass.quantize_128x128 {n}x{k}": lambda: ops.quantize_128x128(w),
         "torch.ops.fp8pass.quantize_128x128_transposed": lambda: ops.quantize_128x128_transposed(w),
+        # what Inductor's code calls (lowering/allocated_outputs.py), against the wrapper those
+        # calls ran every time before launch plans (kernels/cuda.py op_impls)
+        "tq.quantize_1x128_128x1(out=) (the wrapper)": lambda: tq.quantize_1x128_128x1(
+            x, col_layout="transposed", out=dual_bufs),
+        "ops.quantize_1x128_128x1_out (launch plan)": lambda: ops.quantize_1x128_128x1_out(x, *dual_bufs),
+        "tq.quantize_1x128(out=) (the wrapper)": lambda: tq.quantize_1x128(x, out=row_bufs),
+        "ops.quantize_1x128_out (launch plan)": lambda: ops.quantize_1x128_out(x, *row_bufs),
+        "tq.quantize_128x128(out=) (the wrapper)": lambda: tq.quantize_128x128(w, out=w_bufs),
+        "ops.quantize_128x128_out (launch plan)": lambda: ops.quantize_128x128_out(w, *w_bufs),
+        "cuda.gemm_blockwise + checks (before plans)": lambda: (cuda.ops.check_gemm_operands(qa, sa, qb, sb),
+                                                                cuda.gemm_blockwise(qa, sa, qb, sb, torch.bfloat16)),
     }
+    dual_bufs = ops.quantize_1x128_128x1(x)
+    row_bufs = ops.quantize_1x128(x)
+    w_bufs = ops.quantize_128x128(w)
     print(f"host time per call at {m}x{k}x{n}, the GPU held busy:")
     print_rows(rows, per_call_busy_us)
     print(f"dispatcher's choice for that GEMM: {cuda.dispatch_choice(qa, sa, qb, sb, torch.bfloat16)}")

@@ -21,6 +21,12 @@ time, and cuBLAS keeps the choice unless another is 5% faster (see pick_fastest)
 kept only if its result agrees with the Triton kernel's (calc_diff < 1e-4), so a misread scale
 layout can never be picked. FP8PASS_GEMM_BACKEND=triton|gluon|cublas|cublas_swapped
 (read at import) forces one.
+
+Launch plans: the ops' CUDA kernels run their checks, the dispatcher or the quantizer's Python
+wrapper at the first call per key (shapes, strides, dtypes, alignments) and keep what that call
+did as a plan for the later calls with that key: the GEMM's chosen backend (for cuBLAS, torch's
+op called directly), an out variant's kernel launches (launch.LaunchPlan, replayed with the new
+call's tensors). FP8PASS_LAUNCH_PLANS=0 (read at import) turns them off.
 """
 
 from __future__ import annotations
@@ -106,7 +112,7 @@ def gemm_op(a, a_scale, b, b_scale, out_dtype):
         return plan(a, a_scale, b, b_scale)
     ops.check_gemm_operands(a, a_scale, b, b_scale)
     out = gemm_blockwise(a, a_scale, b, b_scale, out_dtype)
-    plan = gemm_plan(a, a_scale, b, b_scale, out_dtype)
+    plan = gemm_plan(a, a_scale, b, b_scale, out_dtype) if _PLANS else None
     if plan is not None:
         _gemm_plans[key] = plan
     return out
@@ -125,6 +131,10 @@ def op_impls(name: str, kernel, check=ops._check_float_input, n_inputs: int = 1)
         return kernel(*inputs)
 
     def out_variant(*args):
+        if not _PLANS:
+            check(name, *args[:n_inputs])
+            kernel(*args[:n_inputs], out=args[n_inputs:])
+            return
         key = _out_variant_key(args, n_inputs)
         plan = plans.get(key)
         if plan is not None and plan(args):
@@ -138,6 +148,10 @@ def op_impls(name: str, kernel, check=ops._check_float_input, n_inputs: int = 1)
         plans[key] = launch.plan_from(record, args) or _no_plan
 
     return functional, out_variant
+
+
+# FP8PASS_LAUNCH_PLANS=0 (read at import): every call takes the full path (for A/B measurements)
+_PLANS = os.environ.get("FP8PASS_LAUNCH_PLANS", "1") != "0"
 
 
 def _out_variant_key(args, n_inputs: int) -> tuple:
