@@ -27,6 +27,7 @@
 #   bash benchmarks/device_x2.sh s6d        # s6c again after a test fix, without the sweep (quantizer table last)
 #   bash benchmarks/device_x2.sh s6e        # one GPU: quantizer GPU tests, quantizer table + sweep (Gluon 128x1 and
 #                                           # 32-element layouts)
+#   bash benchmarks/device_x2.sh s13d       # one GPU: block grads with replayed launches; 350M FP8 seed 1 (defaults)
 #   bash benchmarks/device_x2.sh s13c       # one GPU: launch plans: GPU tests, host per call, small-model A/B, graph profile
 #   bash benchmarks/device_x2.sh s13b       # one GPU: launch plans: GPU tests, 1B step (default mode, CUDA graphs)
 #   bash benchmarks/device_x2.sh s13a       # one GPU: 1B step profile and traces (defaults), GEMM table at 1B shapes
@@ -134,6 +135,15 @@ step_1b() {  # the 1B train_step.py: $1 timeout, $2 log name, then the script's 
 
 for what in "$@"; do
   case $what in
+    s13d)  # session 13, one GPU: a compiled block's gradients with and without inductor_buffers at a second step
+           # (the out variants replaying their launches), then the 350M FP8 run at seed 1 under the defaults
+           # (against session 7's BF16 seed-1 run: benchmarks/results/gpt350m_s7_seeds_loss.csv)
+      CUDA_VISIBLE_DEVICES=0 timeout 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_gpu.py \
+        -k "inductor_buffers_trains" > "$OUT/buffers_gpu.log" 2>&1
+      echo "GPU test exit $?"; grep -E "^(FAILED|ERROR)|passed|failed|Error" "$OUT/buffers_gpu.log" | cut -c1-300 | tail -6
+      preset_350m 0 fp8 330 conv_fp8 --out "$OUT" --mode reduce-overhead --seed 1
+      tail -5 "$OUT/conv_fp8.log" | cut -c1-200
+      for f in "$OUT"/loss*.csv; do tail_mean "$f"; done ;;
     s13c)  # session 13, one GPU: launch plans: GPU tests (verbose), host time per call with and without a plan,
            # a host-bound small model's step with plans on and off, and the 1B fp8 step's kernels under CUDA graphs
       CUDA_VISIBLE_DEVICES=0 timeout 200 python3 -m pytest -v -p no:cacheprovider -m gpu tests/test_triton_gpu.py \
