@@ -76,10 +76,10 @@ class Config:
         SwiGLU product out of memory): on an H200 the 1B train step's peak is 0.83x of BF16's
         (11.85 vs 14.22 GiB; 0.94x with both off) at 1.13x BF16's speed (1.15x with both off, in
         another run), and the Llama block's 0.92x (2702 vs 2930 MiB; 0.98x with both off) at
-        1.33x; the 350M run (seed 0) ended +0.24% over BF16's loss (last 200 steps, against
-        session 7's BF16 run of the same seed; the gate is 0.25%) (benchmarks/RESULTS.md, session
-        12). Without fuse_swiglu this option alone raised the block's peak to 1.20x (the BF16
-        product written beside the two input gradients).
+        1.33x; the 350M run ended +0.24% over BF16's loss at seed 0 and -0.35% at seed 1 (last 200
+        steps, against session 7's BF16 runs of the same seeds; the gate is within 0.25%)
+        (benchmarks/RESULTS.md, sessions 12-13). Without fuse_swiglu this option alone raised the
+        block's peak to 1.20x (the BF16 product written beside the two input gradients).
     fuse_quantization: generate each activation/gradient quantization inside the Inductor kernel
         that produces its input (norm, SiLU*mul, residual add, backward kernels) instead of as a
         separate kernel reading the input back from memory. Off by default: on an H200 the
