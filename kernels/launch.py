@@ -24,9 +24,10 @@ under `recording()` leaves the launches it made, and `plan_from` turns them into
 that repeats them for another call whose key (the caller's: every input's shape, strides, dtype
 and 16-byte alignment) is the same, with only the tensors' addresses changed. The wrapper's
 Python (checks, shape arithmetic, this module's key) then runs once per key instead of once per
-call: in a 1B-parameter train step ~370 quantizer calls, each ~50-120 us of host time on the
-H200 machine's host against ~40 us for an Inductor kernel launch (benchmarks/RESULTS.md, session
-13). A launch whose arguments cannot be mapped back to the call's tensors (a tensor the wrapper
+call. (A 1B-parameter train step makes ~370 quantizer calls; under the profiler each took 68-123
+us of the H200 machine's host, an Inductor kernel launch 42-45 us. A 0.17B model whose step is
+host-bound ran 29.48 ms a step with plans against 42.08 ms without; benchmarks/RESULTS.md, session
+13.) A launch whose arguments cannot be mapped back to the call's tensors (a tensor the wrapper
 allocated or copied, an argument of another kind) makes no plan: such calls keep the full path.
 """
 

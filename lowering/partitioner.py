@@ -13,9 +13,11 @@ made around it:
     nothing: the attention output is saved for SDPA's backward anyway, a norm's output is
     recomputed from the norm's saved input and rstd, the SwiGLU product from its two saved inputs;
     BF16 training saves nothing extra for these Linears, and the FP8 copy (1 byte an element held
-    through the step) was pure extra memory. A site where the backward then needs tensors saved
+    through the step) was pure extra memory. The pointwise chains that recompute such an X from
+    what backward reads anyway are tagged too. A site where the backward then needs tensors saved
     only for that recomputation, more bytes than the FP8 copy (X a GEMM's output nothing else
-    keeps), gets its dual quantization back and the graph is partitioned again;
+    keeps), gets its chain tagged, or else its dual quantization back, and the graph is
+    partitioned again;
   * after it, large saved activation inputs are stored in FP8 (saved_activations.py).
 """
 
@@ -208,6 +210,41 @@ def recompute_chain(nodes: dict[str, Node], name: str, available: set[str], limi
     return chain
 
 
+def tag_recompute_chains(graph: torch.fx.Graph, splits: list[SplitQuantization]) -> list[str]:
+    """Before the first partition: tag PREFER_RECOMPUTE the pointwise/view chain computing each
+    split's X from tensors the backward reads anyway (a norm's output from its input and rstd,
+    which the norm's backward reads). Without the tags min-cut saves such an X for the 128x1
+    quantization alone, and the partition ran again with them (the retry in Fp8Partitioner): for
+    a 16-layer GPT on the dev machine's CPU the partition took 8.5-10.7 s with the retry and
+    5.0-5.5 s with the tags. The generated code is the same for static shapes (GPT fp32/bf16, with
+    and without fuse_swiglu, checkpointed, HF Llama); with dynamic shapes the retry had kept the
+    first norm output's 128x1 copy saved from forward (its chain not found among the first
+    partition's saved tensors), which the tags now make in backward from what is saved anyway
+    (benchmarks/RESULTS.md, session 13). Returns the sources whose chains were tagged; the retry
+    still handles what this estimate of "read anyway" gets wrong."""
+    backward = _depends_on_tangents(graph)
+    col_paths: set[Node] = set()  # what backward reads of the splits' own 128x1 copies
+    nodes = {n.name: n for n in graph.nodes}
+    for split in splits:
+        stack = [nodes[split.col]]
+        while stack:
+            cur = stack.pop()
+            if cur not in col_paths:
+                col_paths.add(cur)
+                stack += [u for u in cur.users if u not in backward]
+    read_anyway = {a.name for n in backward for a in n.all_input_nodes if a not in backward and a not in col_paths}
+    tagged = []
+    for split in splits:
+        if split.source in read_anyway:
+            continue  # backward has X itself (an SDPA output, say): nothing to recompute
+        chain = recompute_chain(nodes, split.source, read_anyway)
+        if chain:
+            for node in chain:
+                node.meta.setdefault("recompute", CheckpointPolicy.PREFER_RECOMPUTE)
+            tagged.append(split.source)
+    return tagged
+
+
 class Fp8Partitioner(CustomPartitionerFn):
     """`custom_partitioner_fn`: min-cut partition with the FP8 choices above."""
 
@@ -223,6 +260,8 @@ class Fp8Partitioner(CustomPartitionerFn):
         if self.recompute_weights:
             tag_fp8_weights_for_recompute(gm.graph)
         splits = split_forward_dual_quantizations(gm.graph) if self.recompute_activations else []
+        if splits:
+            tag_recompute_chains(gm.graph, splits)
         fw, bw = min_cut_rematerialization_partition(gm, joint_inputs, **kwargs)
         # At most two more partitions: first the splits whose inputs min-cut saved only for them
         # get those inputs recomputed (when they are pointwise of what is saved anyway), then any

@@ -4,7 +4,8 @@
   rounding, bf16/fp16/fp32, tails, strided views, all-zero, NaN and Inf tiles: the plain-Triton
   kernels and, on sm90, the Gluon ones (dual and 128x1 in the ops' transposed layouts), each
   forced in turn; the direct launch (kernels/launch.py) keeps inputs that Triton specializes
-  differently apart.
+  differently apart; the out variants called again with fresh inputs (launch plans replaying
+  their first call's launches) write the same bytes.
 * Every GEMM role (Fprop, Dgrad, Wgrad as the graph pass emits the operands, and the K-major
   variants) through each backend (plain Triton, Gluon where available, the dispatcher behind
   torch.ops.fp8pass.gemm_blockwise): calc_diff < 1e-3 against a BF16-input FP32 reference
@@ -160,7 +161,7 @@ def test_registered_ops_use_triton_and_match():
 @pytest.mark.parametrize("m", [512, 1000])
 def test_out_variants_write_what_the_functional_ops_return(m):
     # the ops the backend emits with inductor_buffers (lowering/allocated_outputs.py): outputs
-    # poisoned, then filled byte for byte as the functional op returns them (M = 1000: a tail)
+    # poisoned, then filled byte for byte as the functional op returns them (M = 1000: a tail).
     # Three rounds of fresh inputs and buffers: the first call per key runs the wrapper, the later
     # ones replay its launches (kernels/cuda.py op_impls); the last round's input is off 16-byte
     # alignment (another key).
