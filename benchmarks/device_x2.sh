@@ -27,6 +27,7 @@
 #   bash benchmarks/device_x2.sh s6d        # s6c again after a test fix, without the sweep (quantizer table last)
 #   bash benchmarks/device_x2.sh s6e        # one GPU: quantizer GPU tests, quantizer table + sweep (Gluon 128x1 and
 #                                           # 32-element layouts)
+#   bash benchmarks/device_x2.sh s13e       # one GPU: the Llama block after the one-partition change
 #   bash benchmarks/device_x2.sh s13d       # one GPU: block grads with replayed launches; 350M FP8 seed 1 (defaults)
 #   bash benchmarks/device_x2.sh s13c       # one GPU: launch plans: GPU tests, host per call, small-model A/B, graph profile
 #   bash benchmarks/device_x2.sh s13b       # one GPU: launch plans: GPU tests, 1B step (default mode, CUDA graphs)
@@ -135,6 +136,9 @@ step_1b() {  # the 1B train_step.py: $1 timeout, $2 log name, then the script's 
 
 for what in "$@"; do
   case $what in
+    s13e)  # session 13, one GPU, the last minutes: the Llama block with the one-partition change (its static
+           # graphs should be those of session 12: 2702 MiB peak)
+      block_bench 150 ;;
     s13d)  # session 13, one GPU: a compiled block's gradients with and without inductor_buffers at a second step
            # (the out variants replaying their launches), then the 350M FP8 run at seed 1 under the defaults
            # (against session 7's BF16 seed-1 run: benchmarks/results/gpt350m_s7_seeds_loss.csv)
