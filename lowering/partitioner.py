@@ -223,16 +223,10 @@ def tag_recompute_chains(graph: torch.fx.Graph, splits: list[SplitQuantization])
     (benchmarks/RESULTS.md, session 13). Returns the sources whose chains were tagged; the retry
     still handles what this estimate of "read anyway" gets wrong."""
     backward = _depends_on_tangents(graph)
-    col_paths: set[Node] = set()  # what backward reads of the splits' own 128x1 copies
+    # (this includes the splits' own 128x1 copies, which Wgrad reads: they descend from X, so they
+    # are neither X nor on a chain computing it)
+    read_anyway = {a.name for n in backward for a in n.all_input_nodes if a not in backward}
     nodes = {n.name: n for n in graph.nodes}
-    for split in splits:
-        stack = [nodes[split.col]]
-        while stack:
-            cur = stack.pop()
-            if cur not in col_paths:
-                col_paths.add(cur)
-                stack += [u for u in cur.users if u not in backward]
-    read_anyway = {a.name for n in backward for a in n.all_input_nodes if a not in backward and a not in col_paths}
     tagged = []
     for split in splits:
         if split.source in read_anyway:
