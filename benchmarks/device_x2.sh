@@ -27,6 +27,7 @@
 #   bash benchmarks/device_x2.sh s6d        # s6c again after a test fix, without the sweep (quantizer table last)
 #   bash benchmarks/device_x2.sh s6e        # one GPU: quantizer GPU tests, quantizer table + sweep (Gluon 128x1 and
 #                                           # 32-element layouts)
+#   bash benchmarks/device_x2.sh s14a       # one GPU: pipelined Gluon quantizers: GPU tests, quantizer table + sweep, SwiGLU
 #   bash benchmarks/device_x2.sh s13e       # one GPU: the Llama block after the one-partition change
 #   bash benchmarks/device_x2.sh s13d       # one GPU: block grads with replayed launches; 350M FP8 seed 1 (defaults)
 #   bash benchmarks/device_x2.sh s13c       # one GPU: launch plans: GPU tests, host per call, small-model A/B, graph profile
@@ -136,6 +137,15 @@ step_1b() {  # the 1B train_step.py: $1 timeout, $2 log name, then the script's 
 
 for what in "$@"; do
   case $what in
+    s14a)  # session 14, one GPU: the pipelined Gluon quantizer/SwiGLU kernels: their GPU tests, the quantizer
+           # table (pipelined beside one tile per program) with its sweep, the SwiGLU kernels per mode
+      CUDA_VISIBLE_DEVICES=0 timeout 200 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_gpu.py \
+        -k "quantize_bit_identical or gluon_quantizers_are_used or swiglu or pipelined or out_variants" \
+        > "$OUT/pipe_gpu.log" 2>&1
+      echo "GPU tests exit $?"; grep -E "^(FAILED|ERROR)|passed|failed|Error" "$OUT/pipe_gpu.log" | cut -c1-300 | tail -12
+      quant_bench 150 --tune-quant
+      timeout 150 python3 benchmarks/swiglu_quant.py --sweep > "$OUT/swiglu.log" 2>&1; echo "swiglu exit $?"
+      grep -v "^ *$" "$OUT/swiglu.log" | cut -c1-200 ;;
     s13e)  # session 13, one GPU, the last minutes: the Llama block with the one-partition change (its static
            # graphs should be those of session 12: 2702 MiB peak)
       block_bench 150 ;;

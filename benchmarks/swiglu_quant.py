@@ -63,6 +63,26 @@ def main() -> None:
 
         ms = bench(unfused_bwd)
         rows.append(("backward", "unfused", ms, 3 * e + 2 * e + 2 * e + 2 * e))
+        # the forward's copies one at a time (recompute_fp8_activations: 1x128 in forward, 128x1 in
+        # backward), pipelined (the default on sm90) and one tile per program
+        for pipelined in (True, False):
+            tqg._PIPELINED = pipelined
+            tag = "pipelined" if pipelined else "per tile"
+            rows.append(("fwd 1x128", tag, bench(lambda: ops.swiglu_quantize_1x128(a, b)), 2 * e + e // 2))
+            rows.append(("fwd 128x1", tag, bench(lambda: ops.swiglu_quantize_128x1(a, b)), 2 * e + e // 2))
+            rows.append(("grad_a", tag, bench(lambda: ops.swiglu_grad_a_quantize_1x128_128x1(grad, a, b)), 4 * e))
+            rows.append(("grad_b", tag, bench(lambda: ops.swiglu_grad_b_quantize_1x128_128x1(grad, a)), 3 * e))
+        tqg._PIPELINED = True
+        if args.sweep:
+            for stages in (3,):
+                tqg._PIPE_STAGES_SWIGLU = stages
+                for label, fn, nbytes in (("fwd 1x128", lambda: ops.swiglu_quantize_1x128(a, b), 2 * e + e // 2),
+                                          ("grad_b", lambda: ops.swiglu_grad_b_quantize_1x128_128x1(grad, a), 3 * e)):
+                    try:
+                        rows.append((label, f"pipelined, {stages} stages", bench(fn), nbytes))
+                    except Exception as exc:
+                        print(f"{m}x{k} {label} {stages} stages: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
+            tqg._PIPE_STAGES_SWIGLU = 2
         for name, warps, cap, row_spt in configs:
             tqg._WARPS_SWIGLU, tqg._MAXNREG_SWIGLU, tqg._ROW_SPT = warps, cap, row_spt
             try:

@@ -23,13 +23,14 @@ tests/test_triton_gpu.py checks it bit for bit on the GPU.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
 import triton
 
 from .launch import FastLauncher
-from .reference import TILE
+from .reference import TILE, _cdiv
 
 try:  # Gluon is experimental: absent from older Triton, names move between releases
     from triton.experimental import gluon
@@ -44,6 +45,11 @@ try:  # Gluon is experimental: absent from older Triton, names move between rele
     from . import triton_swiglu as _tsw
 
     _swiglu_tile_values = gluon.jit(_tsw.swiglu_tile_values.fn)
+    from triton.experimental.gluon.language.nvidia.ampere import async_copy
+
+    # cp.async global -> shared: renamed after Triton 3.6 (the old name raises in 3.9)
+    _async_load = getattr(async_copy, "async_load", None) or async_copy.async_copy_global_to_shared
+    _cta_barrier = getattr(gl, "barrier", None) or gl.thread_barrier
     _GLUON_IMPORT_ERROR = None
 except Exception as exc:  # pragma: no cover - depends on the installed Triton
     gluon = None
@@ -188,8 +194,139 @@ if gluon is not None:
         x = _swiglu_tile_values(g, a, b, MODE)
         _quantize_tile_dual(x, mb, kb, M, K, qr_ptr, sr_ptr, qt_ptr, sc_ptr, WRITE_ROW, ROW, COL, WRITE_COL)
 
+    @gluon.jit
+    def _stage_tile(smem, ptr, t, n_kb, n_tiles, M, sm, LOAD: gl.constexpr):
+        """Start copying tile t (of n_tiles, n_kb per row of tiles) of a row-major [M, K] tensor
+        into smem by cp.async; rows past M, and a t past the last tile, are zero-filled."""
+        mb = t // n_kb
+        kb = t - mb * n_kb
+        rows = mb * 128 + gl.arange(0, 128, layout=gl.SliceLayout(1, LOAD))
+        cols = kb * 128 + gl.arange(0, 128, layout=gl.SliceLayout(0, LOAD))
+        mask = (rows < M)[:, None] & (t < n_tiles)
+        _async_load(smem, ptr + rows.to(gl.int64)[:, None] * sm + cols[None, :], mask=mask)
+
+    @gluon.jit
+    def _stage_inputs(g_ptr, a_ptr, b_ptr, g_bufs, a_bufs, b_bufs, s, t, n_kb, n_tiles, M, sgm, sam, sbm,
+                      MODE: gl.constexpr, LOAD: gl.constexpr):
+        """Start the copies of tile t of every input MODE reads into stage s, as one cp.async group."""
+        _stage_tile(a_bufs.index(s), a_ptr, t, n_kb, n_tiles, M, sam, LOAD)
+        if MODE == 1 or MODE == 2:
+            _stage_tile(g_bufs.index(s), g_ptr, t, n_kb, n_tiles, M, sgm, LOAD)
+        if MODE == 0 or MODE == 1:
+            _stage_tile(b_bufs.index(s), b_ptr, t, n_kb, n_tiles, M, sbm, LOAD)
+        async_copy.commit_group()
+
+    @gluon.jit
+    def _pipelined_dual_kernel(
+        g_ptr, a_ptr, b_ptr,
+        qr_ptr, sr_ptr, qt_ptr, sc_ptr,
+        M, K, sgm, sam, sbm,
+        MODE: gl.constexpr,
+        WRITE_ROW: gl.constexpr,
+        WRITE_COL: gl.constexpr,
+        ROW_SPT: gl.constexpr,
+        COL_SPT: gl.constexpr,
+        NUM_STAGES: gl.constexpr,
+        num_warps: gl.constexpr,
+    ):
+        """_quant_dual_kernel (MODE -1: the tile of a) and _swiglu_dual_kernel (MODE 0-2) for
+        row-major inputs, persistent and software-pipelined: each program walks the tiles
+        pid, pid + nprog, ... while the next NUM_STAGES - 1 tiles' inputs are already on their way
+        into shared memory by cp.async, so the SM's loads do not stop while a tile is quantized
+        and stored (the one-tile-per-program kernels load, then compute, then store)."""
+        ROW: gl.constexpr = _row_layout(ROW_SPT, num_warps)
+        COL: gl.constexpr = _col_layout(COL_SPT, num_warps)
+        SMEM: gl.constexpr = gl.SwizzledSharedLayout(8, 1, 16, order=[1, 0])
+        n_kb = K // 128
+        n_tiles = gl.cdiv(M, 128) * n_kb
+        pid = gl.program_id(0)
+        nprog = gl.num_programs(0)
+        dtype: gl.constexpr = a_ptr.dtype.element_ty
+        a_bufs = gl.allocate_shared_memory(dtype, [NUM_STAGES, 128, 128], SMEM)
+        g_bufs = a_bufs
+        b_bufs = a_bufs
+        if MODE == 1 or MODE == 2:
+            g_bufs = gl.allocate_shared_memory(dtype, [NUM_STAGES, 128, 128], SMEM)
+        if MODE == 0 or MODE == 1:
+            b_bufs = gl.allocate_shared_memory(dtype, [NUM_STAGES, 128, 128], SMEM)
+        for s0 in gl.static_range(NUM_STAGES - 1):
+            _stage_inputs(g_ptr, a_ptr, b_ptr, g_bufs, a_bufs, b_bufs, s0, pid + s0 * nprog, n_kb, n_tiles, M,
+                          sgm, sam, sbm, MODE, ROW)
+        i = 0
+        for t in range(pid, n_tiles, nprog):
+            # every thread is done with the stage read in the previous iteration: refill it with
+            # the tile NUM_STAGES - 1 ahead, then wait for this tile's group (the newer ones stay
+            # in flight) and make every thread's copies visible to all
+            _cta_barrier()
+            _stage_inputs(g_ptr, a_ptr, b_ptr, g_bufs, a_bufs, b_bufs, (i + NUM_STAGES - 1) % NUM_STAGES,
+                          t + (NUM_STAGES - 1) * nprog, n_kb, n_tiles, M, sgm, sam, sbm, MODE, ROW)
+            async_copy.wait_group(NUM_STAGES - 1)
+            _cta_barrier()
+            s = i % NUM_STAGES
+            mb = t // n_kb
+            kb = t - mb * n_kb
+            a = a_bufs.index(s).load(ROW)
+            if MODE == -1:
+                x = a
+            else:
+                g = a
+                b = a
+                if MODE == 1 or MODE == 2:
+                    g = g_bufs.index(s).load(ROW)
+                if MODE == 0 or MODE == 1:
+                    b = b_bufs.index(s).load(ROW)
+                x = _swiglu_tile_values(g, a, b, MODE)
+            _quantize_tile_dual(x, mb, kb, M, K, qr_ptr, sr_ptr, qt_ptr, sc_ptr, WRITE_ROW, ROW, COL, WRITE_COL)
+            i += 1
+        async_copy.wait_group(0)
+
     _launch_dual = FastLauncher(_quant_dual_kernel)
     _launch_swiglu_dual = FastLauncher(_swiglu_dual_kernel)
+    _launch_pipelined = FastLauncher(_pipelined_dual_kernel)
+
+
+# The persistent, software-pipelined form (_pipelined_dual_kernel) for row-major inputs: "0" keeps
+# the one-tile-per-program kernels everywhere (for comparisons).
+_PIPELINED = os.environ.get("FP8PASS_QUANT_PIPELINED", "1") != "0"
+# stages of its shared-memory ring (NUM_STAGES - 1 tiles in flight while one is quantized), and
+# programs per SM: the dual quantizer at 8 warps, and the SwiGLU kernels at 16
+_PIPE_STAGES = int(os.environ.get("FP8PASS_QPIPE_STAGES", "2"))
+_PIPE_CTAS = int(os.environ.get("FP8PASS_QPIPE_CTAS", "2"))
+_PIPE_STAGES_SWIGLU = int(os.environ.get("FP8PASS_QPIPE_STAGES_SWIGLU", "2"))
+_SMEM_BYTES = 232448  # sm90's largest shared-memory allocation for one CTA (227 KiB)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _pipelinable(*inputs: torch.Tensor) -> bool:
+    """Inputs the pipelined kernel copies by 16-byte cp.async: rows contiguous, row stride and
+    base 16-byte aligned, 2-byte elements (an fp32 stage would not leave room for two)."""
+    return _PIPELINED and all(
+        t.stride(1) == 1 and t.element_size() == 2 and (t.stride(0) * 2) % 16 == 0 and t.data_ptr() % 16 == 0
+        for t in inputs)
+
+
+def pipelined_stages(mode: int, write_col: bool, stages: int) -> int:
+    """stages, or fewer where that many 2-byte input tiles (one per input of the mode), plus the
+    layout conversion's 32 KiB when the 128x1 copy is made, exceed sm90's shared memory per CTA."""
+    n_inputs = 1 if mode == -1 else (3 if mode == 1 else 2)
+    room = _SMEM_BYTES - 1024 - (TILE * TILE * 2 if write_col else 0)
+    return max(1, min(stages, room // (n_inputs * TILE * TILE * 2)))
+
+
+def _launch_pipelined_kernel(mode, g, a, b, outs, write_row, write_col, stages, ctas_per_sm, options,
+                             row_spt=_ROW_SPT, col_spt=_COL_SPT) -> None:
+    m, k = a.shape
+    stages = pipelined_stages(mode, write_col, stages)
+    tiles = _cdiv(m, TILE) * (k // TILE)
+    device = a.device.index if a.device.index is not None else torch.cuda.current_device()
+    grid = (min(tiles, ctas_per_sm * _sm_count(device)),)
+    _launch_pipelined(grid, g, a, b, *outs, m, k, g.stride(0), a.stride(0), b.stride(0),
+                      MODE=mode, WRITE_ROW=write_row, WRITE_COL=write_col, ROW_SPT=row_spt, COL_SPT=col_spt,
+                      NUM_STAGES=stages, **options)
 
 
 def _launch(x, q_row, s_row, q_col_t, s_col_t, write_row: bool, row_spt: int, col_spt: int) -> None:
@@ -197,6 +334,11 @@ def _launch(x, q_row, s_row, q_col_t, s_col_t, write_row: bool, row_spt: int, co
     if k % TILE:
         raise ValueError(f"the Gluon quantizer needs K % 128 == 0, got x of shape {tuple(x.shape)}")
     if m == 0 or k == 0:
+        return
+    if _pipelinable(x):
+        opts = {"num_warps": _WARPS, **({"maxnreg": _MAXNREG} if _MAXNREG else {})}
+        _launch_pipelined_kernel(-1, x, x, x, (q_row, s_row, q_col_t, s_col_t), write_row, True, _PIPE_STAGES,
+                                 _PIPE_CTAS, opts, row_spt, col_spt)
         return
     grid = ((m + TILE - 1) // TILE, k // TILE)
     opts = {"maxnreg": _MAXNREG} if _MAXNREG else {}
@@ -225,6 +367,10 @@ def swiglu_dual_transposed(mode: int, grad, a, b, outs: tuple, write_row: bool =
     if k % TILE:
         raise ValueError(f"the Gluon quantizer needs K % 128 == 0, got inputs of shape {tuple(a.shape)}")
     if m == 0:
+        return
+    if _pipelinable(*{0: (a, b), 1: (grad, a, b), 2: (grad, a)}[mode]):
+        _launch_pipelined_kernel(mode, grad, a, b, outs, write_row, write_col, _PIPE_STAGES_SWIGLU, 1,
+                                 swiglu_launch_options(a.dtype, mode))
         return
     _launch_swiglu_dual(((m + TILE - 1) // TILE, k // TILE), grad, a, b, *outs, m, k,
                         grad.stride(0), grad.stride(1), a.stride(0), a.stride(1), b.stride(0), b.stride(1),

@@ -102,3 +102,52 @@ def test_gluon_swiglu_quantizer_compiles_for_sm90_without_spills(dtype, mode, co
     regs, stack, cap = _compile_swiglu_sm90(dtype, mode, tmp_path, copies != "col", copies != "row")
     assert regs <= cap
     assert stack == 0, f"SwiGLU kernel ({dtype}, mode {mode}) spills: {stack} bytes at {regs} registers"
+
+
+def _compile_pipelined_sm90(dtype: str, mode: int, write_row: bool, write_col: bool, tmp_path):
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    sig = {"g_ptr": f"*{dtype}", "a_ptr": f"*{dtype}", "b_ptr": f"*{dtype}",
+           "qr_ptr": "*fp8e4nv", "sr_ptr": "*fp32", "qt_ptr": "*fp8e4nv", "sc_ptr": "*fp32"}
+    sig.update({n: "i32" for n in ("M", "K", "sgm", "sam", "sbm")})
+    sig.update({n: "constexpr" for n in ("MODE", "WRITE_ROW", "WRITE_COL", "ROW_SPT", "COL_SPT", "NUM_STAGES",
+                                         "num_warps")})
+    if mode == -1:  # the dual quantizer, or the 128x1 copy alone, as _launch passes them
+        options = {"num_warps": tqg._WARPS, "maxnreg": tqg._MAXNREG}
+        spt = (tqg._ROW_SPT, tqg._COL_SPT) if write_row else (tqg._ROW_SPT_128X1, tqg._COL_SPT_128X1)
+        stages = tqg._PIPE_STAGES
+    else:
+        options = tqg.swiglu_launch_options(torch.bfloat16, mode)
+        spt = (tqg._ROW_SPT, tqg._COL_SPT)
+        stages = tqg._PIPE_STAGES_SWIGLU
+    stages = tqg.pipelined_stages(mode, write_col, stages)
+    consts = {"MODE": mode, "WRITE_ROW": write_row, "WRITE_COL": write_col, "ROW_SPT": spt[0], "COL_SPT": spt[1],
+              "NUM_STAGES": stages, "num_warps": options["num_warps"]}
+    names = list(sig)
+    attrs = {(names.index(n),): [["tt.divisibility", 16]]
+             for n in names if n.endswith("_ptr") or n in ("M", "K", "sgm", "sam", "sbm")}
+    from triton.backends.compiler import GPUTarget
+
+    src = GluonASTSource(tqg._pipelined_dual_kernel, sig, consts, attrs)
+    shared = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options).metadata.shared
+    regs, stack = _registers_and_stack(src, options, tmp_path)
+    return regs, stack, shared, options
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+@pytest.mark.parametrize("mode,copies", [(-1, "dual"), (-1, "col"), (0, "row"), (0, "col"), (1, "dual"), (2, "dual")],
+                         ids=["dual", "128x1", "swiglu_1x128", "swiglu_128x1", "grad_a", "grad_b"])
+def test_pipelined_gluon_kernel_compiles_for_sm90_and_fits(dtype, mode, copies, tmp_path):
+    """The pipelined form (row-major 2-byte inputs): no spills at its register cap, its stage ring
+    within sm90's shared memory, and for the dual quantizer two CTAs per SM (_PIPE_CTAS), as its
+    grid assumes."""
+    regs, stack, shared, options = _compile_pipelined_sm90(dtype, mode, copies != "col", copies != "row", tmp_path)
+    assert regs <= options.get("maxnreg", 255)
+    what = f"pipelined kernel (mode {mode}, {copies}, {dtype})"
+    if triton.__version__.startswith(_MEASURED_TRITON):
+        assert stack == 0, f"{what} spills {stack} bytes at {regs} registers"
+    elif stack:  # as the per-tile dual kernel above, on a Triton whose speed was not measured
+        warnings.warn(f"{what} spills {stack} bytes at {regs} registers on triton {triton.__version__}")
+    assert shared <= tqg._SMEM_BYTES
+    if mode == -1:
+        assert tqg._PIPE_CTAS * (shared + 1024) <= 228 * 1024, f"{shared} bytes of shared memory: one CTA per SM"

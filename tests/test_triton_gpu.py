@@ -472,18 +472,19 @@ def test_gluon_quantizers_are_used_on_sm90(monkeypatch):
     assert tqg._GLUON_IMPORT_ERROR is None, tqg._GLUON_IMPORT_ERROR
     assert tqg.available(torch.device("cuda"))
     launches = []
-    real = tqg._launch_dual
-
-    def counting(*args, **kwargs):
-        launches.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(tqg, "_launch_dual", counting)
+    for name in ("_launch_dual", "_launch_pipelined"):
+        def counting(*args, _name=name, _real=getattr(tqg, name), **kwargs):
+            launches.append(_name)
+            return _real(*args, **kwargs)
+        monkeypatch.setattr(tqg, name, counting)
     x = _inputs(256, 512, torch.bfloat16, seed=5)
     _q().quantize_1x128_128x1(x, col_layout="transposed")
-    assert launches == [1]
     _q().quantize_128x1(x, layout="transposed")  # the 128x1 copy alone: the same kernel
-    assert launches == [1, 1]
+    assert launches == ["_launch_pipelined"] * 2  # row-major inputs: the pipelined form
+    xt = x.t().contiguous().t()  # rows not contiguous: one tile per program
+    _q().quantize_1x128_128x1(xt, col_layout="transposed")
+    _q().quantize_128x1(xt, layout="transposed")
+    assert launches[2:] == ["_launch_dual"] * 2
 
 
 # --------------------------------------------------------------------------------------------
@@ -567,18 +568,57 @@ def test_gluon_swiglu_kernel_is_used_on_sm90(monkeypatch):
     from fp8pass.kernels import triton_quantize_gluon as tqg
 
     launches = []
-    real = tqg._launch_swiglu_dual
-
-    def counting(*args, **kwargs):
-        launches.append(kwargs["MODE"])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(tqg, "_launch_swiglu_dual", counting)
+    for name in ("_launch_swiglu_dual", "_launch_pipelined"):
+        def counting(*args, _name=name, _real=getattr(tqg, name), **kwargs):
+            launches.append((_name, kwargs["MODE"]))
+            return _real(*args, **kwargs)
+        monkeypatch.setattr(tqg, name, counting)
     grad, a, b = _swiglu_inputs(256, 512, torch.bfloat16, seed=3)
-    torch.ops.fp8pass.swiglu_quantize_1x128_128x1(a, b)
-    torch.ops.fp8pass.swiglu_grad_a_quantize_1x128_128x1(grad, a, b)
-    torch.ops.fp8pass.swiglu_grad_b_quantize_1x128_128x1(grad, a)
-    assert launches == [0, 1, 2]
+    ops = torch.ops.fp8pass
+    ops.swiglu_quantize_1x128_128x1(a, b)
+    ops.swiglu_grad_a_quantize_1x128_128x1(grad, a, b)
+    ops.swiglu_grad_b_quantize_1x128_128x1(grad, a)
+    assert launches == [("_launch_pipelined", mode) for mode in (0, 1, 2)]  # row-major inputs
+    ops.swiglu_grad_b_quantize_1x128_128x1(grad, a.t().contiguous().t())
+    assert launches[3:] == [("_launch_swiglu_dual", 2)]
+
+
+@pytest.mark.parametrize("m,k", [(4000, 1024), (1, 128), (129, 384)])
+@pytest.mark.parametrize("programs", ["one per SM", "two in all"])
+def test_pipelined_gluon_kernels_match_the_per_tile_ones(m, k, programs, monkeypatch):
+    """The persistent, cp.async-pipelined Gluon kernel (row-major inputs) against the one-tile-per-
+    program Gluon kernels, byte for byte: the dual quantizer, the 128x1 copy alone and every SwiGLU
+    mode and copy, with tails in M, and with a grid of two programs (each walks its tiles through
+    the shared-memory ring many times) and at 3 stages."""
+    if torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("the Gluon kernels are enabled on sm90 only")
+    from fp8pass.kernels import triton_quantize_gluon as tqg
+    from fp8pass.kernels import triton_swiglu as tsw
+
+    if programs == "two in all":
+        monkeypatch.setattr(tqg, "_sm_count", lambda device: 1)
+    tq = _q()
+    grad, a, b = _swiglu_inputs(m, k, torch.bfloat16, seed=m + k)
+    x = _inputs(m, k, torch.float16, seed=k) if m > 1 else a
+
+    def run_all():
+        return (tq.quantize_1x128_128x1(x, col_layout="transposed") + tq.quantize_128x1(x, layout="transposed")
+                + tsw.swiglu_quantize_1x128_128x1(a, b) + tsw.swiglu_quantize_1x128(a, b)
+                + tsw.swiglu_quantize_128x1(a, b) + tsw.swiglu_grad_a_quantize_1x128_128x1(grad, a, b)
+                + tsw.swiglu_grad_b_quantize_1x128_128x1(grad, a))
+
+    monkeypatch.setattr(tqg, "_PIPELINED", False)
+    want = run_all()
+    monkeypatch.setattr(tqg, "_PIPELINED", True)
+    for stages in (2, 3):
+        monkeypatch.setattr(tqg, "_PIPE_STAGES", stages)
+        monkeypatch.setattr(tqg, "_PIPE_STAGES_SWIGLU", stages)
+        monkeypatch.setattr(tqg, "_PIPE_CTAS", 2 if stages == 2 else 1)
+        got = run_all()
+        for i, (g, w) in enumerate(zip(got, want)):
+            assert g.shape == w.shape and g.stride() == w.stride()
+            same = torch.equal(g.view(torch.uint8), w.view(torch.uint8)) if w.dtype == FP8 else torch.equal(g, w)
+            assert same, f"output {i} differs at {stages} stages"
 
 
 def test_block_with_fused_swiglu_trains_as_close_to_bf16_on_cuda():
