@@ -27,6 +27,7 @@
 #   bash benchmarks/device_x2.sh s6d        # s6c again after a test fix, without the sweep (quantizer table last)
 #   bash benchmarks/device_x2.sh s6e        # one GPU: quantizer GPU tests, quantizer table + sweep (Gluon 128x1 and
 #                                           # 32-element layouts)
+#   bash benchmarks/device_x2.sh s14b       # one GPU: pipelined kernels where they pay: GPU tests, block, 1B step, Linear
 #   bash benchmarks/device_x2.sh s14a       # one GPU: pipelined Gluon quantizers: GPU tests, quantizer table + sweep, SwiGLU
 #   bash benchmarks/device_x2.sh s13e       # one GPU: the Llama block after the one-partition change
 #   bash benchmarks/device_x2.sh s13d       # one GPU: block grads with replayed launches; 350M FP8 seed 1 (defaults)
@@ -137,6 +138,15 @@ step_1b() {  # the 1B train_step.py: $1 timeout, $2 log name, then the script's 
 
 for what in "$@"; do
   case $what in
+    s14b)  # session 14, one GPU: the pipelined kernels where they pay (SwiGLU, 128x1 alone): their GPU tests, then
+           # the Llama block, the 1B step and the Linear
+      CUDA_VISIBLE_DEVICES=0 timeout 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_gpu.py \
+        -k "pipelined or gluon_quantizers_are_used or gluon_swiglu_kernel_is_used or block_with_fused_swiglu" \
+        > "$OUT/pipe_gpu.log" 2>&1
+      echo "GPU tests exit $?"; grep -E "^(FAILED|ERROR)|passed|failed|Error" "$OUT/pipe_gpu.log" | cut -c1-300 | tail -12
+      block_bench 140 --memory
+      step_1b 200 step_pipe --variants bf16,fp8
+      linear_bench 90 ;;
     s14a)  # session 14, one GPU: the pipelined Gluon quantizer/SwiGLU kernels: their GPU tests, the quantizer
            # table (pipelined beside one tile per program) with its sweep, the SwiGLU kernels per mode
       CUDA_VISIBLE_DEVICES=0 timeout 200 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_gpu.py \

@@ -206,7 +206,7 @@ def run_ws_sweep(shapes, roles, spec: str = ""):
 
 
 def _per_tile(fn):
-    """fn timed with the Gluon quantizers' one-tile-per-program kernels instead of the pipelined one."""
+    """fn timed with the Gluon kernels one tile per program instead of pipelined."""
     from fp8pass.kernels import triton_quantize_gluon as tqg
 
     def run(i):
@@ -238,12 +238,9 @@ def run_quant(tune: bool):
             "quantize_1x128_128x1": (lambda i: tq.quantize_1x128_128x1(x), nbytes_in + 2 * n + 2 * (n // 128) * 4),
             "quantize_1x128_128x1(col^T)": (lambda i: tq.quantize_1x128_128x1(x, col_layout="transposed"),
                                             nbytes_in + 2 * n + 2 * (n // 128) * 4),
-            # the Gluon kernels' one-tile-per-program form (the pipelined one is the default on sm90)
+            # the Gluon 128x1 kernel one tile per program (pipelined is its default on sm90)
             "quantize_128x1(q^T) per tile": (_per_tile(lambda: tq.quantize_128x1(x, layout="transposed")),
                                              nbytes_in + n + n // 128 * 4),
-            "quantize_1x128_128x1(col^T) per tile": (
-                _per_tile(lambda: tq.quantize_1x128_128x1(x, col_layout="transposed")),
-                nbytes_in + 2 * n + 2 * (n // 128) * 4),
             "quantize_128x128": (lambda i: tq.quantize_128x128(x), nbytes_in + n),
             "quantize_128x128(+q^T)": (lambda i: tq.quantize_128x128(x, with_transposed=True), nbytes_in + 2 * n),
             "quantize_128x128(q^T)": (lambda i: tq.quantize_128x128(x, layout="transposed"), nbytes_in + n),
@@ -285,13 +282,13 @@ def run_quant(tune: bool):
              [("triton", 128, 8, 8, 128, 32, 32), ("gluon", 128, 8, 8, 128, 16, 16), ("gluon", 128, 8, 8, 128, 32, 16),
               ("gluon", 128, 8, 8, 128, 16, 32), ("gluon", 128, 8, 8, 128, 32, 32), ("gluon", 128, 8, 16, 64, 32, 32)],
              lambda v: tq.quantize_1x128_128x1(v, col_layout="transposed"), 2 * n + 2 * n, "dual"),
-            ("dual col^T gluon pipelined stages,CTAs/SM,ROW_SPT,COL_SPT",
-             ("gluon._PIPE_STAGES", "gluon._PIPE_CTAS", "gluon._ROW_SPT", "gluon._COL_SPT"),
-             [(2, 2, 16, 16), (3, 1, 16, 16), (2, 1, 16, 16), (2, 2, 32, 16), (2, 2, 16, 32)],
+            ("dual col^T gluon per tile / pipelined stages,CTAs/SM,ROW_SPT,COL_SPT",
+             ("gluon._PIPELINE_DUAL", "gluon._PIPE_STAGES", "gluon._PIPE_CTAS", "gluon._ROW_SPT", "gluon._COL_SPT"),
+             [(False, 2, 2, 16, 16), (True, 2, 2, 16, 16), (True, 3, 1, 16, 16), (True, 2, 2, 16, 32)],
              lambda v: tq.quantize_1x128_128x1(v, col_layout="transposed"), 2 * n + 2 * n, "dual"),
             ("128x1^T gluon pipelined stages,CTAs/SM,ROW_SPT,COL_SPT",
-             ("gluon._PIPE_STAGES", "gluon._PIPE_CTAS", "gluon._ROW_SPT_128X1", "gluon._COL_SPT_128X1"),
-             [(2, 2, 32, 16), (2, 2, 16, 16), (3, 1, 32, 16), (3, 2, 32, 16)],
+             ("gluon._PIPE_STAGES", "gluon._PIPE_CTAS", "gluon._ROW_SPT_PIPE_128X1", "gluon._COL_SPT_PIPE_128X1"),
+             [(2, 2, 16, 16), (2, 2, 32, 16), (2, 2, 16, 32), (3, 1, 16, 16)],
              lambda v: tq.quantize_128x1(v, layout="transposed"), 2 * n + n, "128x1"),
             ("128x128 -,warps", ("_WARPS_128x128",), [(4,), (8,)], lambda v: tq.quantize_128x128(v), 2 * n + n, None),
         ]

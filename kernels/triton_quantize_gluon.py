@@ -294,6 +294,14 @@ _PIPE_STAGES = int(os.environ.get("FP8PASS_QPIPE_STAGES", "2"))
 _PIPE_CTAS = int(os.environ.get("FP8PASS_QPIPE_CTAS", "2"))
 _PIPE_STAGES_SWIGLU = int(os.environ.get("FP8PASS_QPIPE_STAGES_SWIGLU", "2"))
 _SMEM_BYTES = 232448  # sm90's largest shared-memory allocation for one CTA (227 KiB)
+# Where it pays (H200, benchmarks/RESULTS.md, session 14, 16384x4096 unless said): the SwiGLU kernels
+# (one 16-warp CTA per SM) 12-16% faster in every mode at 8192x5632 and 16384x14336; the 128x1 copy
+# alone 3285 GB/s against 3028-3159 one tile per program (at 16 elements a thread in both passes; 2992
+# at 32/16). Not the dual quantizer, whose two 8-warp CTAs per SM already overlap one another's loads:
+# 3152 GB/s against 3173 (81.4% of copy against 84.7% in the table), so it keeps one tile per program.
+_PIPELINE_DUAL = os.environ.get("FP8PASS_QPIPE_DUAL", "0") == "1"
+_ROW_SPT_PIPE_128X1 = int(os.environ.get("FP8PASS_QPIPE_128X1_ROW_SPT", "16"))
+_COL_SPT_PIPE_128X1 = int(os.environ.get("FP8PASS_QPIPE_128X1_COL_SPT", "16"))
 
 
 @functools.lru_cache(maxsize=None)
@@ -335,10 +343,11 @@ def _launch(x, q_row, s_row, q_col_t, s_col_t, write_row: bool, row_spt: int, co
         raise ValueError(f"the Gluon quantizer needs K % 128 == 0, got x of shape {tuple(x.shape)}")
     if m == 0 or k == 0:
         return
-    if _pipelinable(x):
+    if (_PIPELINE_DUAL or not write_row) and _pipelinable(x):
         opts = {"num_warps": _WARPS, **({"maxnreg": _MAXNREG} if _MAXNREG else {})}
+        spt = (row_spt, col_spt) if write_row else (_ROW_SPT_PIPE_128X1, _COL_SPT_PIPE_128X1)
         _launch_pipelined_kernel(-1, x, x, x, (q_row, s_row, q_col_t, s_col_t), write_row, True, _PIPE_STAGES,
-                                 _PIPE_CTAS, opts, row_spt, col_spt)
+                                 _PIPE_CTAS, opts, *spt)
         return
     grid = ((m + TILE - 1) // TILE, k // TILE)
     opts = {"maxnreg": _MAXNREG} if _MAXNREG else {}

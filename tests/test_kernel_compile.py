@@ -114,7 +114,7 @@ def _compile_pipelined_sm90(dtype: str, mode: int, write_row: bool, write_col: b
                                          "num_warps")})
     if mode == -1:  # the dual quantizer, or the 128x1 copy alone, as _launch passes them
         options = {"num_warps": tqg._WARPS, "maxnreg": tqg._MAXNREG}
-        spt = (tqg._ROW_SPT, tqg._COL_SPT) if write_row else (tqg._ROW_SPT_128X1, tqg._COL_SPT_128X1)
+        spt = (tqg._ROW_SPT, tqg._COL_SPT) if write_row else (tqg._ROW_SPT_PIPE_128X1, tqg._COL_SPT_PIPE_128X1)
         stages = tqg._PIPE_STAGES
     else:
         options = tqg.swiglu_launch_options(torch.bfloat16, mode)
