@@ -27,6 +27,7 @@
 #   bash benchmarks/device_x2.sh s6d        # s6c again after a test fix, without the sweep (quantizer table last)
 #   bash benchmarks/device_x2.sh s6e        # one GPU: quantizer GPU tests, quantizer table + sweep (Gluon 128x1 and
 #                                           # 32-element layouts)
+#   bash benchmarks/device_x2.sh s14c       # one GPU: dual / 128x1 quantizers pipelined at 16 warps: table and sweep
 #   bash benchmarks/device_x2.sh s14b       # one GPU: pipelined kernels where they pay: GPU tests, block, 1B step, Linear
 #   bash benchmarks/device_x2.sh s14a       # one GPU: pipelined Gluon quantizers: GPU tests, quantizer table + sweep, SwiGLU
 #   bash benchmarks/device_x2.sh s13e       # one GPU: the Llama block after the one-partition change
@@ -138,6 +139,9 @@ step_1b() {  # the 1B train_step.py: $1 timeout, $2 log name, then the script's 
 
 for what in "$@"; do
   case $what in
+    s14c)  # session 14, one GPU: the dual and 128x1 quantizers pipelined at 16 warps (one CTA per SM): the
+           # quantizer table with those rows, and the sweep
+      quant_bench 200 --tune-quant ;;
     s14b)  # session 14, one GPU: the pipelined kernels where they pay (SwiGLU, 128x1 alone): their GPU tests, then
            # the Llama block, the 1B step and the Linear
       CUDA_VISIBLE_DEVICES=0 timeout 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_gpu.py \

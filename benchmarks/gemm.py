@@ -205,16 +205,20 @@ def run_ws_sweep(shapes, roles, spec: str = ""):
             torch.cuda.empty_cache()
 
 
-def _per_tile(fn):
-    """fn timed with the Gluon kernels one tile per program instead of pipelined."""
+def _with_gluon(fn, **settings):
+    """fn timed with these attributes of triton_quantize_gluon set (e.g. _PIPELINED=False: the Gluon
+    kernels one tile per program instead of pipelined), restored after each call."""
     from fp8pass.kernels import triton_quantize_gluon as tqg
 
     def run(i):
-        tqg._PIPELINED = False
+        saved = {k: getattr(tqg, k) for k in settings}
+        for k, v in settings.items():
+            setattr(tqg, k, v)
         try:
             return fn()
         finally:
-            tqg._PIPELINED = True
+            for k, v in saved.items():
+                setattr(tqg, k, v)
     return run
 
 
@@ -239,8 +243,14 @@ def run_quant(tune: bool):
             "quantize_1x128_128x1(col^T)": (lambda i: tq.quantize_1x128_128x1(x, col_layout="transposed"),
                                             nbytes_in + 2 * n + 2 * (n // 128) * 4),
             # the Gluon 128x1 kernel one tile per program (pipelined is its default on sm90)
-            "quantize_128x1(q^T) per tile": (_per_tile(lambda: tq.quantize_128x1(x, layout="transposed")),
-                                             nbytes_in + n + n // 128 * 4),
+            "quantize_128x1(q^T) per tile": (_with_gluon(lambda: tq.quantize_128x1(x, layout="transposed"),
+                                                         _PIPELINED=False), nbytes_in + n + n // 128 * 4),
+            "dual(col^T) pipelined 16 warps": (
+                _with_gluon(lambda: tq.quantize_1x128_128x1(x, col_layout="transposed"), _PIPELINE_DUAL=True,
+                            _PIPE_WARPS=16, _PIPE_CTAS=1, _PIPE_STAGES=3), nbytes_in + 2 * n + 2 * (n // 128) * 4),
+            "128x1(q^T) pipelined 16 warps": (
+                _with_gluon(lambda: tq.quantize_128x1(x, layout="transposed"), _PIPE_WARPS=16, _PIPE_CTAS=1,
+                            _PIPE_STAGES=3), nbytes_in + n + n // 128 * 4),
             "quantize_128x128": (lambda i: tq.quantize_128x128(x), nbytes_in + n),
             "quantize_128x128(+q^T)": (lambda i: tq.quantize_128x128(x, with_transposed=True), nbytes_in + 2 * n),
             "quantize_128x128(q^T)": (lambda i: tq.quantize_128x128(x, layout="transposed"), nbytes_in + n),
@@ -282,13 +292,13 @@ def run_quant(tune: bool):
              [("triton", 128, 8, 8, 128, 32, 32), ("gluon", 128, 8, 8, 128, 16, 16), ("gluon", 128, 8, 8, 128, 32, 16),
               ("gluon", 128, 8, 8, 128, 16, 32), ("gluon", 128, 8, 8, 128, 32, 32), ("gluon", 128, 8, 16, 64, 32, 32)],
              lambda v: tq.quantize_1x128_128x1(v, col_layout="transposed"), 2 * n + 2 * n, "dual"),
-            ("dual col^T gluon per tile / pipelined stages,CTAs/SM,ROW_SPT,COL_SPT",
-             ("gluon._PIPELINE_DUAL", "gluon._PIPE_STAGES", "gluon._PIPE_CTAS", "gluon._ROW_SPT", "gluon._COL_SPT"),
-             [(False, 2, 2, 16, 16), (True, 2, 2, 16, 16), (True, 3, 1, 16, 16), (True, 2, 2, 16, 32)],
+            ("dual col^T gluon per tile / pipelined stages,CTAs/SM,warps",
+             ("gluon._PIPELINE_DUAL", "gluon._PIPE_STAGES", "gluon._PIPE_CTAS", "gluon._PIPE_WARPS"),
+             [(False, 2, 2, 8), (True, 2, 2, 8), (True, 2, 1, 16), (True, 3, 1, 16), (True, 4, 1, 16), (False, 2, 2, 8)],
              lambda v: tq.quantize_1x128_128x1(v, col_layout="transposed"), 2 * n + 2 * n, "dual"),
-            ("128x1^T gluon pipelined stages,CTAs/SM,ROW_SPT,COL_SPT",
-             ("gluon._PIPE_STAGES", "gluon._PIPE_CTAS", "gluon._ROW_SPT_PIPE_128X1", "gluon._COL_SPT_PIPE_128X1"),
-             [(2, 2, 16, 16), (2, 2, 32, 16), (2, 2, 16, 32), (3, 1, 16, 16)],
+            ("128x1^T gluon pipelined? stages,CTAs/SM,warps",
+             ("gluon._PIPELINED", "gluon._PIPE_STAGES", "gluon._PIPE_CTAS", "gluon._PIPE_WARPS"),
+             [(False, 2, 2, 8), (True, 2, 2, 8), (True, 2, 1, 16), (True, 3, 1, 16), (True, 4, 1, 16)],
              lambda v: tq.quantize_128x1(v, layout="transposed"), 2 * n + n, "128x1"),
             ("128x128 -,warps", ("_WARPS_128x128",), [(4,), (8,)], lambda v: tq.quantize_128x128(v), 2 * n + n, None),
         ]

@@ -300,6 +300,7 @@ _SMEM_BYTES = 232448  # sm90's largest shared-memory allocation for one CTA (227
 # at 32/16). Not the dual quantizer, whose two 8-warp CTAs per SM already overlap one another's loads:
 # 3152 GB/s against 3173 (81.4% of copy against 84.7% in the table), so it keeps one tile per program.
 _PIPELINE_DUAL = os.environ.get("FP8PASS_QPIPE_DUAL", "0") == "1"
+_PIPE_WARPS = int(os.environ.get("FP8PASS_QPIPE_WARPS", "8"))  # of the dual / 128x1 quantizer's pipelined form
 _ROW_SPT_PIPE_128X1 = int(os.environ.get("FP8PASS_QPIPE_128X1_ROW_SPT", "16"))
 _COL_SPT_PIPE_128X1 = int(os.environ.get("FP8PASS_QPIPE_128X1_COL_SPT", "16"))
 
@@ -344,7 +345,7 @@ def _launch(x, q_row, s_row, q_col_t, s_col_t, write_row: bool, row_spt: int, co
     if m == 0 or k == 0:
         return
     if (_PIPELINE_DUAL or not write_row) and _pipelinable(x):
-        opts = {"num_warps": _WARPS, **({"maxnreg": _MAXNREG} if _MAXNREG else {})}
+        opts = {"num_warps": _PIPE_WARPS, **({"maxnreg": _MAXNREG} if _MAXNREG else {})}
         spt = (row_spt, col_spt) if write_row else (_ROW_SPT_PIPE_128X1, _COL_SPT_PIPE_128X1)
         _launch_pipelined_kernel(-1, x, x, x, (q_row, s_row, q_col_t, s_col_t), write_row, True, _PIPE_STAGES,
                                  _PIPE_CTAS, opts, *spt)
