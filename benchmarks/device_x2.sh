@@ -27,6 +27,7 @@
 #   bash benchmarks/device_x2.sh s6d        # s6c again after a test fix, without the sweep (quantizer table last)
 #   bash benchmarks/device_x2.sh s6e        # one GPU: quantizer GPU tests, quantizer table + sweep (Gluon 128x1 and
 #                                           # 32-element layouts)
+#   bash benchmarks/device_x2.sh s14d       # one GPU: 350M BF16 seed 1 again; a per-kernel profile of the 1B fp8 step
 #   bash benchmarks/device_x2.sh s14c       # one GPU: dual / 128x1 quantizers pipelined at 16 warps: table and sweep
 #   bash benchmarks/device_x2.sh s14b       # one GPU: pipelined kernels where they pay: GPU tests, block, 1B step, Linear
 #   bash benchmarks/device_x2.sh s14a       # one GPU: pipelined Gluon quantizers: GPU tests, quantizer table + sweep, SwiGLU
@@ -139,6 +140,14 @@ step_1b() {  # the 1B train_step.py: $1 timeout, $2 log name, then the script's 
 
 for what in "$@"; do
   case $what in
+    s14d)  # session 14, one GPU: the 350M BF16 run at seed 1 again (session 13's FP8 seed-1 run was compared with
+           # session 7's BF16 one; BF16 runs of one seed differ from run to run), then a per-kernel profile of one
+           # 1B fp8 step with the pipelined SwiGLU / 128x1 kernels
+      preset_350m 0 baseline 250 conv_bf16 --out "$OUT" --mode reduce-overhead --seed 1
+      tail -3 "$OUT/conv_bf16.log" | cut -c1-200
+      for f in "$OUT"/loss*.csv; do tail_mean "$f"; done
+      step_1b 220 step_profile --variants bf16,fp8 --profile fp8 --top 45
+      grep -A50 "Self CPU\|Name " "$OUT/step_profile.log" | cut -c1-200 | head -55 ;;
     s14c)  # session 14, one GPU: the dual and 128x1 quantizers pipelined at 16 warps (one CTA per SM): the
            # quantizer table with those rows, and the sweep
       quant_bench 200 --tune-quant ;;
