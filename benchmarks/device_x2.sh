@@ -27,6 +27,7 @@
 #   bash benchmarks/device_x2.sh s6d        # s6c again after a test fix, without the sweep (quantizer table last)
 #   bash benchmarks/device_x2.sh s6e        # one GPU: quantizer GPU tests, quantizer table + sweep (Gluon 128x1 and
 #                                           # 32-element layouts)
+#   bash benchmarks/device_x2.sh s14e       # one GPU: quantizers' column pass from the stage: table, sweep, GPU test
 #   bash benchmarks/device_x2.sh s14d       # one GPU: 350M BF16 seed 1 again; a per-kernel profile of the 1B fp8 step
 #   bash benchmarks/device_x2.sh s14c       # one GPU: dual / 128x1 quantizers pipelined at 16 warps: table and sweep
 #   bash benchmarks/device_x2.sh s14b       # one GPU: pipelined kernels where they pay: GPU tests, block, 1B step, Linear
@@ -140,6 +141,12 @@ step_1b() {  # the 1B train_step.py: $1 timeout, $2 log name, then the script's 
 
 for what in "$@"; do
   case $what in
+    s14e)  # session 14, one GPU: the dual / 128x1 quantizers pipelined with the column pass read from the stage
+           # (swizzles swept), the quantizer table and sweep; the pipelined GPU test
+      CUDA_VISIBLE_DEVICES=0 timeout 100 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_gpu.py \
+        -k "pipelined or gluon_quantizers_are_used" > "$OUT/pipe_gpu.log" 2>&1
+      echo "GPU tests exit $?"; grep -E "^(FAILED|ERROR)|passed|failed|Error" "$OUT/pipe_gpu.log" | cut -c1-300 | tail -6
+      quant_bench 200 --tune-quant ;;
     s14d)  # session 14, one GPU: the 350M BF16 run at seed 1 again (session 13's FP8 seed-1 run was compared with
            # session 7's BF16 one; BF16 runs of one seed differ from run to run), then a per-kernel profile of one
            # 1B fp8 step with the pipelined SwiGLU / 128x1 kernels

@@ -300,6 +300,16 @@ def run_quant(tune: bool):
              ("gluon._PIPELINED", "gluon._PIPE_STAGES", "gluon._PIPE_CTAS", "gluon._PIPE_WARPS"),
              [(False, 2, 2, 8), (True, 2, 2, 8), (True, 2, 1, 16), (True, 3, 1, 16), (True, 4, 1, 16)],
              lambda v: tq.quantize_128x1(v, layout="transposed"), 2 * n + n, "128x1"),
+            ("dual col^T pipelined, column pass from the stage: stages,swizzle",
+             ("gluon._PIPELINE_DUAL", "gluon._PIPE_COL_FROM_SMEM", "gluon._PIPE_STAGES", "gluon._PIPE_SWIZZLE"),
+             [(False, False, 2, (8, 1, 16)), (True, True, 2, (8, 1, 16)), (True, True, 2, (8, 16, 8)),
+              (True, True, 3, (8, 16, 8)), (True, True, 3, (8, 1, 16)), (True, True, 2, (8, 8, 8)),
+              (True, True, 2, (8, 2, 8))],
+             lambda v: tq.quantize_1x128_128x1(v, col_layout="transposed"), 2 * n + 2 * n, "dual"),
+            ("128x1^T pipelined, column pass from the stage: stages,swizzle",
+             ("gluon._PIPE_COL_FROM_SMEM", "gluon._PIPE_STAGES", "gluon._PIPE_SWIZZLE"),
+             [(False, 2, (8, 1, 16)), (True, 2, (8, 1, 16)), (True, 2, (8, 16, 8)), (True, 3, (8, 16, 8))],
+             lambda v: tq.quantize_128x1(v, layout="transposed"), 2 * n + n, "128x1"),
             ("128x128 -,warps", ("_WARPS_128x128",), [(4,), (8,)], lambda v: tq.quantize_128x128(v), 2 * n + n, None),
         ]
         from fp8pass.kernels import triton_quantize_gluon as tqg

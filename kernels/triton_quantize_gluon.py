@@ -113,32 +113,42 @@ if gluon is not None:
         return gl.BlockedLayout([spt, 1], [128 // spt, 32 * spt // 128], [1, num_warps], [0, 1])
 
     @gluon.jit
+    def _quantize_tile_row(x, mb, kb, M, K, qr_ptr, sr_ptr, ROW: gl.constexpr):
+        """The 1x128 copy of x, the 128x128 tile (mb, kb) of an [M, K] tensor in layout ROW (rows
+        past M hold zeros): q_row[M, K] with its scales s_row ([KB, M] storage)."""
+        rows = mb * 128 + gl.arange(0, 128, layout=gl.SliceLayout(1, ROW))
+        cols = kb * 128 + gl.arange(0, 128, layout=gl.SliceLayout(0, ROW))
+        rmask = rows < M
+        xf = x.to(gl.float32)
+        s_row, r_row, sf_row = _scale_and_recip(_amax(xf, 1))
+        q_row = _to_fp8(xf, sf_row[:, None], r_row[:, None])
+        gl.store(qr_ptr + rows.to(gl.int64)[:, None] * K + cols[None, :], q_row, mask=rmask[:, None])
+        gl.store(sr_ptr + kb.to(gl.int64) * M + rows, s_row, mask=rmask)
+
+    @gluon.jit
+    def _quantize_tile_col(xc, mb, kb, M, K, qt_ptr, sc_ptr, COL: gl.constexpr):
+        """The 128x1 copy of the same tile, held in layout COL: q_col_t[K, M] (transposed) with
+        its scales ([MB, K] storage)."""
+        xc = xc.to(gl.float32)
+        rows_c = mb * 128 + gl.arange(0, 128, layout=gl.SliceLayout(1, COL))
+        cols_c = kb * 128 + gl.arange(0, 128, layout=gl.SliceLayout(0, COL))
+        rmask_c = rows_c < M
+        s_col, r_col, sf_col = _scale_and_recip(_amax(xc, 0))
+        q_col = _to_fp8(xc, sf_col[None, :], r_col[None, :])
+        gl.store(qt_ptr + cols_c.to(gl.int64)[None, :] * M + rows_c[:, None], q_col, mask=rmask_c[:, None])
+        gl.store(sc_ptr + mb.to(gl.int64) * K + cols_c, s_col)
+
+    @gluon.jit
     def _quantize_tile_dual(x, mb, kb, M, K, qr_ptr, sr_ptr, qt_ptr, sc_ptr,
                             WRITE_ROW: gl.constexpr, ROW: gl.constexpr, COL: gl.constexpr,
                             WRITE_COL: gl.constexpr):
         """The dual quantization of x, the 128x128 tile (mb, kb) of an [M, K] tensor in layout ROW
-        (rows past M hold zeros): q_row[M, K] with its scales s_row ([KB, M] storage), if
-        WRITE_ROW, and q_col_t[K, M] (the 128x1 copy, transposed) with its scales ([MB, K]
-        storage), if WRITE_COL."""
-        rows = mb * 128 + gl.arange(0, 128, layout=gl.SliceLayout(1, ROW))
-        cols = kb * 128 + gl.arange(0, 128, layout=gl.SliceLayout(0, ROW))
-        rmask = rows < M
+        (rows past M hold zeros): its 1x128 copy if WRITE_ROW, its 128x1 copy if WRITE_COL, the
+        tile moved to the column layout through shared memory (in the input's dtype)."""
         if WRITE_ROW:
-            xf = x.to(gl.float32)
-            s_row, r_row, sf_row = _scale_and_recip(_amax(xf, 1))
-            q_row = _to_fp8(xf, sf_row[:, None], r_row[:, None])
-            gl.store(qr_ptr + rows.to(gl.int64)[:, None] * K + cols[None, :], q_row, mask=rmask[:, None])
-            gl.store(sr_ptr + kb.to(gl.int64) * M + rows, s_row, mask=rmask)
+            _quantize_tile_row(x, mb, kb, M, K, qr_ptr, sr_ptr, ROW)
         if WRITE_COL:
-            # the tile in the column layout (through shared memory, in the input's dtype)
-            xc = gl.convert_layout(x, COL).to(gl.float32)
-            rows_c = mb * 128 + gl.arange(0, 128, layout=gl.SliceLayout(1, COL))
-            cols_c = kb * 128 + gl.arange(0, 128, layout=gl.SliceLayout(0, COL))
-            rmask_c = rows_c < M
-            s_col, r_col, sf_col = _scale_and_recip(_amax(xc, 0))
-            q_col = _to_fp8(xc, sf_col[None, :], r_col[None, :])
-            gl.store(qt_ptr + cols_c.to(gl.int64)[None, :] * M + rows_c[:, None], q_col, mask=rmask_c[:, None])
-            gl.store(sc_ptr + mb.to(gl.int64) * K + cols_c, s_col)
+            _quantize_tile_col(gl.convert_layout(x, COL), mb, kb, M, K, qt_ptr, sc_ptr, COL)
 
     @gluon.jit
     def _load_tile(ptr, mb, kb, M, sm, sk, ROW: gl.constexpr):
@@ -228,6 +238,10 @@ if gluon is not None:
         COL_SPT: gl.constexpr,
         NUM_STAGES: gl.constexpr,
         num_warps: gl.constexpr,
+        COL_FROM_SMEM: gl.constexpr = False,
+        SMEM_VEC: gl.constexpr = 8,
+        SMEM_PER_PHASE: gl.constexpr = 1,
+        SMEM_MAX_PHASE: gl.constexpr = 16,
     ):
         """_quant_dual_kernel (MODE -1: the tile of a) and _swiglu_dual_kernel (MODE 0-2) for
         row-major inputs, persistent and software-pipelined: each program walks the tiles
@@ -236,7 +250,7 @@ if gluon is not None:
         and stored (the one-tile-per-program kernels load, then compute, then store)."""
         ROW: gl.constexpr = _row_layout(ROW_SPT, num_warps)
         COL: gl.constexpr = _col_layout(COL_SPT, num_warps)
-        SMEM: gl.constexpr = gl.SwizzledSharedLayout(8, 1, 16, order=[1, 0])
+        SMEM: gl.constexpr = gl.SwizzledSharedLayout(SMEM_VEC, SMEM_PER_PHASE, SMEM_MAX_PHASE, order=[1, 0])
         n_kb = K // 128
         n_tiles = gl.cdiv(M, 128) * n_kb
         pid = gl.program_id(0)
@@ -268,6 +282,10 @@ if gluon is not None:
             a = a_bufs.index(s).load(ROW)
             if MODE == -1:
                 x = a
+                if COL_FROM_SMEM:  # the column layout read from the stage itself, no conversion
+                    if WRITE_ROW:
+                        _quantize_tile_row(x, mb, kb, M, K, qr_ptr, sr_ptr, ROW)
+                    _quantize_tile_col(a_bufs.index(s).load(COL), mb, kb, M, K, qt_ptr, sc_ptr, COL)
             else:
                 g = a
                 b = a
@@ -276,7 +294,8 @@ if gluon is not None:
                 if MODE == 0 or MODE == 1:
                     b = b_bufs.index(s).load(ROW)
                 x = _swiglu_tile_values(g, a, b, MODE)
-            _quantize_tile_dual(x, mb, kb, M, K, qr_ptr, sr_ptr, qt_ptr, sc_ptr, WRITE_ROW, ROW, COL, WRITE_COL)
+            if MODE != -1 or not COL_FROM_SMEM:
+                _quantize_tile_dual(x, mb, kb, M, K, qr_ptr, sr_ptr, qt_ptr, sc_ptr, WRITE_ROW, ROW, COL, WRITE_COL)
             i += 1
         async_copy.wait_group(0)
 
@@ -301,6 +320,10 @@ _SMEM_BYTES = 232448  # sm90's largest shared-memory allocation for one CTA (227
 # 3152 GB/s against 3173 (81.4% of copy against 84.7% in the table), so it keeps one tile per program.
 _PIPELINE_DUAL = os.environ.get("FP8PASS_QPIPE_DUAL", "0") == "1"
 _PIPE_WARPS = int(os.environ.get("FP8PASS_QPIPE_WARPS", "8"))  # of the dual / 128x1 quantizer's pipelined form
+# the dual / 128x1 quantizer's column pass read straight from the stage (no layout conversion
+# through a second buffer), and the stage's swizzle (vec, per_phase, max_phase)
+_PIPE_COL_FROM_SMEM = os.environ.get("FP8PASS_QPIPE_COL_FROM_SMEM", "0") == "1"
+_PIPE_SWIZZLE = (8, 1, 16)
 _ROW_SPT_PIPE_128X1 = int(os.environ.get("FP8PASS_QPIPE_128X1_ROW_SPT", "16"))
 _COL_SPT_PIPE_128X1 = int(os.environ.get("FP8PASS_QPIPE_128X1_COL_SPT", "16"))
 
@@ -329,13 +352,15 @@ def pipelined_stages(mode: int, write_col: bool, stages: int) -> int:
 def _launch_pipelined_kernel(mode, g, a, b, outs, write_row, write_col, stages, ctas_per_sm, options,
                              row_spt=_ROW_SPT, col_spt=_COL_SPT) -> None:
     m, k = a.shape
-    stages = pipelined_stages(mode, write_col, stages)
+    col_from_smem = mode == -1 and _PIPE_COL_FROM_SMEM
+    stages = pipelined_stages(mode, write_col and not col_from_smem, stages)
     tiles = _cdiv(m, TILE) * (k // TILE)
     device = a.device.index if a.device.index is not None else torch.cuda.current_device()
     grid = (min(tiles, ctas_per_sm * _sm_count(device)),)
     _launch_pipelined(grid, g, a, b, *outs, m, k, g.stride(0), a.stride(0), b.stride(0),
                       MODE=mode, WRITE_ROW=write_row, WRITE_COL=write_col, ROW_SPT=row_spt, COL_SPT=col_spt,
-                      NUM_STAGES=stages, **options)
+                      NUM_STAGES=stages, COL_FROM_SMEM=col_from_smem, SMEM_VEC=_PIPE_SWIZZLE[0],
+                      SMEM_PER_PHASE=_PIPE_SWIZZLE[1], SMEM_MAX_PHASE=_PIPE_SWIZZLE[2], **options)
 
 
 def _launch(x, q_row, s_row, q_col_t, s_col_t, write_row: bool, row_spt: int, col_spt: int) -> None:

@@ -111,7 +111,7 @@ def _compile_pipelined_sm90(dtype: str, mode: int, write_row: bool, write_col: b
            "qr_ptr": "*fp8e4nv", "sr_ptr": "*fp32", "qt_ptr": "*fp8e4nv", "sc_ptr": "*fp32"}
     sig.update({n: "i32" for n in ("M", "K", "sgm", "sam", "sbm")})
     sig.update({n: "constexpr" for n in ("MODE", "WRITE_ROW", "WRITE_COL", "ROW_SPT", "COL_SPT", "NUM_STAGES",
-                                         "num_warps")})
+                                         "num_warps", "COL_FROM_SMEM", "SMEM_VEC", "SMEM_PER_PHASE", "SMEM_MAX_PHASE")})
     if mode == -1:  # the dual quantizer, or the 128x1 copy alone, as _launch passes them
         options = {"num_warps": tqg._WARPS, "maxnreg": tqg._MAXNREG}
         spt = (tqg._ROW_SPT, tqg._COL_SPT) if write_row else (tqg._ROW_SPT_PIPE_128X1, tqg._COL_SPT_PIPE_128X1)
@@ -122,7 +122,8 @@ def _compile_pipelined_sm90(dtype: str, mode: int, write_row: bool, write_col: b
         stages = tqg._PIPE_STAGES_SWIGLU
     stages = tqg.pipelined_stages(mode, write_col, stages)
     consts = {"MODE": mode, "WRITE_ROW": write_row, "WRITE_COL": write_col, "ROW_SPT": spt[0], "COL_SPT": spt[1],
-              "NUM_STAGES": stages, "num_warps": options["num_warps"]}
+              "NUM_STAGES": stages, "num_warps": options["num_warps"], "COL_FROM_SMEM": False,
+              **dict(zip(("SMEM_VEC", "SMEM_PER_PHASE", "SMEM_MAX_PHASE"), tqg._PIPE_SWIZZLE))}
     names = list(sig)
     attrs = {(names.index(n),): [["tt.divisibility", 16]]
              for n in names if n.endswith("_ptr") or n in ("M", "K", "sgm", "sam", "sbm")}
