@@ -27,6 +27,7 @@
 #   bash benchmarks/device_x2.sh s6d        # s6c again after a test fix, without the sweep (quantizer table last)
 #   bash benchmarks/device_x2.sh s6e        # one GPU: quantizer GPU tests, quantizer table + sweep (Gluon 128x1 and
 #                                           # 32-element layouts)
+#   bash benchmarks/device_x2.sh s14f       # one GPU: 128x1 alone reading its column pass from the stage: GPU tests, table
 #   bash benchmarks/device_x2.sh s14e       # one GPU: quantizers' column pass from the stage: table, sweep, GPU test
 #   bash benchmarks/device_x2.sh s14d       # one GPU: 350M BF16 seed 1 again; a per-kernel profile of the 1B fp8 step
 #   bash benchmarks/device_x2.sh s14c       # one GPU: dual / 128x1 quantizers pipelined at 16 warps: table and sweep
@@ -141,6 +142,13 @@ step_1b() {  # the 1B train_step.py: $1 timeout, $2 log name, then the script's 
 
 for what in "$@"; do
   case $what in
+    s14f)  # session 14, one GPU, the last minutes: the 128x1 copy alone reading its column pass from the stage
+           # (new default): the GPU tests of the pipelined kernels and of the quantizers on row-major inputs, the table
+      CUDA_VISIBLE_DEVICES=0 timeout 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_gpu.py \
+        -k "pipelined or gluon_quantizers_are_used or (quantize_bit_identical and (contiguous or sliced))" \
+        > "$OUT/pipe_gpu.log" 2>&1
+      echo "GPU tests exit $?"; grep -E "^(FAILED|ERROR)|passed|failed|Error" "$OUT/pipe_gpu.log" | cut -c1-300 | tail -6
+      quant_bench 80 ;;
     s14e)  # session 14, one GPU: the dual / 128x1 quantizers pipelined with the column pass read from the stage
            # (swizzles swept), the quantizer table and sweep; the pipelined GPU test
       CUDA_VISIBLE_DEVICES=0 timeout 100 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_gpu.py \

@@ -120,10 +120,12 @@ def _compile_pipelined_sm90(dtype: str, mode: int, write_row: bool, write_col: b
         options = tqg.swiglu_launch_options(torch.bfloat16, mode)
         spt = (tqg._ROW_SPT, tqg._COL_SPT)
         stages = tqg._PIPE_STAGES_SWIGLU
-    stages = tqg.pipelined_stages(mode, write_col, stages)
+    col_from_smem = mode == -1 and not write_row and tqg._PIPE_COL_FROM_SMEM  # as _launch_pipelined_kernel
+    stages = tqg.pipelined_stages(mode, write_col and not col_from_smem, stages)
     consts = {"MODE": mode, "WRITE_ROW": write_row, "WRITE_COL": write_col, "ROW_SPT": spt[0], "COL_SPT": spt[1],
-              "NUM_STAGES": stages, "num_warps": options["num_warps"], "COL_FROM_SMEM": False,
-              **dict(zip(("SMEM_VEC", "SMEM_PER_PHASE", "SMEM_MAX_PHASE"), tqg._PIPE_SWIZZLE))}
+              "NUM_STAGES": stages, "num_warps": options["num_warps"], "COL_FROM_SMEM": col_from_smem,
+              **dict(zip(("SMEM_VEC", "SMEM_PER_PHASE", "SMEM_MAX_PHASE"),
+                         tqg._PIPE_SWIZZLE_COL if col_from_smem else tqg._PIPE_SWIZZLE))}
     names = list(sig)
     attrs = {(names.index(n),): [["tt.divisibility", 16]]
              for n in names if n.endswith("_ptr") or n in ("M", "K", "sgm", "sam", "sbm")}

@@ -589,7 +589,8 @@ def test_pipelined_gluon_kernels_match_the_per_tile_ones(m, k, programs, monkeyp
     """The persistent, cp.async-pipelined Gluon kernel (row-major inputs) against the one-tile-per-
     program Gluon kernels, byte for byte: the dual quantizer, the 128x1 copy alone and every SwiGLU
     mode and copy, with tails in M, and with a grid of two programs (each walks its tiles through
-    the shared-memory ring many times) and at 3 stages."""
+    the shared-memory ring many times), at 3 stages, and with the 128x1 copy's column pass read from
+    the stage or converted."""
     if torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("the Gluon kernels are enabled on sm90 only")
     from fp8pass.kernels import triton_quantize_gluon as tqg
@@ -611,7 +612,8 @@ def test_pipelined_gluon_kernels_match_the_per_tile_ones(m, k, programs, monkeyp
     want = run_all()
     monkeypatch.setattr(tqg, "_PIPELINED", True)
     monkeypatch.setattr(tqg, "_PIPELINE_DUAL", True)  # off by default (not faster), checked all the same
-    for stages in (2, 3):
+    for stages, col_from_smem in ((2, True), (2, False), (3, True)):
+        monkeypatch.setattr(tqg, "_PIPE_COL_FROM_SMEM", col_from_smem)  # the 128x1 copy alone's column pass
         monkeypatch.setattr(tqg, "_PIPE_STAGES", stages)
         monkeypatch.setattr(tqg, "_PIPE_STAGES_SWIGLU", stages)
         monkeypatch.setattr(tqg, "_PIPE_CTAS", 2 if stages == 2 else 1)
@@ -619,7 +621,8 @@ def test_pipelined_gluon_kernels_match_the_per_tile_ones(m, k, programs, monkeyp
         for i, (g, w) in enumerate(zip(got, want)):
             assert g.shape == w.shape and g.stride() == w.stride()
             bits = torch.uint8 if w.dtype == FP8 else torch.int32  # bit for bit, NaN scales included
-            assert torch.equal(g.view(bits), w.view(bits)), f"output {i} differs at {stages} stages"
+            assert torch.equal(g.view(bits), w.view(bits)), \
+                f"output {i} differs at {stages} stages (column pass from the stage: {col_from_smem})"
 
 
 def test_block_with_fused_swiglu_trains_as_close_to_bf16_on_cuda():
