@@ -16,6 +16,11 @@ Holding 32 elements a thread cuts that to 18.0 but measured slower (see _ROW_SPT
 1x128 pass (the 128x1 copy alone): 12.4 instructions per element against 18.8 for the
 plain-Triton 128x1 kernel, and 79.6% of copy bandwidth against 74.4% (H200, 16384x4096).
 
+For row-major inputs with 2-byte elements, the 128x1 copy alone and the SwiGLU kernels (one
+16-warp CTA per SM) run `_pipelined_dual_kernel`: persistent programs walk their tiles while the
+next ones are copied into a shared-memory ring by cp.async, so an SM's loads do not stop while a
+tile is quantized and stored (see _PIPELINED and the settings below it for what was measured).
+
 Not run by the Triton interpreter (Gluon has no interpreter mode): the CPU suite tests the plain
 Triton kernels' numerics and compiles this one for sm90 (tests/test_kernel_compile.py);
 tests/test_triton_gpu.py checks it bit for bit on the GPU.
@@ -280,21 +285,20 @@ if gluon is not None:
             mb = t // n_kb
             kb = t - mb * n_kb
             a = a_bufs.index(s).load(ROW)
-            if MODE == -1:
-                x = a
-                if COL_FROM_SMEM:  # the column layout read from the stage itself, no conversion
-                    if WRITE_ROW:
-                        _quantize_tile_row(x, mb, kb, M, K, qr_ptr, sr_ptr, ROW)
-                    _quantize_tile_col(a_bufs.index(s).load(COL), mb, kb, M, K, qt_ptr, sc_ptr, COL)
+            if MODE == -1 and COL_FROM_SMEM:  # the column layout read from the stage itself, no conversion
+                if WRITE_ROW:
+                    _quantize_tile_row(a, mb, kb, M, K, qr_ptr, sr_ptr, ROW)
+                _quantize_tile_col(a_bufs.index(s).load(COL), mb, kb, M, K, qt_ptr, sc_ptr, COL)
             else:
-                g = a
-                b = a
-                if MODE == 1 or MODE == 2:
-                    g = g_bufs.index(s).load(ROW)
-                if MODE == 0 or MODE == 1:
-                    b = b_bufs.index(s).load(ROW)
-                x = _swiglu_tile_values(g, a, b, MODE)
-            if MODE != -1 or not COL_FROM_SMEM:
+                x = a
+                if MODE != -1:
+                    g = a
+                    b = a
+                    if MODE == 1 or MODE == 2:
+                        g = g_bufs.index(s).load(ROW)
+                    if MODE == 0 or MODE == 1:
+                        b = b_bufs.index(s).load(ROW)
+                    x = _swiglu_tile_values(g, a, b, MODE)
                 _quantize_tile_dual(x, mb, kb, M, K, qr_ptr, sr_ptr, qt_ptr, sc_ptr, WRITE_ROW, ROW, COL, WRITE_COL)
             i += 1
         async_copy.wait_group(0)
@@ -314,10 +318,11 @@ _PIPE_CTAS = int(os.environ.get("FP8PASS_QPIPE_CTAS", "2"))
 _PIPE_STAGES_SWIGLU = int(os.environ.get("FP8PASS_QPIPE_STAGES_SWIGLU", "2"))
 _SMEM_BYTES = 232448  # sm90's largest shared-memory allocation for one CTA (227 KiB)
 # Where it pays (H200, benchmarks/RESULTS.md, session 14, 16384x4096 unless said): the SwiGLU kernels
-# (one 16-warp CTA per SM) 12-16% faster in every mode at 8192x5632 and 16384x14336; the 128x1 copy
-# alone 3285 GB/s against 3028-3159 one tile per program (at 16 elements a thread in both passes; 2992
-# at 32/16). Not the dual quantizer, whose two 8-warp CTAs per SM already overlap one another's loads:
-# 3152 GB/s against 3173 (81.4% of copy against 84.7% in the table), so it keeps one tile per program.
+# (one 16-warp CTA per SM) took 11-17% less time in every mode at 8192x5632 and 16384x14336; the
+# 128x1 copy alone 3285 GB/s against 3028-3159 one tile per program (at 16 elements a thread in both
+# passes; 2992 at 32/16). Not the dual quantizer, whose two 8-warp CTAs per SM already overlap one
+# another's loads: 3152-3173 GB/s against 3262-3282 one tile per program (16 warps, 3 stages:
+# 3234-3244), so it keeps one tile per program.
 _PIPELINE_DUAL = os.environ.get("FP8PASS_QPIPE_DUAL", "0") == "1"
 _PIPE_WARPS = int(os.environ.get("FP8PASS_QPIPE_WARPS", "8"))  # of the dual / 128x1 quantizer's pipelined form
 # The stage's swizzle (vec, per_phase, max_phase: 16-byte chunks XOR-permuted by row). The dual /
