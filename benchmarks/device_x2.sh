@@ -27,6 +27,7 @@
 #   bash benchmarks/device_x2.sh s6d        # s6c again after a test fix, without the sweep (quantizer table last)
 #   bash benchmarks/device_x2.sh s6e        # one GPU: quantizer GPU tests, quantizer table + sweep (Gluon 128x1 and
 #                                           # 32-element layouts)
+#   bash benchmarks/device_x2.sh s14g       # one GPU: GPU tests of the final pipelined kernels
 #   bash benchmarks/device_x2.sh s14f       # one GPU: 128x1 alone reading its column pass from the stage: GPU tests, table
 #   bash benchmarks/device_x2.sh s14e       # one GPU: quantizers' column pass from the stage: table, sweep, GPU test
 #   bash benchmarks/device_x2.sh s14d       # one GPU: 350M BF16 seed 1 again; a per-kernel profile of the 1B fp8 step
@@ -142,6 +143,12 @@ step_1b() {  # the 1B train_step.py: $1 timeout, $2 log name, then the script's 
 
 for what in "$@"; do
   case $what in
+    s14g)  # session 14, one GPU, the last minutes: GPU tests of the final kernels (the pipelined kernel's loop body
+           # restructured after s14f; the same SASS on the CPU's sm90 compile)
+      CUDA_VISIBLE_DEVICES=0 timeout 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_gpu.py \
+        -k "pipelined or gluon_quantizers_are_used or gluon_swiglu or swiglu_fused or (quantize_bit_identical and not float32)" \
+        > "$OUT/final_gpu.log" 2>&1
+      echo "GPU tests exit $?"; grep -E "^(FAILED|ERROR)|passed|failed|Error" "$OUT/final_gpu.log" | cut -c1-300 | tail -6 ;;
     s14f)  # session 14, one GPU, the last minutes: the 128x1 copy alone reading its column pass from the stage
            # (new default): the GPU tests of the pipelined kernels and of the quantizers on row-major inputs, the table
       CUDA_VISIBLE_DEVICES=0 timeout 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_gpu.py \
