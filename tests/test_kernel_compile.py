@@ -113,7 +113,7 @@ def _compile_pipelined_sm90(dtype: str, mode: int, write_row: bool, write_col: b
     sig.update({n: "constexpr" for n in ("MODE", "WRITE_ROW", "WRITE_COL", "ROW_SPT", "COL_SPT", "NUM_STAGES",
                                          "num_warps", "COL_FROM_SMEM", "SMEM_VEC", "SMEM_PER_PHASE", "SMEM_MAX_PHASE")})
     if mode == -1:  # the dual quantizer, or the 128x1 copy alone, as _launch passes them
-        options = {"num_warps": tqg._WARPS, "maxnreg": tqg._MAXNREG}
+        options = {"num_warps": tqg._PIPE_WARPS, "maxnreg": tqg._MAXNREG}
         spt = (tqg._ROW_SPT, tqg._COL_SPT) if write_row else (tqg._ROW_SPT_PIPE_128X1, tqg._COL_SPT_PIPE_128X1)
         stages = tqg._PIPE_STAGES
     else:
