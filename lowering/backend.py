@@ -259,12 +259,41 @@ def _warn_about_replaced_hooks(patches: dict) -> None:
                            f"uses its own {key} for the graphs it compiles, so yours does not run there")
 
 
+# The kernels' e4m3 conversions and FP8 MMAs need compute capability 8.9 (Ada) or newer (Hopper:
+# 9.0, where every figure in benchmarks/RESULTS.md was measured); on an older GPU they would fail to
+# compile at the first step with an error from deep inside Triton.
+MIN_CAPABILITY = (8, 9)
+
+
+def gpus_without_fp8(devices, capability=None, name=None) -> list[str]:
+    """The CUDA devices among `devices` whose compute capability is below MIN_CAPABILITY, each as
+    "NAME (cuda:I, smXY)". (capability, name: torch.cuda's functions, replaceable in tests.)"""
+    capability = capability or torch.cuda.get_device_capability
+    name = name or torch.cuda.get_device_name
+    found = []
+    for device in sorted({torch.device(d) for d in devices if torch.device(d).type == "cuda"}, key=str):
+        major, minor = capability(device)
+        if (major, minor) < MIN_CAPABILITY:
+            found.append(f"{name(device)} ({device}, sm{major}{minor})")
+    return found
+
+
 def compile_with_fp8(gm: torch.fx.GraphModule, example_inputs, config: Config,
                      recorder: Optional[Recorder] = None, observe: bool = False, mode: Optional[str] = None):
     """Compile a dynamo graph with Inductor and the FP8 pass (observe=True: see fp8pass.numerics).
 
     mode: torch.compile's mode ("reduce-overhead": CUDA graphs, which remove the per-op launch
-    cost that dominates small FP8 GEMMs; "max-autotune"...), as Inductor applies it."""
+    cost that dominates small FP8 GEMMs; "max-autotune"...), as Inductor applies it.
+
+    On a GPU without FP8 (compute capability below 8.9, e.g. an A100) the graph is compiled by
+    Inductor without the pass, with a warning that says so, so one script runs on any card."""
+    old_gpus = gpus_without_fp8(t.device for t in example_inputs if isinstance(t, torch.Tensor))
+    if old_gpus:
+        logs.warn_once(("no FP8 on", tuple(old_gpus)),
+                       f"fp8pass: backend='fp8' needs a GPU of compute capability 8.9 or newer (Ada, Hopper) for "
+                       f"FP8; {', '.join(old_gpus)} has none, so its graphs are compiled by Inductor without the "
+                       f"FP8 pass (they train in the model's own precision)")
+        return compile_fx(gm, example_inputs, config_patches=_mode_patches(mode))
     # explain() gets graph_0, graph_1, ... per report; plain compiles are numbered per process
     name = f"graph_{next(_graph_counter) if recorder is None else recorder.next_graph_index()}"
     recorder = recorder if recorder is not None else Recorder(keep_graphs=False)

@@ -96,3 +96,43 @@ def test_config_is_frozen_and_cache_key_tracks_options():
     # same source, different captured values: different keys
     assert fp8pass.Config(module_filter=skipping({"a"})).cache_key() != \
         fp8pass.Config(module_filter=skipping({"b"})).cache_key()
+
+
+def test_gpus_without_fp8_names_each_card_below_sm89():
+    import importlib
+
+    gpus_without_fp8 = importlib.import_module("fp8pass.lowering.backend").gpus_without_fp8
+
+    caps = {"cuda:0": (8, 0), "cuda:1": (9, 0), "cuda:2": (8, 9)}
+    names = {"cuda:0": "NVIDIA A100", "cuda:1": "NVIDIA H100", "cuda:2": "NVIDIA L4"}
+    devices = ["cuda:0", torch.device("cuda:1"), "cpu", "cuda:2", "cuda:0"]
+    found = gpus_without_fp8(devices, capability=lambda d: caps[str(d)], name=lambda d: names[str(d)])
+    assert found == ["NVIDIA A100 (cuda:0, sm80)"]  # once, and not the sm89/sm90 cards or the CPU
+    assert gpus_without_fp8(["cpu"], capability=lambda d: 1 / 0) == []  # no CUDA query for CPU inputs
+
+
+def test_a_gpu_without_fp8_gets_inductor_without_the_pass_and_a_warning(monkeypatch, caplog):
+    """On a card below sm89 (an A100, say) the FP8 kernels could not compile: the backend compiles
+    the graph without the pass instead and says so once (here the check is made to report the CPU
+    inputs' device as such a card)."""
+    import importlib
+    import logging
+
+    from torch._inductor.utils import run_and_get_code
+
+    from fp8pass import logs
+
+    backend_mod = importlib.import_module("fp8pass.lowering.backend")  # (the package exports a function so named)
+
+    monkeypatch.setattr(backend_mod, "gpus_without_fp8", lambda devices: ["NVIDIA A100 (cuda:0, sm80)"])
+    monkeypatch.setattr(logs, "_warned", set())
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model, x = MLP(), torch.randn(32, 256)
+    with caplog.at_level(logging.WARNING, logger="fp8pass"):
+        y, codes = run_and_get_code(lambda: torch.compile(model, backend="fp8")(x))
+    assert not any("fp8pass" in code for code in codes)  # no FP8 op in what Inductor generated
+    torch.testing.assert_close(y, model(x))
+    warned = [r.getMessage() for r in caplog.records if "compute capability 8.9" in r.getMessage()]
+    assert len(warned) == 1 and "NVIDIA A100 (cuda:0, sm80)" in warned[0] and "without the FP8 pass" in warned[0]
+    torch._dynamo.reset()
