@@ -34,6 +34,7 @@ allocated or copied, an argument of another kind) makes no plan: such calls keep
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 import warnings
@@ -41,7 +42,7 @@ import warnings
 import torch
 import triton
 
-__all__ = ["FastLauncher", "fast_launch_enabled", "recording", "plan_from", "LaunchPlan"]
+__all__ = ["FastLauncher", "fast_launch_enabled", "recording", "plan_from", "LaunchPlan", "sm_count"]
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _ENABLED = os.environ.get("FP8PASS_FAST_LAUNCH", "1") != "0" and not _INTERPRET
@@ -56,6 +57,17 @@ _I32_MIN, _I32_MAX = -(2 ** 31), 2 ** 31 - 1
 
 def fast_launch_enabled() -> bool:
     return _ENABLED
+
+
+def sm_count(device: torch.device) -> int:
+    """The SMs of a CUDA device (the current one for an index-less device): persistent grids'
+    size, looked up once per device (a launch is host-bound at small shapes)."""
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
 def _hooks_in_use() -> bool:

@@ -33,6 +33,7 @@ import functools
 import torch
 import triton
 
+from .launch import sm_count
 from .reference import TILE, _cdiv
 
 try:  # Gluon is experimental: absent from older Triton, names move between releases
@@ -500,11 +501,6 @@ def _descriptors(a, b, bm, bn):
             TensorDescriptor.from_tensor(b.t(), [bn, TILE], _smem_layout(bn, TILE, "float8e4nv")))
 
 
-@functools.lru_cache(maxsize=None)
-def _sm_count(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
 # Registers: the kernel runs 12 warps (the producer's warpgroup and two consumer warpgroups), so
 # at launch each thread may hold at most 65536 / 384 = 170 registers; setmaxnreg then moves the
 # consumers up to WS_CONSUMER_REGS and the producer down to what is left (3 * 168 - 2 * 240 = 24,
@@ -535,7 +531,7 @@ def _launch_ws(a, a_scale, b, b_scale, out, cfg):
     c_desc = TensorDescriptor.from_tensor(out, c_block, _smem_layout(*c_block, _GL_DTYPES[out.dtype]))
     b_block = b_scale.shape[1] != n
     tiles = _cdiv(m, bm) * _cdiv(n, bn)
-    grid = (min(tiles, _sm_count(a.device.index if a.device.index is not None else torch.cuda.current_device())),)
+    grid = (min(tiles, sm_count(a.device)),)
     _gluon_gemm_ws_kernel[grid](
         a_desc, b_desc, c_desc, a_scale, b_scale, m, n, k,
         a_scale.stride(0), a_scale.stride(1), b_scale.stride(0), b_scale.stride(1),

@@ -28,13 +28,12 @@ tests/test_triton_gpu.py checks it bit for bit on the GPU.
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
 import triton
 
-from .launch import FastLauncher
+from .launch import FastLauncher, sm_count
 from .reference import TILE, _cdiv
 
 try:  # Gluon is experimental: absent from older Triton, names move between releases
@@ -338,11 +337,6 @@ _ROW_SPT_PIPE_128X1 = int(os.environ.get("FP8PASS_QPIPE_128X1_ROW_SPT", "16"))
 _COL_SPT_PIPE_128X1 = int(os.environ.get("FP8PASS_QPIPE_128X1_COL_SPT", "16"))
 
 
-@functools.lru_cache(maxsize=None)
-def _sm_count(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
 def _pipelinable(*inputs: torch.Tensor) -> bool:
     """Inputs the pipelined kernel copies by 16-byte cp.async: rows contiguous, row stride and
     base 16-byte aligned, 2-byte elements (the ones measured; three fp32 SwiGLU tiles a stage
@@ -367,8 +361,7 @@ def _launch_pipelined_kernel(mode, g, a, b, outs, write_row, write_col, stages, 
     stages = pipelined_stages(mode, write_col and not col_from_smem, stages)
     swizzle = _PIPE_SWIZZLE_COL if col_from_smem else _PIPE_SWIZZLE
     tiles = _cdiv(m, TILE) * (k // TILE)
-    device = a.device.index if a.device.index is not None else torch.cuda.current_device()
-    grid = (min(tiles, ctas_per_sm * _sm_count(device)),)
+    grid = (min(tiles, ctas_per_sm * sm_count(a.device)),)
     _launch_pipelined(grid, g, a, b, *outs, m, k, g.stride(0), a.stride(0), b.stride(0),
                       MODE=mode, WRITE_ROW=write_row, WRITE_COL=write_col, ROW_SPT=row_spt, COL_SPT=col_spt,
                       NUM_STAGES=stages, COL_FROM_SMEM=col_from_smem, SMEM_VEC=swizzle[0],

@@ -46,6 +46,12 @@ def _compile_sm90(dtype: str, write_row: bool, row_spt: int, col_spt: int, tmp_p
 
 def _registers_and_stack(src, options: dict, tmp_path) -> tuple[int, int]:
     """Registers per thread and stack bytes (spills) of a kernel source compiled for sm90."""
+    return _compile_sm90_usage(src, options, tmp_path)[:2]
+
+
+def _compile_sm90_usage(src, options: dict, tmp_path) -> tuple[int, int, int]:
+    """Registers per thread, stack bytes (spills) and shared-memory bytes of a kernel source
+    compiled for sm90."""
     from triton.backends.compiler import GPUTarget
 
     compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
@@ -53,7 +59,8 @@ def _registers_and_stack(src, options: dict, tmp_path) -> tuple[int, int]:
     cubin.write_bytes(compiled.asm["cubin"])
     usage = subprocess.run([os.path.join(_BIN, "cuobjdump"), "--dump-resource-usage", str(cubin)],
                            capture_output=True, text=True, check=True).stdout
-    return int(re.search(r"REG:(\d+)", usage).group(1)), int(re.search(r"STACK:(\d+)", usage).group(1))
+    return (int(re.search(r"REG:(\d+)", usage).group(1)), int(re.search(r"STACK:(\d+)", usage).group(1)),
+            compiled.metadata.shared)
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp16", "fp32"])
@@ -129,12 +136,8 @@ def _compile_pipelined_sm90(dtype: str, mode: int, write_row: bool, write_col: b
     names = list(sig)
     attrs = {(names.index(n),): [["tt.divisibility", 16]]
              for n in names if n.endswith("_ptr") or n in ("M", "K", "sgm", "sam", "sbm")}
-    from triton.backends.compiler import GPUTarget
-
     src = GluonASTSource(tqg._pipelined_dual_kernel, sig, consts, attrs)
-    shared = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options).metadata.shared
-    regs, stack = _registers_and_stack(src, options, tmp_path)
-    return regs, stack, shared, options
+    return (*_compile_sm90_usage(src, options, tmp_path), options)
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])

@@ -597,7 +597,7 @@ def test_pipelined_gluon_kernels_match_the_per_tile_ones(m, k, programs, monkeyp
     from fp8pass.kernels import triton_swiglu as tsw
 
     if programs == "two in all":
-        monkeypatch.setattr(tqg, "_sm_count", lambda device: 1)
+        monkeypatch.setattr(tqg, "sm_count", lambda device: 1)
     tq = _q()
     grad, a, b = _swiglu_inputs(m, k, torch.bfloat16, seed=m + k)
     x = _inputs(m, k, torch.float16, seed=k) if m > 1 else a
