@@ -27,6 +27,8 @@
 #   bash benchmarks/device_x2.sh s6d        # s6c again after a test fix, without the sweep (quantizer table last)
 #   bash benchmarks/device_x2.sh s6e        # one GPU: quantizer GPU tests, quantizer table + sweep (Gluon 128x1 and
 #                                           # 32-element layouts)
+#   bash benchmarks/device_x2.sh s15a       # one GPU: the dual quantizer's tile orders: GPU tests (with the persistent
+#                                           # kernels' shared SM count), quantizer table + sweep
 #   bash benchmarks/device_x2.sh s14g       # one GPU: GPU tests of the final pipelined kernels
 #   bash benchmarks/device_x2.sh s14f       # one GPU: 128x1 alone reading its column pass from the stage: GPU tests, table
 #   bash benchmarks/device_x2.sh s14e       # one GPU: quantizers' column pass from the stage: table, sweep, GPU test
@@ -143,6 +145,13 @@ step_1b() {  # the 1B train_step.py: $1 timeout, $2 log name, then the script's 
 
 for what in "$@"; do
   case $what in
+    s15a)  # session 15, one GPU: the one-tile-per-program dual quantizer on 1-D grids in grouped tile orders (bytes
+           # against the 2-D grid), the pipelined and WS GEMM GPU tests (both read kernels/launch.sm_count since the
+           # end of session 14, not run on a GPU since), then the quantizer table and sweep
+      CUDA_VISIBLE_DEVICES=0 timeout 200 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_gpu.py \
+        -k "tile_orders or pipelined or gluon_ws_schedules or gluon_quantizers_are_used" > "$OUT/s15a_gpu.log" 2>&1
+      echo "GPU tests exit $?"; grep -E "^(FAILED|ERROR)|passed|failed|Error" "$OUT/s15a_gpu.log" | cut -c1-300 | tail -6
+      quant_bench 240 --tune-quant ;;
     s14g)  # session 14, one GPU, the last minutes: GPU tests of the final kernels (the pipelined kernel's loop body
            # restructured after s14f; the same SASS on the CPU's sm90 compile)
       CUDA_VISIBLE_DEVICES=0 timeout 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_gpu.py \

@@ -251,6 +251,10 @@ def run_quant(tune: bool):
             "128x1(q^T) pipelined 16 warps": (
                 _with_gluon(lambda: tq.quantize_128x1(x, layout="transposed"), _PIPE_WARPS=16, _PIPE_CTAS=1,
                             _PIPE_STAGES=3), nbytes_in + n + n // 128 * 4),
+            # the dual quantizer's tile order (one tile per program): 1-D grids, GROUP_M rows of tiles at a time
+            **{f"dual(col^T) GROUP_M={g}": (
+                _with_gluon(lambda: tq.quantize_1x128_128x1(x, col_layout="transposed"), _DUAL_GROUP_M=g),
+                nbytes_in + 2 * n + 2 * (n // 128) * 4) for g in (1, 4, 16)},
             "quantize_128x128": (lambda i: tq.quantize_128x128(x), nbytes_in + n),
             "quantize_128x128(+q^T)": (lambda i: tq.quantize_128x128(x, with_transposed=True), nbytes_in + 2 * n),
             "quantize_128x128(q^T)": (lambda i: tq.quantize_128x128(x, layout="transposed"), nbytes_in + n),
@@ -310,6 +314,9 @@ def run_quant(tune: bool):
              ("gluon._PIPE_COL_FROM_SMEM", "gluon._PIPE_STAGES", "gluon._PIPE_SWIZZLE"),
              [(False, 2, (8, 1, 16)), (True, 2, (8, 1, 16)), (True, 2, (8, 16, 8)), (True, 3, (8, 16, 8))],
              lambda v: tq.quantize_128x1(v, layout="transposed"), 2 * n + n, "128x1"),
+            ("dual col^T per tile: GROUP_M (0: 2-D grid down M)", ("gluon._DUAL_GROUP_M",),
+             [(0,), (1,), (2,), (4,), (8,), (16,), (32,), (0,), (1,)],
+             lambda v: tq.quantize_1x128_128x1(v, col_layout="transposed"), 2 * n + 2 * n, "dual"),
             ("128x128 -,warps", ("_WARPS_128x128",), [(4,), (8,)], lambda v: tq.quantize_128x128(v), 2 * n + n, None),
         ]
         from fp8pass.kernels import triton_quantize_gluon as tqg

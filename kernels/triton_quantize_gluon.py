@@ -162,6 +162,16 @@ if gluon is not None:
                        mask=(rows < M)[:, None], other=0.0)
 
     @gluon.jit
+    def _grouped_tile(t, n_mb, n_kb, GROUP_M: gl.constexpr):
+        """(mb, kb) of the t-th program of a 1-D grid over the tiles: GROUP_M rows of tiles at a
+        time, down the rows within a group (GROUP_M = 1: along each row of tiles, K fastest)."""
+        per_group = GROUP_M * n_kb
+        first_mb = (t // per_group) * GROUP_M
+        rows = gl.minimum(n_mb - first_mb, GROUP_M)
+        r = t % per_group
+        return first_mb + r % rows, r // rows
+
+    @gluon.jit
     def _quant_dual_kernel(
         x_ptr, qr_ptr, sr_ptr, qt_ptr, sc_ptr,
         M, K, sxm, sxk,
@@ -169,13 +179,18 @@ if gluon is not None:
         ROW_SPT: gl.constexpr,
         COL_SPT: gl.constexpr,
         num_warps: gl.constexpr,
+        GROUP_M: gl.constexpr = 0,
     ):
         """One 128x128 tile of x[M, K] (K % 128 == 0; rows past M masked) per program: its dual
-        quantization (only the 128x1 copy without WRITE_ROW), see _quantize_tile_dual."""
+        quantization (only the 128x1 copy without WRITE_ROW), see _quantize_tile_dual. GROUP_M 0:
+        a 2-D grid (M's tiles, K's), down M first; else a 1-D grid in _grouped_tile's order."""
         ROW: gl.constexpr = _row_layout(ROW_SPT, num_warps)
         COL: gl.constexpr = _col_layout(COL_SPT, num_warps)
-        mb = gl.program_id(0)
-        kb = gl.program_id(1)
+        if GROUP_M == 0:
+            mb = gl.program_id(0)
+            kb = gl.program_id(1)
+        else:
+            mb, kb = _grouped_tile(gl.program_id(0), gl.cdiv(M, 128), K // 128, GROUP_M)
         x = _load_tile(x_ptr, mb, kb, M, sxm, sxk, ROW)
         _quantize_tile_dual(x, mb, kb, M, K, qr_ptr, sr_ptr, qt_ptr, sc_ptr, WRITE_ROW, ROW, COL, True)
 
@@ -333,6 +348,9 @@ _PIPE_WARPS = int(os.environ.get("FP8PASS_QPIPE_WARPS", "8"))  # of the dual / 1
 _PIPE_SWIZZLE = (8, 1, 16)
 _PIPE_SWIZZLE_COL = (8, 16, 8)
 _PIPE_COL_FROM_SMEM = os.environ.get("FP8PASS_QPIPE_COL_FROM_SMEM", "1") == "1"
+# The one-tile-per-program kernel's tile order: 0, a 2-D grid down M first (each wave of CTAs reads
+# a few 256-byte columns of many rows); n > 0, n rows of tiles at a time (1: along the rows, K fastest).
+_DUAL_GROUP_M = int(os.environ.get("FP8PASS_QDUAL_GROUP_M", "0"))
 _ROW_SPT_PIPE_128X1 = int(os.environ.get("FP8PASS_QPIPE_128X1_ROW_SPT", "16"))
 _COL_SPT_PIPE_128X1 = int(os.environ.get("FP8PASS_QPIPE_128X1_COL_SPT", "16"))
 
@@ -382,6 +400,8 @@ def _launch(x, q_row, s_row, q_col_t, s_col_t, write_row: bool, row_spt: int, co
         return
     grid = ((m + TILE - 1) // TILE, k // TILE)
     opts = {"maxnreg": _MAXNREG} if _MAXNREG else {}
+    if _DUAL_GROUP_M:
+        grid, opts = (grid[0] * grid[1],), {**opts, "GROUP_M": _DUAL_GROUP_M}
     _launch_dual(grid, x, q_row, s_row, q_col_t, s_col_t, m, k, x.stride(0), x.stride(1),
                  WRITE_ROW=write_row, ROW_SPT=row_spt, COL_SPT=col_spt, num_warps=_WARPS, **opts)
 

@@ -625,6 +625,34 @@ def test_pipelined_gluon_kernels_match_the_per_tile_ones(m, k, programs, monkeyp
                 f"output {i} differs at {stages} stages (column pass from the stage: {col_from_smem})"
 
 
+@pytest.mark.parametrize("m,k", [(4000, 1024), (300, 640), (77, 384)])
+def test_dual_quantizer_tile_orders_give_the_same_bytes(m, k, monkeypatch):
+    """The one-tile-per-program dual quantizer (and the 128x1 copy alone on a strided input, the
+    same kernel) on 1-D grids in every grouped tile order, against the 2-D grid, byte for byte:
+    tails in M, a last group with fewer rows of tiles than GROUP_M."""
+    if torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("the Gluon kernels are enabled on sm90 only")
+    from fp8pass.kernels import triton_quantize_gluon as tqg
+
+    tq = _q()
+    x = _inputs(m, k, torch.bfloat16, seed=m * k)
+    strided = _inputs(k, m, torch.bfloat16, seed=m).t()  # not row-major: the per-tile kernel for both
+
+    def run_all():
+        return (tq.quantize_1x128_128x1(x, col_layout="transposed")
+                + tq.quantize_1x128_128x1(strided, col_layout="transposed")
+                + tq.quantize_128x1(strided, layout="transposed"))
+
+    monkeypatch.setattr(tqg, "_DUAL_GROUP_M", 0)
+    want = run_all()
+    for group in (1, 3, 8, 64):
+        monkeypatch.setattr(tqg, "_DUAL_GROUP_M", group)
+        got = run_all()
+        for i, (g, w) in enumerate(zip(got, want)):
+            bits = torch.uint8 if w.dtype == FP8 else torch.int32  # bit for bit, NaN scales included
+            assert torch.equal(g.view(bits), w.view(bits)), f"output {i} differs at GROUP_M={group}"
+
+
 def test_block_with_fused_swiglu_trains_as_close_to_bf16_on_cuda():
     import fp8pass
     from torch._inductor.utils import run_and_get_code
