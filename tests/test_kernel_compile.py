@@ -28,13 +28,14 @@ pytestmark = [
 ]
 
 
-def _compile_sm90(dtype: str, write_row: bool, row_spt: int, col_spt: int, tmp_path):
+def _compile_sm90(dtype: str, write_row: bool, row_spt: int, col_spt: int, tmp_path, group_m: int = 0):
     from triton.experimental.gluon._runtime import GluonASTSource
 
     sig = {"x_ptr": f"*{dtype}", "qr_ptr": "*fp8e4nv", "sr_ptr": "*fp32", "qt_ptr": "*fp8e4nv", "sc_ptr": "*fp32",
            "M": "i32", "K": "i32", "sxm": "i32", "sxk": "i32", "WRITE_ROW": "constexpr", "ROW_SPT": "constexpr",
-           "COL_SPT": "constexpr", "num_warps": "constexpr"}
-    consts = {"sxk": 1, "WRITE_ROW": write_row, "ROW_SPT": row_spt, "COL_SPT": col_spt, "num_warps": tqg._WARPS}
+           "COL_SPT": "constexpr", "num_warps": "constexpr", "GROUP_M": "constexpr"}
+    consts = {"sxk": 1, "WRITE_ROW": write_row, "ROW_SPT": row_spt, "COL_SPT": col_spt, "num_warps": tqg._WARPS,
+              "GROUP_M": group_m}
     # as Triton specializes a launch on contiguous activations: 16-byte aligned pointers, and M, K
     # and the row stride divisible by 16 (the code, and its registers, differ without these)
     names = list(sig)
@@ -64,13 +65,13 @@ def _compile_sm90_usage(src, options: dict, tmp_path) -> tuple[int, int, int]:
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp16", "fp32"])
-@pytest.mark.parametrize("kernel", ["dual", "128x1"])
+@pytest.mark.parametrize("kernel", ["dual", "128x1", "dual, grouped tile order"])
 def test_gluon_quantizer_compiles_for_sm90_without_spills(dtype, kernel, tmp_path):
-    if kernel == "dual":
+    if kernel.startswith("dual"):
         args = (True, tqg._ROW_SPT, tqg._COL_SPT)
     else:
         args = (False, tqg._ROW_SPT_128X1, tqg._COL_SPT_128X1)
-    regs, stack = _compile_sm90(dtype, *args, tmp_path)
+    regs, stack = _compile_sm90(dtype, *args, tmp_path, group_m=8 if "grouped" in kernel else tqg._DUAL_GROUP_M)
     assert regs <= tqg._MAXNREG
     if triton.__version__.startswith(_MEASURED_TRITON):
         assert stack == 0, f"{kernel} kernel ({dtype}) spills: {stack} bytes of stack at {regs} registers"
