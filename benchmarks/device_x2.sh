@@ -27,6 +27,7 @@
 #   bash benchmarks/device_x2.sh s6d        # s6c again after a test fix, without the sweep (quantizer table last)
 #   bash benchmarks/device_x2.sh s6e        # one GPU: quantizer GPU tests, quantizer table + sweep (Gluon 128x1 and
 #                                           # 32-element layouts)
+#   bash benchmarks/device_x2.sh s15b       # one GPU: the final kernels (session 14's defaults): block, 1B step, Linear
 #   bash benchmarks/device_x2.sh s15a       # one GPU: the dual quantizer's tile orders: GPU tests (with the persistent
 #                                           # kernels' shared SM count), quantizer table + sweep
 #   bash benchmarks/device_x2.sh s14g       # one GPU: GPU tests of the final pipelined kernels
@@ -145,6 +146,11 @@ step_1b() {  # the 1B train_step.py: $1 timeout, $2 log name, then the script's 
 
 for what in "$@"; do
   case $what in
+    s15b)  # session 15, one GPU: session 14's block, 1B and Linear figures were taken before its last kernel
+           # default (the 128x1 copy alone reading its column pass from the stage): all three again
+      block_bench 140 --memory
+      step_1b 220 step_final --variants bf16,fp8
+      linear_bench 90 ;;
     s15a)  # session 15, one GPU: the one-tile-per-program dual quantizer on 1-D grids in grouped tile orders (bytes
            # against the 2-D grid), the pipelined and WS GEMM GPU tests (both read kernels/launch.sm_count since the
            # end of session 14, not run on a GPU since), then the quantizer table and sweep
