@@ -233,10 +233,16 @@ def tag_recompute_chains(graph: torch.fx.Graph, splits: list[SplitQuantization])
             continue  # backward has X itself (an SDPA output, say): nothing to recompute
         chain = recompute_chain(nodes, split.source, read_anyway)
         if chain:
-            for node in chain:
-                node.meta.setdefault("recompute", CheckpointPolicy.PREFER_RECOMPUTE)
+            prefer_recompute(chain)
             tagged.append(split.source)
     return tagged
+
+
+def prefer_recompute(nodes) -> None:
+    """Tag nodes for min-cut to recompute in backward (a tag set earlier, e.g. by
+    torch.utils.checkpoint, is kept)."""
+    for node in nodes:
+        node.meta.setdefault("recompute", CheckpointPolicy.PREFER_RECOMPUTE)
 
 
 class Fp8Partitioner(CustomPartitionerFn):
@@ -271,8 +277,7 @@ class Fp8Partitioner(CustomPartitionerFn):
                 chains = ([recompute_chain(nodes, name, saved - set(only_for_it)) for name in only_for_it]
                           if attempt == 0 else [None])
                 if all(c is not None for c in chains):
-                    for node in (n for c in chains for n in c):
-                        node.meta.setdefault("recompute", CheckpointPolicy.PREFER_RECOMPUTE)
+                    prefer_recompute(n for c in chains for n in c)
                 else:
                     merge_split_quantization(builder, nodes, split)
                     merged.append(split)
