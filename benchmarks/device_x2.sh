@@ -27,9 +27,9 @@
 #   bash benchmarks/device_x2.sh s6d        # s6c again after a test fix, without the sweep (quantizer table last)
 #   bash benchmarks/device_x2.sh s6e        # one GPU: quantizer GPU tests, quantizer table + sweep (Gluon 128x1 and
 #                                           # 32-element layouts)
-#   bash benchmarks/device_x2.sh s15b       # one GPU: the final kernels (session 14's defaults): block, 1B step, Linear
+#   bash benchmarks/device_x2.sh s15b       # one GPU: the final kernels (session 14's defaults): 1B step, Linear
 #   bash benchmarks/device_x2.sh s15a       # one GPU: the dual quantizer's tile orders: GPU tests (with the persistent
-#                                           # kernels' shared SM count), quantizer table + sweep
+#                                           # kernels' shared SM count), quantizer table + sweep, block
 #   bash benchmarks/device_x2.sh s14g       # one GPU: GPU tests of the final pipelined kernels
 #   bash benchmarks/device_x2.sh s14f       # one GPU: 128x1 alone reading its column pass from the stage: GPU tests, table
 #   bash benchmarks/device_x2.sh s14e       # one GPU: quantizers' column pass from the stage: table, sweep, GPU test
@@ -146,18 +146,18 @@ step_1b() {  # the 1B train_step.py: $1 timeout, $2 log name, then the script's 
 
 for what in "$@"; do
   case $what in
-    s15b)  # session 15, one GPU: session 14's block, 1B and Linear figures were taken before its last kernel
-           # default (the 128x1 copy alone reading its column pass from the stage): all three again
-      block_bench 140 --memory
+    s15b)  # session 15, one GPU: session 14's 1B and Linear figures were taken before its last kernel default
+           # (the 128x1 copy alone reading its column pass from the stage; the block is in s15a): both again
       step_1b 220 step_final --variants bf16,fp8
       linear_bench 90 ;;
     s15a)  # session 15, one GPU: the one-tile-per-program dual quantizer on 1-D grids in grouped tile orders (bytes
            # against the 2-D grid), the pipelined and WS GEMM GPU tests (both read kernels/launch.sm_count since the
            # end of session 14, not run on a GPU since), then the quantizer table and sweep
-      CUDA_VISIBLE_DEVICES=0 timeout 200 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_gpu.py \
+      CUDA_VISIBLE_DEVICES=0 timeout 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_gpu.py \
         -k "tile_orders or pipelined or gluon_ws_schedules or gluon_quantizers_are_used" > "$OUT/s15a_gpu.log" 2>&1
       echo "GPU tests exit $?"; grep -E "^(FAILED|ERROR)|passed|failed|Error" "$OUT/s15a_gpu.log" | cut -c1-300 | tail -6
-      quant_bench 240 --tune-quant ;;
+      quant_bench 200 --tune-quant
+      block_bench 140 --memory ;;
     s14g)  # session 14, one GPU, the last minutes: GPU tests of the final kernels (the pipelined kernel's loop body
            # restructured after s14f; the same SASS on the CPU's sm90 compile)
       CUDA_VISIBLE_DEVICES=0 timeout 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_gpu.py \
