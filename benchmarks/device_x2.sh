@@ -146,6 +146,13 @@ step_1b() {  # the 1B train_step.py: $1 timeout, $2 log name, then the script's 
 
 for what in "$@"; do
   case $what in
+    s15c)  # session 15, one GPU: the dual quantizer along K by default (GROUP_M 1): GPU tests, table, 1B step, Linear
+      CUDA_VISIBLE_DEVICES=0 timeout 100 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_gpu.py \
+        -k "tile_orders or gluon_quantizers_are_used or (quantize_bit_identical and bfloat16)" > "$OUT/s15c_gpu.log" 2>&1
+      echo "GPU tests exit $?"; grep -E "^(FAILED|ERROR)|passed|failed|Error" "$OUT/s15c_gpu.log" | cut -c1-300 | tail -6
+      quant_bench 80
+      step_1b 200 step_final --variants bf16,fp8
+      linear_bench 80 ;;
     s15b)  # session 15, one GPU: session 14's 1B and Linear figures were taken before its last kernel default
            # (the 128x1 copy alone reading its column pass from the stage; the block is in s15a): both again
       step_1b 220 step_final --variants bf16,fp8

@@ -350,7 +350,7 @@ _PIPE_SWIZZLE_COL = (8, 16, 8)
 _PIPE_COL_FROM_SMEM = os.environ.get("FP8PASS_QPIPE_COL_FROM_SMEM", "1") == "1"
 # The one-tile-per-program kernel's tile order: 0, a 2-D grid down M first (each wave of CTAs reads
 # a few 256-byte columns of many rows); n > 0, n rows of tiles at a time (1: along the rows, K fastest).
-_DUAL_GROUP_M = int(os.environ.get("FP8PASS_QDUAL_GROUP_M", "0"))
+_DUAL_GROUP_M = int(os.environ.get("FP8PASS_QDUAL_GROUP_M", "1"))
 _ROW_SPT_PIPE_128X1 = int(os.environ.get("FP8PASS_QPIPE_128X1_ROW_SPT", "16"))
 _COL_SPT_PIPE_128X1 = int(os.environ.get("FP8PASS_QPIPE_128X1_COL_SPT", "16"))
 
