@@ -349,7 +349,10 @@ _PIPE_SWIZZLE = (8, 1, 16)
 _PIPE_SWIZZLE_COL = (8, 16, 8)
 _PIPE_COL_FROM_SMEM = os.environ.get("FP8PASS_QPIPE_COL_FROM_SMEM", "1") == "1"
 # The one-tile-per-program kernel's tile order: 0, a 2-D grid down M first (each wave of CTAs reads
-# a few 256-byte columns of many rows); n > 0, n rows of tiles at a time (1: along the rows, K fastest).
+# a 256-byte piece of each of many rows); n > 0, a 1-D grid taking n rows of tiles at a time (1: each
+# row of tiles along K, so a wave reads whole rows). H100 (benchmarks/RESULTS.md, session 15), the dual
+# quantizer at 16384x4096 / 16384x14336 / 32768x8192: 1, 93.6-95.7% of copy bandwidth; 4, 93.2-94.6%;
+# 16, 92.0-93.4%; the 2-D grid 90.8-92.6%. Not measured on an H200 (84.1-84.5% there with the 2-D grid).
 _DUAL_GROUP_M = int(os.environ.get("FP8PASS_QDUAL_GROUP_M", "1"))
 _ROW_SPT_PIPE_128X1 = int(os.environ.get("FP8PASS_QPIPE_128X1_ROW_SPT", "16"))
 _COL_SPT_PIPE_128X1 = int(os.environ.get("FP8PASS_QPIPE_128X1_COL_SPT", "16"))
