@@ -96,11 +96,19 @@ def _arg_key(a):
     return type(a)
 
 
+# Compile options every launch of the project's kernels passes. FMA contraction: the kernels' code,
+# and every speed measured in benchmarks/, was compiled with it (the default of Triton <= 3.9; e.g. the
+# GEMMs' per-block promotion acc + partial * scale is one FFMA). Triton 3.10 turns the default off and
+# 3.9 warns at every compile that leaves it unset. (The quantizers' arithmetic uses explicit FMAs and
+# is the same either way.)
+COMPILE_OPTIONS = {"enable_fp_fusion": True}
+
+
 class FastLauncher:
     """`FastLauncher(jit_fn)(grid, *runtime_args, **constexprs_and_options)` launches like
     `jit_fn[grid](*runtime_args, **constexprs_and_options)`. Runtime (non-constexpr) arguments are
     passed positionally, constexprs and num_warps/num_stages by keyword, as every call site here
-    does; `grid` is a tuple (not a callable)."""
+    does; `grid` is a tuple (not a callable). COMPILE_OPTIONS are added unless given."""
 
     def __init__(self, fn: triton.JITFunction):
         self.fn = fn
@@ -112,6 +120,7 @@ class FastLauncher:
         self._defaults = {p.name: p.default for p in params if p.has_default}
 
     def __call__(self, grid, *args, **kwargs):
+        kwargs = {**COMPILE_OPTIONS, **kwargs}
         record = getattr(_RECORDING, "record", None)
         if not self._enabled or _hooks_in_use():
             if record is not None:

@@ -30,6 +30,7 @@ import triton
 import triton.language as tl
 import triton.testing
 
+from .launch import COMPILE_OPTIONS
 from .reference import TILE, _cdiv
 
 __all__ = ["gemm_blockwise", "GEMM_CONFIGS", "b_scale_is_blockwise"]
@@ -164,12 +165,13 @@ def gemm_blockwise(a: torch.Tensor, a_scale: torch.Tensor, b: torch.Tensor, b_sc
     even_k = k % TILE == 0
     if config is None:
         grid = lambda meta: (_cdiv(m, meta["BLOCK_M"]) * _cdiv(n, meta["BLOCK_N"]),)
-        _gemm_kernel_tuned[grid](*args, B_BLOCK=b_block, EVEN_K=even_k)
+        _gemm_kernel_tuned[grid](*args, B_BLOCK=b_block, EVEN_K=even_k, **COMPILE_OPTIONS)
     else:
         cfg = dict(config)
         warps = cfg.pop("num_warps", 4)
         stages = cfg.pop("num_stages", 3)
         cfg.setdefault("GROUP_M", 8)
         grid = (_cdiv(m, cfg["BLOCK_M"]) * _cdiv(n, cfg["BLOCK_N"]),)
-        _gemm_kernel[grid](*args, B_BLOCK=b_block, EVEN_K=even_k, num_warps=warps, num_stages=stages, **cfg)
+        _gemm_kernel[grid](*args, B_BLOCK=b_block, EVEN_K=even_k, num_warps=warps, num_stages=stages,
+                           **COMPILE_OPTIONS, **cfg)
     return out

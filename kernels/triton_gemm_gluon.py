@@ -33,7 +33,7 @@ import functools
 import torch
 import triton
 
-from .launch import sm_count
+from .launch import COMPILE_OPTIONS, sm_count
 from .reference import TILE, _cdiv
 
 try:  # Gluon is experimental: absent from older Triton, names move between releases
@@ -484,7 +484,7 @@ def _launch(a, a_scale, b, b_scale, out, cfg):
     _gluon_gemm_kernel[grid](
         a_desc, b_desc, out, a_scale, b_scale, m, n, k,
         out.stride(0), out.stride(1), a_scale.stride(0), a_scale.stride(1), b_scale.stride(0), b_scale.stride(1),
-        B_BLOCK=b_block, BLOCK_M=bm, BLOCK_N=bn, NUM_STAGES=stages, GROUP_M=8, num_warps=warps,
+        B_BLOCK=b_block, BLOCK_M=bm, BLOCK_N=bn, NUM_STAGES=stages, GROUP_M=8, num_warps=warps, **COMPILE_OPTIONS,
     )
     return out
 
@@ -536,7 +536,7 @@ def _launch_ws(a, a_scale, b, b_scale, out, cfg):
         a_desc, b_desc, c_desc, a_scale, b_scale, m, n, k,
         a_scale.stride(0), a_scale.stride(1), b_scale.stride(0), b_scale.stride(1),
         B_BLOCK=b_block, BLOCK_M=bm, BLOCK_N=bn, NUM_STAGES=stages, GROUP_M=group_m, CONSUMER_REGS=WS_CONSUMER_REGS,
-        OVERLAP=kind.startswith("ws2"), SPLIT_N=split_n, num_warps=warps, maxnreg=_WS_LAUNCH_REGS,
+        OVERLAP=kind.startswith("ws2"), SPLIT_N=split_n, num_warps=warps, maxnreg=_WS_LAUNCH_REGS, **COMPILE_OPTIONS,
     )
     return out
 

@@ -300,6 +300,30 @@ def test_fast_launch_key_is_as_fine_as_tritons_specialization():
     assert _arg_key(64) == _arg_key(4096)
 
 
+def test_every_kernel_launch_asks_for_fma_contraction(monkeypatch):
+    """The kernels were measured compiled with FMA contraction, Triton <= 3.9's default, which
+    Triton 3.10 turns off: each launch path (FastLauncher: every quantizer and SwiGLU kernel; the
+    plain-Triton GEMM with and without its autotuner) passes enable_fp_fusion=True itself."""
+    from fp8pass.kernels import launch, triton_gemm
+
+    seen = []
+
+    class FakeJit:  # no `params`: FastLauncher takes the plain `fn[grid](...)` path, as under the interpreter
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: seen.append(kwargs)
+
+    launch.FastLauncher(FakeJit())((1,), 3, BLOCK=64, num_warps=4)
+    assert seen[-1] == {"enable_fp_fusion": True, "BLOCK": 64, "num_warps": 4}
+    launch.FastLauncher(FakeJit())((1,), 3, enable_fp_fusion=False)  # a caller's own choice stands
+    assert seen[-1] == {"enable_fp_fusion": False}
+    monkeypatch.setattr(triton_gemm, "_gemm_kernel", FakeJit())
+    monkeypatch.setattr(triton_gemm, "_gemm_kernel_tuned", FakeJit())
+    _, (a, sa, b, sb) = _gemm_case("128x128", 40, 256, 128)
+    triton_gemm.gemm_blockwise(a, sa, b, sb, torch.float32, config={"BLOCK_M": 32, "BLOCK_N": 32})
+    triton_gemm.gemm_blockwise(a, sa, b, sb, torch.float32)
+    assert [kw["enable_fp_fusion"] for kw in seen[-2:]] == [True, True]
+
+
 class _StubKernel:
     """Stands in for a compiled Triton kernel: `run` records its launcher arguments."""
 
