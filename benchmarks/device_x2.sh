@@ -146,6 +146,10 @@ step_1b() {  # the 1B train_step.py: $1 timeout, $2 log name, then the script's 
 
 for what in "$@"; do
   case $what in
+    s15e)  # session 15, one GPU, the last device seconds: the launches with enable_fp_fusion=True (every kernel)
+      CUDA_VISIBLE_DEVICES=0 timeout 100 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_gpu.py \
+        -k "gluon_ws_schedules or tile_orders or registered or pipelined" > "$OUT/s15e_gpu.log" 2>&1
+      echo "GPU tests exit $?"; grep -E "^(FAILED|ERROR)|passed|failed|Error" "$OUT/s15e_gpu.log" | cut -c1-300 | tail -6 ;;
     s15d)  # session 15, one GPU (asked for an H200): the dual quantizer along K (the new default): its GPU tests, the table
       CUDA_VISIBLE_DEVICES=0 timeout 60 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_gpu.py \
         -k "tile_orders" > "$OUT/s15d_gpu.log" 2>&1
