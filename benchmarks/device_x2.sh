@@ -27,6 +27,8 @@
 #   bash benchmarks/device_x2.sh s6d        # s6c again after a test fix, without the sweep (quantizer table last)
 #   bash benchmarks/device_x2.sh s6e        # one GPU: quantizer GPU tests, quantizer table + sweep (Gluon 128x1 and
 #                                           # 32-element layouts)
+#   bash benchmarks/device_x2.sh s15e       # one GPU (not run yet; an H200): GPU tests of the enable_fp_fusion launches,
+#                                           # the quantizer table
 #   bash benchmarks/device_x2.sh s15b       # one GPU: the final kernels (session 14's defaults): 1B step, Linear
 #   bash benchmarks/device_x2.sh s15a       # one GPU: the dual quantizer's tile orders: GPU tests (with the persistent
 #                                           # kernels' shared SM count), quantizer table + sweep, block
@@ -146,10 +148,13 @@ step_1b() {  # the 1B train_step.py: $1 timeout, $2 log name, then the script's 
 
 for what in "$@"; do
   case $what in
-    s15e)  # session 15, one GPU, the last device seconds: the launches with enable_fp_fusion=True (every kernel)
+    s15e)  # (not run: no device time left in session 15) one GPU, an H200 wanted: the launches with
+           # enable_fp_fusion=True (every kernel) in the GPU tests, then the quantizer table with the dual
+           # quantizer along K (measured on an H100 only)
       CUDA_VISIBLE_DEVICES=0 timeout 100 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_gpu.py \
         -k "gluon_ws_schedules or tile_orders or registered or pipelined" > "$OUT/s15e_gpu.log" 2>&1
-      echo "GPU tests exit $?"; grep -E "^(FAILED|ERROR)|passed|failed|Error" "$OUT/s15e_gpu.log" | cut -c1-300 | tail -6 ;;
+      echo "GPU tests exit $?"; grep -E "^(FAILED|ERROR)|passed|failed|Error" "$OUT/s15e_gpu.log" | cut -c1-300 | tail -6
+      quant_bench 90 ;;
     s15d)  # session 15, one GPU (asked for an H200): the dual quantizer along K (the new default): its GPU tests, the table
       CUDA_VISIBLE_DEVICES=0 timeout 60 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_gpu.py \
         -k "tile_orders" > "$OUT/s15d_gpu.log" 2>&1
