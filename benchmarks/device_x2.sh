@@ -29,7 +29,9 @@
 #                                           # 32-element layouts)
 #   bash benchmarks/device_x2.sh s15e       # one GPU (not run yet; an H200): GPU tests of the enable_fp_fusion launches,
 #                                           # the quantizer table
-#   bash benchmarks/device_x2.sh s15b       # one GPU: the final kernels (session 14's defaults): 1B step, Linear
+#   bash benchmarks/device_x2.sh s15d       # one GPU: the dual quantizer along K: its GPU test, the quantizer table
+#   bash benchmarks/device_x2.sh s15c       # one GPU: the dual quantizer along K: GPU tests, quantizer table, 1B, Linear
+#   bash benchmarks/device_x2.sh s15b       # (not run: its 1B step and Linear ran in s15c) 1B step, Linear
 #   bash benchmarks/device_x2.sh s15a       # one GPU: the dual quantizer's tile orders: GPU tests (with the persistent
 #                                           # kernels' shared SM count), quantizer table + sweep, block
 #   bash benchmarks/device_x2.sh s14g       # one GPU: GPU tests of the final pipelined kernels
