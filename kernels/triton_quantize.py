@@ -64,6 +64,19 @@ _INTERPRET = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
 
 
 @triton.jit
+def _grouped_tile(t, n_mb, n_kb, GROUP_M: tl.constexpr):
+    """(mb, kb) of the t-th program of a 1-D grid over an n_mb x n_kb grid of tiles: GROUP_M rows of
+    tiles at a time, down the rows within a group (GROUP_M = 1: along each row of tiles, K fastest).
+    Used by the Gluon dual quantizer (compiled there as a Gluon function); checked under the
+    interpreter (tests/triton_interp_checks.py)."""
+    per_group = GROUP_M * n_kb
+    first_mb = (t // per_group) * GROUP_M
+    rows = tl.minimum(n_mb - first_mb, GROUP_M)
+    r = t % per_group
+    return first_mb + r % rows, r // rows
+
+
+@triton.jit
 def _nanmax(a, b):
     return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
 

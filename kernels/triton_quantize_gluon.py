@@ -46,6 +46,7 @@ try:  # Gluon is experimental: absent from older Triton, names move between rele
     _amax = gluon.jit(_tq._amax.fn)
     _scale_and_recip = gluon.jit(_tq._scale_and_recip.fn)
     _to_fp8 = gluon.jit(_tq._to_fp8.fn)
+    _grouped_tile = gluon.jit(_tq._grouped_tile.fn)
     from . import triton_swiglu as _tsw
 
     _swiglu_tile_values = gluon.jit(_tsw.swiglu_tile_values.fn)
@@ -160,16 +161,6 @@ if gluon is not None:
         cols = kb * 128 + gl.arange(0, 128, layout=gl.SliceLayout(0, ROW))
         return gl.load(ptr + rows.to(gl.int64)[:, None] * sm + cols.to(gl.int64)[None, :] * sk,
                        mask=(rows < M)[:, None], other=0.0)
-
-    @gluon.jit
-    def _grouped_tile(t, n_mb, n_kb, GROUP_M: gl.constexpr):
-        """(mb, kb) of the t-th program of a 1-D grid over the tiles: GROUP_M rows of tiles at a
-        time, down the rows within a group (GROUP_M = 1: along each row of tiles, K fastest)."""
-        per_group = GROUP_M * n_kb
-        first_mb = (t // per_group) * GROUP_M
-        rows = gl.minimum(n_mb - first_mb, GROUP_M)
-        r = t % per_group
-        return first_mb + r % rows, r // rows
 
     @gluon.jit
     def _quant_dual_kernel(

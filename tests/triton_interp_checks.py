@@ -26,8 +26,11 @@ if os.environ.get("TRITON_INTERPRET") != "1":
     raise SystemExit("run with TRITON_INTERPRET=1")
 
 import torch  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
 
 from fp8pass.kernels import reference as ref  # noqa: E402
+from fp8pass.kernels import triton_quantize as _tq  # noqa: E402
 
 FAILED: list[str] = []
 
@@ -408,10 +411,39 @@ def run_swiglu() -> None:
     check("swiglu layouts of the CUDA kernels = the ops'", op_layouts)
 
 
+@triton.jit
+def _tile_order_kernel(mb_ptr, kb_ptr, n_mb, n_kb, GROUP_M: tl.constexpr):
+    t = tl.program_id(0)
+    mb, kb = _tq._grouped_tile(t, n_mb, n_kb, GROUP_M)
+    tl.store(mb_ptr + t, mb)
+    tl.store(kb_ptr + t, kb)
+
+
+def run_tile_order() -> None:
+    """triton_quantize._grouped_tile (the Gluon dual quantizer's tile order) against the order it
+    is meant to give, written as nested loops: groups of GROUP_M rows of tiles, each walked along K
+    with the group's rows innermost; every tile exactly once, a short last group included."""
+    for n_mb, n_kb, group in ((5, 3, 1), (5, 3, 2), (7, 4, 3), (3, 2, 8), (130, 32, 1), (130, 32, 8)):
+        def order(n_mb=n_mb, n_kb=n_kb, group=group):
+            mb = torch.full((n_mb * n_kb,), -1, dtype=torch.int32)
+            kb = torch.full_like(mb, -1)
+            _tile_order_kernel[(n_mb * n_kb,)](mb, kb, n_mb, n_kb, GROUP_M=group)
+            want = [(first + r, k) for first in range(0, n_mb, group)
+                    for k in range(n_kb) for r in range(min(group, n_mb - first))]
+            got = list(zip(mb.tolist(), kb.tolist()))
+            if got != want:
+                bad = next(i for i, (g, w) in enumerate(zip(got, want)) if g != w)
+                return False, f"program {bad}: tile {got[bad]}, expected {want[bad]}"
+            return True, ""
+
+        check(f"grouped tile order[{n_mb}x{n_kb},GROUP_M={group}]", order)
+
+
 if __name__ == "__main__":
     which = sys.argv[1:] or ["quantize", "gemm", "swiglu"]
     if "quantize" in which:
         run_quantize()
+        run_tile_order()
     if "swiglu" in which:
         run_swiglu()
     if "gemm" in which:
