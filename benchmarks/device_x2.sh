@@ -31,7 +31,6 @@
 #                                           # the quantizer table
 #   bash benchmarks/device_x2.sh s15d       # one GPU: the dual quantizer along K: its GPU test, the quantizer table
 #   bash benchmarks/device_x2.sh s15c       # one GPU: the dual quantizer along K: GPU tests, quantizer table, 1B, Linear
-#   bash benchmarks/device_x2.sh s15b       # (not run: its 1B step and Linear ran in s15c) 1B step, Linear
 #   bash benchmarks/device_x2.sh s15a       # one GPU: the dual quantizer's tile orders: GPU tests (with the persistent
 #                                           # kernels' shared SM count), quantizer table + sweep, block
 #   bash benchmarks/device_x2.sh s14g       # one GPU: GPU tests of the final pipelined kernels
@@ -169,10 +168,6 @@ for what in "$@"; do
       quant_bench 80
       step_1b 200 step_final --variants bf16,fp8
       linear_bench 80 ;;
-    s15b)  # session 15, one GPU: session 14's 1B and Linear figures were taken before its last kernel default
-           # (the 128x1 copy alone reading its column pass from the stage; the block is in s15a): both again
-      step_1b 220 step_final --variants bf16,fp8
-      linear_bench 90 ;;
     s15a)  # session 15, one GPU: the one-tile-per-program dual quantizer on 1-D grids in grouped tile orders (bytes
            # against the 2-D grid), the pipelined and WS GEMM GPU tests (both read kernels/launch.sm_count since the
            # end of session 14, not run on a GPU since), then the quantizer table and sweep

@@ -251,10 +251,11 @@ def run_quant(tune: bool):
             "128x1(q^T) pipelined 16 warps": (
                 _with_gluon(lambda: tq.quantize_128x1(x, layout="transposed"), _PIPE_WARPS=16, _PIPE_CTAS=1,
                             _PIPE_STAGES=3), nbytes_in + n + n // 128 * 4),
-            # the dual quantizer's tile order (one tile per program): 1-D grids, GROUP_M rows of tiles at a time
+            # the dual quantizer's other tile orders (the default row above is GROUP_M 1, along K): the 2-D
+            # grid down M (GROUP_M 0, the default until session 15) and 1-D grids of GROUP_M rows of tiles
             **{f"dual(col^T) GROUP_M={g}": (
                 _with_gluon(lambda: tq.quantize_1x128_128x1(x, col_layout="transposed"), _DUAL_GROUP_M=g),
-                nbytes_in + 2 * n + 2 * (n // 128) * 4) for g in (1, 4, 16)},
+                nbytes_in + 2 * n + 2 * (n // 128) * 4) for g in (0, 4, 16)},
             "quantize_128x128": (lambda i: tq.quantize_128x128(x), nbytes_in + n),
             "quantize_128x128(+q^T)": (lambda i: tq.quantize_128x128(x, with_transposed=True), nbytes_in + 2 * n),
             "quantize_128x128(q^T)": (lambda i: tq.quantize_128x128(x, layout="transposed"), nbytes_in + n),
