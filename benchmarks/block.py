@@ -127,7 +127,7 @@ def main(argv=None):
         elif name.startswith("fp8") and ref_grads is not None:
             print(f"  {name} vs bf16 compiled, SQNR dB of grads (x, wqkv, w2): "
                   + ", ".join(f"{sqnr_db(r, g):.1f}" for r, g in zip(ref_grads, grads)), flush=True)
-        if args.profile and name.startswith("fp8"):
+        if args.profile and (name.startswith("fp8") or name == "bf16 compiled"):
             print(top_kernels(step, n=30))
         if args.memory and name != "bf16 eager" and not cg:
             print(peak_breakdown(step), flush=True)
