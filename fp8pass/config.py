@@ -94,6 +94,11 @@ class Config:
         fused kernels beat the unfused pairs in isolation (16384 x 14336: forward 0.479 vs 0.592
         ms, backward 1.059 vs 1.080) but not inside a Llama block step (1.696 vs 1.658 ms), peak
         2900 vs 2872 MiB (benchmarks/RESULTS.md, session 10).
+    fold_gradient_cat: quantize a fused QKV projection's output gradient (the concatenation of the
+        attention's three input gradients) straight from the three gradients, without writing
+        and reading back their concatenation (lowering/cat_quantize.py): the same numbers, one
+        pass over 2 x B*T*3*dim bytes less a layer and step (in place on sm90; elsewhere the op
+        concatenates first).
     inductor_buffers: lower each quantization as its out variant on buffers that Inductor
         allocates (or reuses) in its generated code, instead of the op allocating its
         outputs in Python on every call (lowering/allocated_outputs.py): the same numbers, less
@@ -117,6 +122,7 @@ class Config:
     recompute_fp8_activations: bool = True
     fuse_quantization: bool = False
     fuse_swiglu: bool = True
+    fold_gradient_cat: bool = True
     inductor_buffers: bool = True
     log_decisions: bool = False
 

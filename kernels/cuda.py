@@ -87,6 +87,9 @@ def register() -> bool:
         impls = {"gemm_blockwise": gemm_op}
         for name, quantize in quantizers.items():
             impls[name], impls[ops.OUT_VARIANTS[name]] = op_impls(name, quantize)
+        name = "quantize_1x128_128x1_cat3"
+        impls[name], impls[ops.OUT_VARIANTS[name]] = op_impls(name, tq.quantize_1x128_128x1_cat3,
+                                                              ops.cat3_rows_and_widths, 3)
         for name, n_inputs in (("swiglu_quantize_1x128_128x1", 2), ("swiglu_quantize_1x128", 2),
                                ("swiglu_quantize_128x1", 2),
                                ("swiglu_grad_a_quantize_1x128_128x1", 3), ("swiglu_grad_b_quantize_1x128_128x1", 2)):

@@ -24,6 +24,7 @@ __all__ = [
     "quantize_1x128",
     "quantize_128x1",
     "quantize_1x128_128x1",
+    "quantize_1x128_128x1_cat3",
     "quantize_128x128",
     "quantize_128x128_transposed",
     "dequantize",
@@ -38,6 +39,7 @@ __all__ = [
     "quantize_1x128_out",
     "quantize_128x1_out",
     "quantize_1x128_128x1_out",
+    "quantize_1x128_128x1_cat3_out",
     "quantize_128x128_out",
     "quantize_128x128_transposed_out",
     "swiglu_quantize_1x128_128x1_out",
@@ -115,6 +117,46 @@ def _(x):
         empty_mn_major((m,), _cdiv(k, TILE), device=x.device),
         torch.empty((k, m), dtype=FP8_DTYPE, device=x.device),
         empty_mn_major((k,), _cdiv(m, TILE), device=x.device),
+    )
+
+
+def cat3_rows_and_widths(op: str, x0: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor) -> tuple[int, list[int]]:
+    """(rows, each part's width) of quantize_1x128_128x1_cat3's input parts [B, T, H_i, D_i]: the
+    rows are B * T, part i's columns H_i * D_i. Raises for parts that do not line up."""
+    for t in (x0, x1, x2):
+        _check_float_input(op, t)
+    if not x0.dim() == x1.dim() == x2.dim() == 4 or not x0.shape[:2] == x1.shape[:2] == x2.shape[:2]:
+        raise ValueError(f"fp8pass.{op}: expected three [B, T, H, D] tensors with the same B and T, got "
+                         f"{[tuple(t.shape) for t in (x0, x1, x2)]}")
+    if not x0.dtype == x1.dtype == x2.dtype:
+        raise TypeError(f"fp8pass.{op}: the three parts must share a dtype, got {[t.dtype for t in (x0, x1, x2)]}")
+    return x0.shape[0] * x0.shape[1], [t.shape[2] * t.shape[3] for t in (x0, x1, x2)]
+
+
+def cat3_input(x0: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+    """The 2-D tensor quantize_1x128_128x1_cat3 quantizes: the parts' [B*T, H_i*D_i] side by side."""
+    return torch.cat([t.reshape(t.shape[0] * t.shape[1], -1) for t in (x0, x1, x2)], dim=1)
+
+
+@torch.library.custom_op("fp8pass::quantize_1x128_128x1_cat3", mutates_args=())
+def quantize_1x128_128x1_cat3(x0: torch.Tensor, x1: torch.Tensor,
+                              x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """quantize_1x128_128x1 of three [B, T, H_i, D_i] tensors (any strides) concatenated as
+    [B*T, sum of H_i*D_i]: a fused QKV projection's output gradient is the concatenation of the
+    attention's three input gradients, which the CUDA kernel reads in place (no concatenated copy)."""
+    cat3_rows_and_widths("quantize_1x128_128x1_cat3", x0, x1, x2)
+    return quantize_1x128_128x1(cat3_input(x0, x1, x2))
+
+
+@quantize_1x128_128x1_cat3.register_fake
+def _(x0, x1, x2):
+    m, widths = cat3_rows_and_widths("quantize_1x128_128x1_cat3", x0, x1, x2)
+    k = sum(widths)
+    return (
+        torch.empty((m, k), dtype=FP8_DTYPE, device=x0.device),
+        empty_mn_major((m,), _cdiv(k, TILE), device=x0.device),
+        torch.empty((k, m), dtype=FP8_DTYPE, device=x0.device),
+        empty_mn_major((k,), _cdiv(m, TILE), device=x0.device),
     )
 
 
@@ -319,6 +361,13 @@ def quantize_1x128_128x1_out(x: torch.Tensor, q_row: torch.Tensor, s_row: torch.
     _write_outputs((q_row, s_row, q_col_t, s_col_t), quantize_1x128_128x1(x))
 
 
+@torch.library.custom_op("fp8pass::quantize_1x128_128x1_cat3_out", mutates_args=_DUAL_OUTS)
+def quantize_1x128_128x1_cat3_out(x0: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, q_row: torch.Tensor,
+                                  s_row: torch.Tensor, q_col_t: torch.Tensor, s_col_t: torch.Tensor) -> None:
+    """quantize_1x128_128x1_cat3(x0, x1, x2) written into (q_row, s_row, q_col_t, s_col_t)."""
+    _write_outputs((q_row, s_row, q_col_t, s_col_t), quantize_1x128_128x1_cat3(x0, x1, x2))
+
+
 @torch.library.custom_op("fp8pass::quantize_128x128_out", mutates_args=("q", "scale"))
 def quantize_128x128_out(w: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> None:
     """quantize_128x128(w) written into (q, scale)."""
@@ -372,6 +421,7 @@ OUT_VARIANTS = {
     "quantize_1x128": "quantize_1x128_out",
     "quantize_128x1": "quantize_128x1_out",
     "quantize_1x128_128x1": "quantize_1x128_128x1_out",
+    "quantize_1x128_128x1_cat3": "quantize_1x128_128x1_cat3_out",
     "quantize_128x128": "quantize_128x128_out",
     "quantize_128x128_transposed": "quantize_128x128_transposed_out",
     "swiglu_quantize_1x128_128x1": "swiglu_quantize_1x128_128x1_out",

@@ -47,6 +47,7 @@ try:  # Gluon is experimental: absent from older Triton, names move between rele
     _scale_and_recip = gluon.jit(_tq._scale_and_recip.fn)
     _to_fp8 = gluon.jit(_tq._to_fp8.fn)
     _grouped_tile = gluon.jit(_tq._grouped_tile.fn)
+    _cat3_tile_ptrs = gluon.jit(_tq._cat3_tile_ptrs.fn)
     from . import triton_swiglu as _tsw
 
     _swiglu_tile_values = gluon.jit(_tsw.swiglu_tile_values.fn)
@@ -60,7 +61,8 @@ except Exception as exc:  # pragma: no cover - depends on the installed Triton
     gluon = None
     _GLUON_IMPORT_ERROR = exc
 
-__all__ = ["available", "quantize_dual_transposed", "quantize_128x1_transposed", "swiglu_dual_transposed"]
+__all__ = ["available", "quantize_dual_transposed", "quantize_dual_cat3_transposed", "quantize_128x1_transposed",
+           "swiglu_dual_transposed"]
 
 _WARPS = int(os.environ.get("FP8PASS_QDUAL_GLUON_WARPS", "8"))
 # 128: two 8-warp CTAs per SM (65536 registers); ptxas needs no spills at this cap. 0: no cap
@@ -186,6 +188,28 @@ if gluon is not None:
         _quantize_tile_dual(x, mb, kb, M, K, qr_ptr, sr_ptr, qt_ptr, sc_ptr, WRITE_ROW, ROW, COL, True)
 
     @gluon.jit
+    def _quant_dual_cat3_kernel(
+        x0_ptr, x1_ptr, x2_ptr, qr_ptr, sr_ptr, qt_ptr, sc_ptr,
+        M, K, T, KB1, KB2,
+        D0, s0b, s0t, s0h, s0d, D1, s1b, s1t, s1h, s1d, D2, s2b, s2t, s2h, s2d,
+        ROW_SPT: gl.constexpr,
+        COL_SPT: gl.constexpr,
+        num_warps: gl.constexpr,
+        GROUP_M: gl.constexpr,
+    ):
+        """_quant_dual_kernel (1-D grid) of three [B, T, H_i, D_i] parts seen as one [B*T, K] matrix
+        (triton_quantize._cat3_tile_ptrs): each tile read in place from the part holding it."""
+        ROW: gl.constexpr = _row_layout(ROW_SPT, num_warps)
+        COL: gl.constexpr = _col_layout(COL_SPT, num_warps)
+        mb, kb = _grouped_tile(gl.program_id(0), gl.cdiv(M, 128), K // 128, GROUP_M)
+        rows = mb * 128 + gl.arange(0, 128, layout=gl.SliceLayout(1, ROW))
+        cols = kb * 128 + gl.arange(0, 128, layout=gl.SliceLayout(0, ROW))
+        ptrs = _cat3_tile_ptrs(x0_ptr, x1_ptr, x2_ptr, rows, cols, kb, KB1, KB2, T,
+                               D0, s0b, s0t, s0h, s0d, D1, s1b, s1t, s1h, s1d, D2, s2b, s2t, s2h, s2d)
+        x = gl.load(ptrs, mask=(rows < M)[:, None], other=0.0)
+        _quantize_tile_dual(x, mb, kb, M, K, qr_ptr, sr_ptr, qt_ptr, sc_ptr, True, ROW, COL, True)
+
+    @gluon.jit
     def _swiglu_dual_kernel(
         g_ptr, a_ptr, b_ptr,
         qr_ptr, sr_ptr, qt_ptr, sc_ptr,
@@ -309,6 +333,7 @@ if gluon is not None:
         async_copy.wait_group(0)
 
     _launch_dual = FastLauncher(_quant_dual_kernel)
+    _launch_dual_cat3 = FastLauncher(_quant_dual_cat3_kernel)
     _launch_swiglu_dual = FastLauncher(_swiglu_dual_kernel)
     _launch_pipelined = FastLauncher(_pipelined_dual_kernel)
 
@@ -404,6 +429,28 @@ def quantize_dual_transposed(x: torch.Tensor, q_row, s_row, q_col_t, s_col_t) ->
     """Fill the outputs of triton_quantize.quantize_1x128_128x1(x, col_layout="transposed")
     (allocated by the caller, in the op's layouts) for a 2-D x whose K is a multiple of 128."""
     _launch(x, q_row, s_row, q_col_t, s_col_t, True, _ROW_SPT, _COL_SPT)
+
+
+def quantize_dual_cat3_transposed(x0: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, q_row, s_row, q_col_t,
+                                  s_col_t) -> None:
+    """quantize_dual_transposed of three [B, T, H_i, D_i] parts side by side ([B*T, sum of H_i*D_i]),
+    each read in place through its strides; every part's H_i * D_i a multiple of 128."""
+    b, t = x0.shape[:2]
+    widths = [p.shape[2] * p.shape[3] for p in (x0, x1, x2)]
+    if any(w % TILE for w in widths):
+        raise ValueError(f"the Gluon quantizer needs each part's width to be a multiple of 128, got parts of "
+                         f"shapes {[tuple(p.shape) for p in (x0, x1, x2)]}")
+    m, k = b * t, sum(widths)
+    if m == 0 or k == 0:
+        return
+    parts = []
+    for p in (x0, x1, x2):
+        parts += [p.shape[3], *p.stride()]
+    group_m = max(_DUAL_GROUP_M, 1)  # a 1-D grid in _grouped_tile's order
+    opts = {"maxnreg": _MAXNREG} if _MAXNREG else {}
+    _launch_dual_cat3((_cdiv(m, TILE) * (k // TILE),), x0, x1, x2, q_row, s_row, q_col_t, s_col_t, m, k,
+                      t, widths[0] // TILE, (widths[0] + widths[1]) // TILE, *parts,
+                      ROW_SPT=_ROW_SPT, COL_SPT=_COL_SPT, num_warps=_WARPS, GROUP_M=group_m, **opts)
 
 
 def quantize_128x1_transposed(x: torch.Tensor, q_t, s_t) -> None:

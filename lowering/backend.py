@@ -29,6 +29,7 @@ from fp8pass.policy import SiteContext
 from fp8pass.sites import normalize_module_path, resolve_root
 
 from .allocated_outputs import mark_quantize_ops
+from .cat_quantize import fold_cat_into_quantization
 from .fused_quantize import division_rounding_patch, fuse_quantize_ops
 from .swiglu import decompose_swiglu_ops, fuse_swiglu_quantizations, rewrite_swiglu
 from .recorder import Recorder
@@ -166,16 +167,18 @@ class Fp8JointPass(CustomGraphPass):
 class Fp8PartitionedPass(CustomGraphPass):
     """`post_grad_custom_pre_pass` on each partitioned graph (forward, backward or inference):
     fuses SwiGLU into the dual quantizations that read it and turns the SwiGLU ops left back into
-    aten ops (`swiglu`, see swiglu.py), records the graph for explain() (with a recorder), then
+    aten ops (`swiglu`, see swiglu.py), folds a fused QKV gradient's cat into its quantization
+    (`fold_cat`, see cat_quantize.py), records the graph for explain() (with a recorder), then
     fuses the activation and gradient quantizations into their producers' kernels (`fuse`, see
     fused_quantize.py) and gives the remaining ones buffers Inductor allocates (`allocate`, see
     allocated_outputs.py)."""
 
     def __init__(self, fuse: bool, allocate: bool, recorder: Optional[Recorder] = None, name: str = "",
-                 swiglu: bool = False):
+                 swiglu: bool = False, fold_cat: bool = False):
         self.fuse = fuse
         self.allocate = allocate
         self.swiglu = swiglu
+        self.fold_cat = fold_cat
         self.recorder = recorder
         self.name = name
 
@@ -185,6 +188,10 @@ class Fp8PartitionedPass(CustomGraphPass):
             if fused:
                 log.debug("fp8pass: %d SwiGLU op(s) fused into the quantizations reading them", fused)
         decompose_swiglu_ops(graph)  # any left (also from a graph compiled with swiglu=False)
+        if self.fold_cat:
+            folded = fold_cat_into_quantization(graph)
+            if folded:
+                log.debug("fp8pass: %d gradient cat(s) folded into their quantizations", folded)
         if self.recorder is not None:  # with the SwiGLU fusions: explain() reports them
             names = [n.name for n in graph.nodes if n.op == "placeholder"]
             if any(n.startswith("tangents") for n in names):
@@ -205,7 +212,7 @@ class Fp8PartitionedPass(CustomGraphPass):
 
     def uuid(self):
         return (f"fp8pass-partitioned-{_source_digest()[:16]}-fuse={self.fuse}-allocate={self.allocate}"
-                f"-swiglu={self.swiglu}")
+                f"-swiglu={self.swiglu}-fold_cat={self.fold_cat}")
 
 
 _graph_counter = itertools.count()
@@ -313,11 +320,13 @@ def compile_with_fp8(gm: torch.fx.GraphModule, example_inputs, config: Config,
     if fuse:
         patches.update(division_rounding_patch())
     allocate = config.inductor_buffers and not observe
-    if recorder.keep_graphs or fuse or allocate or swiglu:
+    # (with fuse_quantization, Inductor generates the quantization inside the cat's kernel instead)
+    fold_cat = config.fold_gradient_cat and not observe and not fuse
+    if recorder.keep_graphs or fuse or allocate or swiglu or fold_cat:
         # Without a recorder the pass holds only its flags: per-compile state would defeat the caches.
-        patches["post_grad_custom_pre_pass"] = (Fp8PartitionedPass(fuse, allocate, recorder, name, swiglu)
-                                                if recorder.keep_graphs else Fp8PartitionedPass(fuse, allocate,
-                                                                                                swiglu=swiglu))
+        patches["post_grad_custom_pre_pass"] = (
+            Fp8PartitionedPass(fuse, allocate, recorder, name, swiglu, fold_cat) if recorder.keep_graphs
+            else Fp8PartitionedPass(fuse, allocate, swiglu=swiglu, fold_cat=fold_cat))
     _warn_about_replaced_hooks(patches)
     if not (recorder.keep_graphs or config.log_decisions or logs.enabled()):
         return compile_fx(gm, example_inputs, config_patches=patches)

@@ -83,6 +83,34 @@ def test_gluon_quantizer_compiles_for_sm90_without_spills(dtype, kernel, tmp_pat
                       f"{triton.__version__} (no spills on {_MEASURED_TRITON}, where its settings were measured)")
 
 
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_gluon_cat3_quantizer_compiles_for_sm90_without_spills(dtype, tmp_path):
+    """The dual quantizer of a fused QKV gradient read in place from its three parts, specialized
+    as a launch on [B, T, H, D] gradient views is (aligned pointers, unit element strides)."""
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    sig = {"x0_ptr": f"*{dtype}", "x1_ptr": f"*{dtype}", "x2_ptr": f"*{dtype}", "qr_ptr": "*fp8e4nv",
+           "sr_ptr": "*fp32", "qt_ptr": "*fp8e4nv", "sc_ptr": "*fp32", "M": "i32", "K": "i32", "T": "i32",
+           "KB1": "i32", "KB2": "i32"}
+    for i in range(3):
+        sig |= {f"D{i}": "i32", f"s{i}b": "i32", f"s{i}t": "i32", f"s{i}h": "i32", f"s{i}d": "i32"}
+    sig |= {"ROW_SPT": "constexpr", "COL_SPT": "constexpr", "num_warps": "constexpr", "GROUP_M": "constexpr"}
+    consts = {"s0d": 1, "s1d": 1, "s2d": 1, "ROW_SPT": tqg._ROW_SPT, "COL_SPT": tqg._COL_SPT,
+              "num_warps": tqg._WARPS, "GROUP_M": max(tqg._DUAL_GROUP_M, 1)}
+    names = list(sig)
+    aligned = ["x0_ptr", "x1_ptr", "x2_ptr", "qr_ptr", "sr_ptr", "qt_ptr", "sc_ptr", "M", "K", "T"]
+    aligned += [f"s{i}{c}" for i in range(3) for c in "bth"] + [f"D{i}" for i in range(3)]
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in aligned}
+    regs, stack = _registers_and_stack(GluonASTSource(tqg._quant_dual_cat3_kernel, sig, consts, attrs),
+                                       {"num_warps": tqg._WARPS, "maxnreg": tqg._MAXNREG}, tmp_path)
+    assert regs <= tqg._MAXNREG
+    if triton.__version__.startswith(_MEASURED_TRITON):
+        assert stack == 0, f"cat3 dual kernel ({dtype}) spills: {stack} bytes of stack at {regs} registers"
+    elif stack:
+        warnings.warn(f"cat3 dual kernel ({dtype}) spills {stack} bytes at {regs} registers on triton "
+                      f"{triton.__version__}")
+
+
 def _compile_swiglu_sm90(dtype: str, mode: int, tmp_path, write_row: bool = True, write_col: bool = True):
     from triton.experimental.gluon._runtime import GluonASTSource
 

@@ -268,9 +268,30 @@ def test_zero_rows():
     ("quantize_1x128_128x1", (torch.randn(130, 256),)),
     ("quantize_128x128", (torch.randn(256, 384),)),
     ("quantize_128x128_transposed", (torch.randn(200, 384),)),
+    ("quantize_1x128_128x1_cat3", tuple(torch.randn(2, h, 65, 64).transpose(1, 2) for h in (4, 2, 2))),
 ])
 def test_opcheck_quantizers(op, args):
     torch.library.opcheck(getattr(ops, op), args)
+
+
+def test_cat3_quantizer_is_the_dual_quantizer_of_the_concatenation():
+    """quantize_1x128_128x1_cat3 of three [B, T, H_i, D] parts (SDPA-gradient views, grouped-query
+    widths) = quantize_1x128_128x1 of the parts side by side as [B*T, sum of H_i*D], with the same
+    layouts; its out variant writes the same; parts that do not line up are refused by name."""
+    parts = [torch.randn(2, h, 70, 64).transpose(1, 2).bfloat16() for h in (4, 2, 2)]
+    want = ops.quantize_1x128_128x1(torch.cat([p.reshape(140, -1) for p in parts], dim=1))
+    got = ops.quantize_1x128_128x1_cat3(*parts)
+    outs = [torch.empty_like(w) if w.is_contiguous() else torch.empty_like(w.t()).t() for w in want]
+    ops.quantize_1x128_128x1_cat3_out(*parts, *outs)
+    for result in (got, outs):
+        for g, w in zip(result, want):
+            assert g.shape == w.shape and g.stride() == w.stride()
+            assert torch.equal(g.view(torch.uint8) if g.dtype == torch.float8_e4m3fn else g,
+                               w.view(torch.uint8) if w.dtype == torch.float8_e4m3fn else w)
+    with pytest.raises(ValueError, match="quantize_1x128_128x1_cat3: expected three .B, T, H, D. tensors"):
+        ops.quantize_1x128_128x1_cat3(parts[0], parts[1], torch.randn(2, 71, 2, 64).bfloat16())
+    with pytest.raises(TypeError, match="share a dtype"):
+        ops.quantize_1x128_128x1_cat3(parts[0], parts[1], parts[2].float())
 
 
 def test_opcheck_gemm():

@@ -653,6 +653,66 @@ def test_dual_quantizer_tile_orders_give_the_same_bytes(m, k, monkeypatch):
             assert torch.equal(g.view(bits), w.view(bits)), f"output {i} differs at GROUP_M={group}"
 
 
+@pytest.mark.parametrize("layout", ["bhtd", "qkv buffer", "gqa"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cat3_quantizer_gives_the_bytes_of_the_dual_of_the_cat(layout, dtype):
+    """quantize_1x128_128x1_cat3 (the Gluon kernel reading three [B, T, H, D] parts in place)
+    against quantize_1x128_128x1 of their concatenation, byte for byte, and its out variant:
+    parts as SDPA's gradients come ([B, H, T, D] storage), slices of one [B, T, 3, H, D] buffer,
+    grouped-query widths; T * B not a multiple of 128; outputs poisoned first."""
+    if torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("the Gluon kernels are enabled on sm90 only")
+    tq = _q()
+    b, t, d = 3, 700, 64
+    heads = (8, 2, 2) if layout == "gqa" else (4, 4, 4)
+    gen = torch.Generator(device="cuda").manual_seed(len(layout) * 2 + (dtype == torch.float16))
+    if layout == "qkv buffer":
+        buf = torch.randn(b, t, 3, heads[0], d, device="cuda", generator=gen).to(dtype)
+        parts = [buf[:, :, i] for i in range(3)]
+    else:
+        parts = [torch.randn(b, h, t, d, device="cuda", generator=gen).to(dtype).transpose(1, 2) for h in heads]
+    parts[1][0, 5, 1, 3] = float("nan")  # a NaN tile in the middle part
+    parts[2][1, 9] = 0.0
+    want = tq.quantize_1x128_128x1(torch.cat([p.reshape(b * t, -1) for p in parts], 1), col_layout="transposed")
+    got = tq.quantize_1x128_128x1_cat3(*parts)
+    outs = [torch.full_like(w.view(torch.uint8), 0x7F).view(w.dtype) if w.dtype == FP8 else torch.full_like(w, -1.0)
+            for w in want]
+    torch.ops.fp8pass.quantize_1x128_128x1_cat3_out(*parts, *outs)
+    for name, result in (("op", got), ("out variant", outs)):
+        for i, (g, w) in enumerate(zip(result, want)):
+            assert g.shape == w.shape and g.stride() == w.stride(), (name, i)
+            bits = torch.uint8 if w.dtype == FP8 else torch.int32
+            assert torch.equal(g.view(bits), w.view(bits)), f"{name}: output {i} differs"
+
+
+def test_block_gradients_with_the_qkv_gradient_cat_folded_on_cuda():
+    """A compiled block's backward quantizes the fused QKV gradient from SDPA's three gradients
+    (quantize_1x128_128x1_cat3, no cat kernel), with the gradients of the unfolded graph, bit for bit."""
+    import fp8pass
+    from torch._inductor.utils import run_and_get_code
+    from conftest import load_example
+
+    train_gpt = load_example("train_gpt")
+    cfg = train_gpt.GPTConfig(dim=256, n_heads=2, mlp_hidden=768, seq_len=128)
+
+    def grads_of(fold):
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        block = train_gpt.Block(cfg).to("cuda", torch.bfloat16)
+        x = torch.randn(4, 128, 256, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        model = torch.compile(block, backend=fp8pass.backend(fold_gradient_cat=fold))
+        _, codes = run_and_get_code(lambda: model(x).float().square().mean().backward())
+        return codes, [x.grad] + [p.grad for p in block.parameters()]
+
+    codes, folded = grads_of(True)
+    assert "quantize_1x128_128x1_cat3_out" in codes[1]
+    assert not re.search(r"def triton_\w*cat\w*\(", codes[1]), "a cat kernel is left in the backward"
+    codes_off, unfolded = grads_of(False)
+    assert "cat3" not in codes_off[1]
+    for f, u in zip(folded, unfolded):
+        assert torch.equal(f, u)
+
+
 def test_block_with_fused_swiglu_trains_as_close_to_bf16_on_cuda():
     import fp8pass
     from torch._inductor.utils import run_and_get_code

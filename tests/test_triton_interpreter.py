@@ -43,7 +43,8 @@ def _run_checks(which: str) -> str:
 def test_quantize_kernels_match_reference_under_interpreter():
     out = _run_checks("quantize")
     for name in ("quantize_1x128[", "quantize_128x1[", "quantize_1x128_128x1[", "quantize_128x128[",
-                 "quantize transposed outputs", "grouped tile order[130x32,GROUP_M=8]"):
+                 "quantize transposed outputs", "grouped tile order[130x32,GROUP_M=8]",
+                 "cat3 addressing[bhtd,B=3,T=50,H=(8, 2, 2),D=64]"):
         assert f"OK {name}" in out
 
 

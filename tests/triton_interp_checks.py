@@ -439,11 +439,68 @@ def run_tile_order() -> None:
         check(f"grouped tile order[{n_mb}x{n_kb},GROUP_M={group}]", order)
 
 
+@triton.jit
+def _cat3_gather_kernel(x0, x1, x2, out_ptr, M, K, T, KB1, KB2,
+                        D0, s0b, s0t, s0h, s0d, D1, s1b, s1t, s1h, s1d, D2, s2b, s2t, s2h, s2d):
+    """out[M, K] = the three parts side by side, one 128x128 tile per program, read through
+    _cat3_tile_ptrs as the Gluon dual quantizer of a fused QKV gradient reads them."""
+    mb = tl.program_id(0)
+    kb = tl.program_id(1)
+    rows = mb * 128 + tl.arange(0, 128)
+    cols = kb * 128 + tl.arange(0, 128)
+    ptrs = _tq._cat3_tile_ptrs(x0, x1, x2, rows, cols, kb, KB1, KB2, T,
+                               D0, s0b, s0t, s0h, s0d, D1, s1b, s1t, s1h, s1d, D2, s2b, s2t, s2h, s2d)
+    mask = (rows < M)[:, None]
+    tl.store(out_ptr + rows[:, None] * K + cols[None, :], tl.load(ptrs, mask=mask), mask=mask)
+
+
+def run_cat3_addressing() -> None:
+    """triton_quantize._cat3_tile_ptrs against torch.cat of the parts viewed as [B*T, H*D]: parts
+    in the layouts a fused QKV projection's gradient comes in ([B, T, H, D] views of [B, H, T, D]
+    or [B, T, H, D] storage, a slice of a [B, T, 3, H, D] buffer), head dims 64 and 128, grouped-
+    query widths (K and V narrower than Q), and a row count that is not a multiple of 128."""
+    gen = torch.Generator().manual_seed(7)
+
+    def parts_of(b, t, heads, d, layout):
+        out = []
+        if layout == "qkv buffer":
+            buf = torch.randn(b, t, 3, heads[0], d, generator=gen)
+            return [buf[:, :, i] for i in range(3)]
+        for h in heads:
+            if layout == "bhtd":  # attention-layout storage, seen as [B, T, H, D]
+                out.append(torch.randn(b, h, t, d, generator=gen).transpose(1, 2))
+            else:
+                out.append(torch.randn(b, t, h, d, generator=gen))
+        return out
+
+    cases = [(2, 100, (4, 4, 4), 64, "bhtd"), (1, 300, (2, 2, 2), 128, "btHd"), (2, 70, (2, 2, 2), 128, "qkv buffer"),
+             (3, 50, (8, 2, 2), 64, "bhtd")]
+    for b, t, heads, d, layout in cases:
+        def gather(b=b, t=t, heads=heads, d=d, layout=layout):
+            parts = parts_of(b, t, heads, d, layout)
+            want = torch.cat([p.reshape(b * t, -1) for p in parts], dim=1)
+            m, k = want.shape
+            widths = [p.shape[2] * p.shape[3] for p in parts]
+            got = torch.full_like(want, float("nan"))
+            args = []
+            for p in parts:
+                args += [p.shape[3], *p.stride()]
+            _cat3_gather_kernel[(triton.cdiv(m, 128), k // 128)](
+                *parts, got, m, k, t, widths[0] // 128, (widths[0] + widths[1]) // 128, *args)
+            if not torch.equal(got, want):
+                bad = (got != want).nonzero()[0].tolist()
+                return False, f"first wrong element {bad}: {got[bad[0], bad[1]]} vs {want[bad[0], bad[1]]}"
+            return True, ""
+
+        check(f"cat3 addressing[{layout},B={b},T={t},H={heads},D={d}]", gather)
+
+
 if __name__ == "__main__":
     which = sys.argv[1:] or ["quantize", "gemm", "swiglu"]
     if "quantize" in which:
         run_quantize()
         run_tile_order()
+        run_cat3_addressing()
     if "swiglu" in which:
         run_swiglu()
     if "gemm" in which:
