@@ -150,6 +150,17 @@ class Report:
         """{"forward": n, "backward": m}: the fused SwiGLU-quantization kernels in the partitioned
         graphs (Config.fuse_swiglu): one per MLP in forward, two in backward, three with
         recompute_fp8_activations (w2's 128x1 copy made there too)."""
+        return self._count_ops(lambda name: name.startswith("swiglu_"))
+
+    @property
+    def folded_gradient_cats(self) -> int:
+        """Fused QKV gradients quantized from their three parts without a cat (Config.fold_gradient_cat):
+        one per attention layer with a fused QKV projection, in backward."""
+        return self._count_ops(lambda name: name == "quantize_1x128_128x1_cat3")["backward"]
+
+    def _count_ops(self, wanted) -> dict:
+        """{"forward": n, "backward": m}: the fp8pass ops whose name `wanted` accepts, in the
+        partitioned graphs."""
         from .kernels.ops import op_name
 
         counts = {"forward": 0, "backward": 0}
@@ -157,7 +168,7 @@ class Report:
             kind = name.rsplit("_", 1)[-1]
             if kind in counts and isinstance(gm, torch.fx.GraphModule):
                 counts[kind] += sum(1 for n in gm.graph.nodes if n.op == "call_function"
-                                    and (op_name(n.target) or "").startswith("swiglu_"))
+                                    and wanted(op_name(n.target) or ""))
         return counts
 
     @property
@@ -207,6 +218,9 @@ class Report:
         if any(swiglu.values()):
             lines.append(f"SwiGLU computed inside its quantization kernels (fuse_swiglu): {swiglu['forward']} in "
                          f"forward, {swiglu['backward']} in backward")
+        if self.folded_gradient_cats:
+            lines.append(f"Fused QKV gradients quantized from SDPA's three gradients, no cat (fold_gradient_cat): "
+                         f"{self.folded_gradient_cats} in backward")
         return "\n".join(lines)
 
     def table(self) -> str:

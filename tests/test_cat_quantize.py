@@ -1,0 +1,108 @@
+"""The fused QKV gradient's cat folded into its dual quantization (lowering/cat_quantize.py,
+Config.fold_gradient_cat): what the backward graph runs, and that training computes the same."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import fp8pass
+from conftest import load_example
+
+train_gpt = load_example("train_gpt")
+CFG = train_gpt.GPTConfig(dim=256, n_heads=2, mlp_hidden=768, seq_len=128)
+
+
+class GroupedQueryAttention(nn.Module):
+    """Fused QKV projection with narrower K and V (grouped-query attention, 4 query heads, 2 KV heads)."""
+
+    def __init__(self, dim=512, heads=4, kv_heads=2):
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, dim // heads
+        self.wqkv = nn.Linear(dim, dim + 2 * kv_heads * self.head_dim, bias=False)
+        self.wo = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        kv = self.kv_heads * self.head_dim
+        q, k, v = self.wqkv(x).split([d, kv, kv], dim=-1)
+        q = q.view(b, t, self.heads, self.head_dim).transpose(1, 2)
+        k, v = (z.view(b, t, self.kv_heads, self.head_dim).transpose(1, 2) for z in (k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        return self.wo(y.transpose(1, 2).reshape(b, t, d))
+
+
+def _grads_and_code(model, x, **options):
+    from torch._inductor.utils import run_and_get_code
+
+    torch._dynamo.reset()
+    model.zero_grad(set_to_none=True)
+    x.grad = None
+    compiled = torch.compile(model, backend=fp8pass.backend(**options))
+    _, codes = run_and_get_code(lambda: compiled(x).square().mean().backward())
+    return [x.grad.clone()] + [p.grad.clone() for p in model.parameters()], codes
+
+
+def test_qkv_gradient_is_quantized_from_the_three_sdpa_gradients():
+    """The backward calls the cat3 op on views of SDPA's three gradient buffers (no cat kernel and
+    no copy of them), and every gradient is the one the unfolded graph computes, bit for bit."""
+    torch.manual_seed(0)
+    block, x = train_gpt.Block(CFG), torch.randn(2, 128, 256, requires_grad=True)
+    folded, codes = _grads_and_code(block, x)
+    unfolded, codes_off = _grads_and_code(block, x, fold_gradient_cat=False)
+    backward, backward_off = codes[1], codes_off[1]
+    call = re.search(r"torch\.ops\.fp8pass\.quantize_1x128_128x1_cat3_out\.default\((.*)\)\n", backward)
+    assert call, "the fused QKV gradient's quantization is not the cat3 op"
+    parts = re.findall(r"reinterpret_tensor\((buf\d+),", call.group(1))
+    assert len(parts) == 3 and len(set(parts)) == 3, call.group(1)
+    for buf in parts:  # each part is an output of SDPA's backward, read in place
+        assert re.search(rf"\n +{buf} = (buf\d+)\[\d\]", backward) or re.search(rf"{buf}.*attention", backward), buf
+    assert "fused_cat" not in backward  # Inductor's kernel names list the ops they fuse
+    assert "fused_cat" in backward_off and "cat3" not in backward_off, "the negative control: without the option"
+    for f, u in zip(folded, unfolded):
+        assert torch.equal(f, u)
+
+
+def test_explain_counts_the_folded_cats():
+    torch.manual_seed(0)
+    model = train_gpt.GPT(train_gpt.GPTConfig(dim=128, n_layers=2, n_heads=2, mlp_hidden=384, seq_len=64))
+    tokens = torch.randint(0, 256, (2, 64))
+    report = fp8pass.explain(model, tokens, tokens)
+    assert report.folded_gradient_cats == 2
+    assert "no cat (fold_gradient_cat): 2 in backward" in str(report)
+    torch._dynamo.reset()
+    off = fp8pass.explain(model, tokens, tokens, fp8_config=fp8pass.Config(fold_gradient_cat=False))
+    assert off.folded_gradient_cats == 0 and "fold_gradient_cat" not in str(off)
+
+
+def test_grouped_query_widths_fold():
+    """K and V narrower than Q: the parts' widths 512, 256, 256 (tile boundaries 4 and 6)."""
+    torch.manual_seed(0)
+    attn, x = GroupedQueryAttention(), torch.randn(2, 64, 512, requires_grad=True)
+    folded, codes = _grads_and_code(attn, x)
+    unfolded, _ = _grads_and_code(attn, x, fold_gradient_cat=False)
+    assert "quantize_1x128_128x1_cat3_out" in codes[1]
+    for f, u in zip(folded, unfolded):
+        assert torch.equal(f, u)
+
+
+def test_folds_under_dynamic_sequence_lengths():
+    from torch._dynamo.utils import counters
+    from torch._inductor.utils import run_and_get_code
+
+    torch.manual_seed(0)
+    model = train_gpt.GPT(train_gpt.GPTConfig(dim=128, n_layers=1, n_heads=2, mlp_hidden=384, seq_len=256))
+    counters.clear()
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="fp8", dynamic=True)
+    for t in (140, 200):
+        tokens = torch.randint(0, 256, (2, t), generator=torch.Generator().manual_seed(t))
+        if t == 140:
+            _, codes = run_and_get_code(lambda: compiled(tokens, tokens).backward())
+            assert "quantize_1x128_128x1_cat3_out" in codes[1]
+        else:
+            compiled(tokens, tokens).backward()
+    assert counters["stats"]["unique_graphs"] == 1
