@@ -80,28 +80,30 @@ def _grouped_tile(t, n_mb, n_kb, GROUP_M: tl.constexpr):
 
 
 @triton.jit
-def _cat3_tile_ptrs(x0_ptr, x1_ptr, x2_ptr, rows, cols, kb, KB1, KB2, T,
-                    D0, s0b, s0t, s0h, s0d, D1, s1b, s1t, s1h, s1d, D2, s2b, s2t, s2h, s2d):
-    """Pointers to the elements (rows, cols) of tile column kb of three [B, T, H_i, D_i] tensors
-    (any strides) seen side by side as one [B*T, sum of H_i*D_i] matrix: part 0 holds the tile
-    columns below KB1, part 1 those below KB2, part 2 the rest (a tile never straddles two parts).
-    rows and cols are 1-D index vectors of the tile's rows and (global) columns. Used by the Gluon
-    dual quantizer of a fused QKV gradient (compiled there as a Gluon function); checked under the
+def _cat3_tile_ptrs(x0_ptr, x1_ptr, x2_ptr, rows, j, kb, KB1, KB2, T, D,
+                    s0b, s0t, s0h, s0d, s1b, s1t, s1h, s1d, s2b, s2t, s2h, s2d, HEAD_COLS: tl.constexpr):
+    """Pointers to the elements of tile column kb of three [B, T, H_i, D] tensors (any strides) seen
+    side by side as one [B*T, sum of H_i*D] matrix: part 0 holds the tile columns below KB1, part 1
+    those below KB2, part 2 the rest (a tile never straddles two parts). rows: the tile's row
+    indices; j: arange(0, 128), its columns. HEAD_COLS = 128 if D % 128 == 0, else D (a divisor of
+    128): runs of HEAD_COLS columns are contiguous in a head, which the compiler can see (j //
+    HEAD_COLS, j % HEAD_COLS by a constant), so the loads stay vectorized. Used by the Gluon dual
+    quantizer of a fused QKV gradient (compiled there as a Gluon function); checked under the
     interpreter (tests/triton_interp_checks.py)."""
     in1 = kb >= KB1
     in2 = kb >= KB2
     ptr = tl.where(in2, x2_ptr, tl.where(in1, x1_ptr, x0_ptr))
-    first_col = tl.where(in2, KB2, tl.where(in1, KB1, 0)) * 128
-    d = tl.where(in2, D2, tl.where(in1, D1, D0))
+    c0 = (kb - tl.where(in2, KB2, tl.where(in1, KB1, 0))) * 128  # the tile's first column in its part
     sb = tl.where(in2, s2b, tl.where(in1, s1b, s0b)).to(tl.int64)
     st = tl.where(in2, s2t, tl.where(in1, s1t, s0t)).to(tl.int64)
     sh = tl.where(in2, s2h, tl.where(in1, s1h, s0h)).to(tl.int64)
     sd = tl.where(in2, s2d, tl.where(in1, s1d, s0d)).to(tl.int64)
-    c = cols - first_col  # the column within the part: head c // d, element c % d
-    h = c // d
+    h0 = c0 // D
+    head = h0 + j // HEAD_COLS
+    elem = (c0 - h0 * D) + j % HEAD_COLS
     b = rows // T
     row_off = b.to(tl.int64) * sb + (rows - b * T).to(tl.int64) * st
-    col_off = h.to(tl.int64) * sh + (c - h * d).to(tl.int64) * sd
+    col_off = head.to(tl.int64) * sh + elem.to(tl.int64) * sd
     return ptr + row_off[:, None] + col_off[None, :]
 
 
@@ -484,8 +486,9 @@ def quantize_1x128_128x1(x: torch.Tensor, *, col_layout: str = "normal", out=Non
 
 def quantize_1x128_128x1_cat3(x0: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, *, out=None):
     """quantize_1x128_128x1(cat3_input(x0, x1, x2), col_layout="transposed") (see ops.py): on sm90,
-    for 2-byte parts whose widths are multiples of 128, one Gluon kernel reads the three parts in
-    place; otherwise the parts are concatenated into a temporary first (the same numbers)."""
+    for 2-byte parts of one head dim D (a multiple or a divisor of 128) whose widths are multiples
+    of 128, one Gluon kernel reads the three parts in place; otherwise the parts are concatenated
+    into a temporary first (the same numbers)."""
     from .ops import cat3_input, cat3_rows_and_widths
 
     m, widths = cat3_rows_and_widths("quantize_1x128_128x1_cat3", x0, x1, x2)
@@ -495,7 +498,7 @@ def quantize_1x128_128x1_cat3(x0: torch.Tensor, x1: torch.Tensor, x2: torch.Tens
         out = (torch.empty((m, k), dtype=FP8_DTYPE, device=dev), empty_mn_major((m,), _cdiv(k, TILE), device=dev),
                torch.empty((k, m), dtype=FP8_DTYPE, device=dev), empty_mn_major((k,), _cdiv(m, TILE), device=dev))
     gluon_quant = _gluon_quantize(x0.device) if _DUAL_IMPL != "triton" else None
-    if (gluon_quant is not None and x0.element_size() == 2 and all(w % TILE == 0 for w in widths)):
+    if gluon_quant is not None and gluon_quant.cat3_supported(x0, x1, x2):
         gluon_quant.quantize_dual_cat3_transposed(x0, x1, x2, *out)
         return out
     return quantize_1x128_128x1(cat3_input(x0, x1, x2), col_layout="transposed", out=out)

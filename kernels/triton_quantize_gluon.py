@@ -190,22 +190,23 @@ if gluon is not None:
     @gluon.jit
     def _quant_dual_cat3_kernel(
         x0_ptr, x1_ptr, x2_ptr, qr_ptr, sr_ptr, qt_ptr, sc_ptr,
-        M, K, T, KB1, KB2,
-        D0, s0b, s0t, s0h, s0d, D1, s1b, s1t, s1h, s1d, D2, s2b, s2t, s2h, s2d,
+        M, K, T, KB1, KB2, D,
+        s0b, s0t, s0h, s0d, s1b, s1t, s1h, s1d, s2b, s2t, s2h, s2d,
+        HEAD_COLS: gl.constexpr,
         ROW_SPT: gl.constexpr,
         COL_SPT: gl.constexpr,
         num_warps: gl.constexpr,
         GROUP_M: gl.constexpr,
     ):
-        """_quant_dual_kernel (1-D grid) of three [B, T, H_i, D_i] parts seen as one [B*T, K] matrix
+        """_quant_dual_kernel (1-D grid) of three [B, T, H_i, D] parts seen as one [B*T, K] matrix
         (triton_quantize._cat3_tile_ptrs): each tile read in place from the part holding it."""
         ROW: gl.constexpr = _row_layout(ROW_SPT, num_warps)
         COL: gl.constexpr = _col_layout(COL_SPT, num_warps)
         mb, kb = _grouped_tile(gl.program_id(0), gl.cdiv(M, 128), K // 128, GROUP_M)
         rows = mb * 128 + gl.arange(0, 128, layout=gl.SliceLayout(1, ROW))
-        cols = kb * 128 + gl.arange(0, 128, layout=gl.SliceLayout(0, ROW))
-        ptrs = _cat3_tile_ptrs(x0_ptr, x1_ptr, x2_ptr, rows, cols, kb, KB1, KB2, T,
-                               D0, s0b, s0t, s0h, s0d, D1, s1b, s1t, s1h, s1d, D2, s2b, s2t, s2h, s2d)
+        j = gl.arange(0, 128, layout=gl.SliceLayout(0, ROW))
+        ptrs = _cat3_tile_ptrs(x0_ptr, x1_ptr, x2_ptr, rows, j, kb, KB1, KB2, T, D,
+                               s0b, s0t, s0h, s0d, s1b, s1t, s1h, s1d, s2b, s2t, s2h, s2d, HEAD_COLS)
         x = gl.load(ptrs, mask=(rows < M)[:, None], other=0.0)
         _quantize_tile_dual(x, mb, kb, M, K, qr_ptr, sr_ptr, qt_ptr, sc_ptr, True, ROW, COL, True)
 
@@ -431,26 +432,33 @@ def quantize_dual_transposed(x: torch.Tensor, q_row, s_row, q_col_t, s_col_t) ->
     _launch(x, q_row, s_row, q_col_t, s_col_t, True, _ROW_SPT, _COL_SPT)
 
 
+def cat3_supported(x0: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor) -> bool:
+    """Parts quantize_dual_cat3_transposed takes: 2-byte, one head dim D that is a multiple or a
+    divisor of 128, each part's H * D a multiple of 128."""
+    d = x0.shape[3]
+    return (x0.element_size() == 2 and d > 0 and x1.shape[3] == x2.shape[3] == d
+            and (d % TILE == 0 or TILE % d == 0) and all(p.shape[2] * d % TILE == 0 for p in (x0, x1, x2)))
+
+
 def quantize_dual_cat3_transposed(x0: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, q_row, s_row, q_col_t,
                                   s_col_t) -> None:
-    """quantize_dual_transposed of three [B, T, H_i, D_i] parts side by side ([B*T, sum of H_i*D_i]),
-    each read in place through its strides; every part's H_i * D_i a multiple of 128."""
-    b, t = x0.shape[:2]
-    widths = [p.shape[2] * p.shape[3] for p in (x0, x1, x2)]
-    if any(w % TILE for w in widths):
-        raise ValueError(f"the Gluon quantizer needs each part's width to be a multiple of 128, got parts of "
-                         f"shapes {[tuple(p.shape) for p in (x0, x1, x2)]}")
+    """quantize_dual_transposed of three [B, T, H_i, D] parts side by side ([B*T, sum of H_i*D]),
+    each read in place through its strides (cat3_supported says which parts)."""
+    if not cat3_supported(x0, x1, x2):
+        raise ValueError(f"the Gluon cat3 quantizer needs 2-byte parts of one head dim (a multiple or divisor of "
+                         f"128) and widths multiple of 128, got {[(tuple(p.shape), p.dtype) for p in (x0, x1, x2)]}")
+    b, t, _, d = x0.shape
+    widths = [p.shape[2] * d for p in (x0, x1, x2)]
     m, k = b * t, sum(widths)
-    if m == 0 or k == 0:
+    if m == 0:
         return
-    parts = []
-    for p in (x0, x1, x2):
-        parts += [p.shape[3], *p.stride()]
     group_m = max(_DUAL_GROUP_M, 1)  # a 1-D grid in _grouped_tile's order
     opts = {"maxnreg": _MAXNREG} if _MAXNREG else {}
     _launch_dual_cat3((_cdiv(m, TILE) * (k // TILE),), x0, x1, x2, q_row, s_row, q_col_t, s_col_t, m, k,
-                      t, widths[0] // TILE, (widths[0] + widths[1]) // TILE, *parts,
-                      ROW_SPT=_ROW_SPT, COL_SPT=_COL_SPT, num_warps=_WARPS, GROUP_M=group_m, **opts)
+                      t, widths[0] // TILE, (widths[0] + widths[1]) // TILE, d,
+                      *x0.stride(), *x1.stride(), *x2.stride(),
+                      HEAD_COLS=TILE if d % TILE == 0 else d, ROW_SPT=_ROW_SPT, COL_SPT=_COL_SPT, num_warps=_WARPS,
+                      GROUP_M=group_m, **opts)
 
 
 def quantize_128x1_transposed(x: torch.Tensor, q_t, s_t) -> None:

@@ -83,26 +83,34 @@ def test_gluon_quantizer_compiles_for_sm90_without_spills(dtype, kernel, tmp_pat
                       f"{triton.__version__} (no spills on {_MEASURED_TRITON}, where its settings were measured)")
 
 
-@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
-def test_gluon_cat3_quantizer_compiles_for_sm90_without_spills(dtype, tmp_path):
+@pytest.mark.parametrize("dtype,head_cols", [("bf16", 128), ("fp16", 128), ("bf16", 64)])
+def test_gluon_cat3_quantizer_compiles_for_sm90_without_spills(dtype, head_cols, tmp_path):
     """The dual quantizer of a fused QKV gradient read in place from its three parts, specialized
-    as a launch on [B, T, H, D] gradient views is (aligned pointers, unit element strides)."""
+    as a launch on [B, T, H, D] gradient views is (aligned pointers, unit element strides): no
+    spills, and its loads 16 bytes wide as the plain dual quantizer's (the parts' addressing keeps
+    runs of HEAD_COLS columns visibly contiguous)."""
+    from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
 
     sig = {"x0_ptr": f"*{dtype}", "x1_ptr": f"*{dtype}", "x2_ptr": f"*{dtype}", "qr_ptr": "*fp8e4nv",
            "sr_ptr": "*fp32", "qt_ptr": "*fp8e4nv", "sc_ptr": "*fp32", "M": "i32", "K": "i32", "T": "i32",
-           "KB1": "i32", "KB2": "i32"}
-    for i in range(3):
-        sig |= {f"D{i}": "i32", f"s{i}b": "i32", f"s{i}t": "i32", f"s{i}h": "i32", f"s{i}d": "i32"}
-    sig |= {"ROW_SPT": "constexpr", "COL_SPT": "constexpr", "num_warps": "constexpr", "GROUP_M": "constexpr"}
-    consts = {"s0d": 1, "s1d": 1, "s2d": 1, "ROW_SPT": tqg._ROW_SPT, "COL_SPT": tqg._COL_SPT,
+           "KB1": "i32", "KB2": "i32", "D": "i32"}
+    sig |= {f"s{i}{c}": "i32" for i in range(3) for c in "bthd"}
+    sig |= {"HEAD_COLS": "constexpr", "ROW_SPT": "constexpr", "COL_SPT": "constexpr", "num_warps": "constexpr",
+            "GROUP_M": "constexpr"}
+    consts = {"s0d": 1, "s1d": 1, "s2d": 1, "HEAD_COLS": head_cols, "ROW_SPT": tqg._ROW_SPT, "COL_SPT": tqg._COL_SPT,
               "num_warps": tqg._WARPS, "GROUP_M": max(tqg._DUAL_GROUP_M, 1)}
     names = list(sig)
-    aligned = ["x0_ptr", "x1_ptr", "x2_ptr", "qr_ptr", "sr_ptr", "qt_ptr", "sc_ptr", "M", "K", "T"]
-    aligned += [f"s{i}{c}" for i in range(3) for c in "bth"] + [f"D{i}" for i in range(3)]
+    aligned = ["x0_ptr", "x1_ptr", "x2_ptr", "qr_ptr", "sr_ptr", "qt_ptr", "sc_ptr", "M", "K", "T", "D"]
+    aligned += [f"s{i}{c}" for i in range(3) for c in "bth"]
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in aligned}
-    regs, stack = _registers_and_stack(GluonASTSource(tqg._quant_dual_cat3_kernel, sig, consts, attrs),
-                                       {"num_warps": tqg._WARPS, "maxnreg": tqg._MAXNREG}, tmp_path)
+    src = GluonASTSource(tqg._quant_dual_cat3_kernel, sig, consts, attrs)
+    options = {"num_warps": tqg._WARPS, "maxnreg": tqg._MAXNREG}
+    regs, stack = _registers_and_stack(src, options, tmp_path)
+    ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={**COMPILE_OPTIONS, **options}).asm["ptx"]
+    loads = re.findall(r"ld\.global(?:\.\w+)*", ptx)
+    assert loads and all(".v4.b32" in ld or ".b32" not in ld for ld in loads), sorted(set(loads))
+    assert sum(".v4.b32" in ld for ld in loads) >= 2, sorted(set(loads))  # the tile: 2 x 16 bytes a thread and row
     assert regs <= tqg._MAXNREG
     if triton.__version__.startswith(_MEASURED_TRITON):
         assert stack == 0, f"cat3 dual kernel ({dtype}) spills: {stack} bytes of stack at {regs} registers"

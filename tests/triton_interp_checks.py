@@ -440,25 +440,26 @@ def run_tile_order() -> None:
 
 
 @triton.jit
-def _cat3_gather_kernel(x0, x1, x2, out_ptr, M, K, T, KB1, KB2,
-                        D0, s0b, s0t, s0h, s0d, D1, s1b, s1t, s1h, s1d, D2, s2b, s2t, s2h, s2d):
+def _cat3_gather_kernel(x0, x1, x2, out_ptr, M, K, T, KB1, KB2, D,
+                        s0b, s0t, s0h, s0d, s1b, s1t, s1h, s1d, s2b, s2t, s2h, s2d, HEAD_COLS: tl.constexpr):
     """out[M, K] = the three parts side by side, one 128x128 tile per program, read through
     _cat3_tile_ptrs as the Gluon dual quantizer of a fused QKV gradient reads them."""
     mb = tl.program_id(0)
     kb = tl.program_id(1)
     rows = mb * 128 + tl.arange(0, 128)
-    cols = kb * 128 + tl.arange(0, 128)
-    ptrs = _tq._cat3_tile_ptrs(x0, x1, x2, rows, cols, kb, KB1, KB2, T,
-                               D0, s0b, s0t, s0h, s0d, D1, s1b, s1t, s1h, s1d, D2, s2b, s2t, s2h, s2d)
+    j = tl.arange(0, 128)
+    ptrs = _tq._cat3_tile_ptrs(x0, x1, x2, rows, j, kb, KB1, KB2, T, D,
+                               s0b, s0t, s0h, s0d, s1b, s1t, s1h, s1d, s2b, s2t, s2h, s2d, HEAD_COLS)
     mask = (rows < M)[:, None]
-    tl.store(out_ptr + rows[:, None] * K + cols[None, :], tl.load(ptrs, mask=mask), mask=mask)
+    tl.store(out_ptr + rows[:, None] * K + (kb * 128 + j)[None, :], tl.load(ptrs, mask=mask), mask=mask)
 
 
 def run_cat3_addressing() -> None:
     """triton_quantize._cat3_tile_ptrs against torch.cat of the parts viewed as [B*T, H*D]: parts
     in the layouts a fused QKV projection's gradient comes in ([B, T, H, D] views of [B, H, T, D]
-    or [B, T, H, D] storage, a slice of a [B, T, 3, H, D] buffer), head dims 64 and 128, grouped-
-    query widths (K and V narrower than Q), and a row count that is not a multiple of 128."""
+    or [B, T, H, D] storage, a slice of a [B, T, 3, H, D] buffer), grouped-query widths (K and V
+    narrower than Q), head dims 32, 64, 128 and 256 (a tile spanning several heads, or part of
+    one), and a row count that is not a multiple of 128."""
     gen = torch.Generator().manual_seed(7)
 
     def parts_of(b, t, heads, d, layout):
@@ -474,7 +475,7 @@ def run_cat3_addressing() -> None:
         return out
 
     cases = [(2, 100, (4, 4, 4), 64, "bhtd"), (1, 300, (2, 2, 2), 128, "btHd"), (2, 70, (2, 2, 2), 128, "qkv buffer"),
-             (3, 50, (8, 2, 2), 64, "bhtd")]
+             (3, 50, (8, 2, 2), 64, "bhtd"), (2, 40, (1, 1, 1), 256, "bhtd"), (1, 130, (8, 4, 4), 32, "btHd")]
     for b, t, heads, d, layout in cases:
         def gather(b=b, t=t, heads=heads, d=d, layout=layout):
             parts = parts_of(b, t, heads, d, layout)
@@ -482,11 +483,10 @@ def run_cat3_addressing() -> None:
             m, k = want.shape
             widths = [p.shape[2] * p.shape[3] for p in parts]
             got = torch.full_like(want, float("nan"))
-            args = []
-            for p in parts:
-                args += [p.shape[3], *p.stride()]
+            strides = [s for p in parts for s in p.stride()]
             _cat3_gather_kernel[(triton.cdiv(m, 128), k // 128)](
-                *parts, got, m, k, t, widths[0] // 128, (widths[0] + widths[1]) // 128, *args)
+                *parts, got, m, k, t, widths[0] // 128, (widths[0] + widths[1]) // 128, d, *strides,
+                HEAD_COLS=128 if d % 128 == 0 else d)
             if not torch.equal(got, want):
                 bad = (got != want).nonzero()[0].tolist()
                 return False, f"first wrong element {bad}: {got[bad[0], bad[1]]} vs {want[bad[0], bad[1]]}"
