@@ -685,62 +685,53 @@ def test_cat3_quantizer_gives_the_bytes_of_the_dual_of_the_cat(layout, dtype):
             assert torch.equal(g.view(bits), w.view(bits)), f"{name}: output {i} differs"
 
 
-def test_block_gradients_with_the_qkv_gradient_cat_folded_on_cuda():
-    """A compiled block's backward quantizes the fused QKV gradient from SDPA's three gradients
-    (quantize_1x128_128x1_cat3, no cat kernel), with the gradients of the unfolded graph, bit for bit."""
-    import fp8pass
+def _cuda_block_codes_and_grads(backend):
+    """(Inductor's generated code, the gradients of x and of every parameter) of one fwd+bwd of a
+    small bf16 block of the example GPT on CUDA; backend None: eager."""
     from torch._inductor.utils import run_and_get_code
     from conftest import load_example
 
     train_gpt = load_example("train_gpt")
     cfg = train_gpt.GPTConfig(dim=256, n_heads=2, mlp_hidden=768, seq_len=128)
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    block = train_gpt.Block(cfg).to("cuda", torch.bfloat16)
+    x = torch.randn(4, 128, 256, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    model = block if backend is None else torch.compile(block, backend=backend)
+    _, codes = run_and_get_code(lambda: model(x).float().square().mean().backward())
+    return codes, [x.grad] + [p.grad for p in block.parameters()]
 
-    def grads_of(fold):
-        torch._dynamo.reset()
-        torch.manual_seed(0)
-        block = train_gpt.Block(cfg).to("cuda", torch.bfloat16)
-        x = torch.randn(4, 128, 256, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-        model = torch.compile(block, backend=fp8pass.backend(fold_gradient_cat=fold))
-        _, codes = run_and_get_code(lambda: model(x).float().square().mean().backward())
-        return codes, [x.grad] + [p.grad for p in block.parameters()]
 
-    codes, folded = grads_of(True)
-    assert "quantize_1x128_128x1_cat3_out" in codes[1]
-    assert not re.search(r"def triton_\w*cat\w*\(", codes[1]), "a cat kernel is left in the backward"
-    codes_off, unfolded = grads_of(False)
-    assert "cat3" not in codes_off[1]
+def test_block_gradients_with_the_qkv_gradient_cat_folded_on_cuda():
+    """A compiled block's backward quantizes the fused QKV gradient from SDPA's three gradients
+    (quantize_1x128_128x1_cat3, no cat kernel), with the gradients of the unfolded graph, bit for bit."""
+    import fp8pass
+
+    codes, folded = _cuda_block_codes_and_grads(fp8pass.backend(fold_gradient_cat=True))
+    codes_off, unfolded = _cuda_block_codes_and_grads(fp8pass.backend(fold_gradient_cat=False))
+    cat_kernel = re.compile(r"def triton_\w*cat\w*\(")
+    assert "quantize_1x128_128x1_cat3_out" in codes[1] and not cat_kernel.search(codes[1])
+    assert cat_kernel.search(codes_off[1]) and "cat3" not in codes_off[1], "the negative control"
     for f, u in zip(folded, unfolded):
         assert torch.equal(f, u)
 
 
 def test_block_with_fused_swiglu_trains_as_close_to_bf16_on_cuda():
     import fp8pass
-    from torch._inductor.utils import run_and_get_code
-    from conftest import load_example, sqnr_db
+    from conftest import sqnr_db
 
-    train_gpt = load_example("train_gpt")
-    cfg = train_gpt.GPTConfig(dim=256, n_heads=2, mlp_hidden=768, seq_len=128)
 
-    def grads_of(backend):
-        torch._dynamo.reset()
-        torch.manual_seed(0)
-        block = train_gpt.Block(cfg).to("cuda", torch.bfloat16)
-        x = torch.randn(4, 128, 256, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-        model = block if backend is None else torch.compile(block, backend=backend)
-        _, codes = run_and_get_code(lambda: model(x).float().square().mean().backward())
-        return codes, [x.grad] + [p.grad for p in block.parameters()]
-
-    _, want = grads_of(None)
+    _, want = _cuda_block_codes_and_grads(None)
     # the dual fused op (w2's both copies saved from forward)
-    codes, fused = grads_of(fp8pass.backend(fuse_swiglu=True, recompute_fp8_activations=False))
+    codes, fused = _cuda_block_codes_and_grads(fp8pass.backend(fuse_swiglu=True, recompute_fp8_activations=False))
     assert "swiglu_quantize_1x128_128x1" in codes[0] and "swiglu_grad_b_quantize_1x128_128x1" in codes[1]
-    _, unfused = grads_of(fp8pass.backend(fuse_swiglu=False, recompute_fp8_activations=False))
+    _, unfused = _cuda_block_codes_and_grads(fp8pass.backend(fuse_swiglu=False, recompute_fp8_activations=False))
     for w, f, u in zip(want, fused, unfused):
         s_fused, s_unfused = sqnr_db(w.float(), f.float()), sqnr_db(w.float(), u.float())
         assert s_fused > 20 and abs(s_fused - s_unfused) < 1.0, (s_fused, s_unfused)
     # with recompute_fp8_activations: w2's 1x128 copy made in forward and its 128x1 copy in
     # backward by the fused single-copy ops
-    codes, recomputed = grads_of(fp8pass.backend(fuse_swiglu=True, recompute_fp8_activations=True))
+    codes, recomputed = _cuda_block_codes_and_grads(fp8pass.backend(fuse_swiglu=True, recompute_fp8_activations=True))
     assert "swiglu_quantize_1x128_out" in codes[0] and "swiglu_quantize_128x1" in codes[1]
     for w, r, u in zip(want, recomputed, unfused):
         s_r, s_unfused = sqnr_db(w.float(), r.float()), sqnr_db(w.float(), u.float())
