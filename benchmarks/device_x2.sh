@@ -29,6 +29,7 @@
 #                                           # 32-element layouts)
 #   bash benchmarks/device_x2.sh s16a       # one GPU: GPU tests (the QKV-gradient cat folded, s15e's), the quantizer table,
 #                                           # the block with per-kernel profiles (bf16 compiled, fp8 with/without the fold)
+#   bash benchmarks/device_x2.sh s16b       # one GPU: the 1B step (bf16, fp8), the quantizer table
 #   bash benchmarks/device_x2.sh s15e       # one GPU (not run yet; an H200): GPU tests of the enable_fp_fusion launches,
 #                                           # the quantizer table
 #   bash benchmarks/device_x2.sh s15d       # one GPU: the dual quantizer along K: its GPU test, the quantizer table
@@ -152,13 +153,15 @@ step_1b() {  # the 1B train_step.py: $1 timeout, $2 log name, then the script's 
 for what in "$@"; do
   case $what in
     s16a)  # session 16, one GPU: the fused QKV gradient quantized from its three parts (cat3) and the GPU tests of
-           # the enable_fp_fusion launches (s15e's), the quantizer table, then the block profiled, bf16 compiled
-           # beside fp8 with and without the fold (where the fp8 step's remaining time goes)
-      CUDA_VISIBLE_DEVICES=0 timeout 130 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_gpu.py \
+           # the enable_fp_fusion launches (s15e's), then the block profiled, bf16 compiled beside fp8 with and
+           # without the fold (where the fp8 step's remaining time goes)
+      CUDA_VISIBLE_DEVICES=0 timeout 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_gpu.py \
         -k "cat3 or qkv_gradient_cat or gluon_ws_schedules or tile_orders or registered or pipelined" > "$OUT/s16a_gpu.log" 2>&1
       echo "GPU tests exit $?"; grep -E "^(FAILED|ERROR)|passed|failed|Error" "$OUT/s16a_gpu.log" | cut -c1-300 | tail -6
-      quant_bench 90
       block_bench 240 --profile --fp8-option fold_gradient_cat=false ;;
+    s16b)  # session 16, one GPU: the 1B step (the fold on, the default), then the quantizer table
+      step_1b 250 step_s16 --variants bf16,fp8
+      quant_bench 90 ;;
     s15e)  # (not run: no device time left in session 15) one GPU, an H200 wanted: the launches with
            # enable_fp_fusion=True (every kernel) in the GPU tests, then the quantizer table with the dual
            # quantizer along K (measured on an H100 only)
