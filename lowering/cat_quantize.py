@@ -66,6 +66,11 @@ def _foldable(quant: Node) -> "tuple[Node, Node, list[Node]] | None":
     dim = cat.args[1] if len(cat.args) > 1 else cat.kwargs.get("dim", 0)
     if len(pieces) != 3 or dim not in (2, -1):
         return None
+    flat, joined = view.meta.get("val"), cat.meta.get("val")
+    if not isinstance(flat, torch.Tensor) or not isinstance(joined, torch.Tensor) or joined.dim() != 3:
+        return None
+    if not statically_known_true(flat.shape[-1] == joined.shape[-1]):  # [B*T, K], not another 2-D view
+        return None
     parts = [_four_d_part(p) for p in pieces]
     if any(p is None for p in parts):
         return None

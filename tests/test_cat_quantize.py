@@ -106,3 +106,28 @@ def test_folds_under_dynamic_sequence_lengths():
         else:
             compiled(tokens, tokens).backward()
     assert counters["stats"]["unique_graphs"] == 1
+
+
+def test_folds_only_the_row_major_view_of_the_cat():
+    """The dual quantization of cat(parts).reshape(B*T, K) folds (and computes what it computes
+    eagerly); of the same cat viewed as [B, T*K] (another matrix) it must not."""
+    from torch._inductor.utils import run_and_get_code
+
+    ops = torch.ops.fp8pass
+    parts = [torch.randn(2, 2, 64, 128).bfloat16() for _ in range(3)]  # [B, H, T, D]
+
+    def as_rows(a, b, c):
+        x = torch.cat([p.transpose(1, 2).reshape(2, 64, 256) for p in (a, b, c)], dim=-1)
+        return ops.quantize_1x128_128x1(x.reshape(128, 768))
+
+    def as_batches(a, b, c):
+        x = torch.cat([p.transpose(1, 2).reshape(2, 64, 256) for p in (a, b, c)], dim=-1)
+        return ops.quantize_1x128_128x1(x.reshape(2, 64 * 768))
+
+    for fn, folds in ((as_rows, True), (as_batches, False)):
+        torch._dynamo.reset()
+        got, (code,) = run_and_get_code(torch.compile(fn, backend="fp8"), *parts)
+        assert ("quantize_1x128_128x1_cat3" in code) == folds, fn.__name__
+        for g, w in zip(got, fn(*parts)):
+            assert torch.equal(g.view(torch.uint8) if g.dtype == torch.float8_e4m3fn else g,
+                               w.view(torch.uint8) if w.dtype == torch.float8_e4m3fn else w), fn.__name__
