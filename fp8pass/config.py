@@ -98,7 +98,8 @@ class Config:
         attention's three input gradients) straight from the three gradients, without writing
         and reading back their concatenation (lowering/cat_quantize.py): the same numbers, one
         pass over 2 x B*T*3*dim bytes less a layer and step (in place on sm90; elsewhere the op
-        concatenates first).
+        concatenates first). On an H100 the Llama block's step kernels took 268 us less (the cat
+        kernel gone; benchmarks/RESULTS.md, session 16).
     inductor_buffers: lower each quantization as its out variant on buffers that Inductor
         allocates (or reuses) in its generated code, instead of the op allocating its
         outputs in Python on every call (lowering/allocated_outputs.py): the same numbers, less
