@@ -13,7 +13,9 @@ permute(dv))` in place of the last two: on sm90 one kernel reads each 128x128 ti
 that holds it, through its strides (kernels/triton_quantize_gluon.py), so the concatenated
 BF16 tensor is neither written nor read (2 x 384 MiB of traffic per step of the Llama block at
 batch 4 x 4096, dim 4096). Same numbers: the op's CPU kernel is the concatenation followed by
-the dual quantization. Grouped-query widths (K and V narrower than Q) fold too. On an H100 the
+the dual quantization. Grouped-query widths (K and V narrower than Q) fold too, and so do rotary
+embeddings: Q's and K's gradients then come from Inductor's rotary-backward kernel (written to
+their own buffers instead of into the cat), V's straight from SDPA. On an H100 the
 block step's kernels took 268 us less: the cat kernel (261 us) gone, the cat3 kernel as fast as
 the plain dual quantizer it replaces (289 vs ~297 us; benchmarks/RESULTS.md, session 16).
 """

@@ -35,6 +35,31 @@ class GroupedQueryAttention(nn.Module):
         return self.wo(y.transpose(1, 2).reshape(b, t, d))
 
 
+def _rotate(x, cos, sin):  # rotary position embedding of x [B, H, T, D]
+    x1, x2 = x.chunk(2, -1)
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1)
+
+
+class RotaryAttention(nn.Module):
+    """Fused QKV projection with rotary embeddings on Q and K (Llama-style, one Linear)."""
+
+    def __init__(self, dim=256, heads=2, seq=64):
+        super().__init__()
+        self.heads, self.head_dim = heads, dim // heads
+        self.wqkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.wo = nn.Linear(dim, dim, bias=False)
+        angles = torch.arange(seq)[:, None] * torch.exp(-torch.arange(self.head_dim // 2) / 8.0)[None]
+        self.register_buffer("cos", angles.cos())
+        self.register_buffer("sin", angles.sin())
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = (z.view(b, t, self.heads, self.head_dim).transpose(1, 2) for z in self.wqkv(x).split(d, -1))
+        q, k = _rotate(q, self.cos[:t], self.sin[:t]), _rotate(k, self.cos[:t], self.sin[:t])
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.wo(y.transpose(1, 2).reshape(b, t, d))
+
+
 def _grads_and_code(model, x, **options):
     from torch._inductor.utils import run_and_get_code
 
@@ -85,6 +110,19 @@ def test_grouped_query_widths_fold():
     folded, codes = _grads_and_code(attn, x)
     unfolded, _ = _grads_and_code(attn, x, fold_gradient_cat=False)
     assert "quantize_1x128_128x1_cat3_out" in codes[1]
+    for f, u in zip(folded, unfolded):
+        assert torch.equal(f, u)
+
+
+def test_rotary_embeddings_fold():
+    """With RoPE, Q's and K's gradients come out of Inductor's rotary-backward kernel, V's straight
+    from SDPA: the cat3 op reads those three buffers (the rotary kernel no longer writes a cat)."""
+    torch.manual_seed(0)
+    attn, x = RotaryAttention(), torch.randn(2, 64, 256, requires_grad=True)
+    folded, codes = _grads_and_code(attn, x)
+    unfolded, codes_off = _grads_and_code(attn, x, fold_gradient_cat=False)
+    assert "quantize_1x128_128x1_cat3_out" in codes[1] and "fused_cat" not in codes[1]
+    assert "cat3" not in codes_off[1]
     for f, u in zip(folded, unfolded):
         assert torch.equal(f, u)
 
