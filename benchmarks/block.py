@@ -95,13 +95,11 @@ def main(argv=None):
     for name, model in variants:
         step = make_step(model)
         try:
-            before = torch.cuda.memory_stats()
-            (ms, synced_ms), kernels = step_ms(step), kernel_count(step)
-            after = torch.cuda.memory_stats()
             # cudaMalloc / cudaFree while timing: a cudaFree synchronizes the device, so a step that
-            # frees cached blocks to fit its allocations loses the host's lead (back-to-back = synced)
-            churn = {k: after.get(k, 0) - before.get(k, 0) for k in ("num_device_alloc", "num_device_free",
-                                                                      "num_alloc_retries")}
+            # frees cached blocks to fit its allocations loses the host's lead (back-to-back = synced);
+            # step_ms times only after a step that needed no cudaMalloc (common.py)
+            churn = {}
+            (ms, synced_ms), kernels = step_ms(step, stats=churn), kernel_count(step)
             block.zero_grad(set_to_none=True)  # the peak from a state without grads (as after zero_grad)
             x.grad = None
             peak = peak_step_bytes(step) / 2**20
@@ -118,8 +116,9 @@ def main(argv=None):
             extra += f" (synced {ref[2] / synced_ms:.2f}x)"
         print(f"{name:>14} {ms:8.2f} {kernels:8d} {'n/a' if cg else f'{peak:.0f}':>9} {synced_ms:9.2f} {extra:>17}",
               flush=True)
-        if any(churn.values()):
-            print(f"  {name}: while timed, {churn['num_device_alloc']} cudaMalloc, {churn['num_device_free']} cudaFree, "
+        if churn["settle_steps"] > 1 or churn["num_device_alloc"] or churn["num_device_free"]:
+            print(f"  {name}: {churn['settle_steps']} steps after the warm-up until one made no cudaMalloc; while "
+                  f"timed, {churn['num_device_alloc']} cudaMalloc, {churn['num_device_free']} cudaFree, "
                   f"{churn['num_alloc_retries']} allocation retries", flush=True)
         grads = grads_after(step, watched)
         if name.startswith("bf16 compiled"):

@@ -32,17 +32,43 @@ def dispatch_choices() -> str:
     return "\n".join(lines)
 
 
-def step_ms(step, warmup: int = 5, iters: int = 20) -> tuple[float, float]:
-    """(back-to-back, synced) time of `step()` in ms, CUDA events, after `warmup` untimed calls.
+_CHURN = ("num_device_alloc", "num_device_free", "num_alloc_retries")
+
+
+def _allocator_counts() -> dict:
+    stats = torch.cuda.memory_stats()
+    return {k: stats.get(k, 0) for k in _CHURN}
+
+
+def step_ms(step, warmup: int = 5, iters: int = 20, stats: dict | None = None,
+            max_settle: int = 50) -> tuple[float, float]:
+    """(back-to-back, synced) time of `step()` in ms, CUDA events, after `warmup` untimed calls
+    and then more (up to `max_settle`) until a step makes no cudaMalloc.
 
     back-to-back: `iters` steps enqueued one after another, the elapsed time over all of them /
     iters, as a training loop runs them: the host prepares step i+1 while the GPU runs step i,
     so host time is hidden where the GPU is the slower side and counted where it is not.
     synced: the median over steps each followed by a synchronize, so each step's time also holds
-    the host's lead-in to its first kernel (the latency of one step, not the loop's rate)."""
+    the host's lead-in to its first kernel (the latency of one step, not the loop's rate).
+
+    Settling: while the caching allocator still grows its pool, a step calls cudaMalloc (slow, and
+    a cudaFree to make room synchronizes the device); that is the start of a run, not the steady
+    state a training loop runs in. (In session 16 the Llama block's fp8 variant made 13 cudaMallocs
+    over its warm-up, timed and profiled steps, following a variant of other buffer sizes, and ran
+    0.4-1.2 ms slower than the same model timed right after it, which made none: the suspected
+    cause, not yet confirmed.) `stats`, if given, gets the settling steps taken and the allocator's
+    cudaMalloc / cudaFree / retry counts over the timed steps."""
     for _ in range(warmup):
         step()
+    settle = 0
+    while settle < max_settle:
+        before = _allocator_counts()["num_device_alloc"]
+        step()
+        settle += 1
+        if _allocator_counts()["num_device_alloc"] == before:
+            break
     torch.cuda.synchronize()
+    counts = _allocator_counts()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
     for _ in range(iters):
@@ -59,6 +85,9 @@ def step_ms(step, warmup: int = 5, iters: int = 20) -> tuple[float, float]:
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end))
     times.sort()
+    if stats is not None:
+        after = _allocator_counts()
+        stats.update(settle_steps=settle, **{k: after[k] - counts[k] for k in _CHURN})
     return back_to_back, times[len(times) // 2]
 
 

@@ -496,3 +496,44 @@ def test_gpu_gaps_of_benchmark_timeline():
     assert (busy, span) == (12 + 5 + 4 + 1, 101)
     assert gaps == [(70, 30, "d", "e"), (8, 12, "b", "c")]
     assert gpu_gaps([], 3) == (0.0, 0.0, [])
+
+
+def test_benchmark_step_timing_waits_for_the_allocator_to_settle(monkeypatch):
+    """benchmarks/common.step_ms times only after a step that made no cudaMalloc (the caching
+    allocator's growth is not the steady state), and reports the settling steps and the allocator
+    counts over the timed steps. CUDA's timing calls are stood in for on the CPU."""
+    import pathlib
+    import sys
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "benchmarks"))
+    import common
+
+    mallocs = {"n": 0}
+    steps = []
+
+    def step():  # the first 8 steps (5 warm-up, 3 settling) each grow the pool
+        steps.append(1)
+        if len(steps) <= 8:
+            mallocs["n"] += 1
+
+    class Event:
+        def __init__(self, **kwargs):
+            self.t = 0
+
+        def record(self):
+            self.t = len(steps)
+
+        def elapsed_time(self, other):
+            return float(other.t - self.t)
+
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "memory_stats", lambda: {"num_device_alloc": mallocs["n"]})
+    stats = {}
+    ms, synced = common.step_ms(step, warmup=5, iters=4, stats=stats)
+    assert stats == {"settle_steps": 4, "num_device_alloc": 0, "num_device_free": 0, "num_alloc_retries": 0}
+    assert len(steps) == 5 + 4 + 4 + 4 and ms == 1.0 and synced == 1.0
+    steps.clear()
+    mallocs["n"] = 0
+    common.step_ms(step, warmup=5, iters=4, stats=stats, max_settle=2)  # gives up settling after 2 steps
+    assert stats["settle_steps"] == 2 and stats["num_device_alloc"] == 1  # step 8, timed, still grew the pool
