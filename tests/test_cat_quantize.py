@@ -60,6 +60,22 @@ class RotaryAttention(nn.Module):
         return self.wo(y.transpose(1, 2).reshape(b, t, d))
 
 
+class UnbindAttention(nn.Module):
+    """timm's ViT attention: one projection reshaped to [B, N, 3, H, D], permuted, unbound."""
+
+    def __init__(self, dim=256, heads=2):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.proj = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        y = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(y.transpose(1, 2).reshape(b, n, c))
+
+
 def _grads_and_code(model, x, **options):
     from torch._inductor.utils import run_and_get_code
 
@@ -125,6 +141,22 @@ def test_rotary_embeddings_fold():
     unfolded, codes_off = _grads_and_code(attn, x, fold_gradient_cat=False)
     assert "quantize_1x128_128x1_cat3_out" in codes[1] and "fused_cat" not in codes[1]
     assert "cat3" not in codes_off[1]
+    for f, u in zip(folded, unfolded):
+        assert torch.equal(f, u)
+
+
+def test_unbound_qkv_folds():
+    """timm-style attention: the backward stacks SDPA's gradients (a dim-0 cat), permutes them to
+    [B, N, 3, H, D] and copies them contiguous; the cat3 op reads the gradients instead (no cat, no
+    copy kernel), bit for bit."""
+    torch.manual_seed(0)
+    attn, x = UnbindAttention(), torch.randn(2, 64, 256, requires_grad=True)
+    folded, codes = _grads_and_code(attn, x)
+    unfolded, codes_off = _grads_and_code(attn, x, fold_gradient_cat=False)
+    assert "quantize_1x128_128x1_cat3_out" in codes[1] and "cat3" not in codes_off[1]
+    # Inductor names the kernel that copied the stacked gradients by the ops it fuses (here
+    # clone_permute_stack); with the fold it is gone
+    assert not re.search(r"fused_\w*stack", codes[1]) and re.search(r"fused_\w*stack", codes_off[1])
     for f, u in zip(folded, unfolded):
         assert torch.equal(f, u)
 
