@@ -39,19 +39,21 @@ aten = torch.ops.aten
 fp8_ops = torch.ops.fp8pass
 
 
+def _val(node) -> "torch.Tensor | None":
+    val = node.meta.get("val") if isinstance(node, Node) else None
+    return val if isinstance(val, torch.Tensor) else None
+
+
 def _four_d_part(piece: Node) -> "Node | None":
     """The [B, T, H, D] tensor that the cat input `piece` ([B, T, H*D]) is a reshape of, else None."""
-    if piece.op != "call_function" or piece.target not in _VIEWS:
+    if not isinstance(piece, Node) or piece.op != "call_function" or piece.target not in _VIEWS:
         return None
-    src = piece.args[0]
-    val, src_val = piece.meta.get("val"), getattr(src, "meta", {}).get("val")
-    if not isinstance(val, torch.Tensor) or not isinstance(src_val, torch.Tensor):
-        return None
-    if val.dim() != 3 or src_val.dim() != 4:
+    val, src_val = _val(piece), _val(piece.args[0])
+    if val is None or src_val is None or val.dim() != 3 or src_val.dim() != 4:
         return None
     if not all(statically_known_true(a == b) for a, b in zip(src_val.shape[:2], val.shape[:2])):
         return None
-    return src
+    return piece.args[0]
 
 
 def _single_user_chain(node, targets) -> "tuple[Node, list[Node]]":
@@ -63,11 +65,6 @@ def _single_user_chain(node, targets) -> "tuple[Node, list[Node]]":
         passed.append(node)
         node = node.args[0]
     return node, passed
-
-
-def _val(node) -> "torch.Tensor | None":
-    val = node.meta.get("val") if isinstance(node, Node) else None
-    return val if isinstance(val, torch.Tensor) else None
 
 
 def _cat_of_three(node) -> "tuple[list[Node], int] | None":
