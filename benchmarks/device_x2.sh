@@ -27,11 +27,11 @@
 #   bash benchmarks/device_x2.sh s6d        # s6c again after a test fix, without the sweep (quantizer table last)
 #   bash benchmarks/device_x2.sh s6e        # one GPU: quantizer GPU tests, quantizer table + sweep (Gluon 128x1 and
 #                                           # 32-element layouts)
-#   bash benchmarks/device_x2.sh s16a       # one GPU: GPU tests (the QKV-gradient cat folded, s15e's), the quantizer table,
-#                                           # the block with per-kernel profiles (bf16 compiled, fp8 with/without the fold)
+#   bash benchmarks/device_x2.sh s16a       # one GPU: GPU tests (the QKV-gradient cat folded, s15e's), the block with
+#                                           # per-kernel profiles (bf16 compiled, fp8 with/without the fold)
 #   bash benchmarks/device_x2.sh s16b       # one GPU: the 1B step (bf16, fp8), the quantizer table
-#   bash benchmarks/device_x2.sh s15e       # one GPU (not run yet; an H200): GPU tests of the enable_fp_fusion launches,
-#                                           # the quantizer table
+#   bash benchmarks/device_x2.sh s15e       # one GPU (an H200 wanted; not run as such: its GPU tests ran within s16a
+#                                           # on an H100): GPU tests of the enable_fp_fusion launches, the quantizer table
 #   bash benchmarks/device_x2.sh s15d       # one GPU: the dual quantizer along K: its GPU test, the quantizer table
 #   bash benchmarks/device_x2.sh s15c       # one GPU: the dual quantizer along K: GPU tests, quantizer table, 1B, Linear
 #   bash benchmarks/device_x2.sh s15a       # one GPU: the dual quantizer's tile orders: GPU tests (with the persistent
