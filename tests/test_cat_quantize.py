@@ -109,6 +109,17 @@ def test_qkv_gradient_is_quantized_from_the_three_sdpa_gradients():
         assert torch.equal(f, u)
 
 
+def test_folds_with_the_functional_ops():
+    """inductor_buffers=False: the functional cat3 op (allocating its outputs) in the backward, same gradients."""
+    torch.manual_seed(0)
+    block, x = train_gpt.Block(CFG), torch.randn(2, 128, 256, requires_grad=True)
+    folded, codes = _grads_and_code(block, x, inductor_buffers=False)
+    unfolded, _ = _grads_and_code(block, x, inductor_buffers=False, fold_gradient_cat=False)
+    assert "fp8pass.quantize_1x128_128x1_cat3.default(" in codes[1]
+    for f, u in zip(folded, unfolded):
+        assert torch.equal(f, u)
+
+
 def test_explain_counts_the_folded_cats():
     torch.manual_seed(0)
     model = train_gpt.GPT(train_gpt.GPTConfig(dim=128, n_layers=2, n_heads=2, mlp_hidden=384, seq_len=64))
