@@ -56,6 +56,18 @@ def empty_mn_major(lead_shape, last: int, *, dtype=torch.float32, device=None) -
     return torch.empty_strided((*lead_shape, last), (*reversed(strides), rows), dtype=dtype, device=device)
 
 
+def new_dual_outputs(m: int, k: int, device, copies: str = "dual") -> tuple:
+    """New tensors in the layouts of the op quantize_1x128_128x1's outputs for an [m, k] input
+    (kernels/ops.py), or of one copy's: (q_row, s_row) as quantize_1x128's ("row"), (q_col_t,
+    s_col_t) as the transposed quantize_128x1's ("col")."""
+    outs = ()
+    if copies != "col":
+        outs += (torch.empty((m, k), dtype=FP8_DTYPE, device=device), empty_mn_major((m,), _cdiv(k, TILE), device=device))
+    if copies != "row":
+        outs += (torch.empty((k, m), dtype=FP8_DTYPE, device=device), empty_mn_major((k,), _cdiv(m, TILE), device=device))
+    return outs
+
+
 def as_mn_major(t: torch.Tensor) -> torch.Tensor:
     """A copy of t in the empty_mn_major layout."""
     out = empty_mn_major(t.shape[:-1], t.shape[-1], dtype=t.dtype, device=t.device)

@@ -40,7 +40,8 @@ import triton
 import triton.language as tl
 
 from .launch import FastLauncher
-from .reference import AMAX_EPS, FP8_DTYPE, FP8_MAX, TILE, _cdiv, empty_mn_major
+from .ops import cat3_input, cat3_rows_and_widths
+from .reference import AMAX_EPS, FP8_DTYPE, FP8_MAX, TILE, _cdiv, empty_mn_major, new_dual_outputs
 
 __all__ = [
     "quantize_1x128",
@@ -489,14 +490,10 @@ def quantize_1x128_128x1_cat3(x0: torch.Tensor, x1: torch.Tensor, x2: torch.Tens
     for 2-byte parts of one head dim D (a multiple or a divisor of 128) whose widths are multiples
     of 128, one Gluon kernel reads the three parts in place; otherwise the parts are concatenated
     into a temporary first (the same numbers)."""
-    from .ops import cat3_input, cat3_rows_and_widths
-
     m, widths = cat3_rows_and_widths("quantize_1x128_128x1_cat3", x0, x1, x2)
     k = sum(widths)
     if out is None:
-        dev = x0.device
-        out = (torch.empty((m, k), dtype=FP8_DTYPE, device=dev), empty_mn_major((m,), _cdiv(k, TILE), device=dev),
-               torch.empty((k, m), dtype=FP8_DTYPE, device=dev), empty_mn_major((k,), _cdiv(m, TILE), device=dev))
+        out = new_dual_outputs(m, k, x0.device)
     gluon_quant = _gluon_quantize(x0.device) if _DUAL_IMPL != "triton" else None
     if gluon_quant is not None and gluon_quant.cat3_supported(x0, x1, x2):
         gluon_quant.quantize_dual_cat3_transposed(x0, x1, x2, *out)

@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from .launch import FastLauncher
-from .reference import FP8_DTYPE, TILE, _cdiv, empty_mn_major
+from .reference import TILE, _cdiv, new_dual_outputs
 from .triton_quantize import _INTERPRET, _amax, _gluon_quantize, _scale_and_recip, _to_fp8
 
 __all__ = ["swiglu_quantize_1x128_128x1", "swiglu_quantize_1x128", "swiglu_quantize_128x1",
@@ -129,27 +129,13 @@ _WARPS = 8
 FORWARD, GRAD_A, GRAD_B = 0, 1, 2
 
 
-def _new_outputs(x: torch.Tensor, copies: str) -> tuple:
-    """New tensors in the layouts of quantize_1x128_128x1(x)'s outputs (ops.py), or of one copy's:
-    (q_row, s_row) as quantize_1x128's ("row"), (q_col_t, s_col_t) as quantize_128x1's ("col")."""
-    m, k = x.shape
-    outs = ()
-    if copies != "col":
-        outs += (torch.empty((m, k), dtype=FP8_DTYPE, device=x.device),
-                 empty_mn_major((m,), _cdiv(k, TILE), device=x.device))
-    if copies != "row":
-        outs += (torch.empty((k, m), dtype=FP8_DTYPE, device=x.device),
-                 empty_mn_major((k,), _cdiv(m, TILE), device=x.device))
-    return outs
-
-
 def _run(mode: int, g, a, b, out, copies: str = "dual") -> tuple:
     """The dual copies (q_row, s_row, q_col_t, s_col_t), or one of them: copies "row" gives
     (q_row, s_row), "col" (q_col_t, s_col_t)."""
     m, k = a.shape
     if k % TILE:
         raise ValueError(f"fp8pass: the fused SwiGLU quantization needs K % 128 == 0, got inputs of shape {tuple(a.shape)}")
-    outs = tuple(out) if out is not None else _new_outputs(a, copies)
+    outs = tuple(out) if out is not None else new_dual_outputs(*a.shape, a.device, copies)
     # the kernels' four output pointers: a copy not written gets the written one's (unused)
     kernel_outs = outs if copies == "dual" else outs + outs
     write_row, write_col = copies != "col", copies != "row"

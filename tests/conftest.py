@@ -10,6 +10,20 @@ def sqnr_db(ref: torch.Tensor, x: torch.Tensor) -> float:
     return (10 * torch.log10(ref.pow(2).sum() / (ref - x).pow(2).sum().clamp_min(1e-300))).item()
 
 
+def fp8_grads_and_code(model, x, **options):
+    """One fwd+bwd (loss: mean square of the output) of `model` compiled with backend="fp8" and
+    `options` from a fresh dynamo and no grads: ([x.grad, each parameter's grad], the code Inductor
+    generated: forward, backward)."""
+    from torch._inductor.utils import run_and_get_code
+
+    torch._dynamo.reset()
+    model.zero_grad(set_to_none=True)
+    x.grad = None
+    compiled = torch.compile(model, backend=fp8pass.backend(**options))
+    _, codes = run_and_get_code(lambda: compiled(x).square().mean().backward())
+    return [x.grad.clone()] + [p.grad.clone() for p in model.parameters()], codes
+
+
 @pytest.fixture(autouse=True)
 def fresh_dynamo():
     """Every test compiles from scratch (no graph reused from another test's backend)."""

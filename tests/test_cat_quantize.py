@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import fp8pass
-from conftest import load_example
+from conftest import fp8_grads_and_code, load_example
 
 train_gpt = load_example("train_gpt")
 CFG = train_gpt.GPTConfig(dim=256, n_heads=2, mlp_hidden=768, seq_len=128)
@@ -76,24 +76,13 @@ class UnbindAttention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(b, n, c))
 
 
-def _grads_and_code(model, x, **options):
-    from torch._inductor.utils import run_and_get_code
-
-    torch._dynamo.reset()
-    model.zero_grad(set_to_none=True)
-    x.grad = None
-    compiled = torch.compile(model, backend=fp8pass.backend(**options))
-    _, codes = run_and_get_code(lambda: compiled(x).square().mean().backward())
-    return [x.grad.clone()] + [p.grad.clone() for p in model.parameters()], codes
-
-
 def test_qkv_gradient_is_quantized_from_the_three_sdpa_gradients():
     """The backward calls the cat3 op on views of SDPA's three gradient buffers (no cat kernel and
     no copy of them), and every gradient is the one the unfolded graph computes, bit for bit."""
     torch.manual_seed(0)
     block, x = train_gpt.Block(CFG), torch.randn(2, 128, 256, requires_grad=True)
-    folded, codes = _grads_and_code(block, x)
-    unfolded, codes_off = _grads_and_code(block, x, fold_gradient_cat=False)
+    folded, codes = fp8_grads_and_code(block, x)
+    unfolded, codes_off = fp8_grads_and_code(block, x, fold_gradient_cat=False)
     backward, backward_off = codes[1], codes_off[1]
     call = re.search(r"torch\.ops\.fp8pass\.quantize_1x128_128x1_cat3_out\.default\((.*)\)\n", backward)
     assert call, "the fused QKV gradient's quantization is not the cat3 op"
@@ -113,8 +102,8 @@ def test_folds_with_the_functional_ops():
     """inductor_buffers=False: the functional cat3 op (allocating its outputs) in the backward, same gradients."""
     torch.manual_seed(0)
     block, x = train_gpt.Block(CFG), torch.randn(2, 128, 256, requires_grad=True)
-    folded, codes = _grads_and_code(block, x, inductor_buffers=False)
-    unfolded, _ = _grads_and_code(block, x, inductor_buffers=False, fold_gradient_cat=False)
+    folded, codes = fp8_grads_and_code(block, x, inductor_buffers=False)
+    unfolded, _ = fp8_grads_and_code(block, x, inductor_buffers=False, fold_gradient_cat=False)
     assert "fp8pass.quantize_1x128_128x1_cat3.default(" in codes[1]
     for f, u in zip(folded, unfolded):
         assert torch.equal(f, u)
@@ -136,8 +125,8 @@ def test_grouped_query_widths_fold():
     """K and V narrower than Q: the parts' widths 512, 256, 256 (tile boundaries 4 and 6)."""
     torch.manual_seed(0)
     attn, x = GroupedQueryAttention(), torch.randn(2, 64, 512, requires_grad=True)
-    folded, codes = _grads_and_code(attn, x)
-    unfolded, _ = _grads_and_code(attn, x, fold_gradient_cat=False)
+    folded, codes = fp8_grads_and_code(attn, x)
+    unfolded, _ = fp8_grads_and_code(attn, x, fold_gradient_cat=False)
     assert "quantize_1x128_128x1_cat3_out" in codes[1]
     for f, u in zip(folded, unfolded):
         assert torch.equal(f, u)
@@ -148,8 +137,8 @@ def test_rotary_embeddings_fold():
     from SDPA: the cat3 op reads those three buffers (the rotary kernel no longer writes a cat)."""
     torch.manual_seed(0)
     attn, x = RotaryAttention(), torch.randn(2, 64, 256, requires_grad=True)
-    folded, codes = _grads_and_code(attn, x)
-    unfolded, codes_off = _grads_and_code(attn, x, fold_gradient_cat=False)
+    folded, codes = fp8_grads_and_code(attn, x)
+    unfolded, codes_off = fp8_grads_and_code(attn, x, fold_gradient_cat=False)
     assert "quantize_1x128_128x1_cat3_out" in codes[1] and "fused_cat" not in codes[1]
     assert "cat3" not in codes_off[1]
     for f, u in zip(folded, unfolded):
@@ -162,8 +151,8 @@ def test_unbound_qkv_folds():
     copy kernel), bit for bit."""
     torch.manual_seed(0)
     attn, x = UnbindAttention(), torch.randn(2, 64, 256, requires_grad=True)
-    folded, codes = _grads_and_code(attn, x)
-    unfolded, codes_off = _grads_and_code(attn, x, fold_gradient_cat=False)
+    folded, codes = fp8_grads_and_code(attn, x)
+    unfolded, codes_off = fp8_grads_and_code(attn, x, fold_gradient_cat=False)
     assert "quantize_1x128_128x1_cat3_out" in codes[1] and "cat3" not in codes_off[1]
     # Inductor names the kernel that copied the stacked gradients by the ops it fuses (here
     # clone_permute_stack); with the fold it is gone

@@ -9,7 +9,7 @@ import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
 import fp8pass
-from conftest import sqnr_db, load_example
+from conftest import fp8_grads_and_code, load_example, sqnr_db
 
 train_gpt = load_example("train_gpt")
 CFG = train_gpt.GPTConfig(dim=128, n_heads=2, mlp_hidden=384, seq_len=64)
@@ -218,13 +218,7 @@ class WithGraphBreak(nn.Module):
 
 
 def _block_grads_and_code(**options):
-    from torch._inductor.utils import run_and_get_code
-
-    torch._dynamo.reset()
-    block, x = _block_and_input()
-    compiled = torch.compile(block, backend=fp8pass.backend(**options))
-    _, codes = run_and_get_code(lambda: compiled(x).square().mean().backward())
-    return [x.grad] + [p.grad for p in block.parameters()], codes
+    return fp8_grads_and_code(*_block_and_input(), **options)
 
 
 def test_quantization_outputs_are_inductor_buffers():
