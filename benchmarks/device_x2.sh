@@ -27,6 +27,9 @@
 #   bash benchmarks/device_x2.sh s6d        # s6c again after a test fix, without the sweep (quantizer table last)
 #   bash benchmarks/device_x2.sh s6e        # one GPU: quantizer GPU tests, quantizer table + sweep (Gluon 128x1 and
 #                                           # 32-element layouts)
+#   bash benchmarks/device_x2.sh s17a       # one GPU (not run yet: no device in session 17): the 192-row WS GEMM tile
+#                                           # (GPU tests, sweep beside cuBLAS), the block with the settled timing
+#   bash benchmarks/device_x2.sh s17b       # one GPU (not run yet): the 1B step, the quantizer table, the Linear
 #   bash benchmarks/device_x2.sh s16a       # one GPU: GPU tests (the QKV-gradient cat folded, s15e's), the block with
 #                                           # per-kernel profiles (bf16 compiled, fp8 with/without the fold)
 #   bash benchmarks/device_x2.sh s16b       # one GPU: the 1B step (bf16, fp8), the quantizer table
@@ -152,6 +155,23 @@ step_1b() {  # the 1B train_step.py: $1 timeout, $2 log name, then the script's 
 
 for what in "$@"; do
   case $what in
+    s17a)  # session 17 (not run yet: no device lent in session 17), one GPU: the WS GEMM's 192 x 128 tile (three
+           # consumer warpgroups) and its serial K loop's 128x1 b scales held as loaded: GPU tests, then the sweep at
+           # the large shapes beside cuBLAS and the 128-row schedules; then the block with the settled timing
+           # (allocator growth kept out of the timed steps, session 16) to see whether the order effect is gone
+      CUDA_VISIBLE_DEVICES=0 timeout 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_gpu.py \
+        -k "gluon_ws_schedules or cat3 or swiglu_fused or gluon_swiglu" > "$OUT/s17a_gpu.log" 2>&1
+      echo "GPU tests exit $?"; grep -E "^(FAILED|ERROR)|passed|failed|Error" "$OUT/s17a_gpu.log" | cut -c1-300 | tail -8
+      timeout 200 python3 benchmarks/gemm.py --no-quant --ws-sweep --roles fprop,dgrad,wgrad \
+        --ws-variants ws2/6/8,ws/5/16,ws/4/8/192,ws/4/16/192,ws/3/8/192 \
+        --shapes 8192x8192x8192,16384x4096x14336,16384x14336x4096,4096x4096x4096 > "$OUT/s17a_sweep.log" 2>&1
+      echo "sweep exit $?"; grep -v "^ *$" "$OUT/s17a_sweep.log" | grep -E "fprop|dgrad|wgrad" | cut -c1-400
+      block_bench 150 --memory ;;
+    s17b)  # session 17 (not run yet), one GPU: the 1B step, the quantizer table (on an H200: the dual's tile order,
+           # never measured there), the Linear
+      step_1b 230 step_s17 --variants bf16,fp8
+      quant_bench 90
+      linear_bench 90 ;;
     s16a)  # session 16, one GPU: the fused QKV gradient quantized from its three parts (cat3) and the GPU tests of
            # the enable_fp_fusion launches (s15e's), then the block profiled, bf16 compiled beside fp8 with and
            # without the fold (where the fp8 step's remaining time goes)

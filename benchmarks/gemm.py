@@ -178,12 +178,13 @@ def run_gemm(roles, shapes, out_dtype=torch.bfloat16, columns=None):
 
 def run_ws_sweep(shapes, roles, spec: str = ""):
     """TFLOP/s of the warp-specialized Gluon kernel per (schedule, stages, GROUP_M), K-major
-    operands, beside cuBLAS on the same operands. `spec`: "kind/stages/group,..." (default: both
-    row-split schedules at 4-6 stages and GROUP_M 4, 8, 16)."""
+    operands, beside cuBLAS on the same operands. `spec`: "kind/stages/group[/BLOCK_M],..." (default:
+    both row-split schedules at 4-6 stages and GROUP_M 4, 8, 16)."""
     from fp8pass.kernels import cuda, triton_gemm_gluon as G
 
     if spec:
-        variants = [(128, 128, 4, int(st), kind, int(g)) for kind, st, g in (v.split("/") for v in spec.split(","))]
+        fields = [v.split("/") for v in spec.split(",")]
+        variants = [(int(f[3]) if len(f) > 3 else 128, 128, 4, int(f[1]), f[0], int(f[2])) for f in fields]
     else:
         variants = [(128, 128, 4, st, kind, g) for kind in ("ws2", "ws") for st in (4, 5, 6) for g in (4, 8, 16)]
     print("\n== warp-specialized Gluon GEMM sweep, TFLOP/s (kind, stages, GROUP_M) ==", flush=True)
@@ -197,9 +198,9 @@ def run_ws_sweep(shapes, roles, spec: str = ""):
             for v in variants:
                 try:
                     ms = bench(lambda i: G.gemm_blockwise(*sets[i]["kmajor"], torch.bfloat16, config=v, out=out), 2)
-                    line.append(f"{v[4]}/{v[3]}/{v[5]} {flops / ms / 1e9:.1f}")
+                    line.append(f"{v[4]}/{v[3]}/{v[5]}/{v[0]} {flops / ms / 1e9:.1f}")
                 except Exception as exc:
-                    line.append(f"{v[4]}/{v[3]}/{v[5]} err {type(exc).__name__}")
+                    line.append(f"{v[4]}/{v[3]}/{v[5]}/{v[0]} err {type(exc).__name__}")
             print("  ".join(line), flush=True)
             del sets
             torch.cuda.empty_cache()
@@ -366,7 +367,7 @@ def main():
     p.add_argument("--no-gemm", action="store_true")
     p.add_argument("--shapes", default="", help="M x K x N list instead of the issue's six, e.g. 8192x8192x8192,4096x4096x4096")
     p.add_argument("--ws-sweep", action="store_true", help="sweep the warp-specialized kernel's settings instead")
-    p.add_argument("--ws-variants", default="", help="with --ws-sweep: kind/stages/GROUP_M,... (e.g. ws2/6/8,ws_n/5/16)")
+    p.add_argument("--ws-variants", default="", help="with --ws-sweep: kind/stages/GROUP_M[/BLOCK_M],... (e.g. ws2/6/8,ws_n/5/16,ws/4/8/192)")
     p.add_argument("--columns", default="", help="time only these columns (comma list, e.g. cublas,gluon,ws)")
     args = p.parse_args()
     import fp8pass.kernels as kernels

@@ -22,6 +22,8 @@ producer warpgroup keeps the stage ring filled by TMA across the CTA's tiles; tw
 warpgroups each own half of the 128x128 tile and release a stage through its `empty` mbarrier
 instead of a CTA barrier, promote as above (or serially: "ws"), and store through shared memory
 by TMA while the next tile's K loop starts. setmaxnreg gives the consumers 240 registers each.
+A 192x128 tile (WS_CONFIGS_192, not yet measured) has three consumers of 64 rows at 160
+registers, serial only.
 
 Import is harmless without a GPU; `available()` says whether Gluon is usable here.
 """
@@ -267,6 +269,7 @@ if gluon is not None:
         (a_desc, b_desc, c_desc, as_ptr, bs_ptr, M, N, K, s_asm, s_ask, s_bsk, s_bsn,
          a_bufs, b_bufs, ready, empty) = args
         nbytes: gl.constexpr = (BLOCK_M + BLOCK_N) * 128
+        A_PARTS: gl.constexpr = BLOCK_M // 64 if BLOCK_M == 192 else 1  # see _a_stage_parts
         num_pid_m = gl.cdiv(M, BLOCK_M)
         num_pid_n = gl.cdiv(N, BLOCK_N)
         num_k = gl.cdiv(K, 128)
@@ -279,19 +282,25 @@ if gluon is not None:
                 # pass over the ring does not wait
                 mbarrier.wait(empty.index(s), ((it // NUM_STAGES) & 1) ^ 1)
                 mbarrier.expect(ready.index(s), nbytes)
-                _tma_load(a_desc, [pid_m * BLOCK_M, k * 128], ready.index(s), a_bufs.index(s))
+                for h in gl.static_range(A_PARTS):
+                    _tma_load(a_desc, [pid_m * BLOCK_M + h * (BLOCK_M // A_PARTS), k * 128], ready.index(s),
+                              a_bufs.index(s * A_PARTS + h))
                 _tma_load(b_desc, [pid_n * BLOCK_N, k * 128], ready.index(s), b_bufs.index(s))
                 it += 1
 
     @gluon.jit
     def _ws_issue(a_bufs, b_bufs, ready, zero, it, NUM_STAGES: gl.constexpr, ROW0: gl.constexpr,
-                  WG_M: gl.constexpr, COL0: gl.constexpr, WG_N: gl.constexpr):
+                  WG_M: gl.constexpr, COL0: gl.constexpr, WG_N: gl.constexpr, A_PARTS: gl.constexpr = 1):
         """Wait for the stage of the CTA's it-th K block, then start this warpgroup's wgmma on its
-        [WG_M, WG_N] part of the tile (rows ROW0.., columns COL0..) into a fresh partial."""
+        [WG_M, WG_N] part of the tile (rows ROW0.., columns COL0..) into a fresh partial. With the
+        A stage in A_PARTS buffers of WG_M rows, the warpgroup's rows are one of them."""
         s = it % NUM_STAGES
         mbarrier.wait(ready.index(s), (it // NUM_STAGES) & 1)
-        return warpgroup_mma(a_bufs.index(s).slice(ROW0, WG_M), b_bufs.index(s).slice(COL0, WG_N).permute((1, 0)),
-                             zero, use_acc=False, is_async=True)
+        if A_PARTS == 1:
+            a = a_bufs.index(s).slice(ROW0, WG_M)
+        else:
+            a = a_bufs.index(s * A_PARTS + ROW0 // WG_M)
+        return warpgroup_mma(a, b_bufs.index(s).slice(COL0, WG_N).permute((1, 0)), zero, use_acc=False, is_async=True)
 
     @gluon.jit
     def _ws_retire(acc, part, pending: gl.constexpr, empty, it, sa, sb, NUM_STAGES: gl.constexpr,
@@ -341,15 +350,17 @@ if gluon is not None:
     def _ws_consumer(args, B_BLOCK: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                      NUM_STAGES: gl.constexpr, GROUP_M: gl.constexpr, OVERLAP: gl.constexpr,
                      SPLIT_N: gl.constexpr, HALF: gl.constexpr):
-        """One warpgroup: rows [HALF * BLOCK_M / 2, (HALF + 1) * BLOCK_M / 2) of every tile. Per K
-        block: wgmma into a fresh partial, wait for it, release the stage, promote the partial
-        into the fp32 accumulator with the block's scales. The other warpgroup's wgmma keeps
-        the tensor cores busy during this one's promotion (DeepGEMM's schedule)."""
+        """One warpgroup: rows [HALF * 64, (HALF + 1) * 64) of every tile. Per K block: wgmma into
+        a fresh partial, wait for it, release the stage, promote the partial into the fp32
+        accumulator with the block's scales. The other warpgroups' wgmmas keep the tensor cores
+        busy during this one's promotion (DeepGEMM's schedule)."""
         (a_desc, b_desc, c_desc, as_ptr, bs_ptr, M, N, K, s_asm, s_ask, s_bsk, s_bsn,
          a_bufs, b_bufs, ready, empty) = args
-        # the tile is split between the two warpgroups by rows (64 x BLOCK_N each) or, with SPLIT_N,
-        # by columns (BLOCK_M x BLOCK_N / 2 each: a 128x1 b-scale vector half as long per thread)
-        WG_M: gl.constexpr = BLOCK_M if SPLIT_N else BLOCK_M // 2
+        # the tile is split between the warpgroups by rows (64 x BLOCK_N each: two for BLOCK_M 128,
+        # three for 192) or, with SPLIT_N, between two by columns (BLOCK_M x BLOCK_N / 2 each: a
+        # 128x1 b-scale vector half as long per thread)
+        WG_M: gl.constexpr = BLOCK_M if SPLIT_N else 64
+        A_PARTS: gl.constexpr = BLOCK_M // 64 if BLOCK_M == 192 else 1  # see _a_stage_parts
         WG_N: gl.constexpr = BLOCK_N // 2 if SPLIT_N else BLOCK_N
         ROW0: gl.constexpr = 0 if SPLIT_N else HALF * WG_M
         COL0: gl.constexpr = HALF * WG_N if SPLIT_N else 0
@@ -380,13 +391,10 @@ if gluon is not None:
                 bs_ptrs = bs_ptr + (off_n // 128) * s_bsn
                 if not SPLIT_N:
                     bs_ptrs = bs_ptrs + ((offs_m % M) >> 31)
-            else:  # (the overlapped loop's; the serial one loads from bs_ptr and cols_lin)
+            else:  # one column a thread, as loaded; the accumulator's column layout only when used
                 bs_ptrs = bs_ptr + cols_lin * s_bsn
             if not OVERLAP:
-                if B_BLOCK:
-                    sa, sb = _load_scales(as_ptrs, bs_ptrs, 0, s_ask, s_bsk)
-                else:
-                    sa, sb = _load_scales_vec(as_ptrs, bs_ptr, cols_lin, 0, s_ask, s_bsk, s_bsn, col_layout)
+                sa, sb = _load_scales(as_ptrs, bs_ptrs, 0, s_ask, s_bsk)
             acc = gl.zeros([WG_M, WG_N], gl.float32, mma_layout)
             if OVERLAP:
                 acc = _ws_k_loop_overlapped(acc, zero, a_bufs, b_bufs, ready, empty, it, num_k, as_ptrs, bs_ptrs,
@@ -395,20 +403,16 @@ if gluon is not None:
             else:
                 for k in range(num_k):
                     s = it % NUM_STAGES
-                    part = _ws_issue(a_bufs, b_bufs, ready, zero, it, NUM_STAGES, ROW0, WG_M, COL0, WG_N)
+                    part = _ws_issue(a_bufs, b_bufs, ready, zero, it, NUM_STAGES, ROW0, WG_M, COL0, WG_N, A_PARTS)
                     # the next block's scales load while this block's wgmma runs
                     kn = gl.minimum(k + 1, num_k - 1)
-                    if B_BLOCK:
-                        sa_next, sb_next = _load_scales(as_ptrs, bs_ptrs, kn, s_ask, s_bsk)
-                    else:
-                        sa_next, sb_next = _load_scales_vec(as_ptrs, bs_ptr, cols_lin, kn, s_ask, s_bsk, s_bsn,
-                                                            col_layout)
+                    sa_next, sb_next = _load_scales(as_ptrs, bs_ptrs, kn, s_ask, s_bsk)
                     part = warpgroup_mma_wait(0, deps=(part, ))
                     mbarrier.arrive(empty.index(s))
                     if B_BLOCK:
                         acc = acc + part * (sa * sb)[:, None]
                     else:
-                        acc = acc + part * sa[:, None] * sb[None, :]
+                        acc = acc + part * sa[:, None] * gl.convert_layout(sb, col_layout)[None, :]
                     sa, sb = sa_next, sb_next
                     it += 1
             # epilogue through shared memory and a TMA store (tails clipped by TMA), left in flight
@@ -435,25 +439,39 @@ if gluon is not None:
         num_warps: gl.constexpr,
     ):
         """Persistent (grid = min(SMs, tiles)), warp-specialized: the default partition (4 warps)
-        and a 4-warp worker are the two consumer warpgroups (HALF 0 and 1), a 1-warp worker is
-        the TMA producer. Each stage's `empty` barrier counts one arrival per consumer."""
-        gl.static_assert(num_warps == 4, "the default partition is one consumer warpgroup")
-        gl.static_assert(BLOCK_M == 128, "two 64-row consumer warpgroups")
-        a_bufs = gl.allocate_shared_memory(a_desc.dtype, [NUM_STAGES, BLOCK_M, 128], a_desc.layout)
+        is the TMA producer, 4-warp workers are the consumer warpgroups (HALF 0, 1[, 2]): two for
+        BLOCK_M 128, three for BLOCK_M 192 (serial K loop only: the overlapped one's accumulator
+        and two partials do not fit the 160 registers each of three consumers can have). Each
+        stage's `empty` barrier counts one arrival per consumer."""
+        gl.static_assert(num_warps == 4, "the default partition is one warpgroup")
+        gl.static_assert(BLOCK_M == 128 or (BLOCK_M == 192 and not SPLIT_N and not OVERLAP),
+                         "two 64-row consumer warpgroups, or three with the serial K loop")
+        NUM_CONSUMERS: gl.constexpr = BLOCK_M // 64 if not SPLIT_N else 2
+        A_PARTS: gl.constexpr = BLOCK_M // 64 if BLOCK_M == 192 else 1  # see _a_stage_parts
+        a_bufs = gl.allocate_shared_memory(a_desc.dtype, [NUM_STAGES * A_PARTS, BLOCK_M // A_PARTS, 128],
+                                           a_desc.layout)
         b_bufs = gl.allocate_shared_memory(b_desc.dtype, [NUM_STAGES, BLOCK_N, 128], b_desc.layout)
         ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
         empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
         for i in gl.static_range(NUM_STAGES):
             mbarrier.init(ready.index(i), count=1)
-            mbarrier.init(empty.index(i), count=2)
+            mbarrier.init(empty.index(i), count=NUM_CONSUMERS)
         fence_async_shared()
         args = (a_desc, b_desc, c_desc, as_ptr, bs_ptr, M, N, K, s_asm, s_ask, s_bsk, s_bsn,
                 a_bufs, b_bufs, ready, empty)
-        gl.warp_specialize([
-            (_ws_producer, (args, B_BLOCK, BLOCK_M, BLOCK_N, NUM_STAGES, GROUP_M, OVERLAP, SPLIT_N, 0)),
-            (_ws_consumer, (args, B_BLOCK, BLOCK_M, BLOCK_N, NUM_STAGES, GROUP_M, OVERLAP, SPLIT_N, 0)),
-            (_ws_consumer, (args, B_BLOCK, BLOCK_M, BLOCK_N, NUM_STAGES, GROUP_M, OVERLAP, SPLIT_N, 1)),
-        ], [4, 4], [CONSUMER_REGS, CONSUMER_REGS])
+        if NUM_CONSUMERS == 3:
+            gl.warp_specialize([
+                (_ws_producer, (args, B_BLOCK, BLOCK_M, BLOCK_N, NUM_STAGES, GROUP_M, OVERLAP, SPLIT_N, 0)),
+                (_ws_consumer, (args, B_BLOCK, BLOCK_M, BLOCK_N, NUM_STAGES, GROUP_M, OVERLAP, SPLIT_N, 0)),
+                (_ws_consumer, (args, B_BLOCK, BLOCK_M, BLOCK_N, NUM_STAGES, GROUP_M, OVERLAP, SPLIT_N, 1)),
+                (_ws_consumer, (args, B_BLOCK, BLOCK_M, BLOCK_N, NUM_STAGES, GROUP_M, OVERLAP, SPLIT_N, 2)),
+            ], [4, 4, 4], [CONSUMER_REGS, CONSUMER_REGS, CONSUMER_REGS])
+        else:
+            gl.warp_specialize([
+                (_ws_producer, (args, B_BLOCK, BLOCK_M, BLOCK_N, NUM_STAGES, GROUP_M, OVERLAP, SPLIT_N, 0)),
+                (_ws_consumer, (args, B_BLOCK, BLOCK_M, BLOCK_N, NUM_STAGES, GROUP_M, OVERLAP, SPLIT_N, 0)),
+                (_ws_consumer, (args, B_BLOCK, BLOCK_M, BLOCK_N, NUM_STAGES, GROUP_M, OVERLAP, SPLIT_N, 1)),
+            ], [4, 4], [CONSUMER_REGS, CONSUMER_REGS])
 
 
 # (BLOCK_M, BLOCK_N, num_warps, NUM_STAGES): the fp32 accumulator and two fp32 partials must
@@ -468,6 +486,12 @@ GLUON_CONFIGS = [(128, 128, 8, 4), (128, 128, 8, 5), (128, 128, 8, 3), (64, 128,
 # Since session 12 "ws2" does not spill there and the autotuner picked it at every large Wgrad shape.
 WS_CONFIGS = [(128, 128, 4, 6, "ws2", 8), (128, 128, 4, 5, "ws2", 8), (128, 128, 4, 6, "ws2_n", 8),
               (128, 128, 4, 5, "ws", 16)]
+
+# A 192 x 128 tile (three consumer warpgroups of 64 rows, serial K loop, 4 stages of 40 KiB): per
+# output element, a sixth less operand traffic from L2 than 128 x 128 tiles. Not yet among the
+# autotuner's candidates: not run on a GPU yet (benchmarks/gemm.py --ws-sweep --ws-variants
+# ws/4/8/192 times it; tests/test_triton_gpu.py checks it).
+WS_CONFIGS_192 = [(192, 128, 4, 4, "ws", 8)]
 
 _choice_cache: dict = {}
 
@@ -496,18 +520,37 @@ def _smem_layout(rows: int, cols: int, dtype_name: str):
     return gl.NVMMASharedLayout.get_default_for([rows, cols], getattr(gl, dtype_name))
 
 
+def _a_stage_parts(bm: int) -> int:
+    """Buffers one stage of A is loaded into: Gluon's shared-memory and TMA blocks must have
+    power-of-two shapes, so a 192-row A stage is three 64-row ones (one per consumer warpgroup)."""
+    return bm // 64 if bm == 192 else 1
+
+
 def _descriptors(a, b, bm, bn):
+    bm //= _a_stage_parts(bm)
     return (TensorDescriptor.from_tensor(a, [bm, TILE], _smem_layout(bm, TILE, "float8e4nv")),
             TensorDescriptor.from_tensor(b.t(), [bn, TILE], _smem_layout(bn, TILE, "float8e4nv")))
 
 
-# Registers: the kernel runs 12 warps (the producer's warpgroup and two consumer warpgroups), so
-# at launch each thread may hold at most 65536 / 384 = 170 registers; setmaxnreg then moves the
-# consumers up to WS_CONSUMER_REGS and the producer down to what is left (3 * 168 - 2 * 240 = 24,
-# setmaxnreg's minimum). 240 keeps the overlapped schedule's accumulator and two partials (64
-# registers each) free of spills with 128x128 b scales.
-_WS_LAUNCH_REGS = 168
-WS_CONSUMER_REGS = 240
+# Registers: with two consumers the kernel runs 12 warps (the producer's warpgroup and two consumer
+# warpgroups), so at launch each thread may hold at most 65536 / 384 = 170 registers; setmaxnreg
+# then moves the consumers up to WS_CONSUMER_REGS and the producer down to what is left
+# (3 * 168 - 2 * 240 = 24, setmaxnreg's minimum). 240 keeps the overlapped schedule's accumulator
+# and two partials (64 registers each) free of spills with 128x128 b scales. With three consumers
+# (BLOCK_M 192): 16 warps at 128, consumers 160 (4 * 128 - 3 * 160 = 32 left to the producer).
+_SETMAXNREG_MIN = 24
+
+
+def ws_registers(consumers: int) -> tuple[int, int]:
+    """(registers per thread at launch, per consumer thread after setmaxnreg) for a WS kernel of
+    one producer and `consumers` consumer warpgroups: the SM's 65536 registers shared out in
+    setmaxnreg's steps of 8."""
+    launch = 65536 // (128 * (1 + consumers)) // 8 * 8
+    return launch, (launch * (1 + consumers) - _SETMAXNREG_MIN) // consumers // 8 * 8
+
+
+_WS_LAUNCH_REGS, WS_CONSUMER_REGS = ws_registers(2)
+assert (_WS_LAUNCH_REGS, WS_CONSUMER_REGS) == (168, 240)
 
 
 _GL_DTYPES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
@@ -522,12 +565,14 @@ def _launch_ws(a, a_scale, b, b_scale, out, cfg):
     if not _tma_compatible(out):  # the epilogue stores by TMA: through a contiguous buffer
         tmp = torch.empty((m, n), dtype=out.dtype, device=out.device)
         return out.copy_(_launch_ws(a, a_scale, b, b_scale, tmp, cfg))
-    # shared memory: the stage ring, plus each consumer warpgroup's [BLOCK_M / 2, BLOCK_N] output tile
+    # shared memory: the stage ring, plus the consumer warpgroups' shares of the output tile (one tile in all)
     c_bytes = bm * bn * out.element_size()
     stages = min(stages, (_SMEM_BYTES - c_bytes - 1024) // ((bm + bn) * TILE))
     a_desc, b_desc = _descriptors(a, b, bm, bn)
     split_n = kind.endswith("_n")  # the warpgroups split the tile by columns, not rows
-    c_block = [bm, bn // 2] if split_n else [bm // 2, bn]
+    consumers = 2 if split_n else bm // 64
+    launch_regs, consumer_regs = ws_registers(consumers)
+    c_block = [bm, bn // 2] if split_n else [64, bn]
     c_desc = TensorDescriptor.from_tensor(out, c_block, _smem_layout(*c_block, _GL_DTYPES[out.dtype]))
     b_block = b_scale.shape[1] != n
     tiles = _cdiv(m, bm) * _cdiv(n, bn)
@@ -535,8 +580,8 @@ def _launch_ws(a, a_scale, b, b_scale, out, cfg):
     _gluon_gemm_ws_kernel[grid](
         a_desc, b_desc, c_desc, a_scale, b_scale, m, n, k,
         a_scale.stride(0), a_scale.stride(1), b_scale.stride(0), b_scale.stride(1),
-        B_BLOCK=b_block, BLOCK_M=bm, BLOCK_N=bn, NUM_STAGES=stages, GROUP_M=group_m, CONSUMER_REGS=WS_CONSUMER_REGS,
-        OVERLAP=kind.startswith("ws2"), SPLIT_N=split_n, num_warps=warps, maxnreg=_WS_LAUNCH_REGS, **COMPILE_OPTIONS,
+        B_BLOCK=b_block, BLOCK_M=bm, BLOCK_N=bn, NUM_STAGES=stages, GROUP_M=group_m, CONSUMER_REGS=consumer_regs,
+        OVERLAP=kind.startswith("ws2"), SPLIT_N=split_n, num_warps=warps, maxnreg=launch_regs, **COMPILE_OPTIONS,
     )
     return out
 

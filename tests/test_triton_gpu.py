@@ -330,20 +330,22 @@ def _check_gemm_role(fn, base_role, role, m, k, n, seed, kmajor, out_dtype):
         assert diff <= cdiff * 1.02 + 1e-7, f"{role} {m}x{k}x{n}: calc_diff {diff:.3g} > cuBLAS {cdiff:.3g}"
 
 
-_WS_KINDS = ["ws", "ws2", "ws_n", "ws2_n"]
+# kind, or kind@BLOCK_M: "ws@192" is the serial schedule with three 64-row consumer warpgroups
+_WS_KINDS = ["ws", "ws2", "ws_n", "ws2_n", "ws@192"]
 
 
 @pytest.mark.parametrize("kind", _WS_KINDS)
-@pytest.mark.parametrize("role", ["fprop", "wgrad_kmajor"])
+@pytest.mark.parametrize("role", ["fprop", "dgrad_kmajor", "wgrad_kmajor"])
 def test_gluon_ws_schedules(kind, role):
     """Every schedule of the warp-specialized kernel (serial / overlapped K loop, tile split by
-    rows / columns) against the reference numerics, with more tiles than SMs (the persistent loop),
-    fp32 output (fewer stages, a larger epilogue tile), fp16, tails in M and K, and a column-major
-    output; outputs poisoned first."""
+    rows / columns, 128 or 192 rows) against the reference numerics, with more tiles than SMs (the
+    persistent loop), fp32 output (fewer stages, a larger epilogue tile), fp16, tails in M and K,
+    and a column-major output; outputs poisoned first."""
     from fp8pass.kernels import triton_gemm_gluon
 
     base_role = role.split("_")[0]
     cases = [(2048, 4096, 1536, torch.bfloat16, False), (1000, 1024, 768, torch.float32, False),
+             (4096, 1024, 2048, torch.bfloat16, False),  # 2.7 tiles an SM at 192 rows, 3.9 at 128
              (640, 512, 256, torch.float16, False),
              (512, 512, 384, torch.bfloat16, True)]  # an output the TMA store cannot take: via a copy
     for i, (m, k, n, od, strided_out) in enumerate(cases):
@@ -356,7 +358,9 @@ def test_gluon_ws_schedules(kind, role):
             out = torch.full((n, m), float("nan"), device="cuda", dtype=od).t()
         else:
             out = torch.full((m, n), float("nan"), device="cuda", dtype=od)
-        got = triton_gemm_gluon.gemm_blockwise(a, sa, b, sb, od, out=out, config=(128, 128, 4, 6, kind, 8))
+        kind_name, _, block_m = kind.partition("@")
+        config = (int(block_m or 128), 128, 4, 6, kind_name, 8)
+        got = triton_gemm_gluon.gemm_blockwise(a, sa, b, sb, od, out=out, config=config)
         assert got.data_ptr() == out.data_ptr(), "the result must be written into out"
         assert not torch.isnan(out).any(), f"{kind} {role} {m}x{k}x{n}: unwritten output"
         assert calc_diff(out.float(), want) < 1e-3

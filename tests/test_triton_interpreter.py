@@ -79,27 +79,29 @@ if kind.startswith("gluon"):
     from triton.experimental.gluon._runtime import GluonASTSource
     from triton.experimental.gluon import language as gl
     from fp8pass.kernels import triton_gemm_gluon as G
-    bm, bn, w, st, bblock = 128, 128, 8, 4, sys.argv[2] == "1"
-    al = gl.NVMMASharedLayout.get_default_for([bm, 128], gl.float8e4nv)
+    bm, bn, w, st, bblock = (192 if kind == "gluon_ws192" else 128), 128, 8, 4, sys.argv[2] == "1"
+    am = bm // G._a_stage_parts(bm)  # rows of one TMA load of A
+    al = gl.NVMMASharedLayout.get_default_for([am, 128], gl.float8e4nv)
     bl = gl.NVMMASharedLayout.get_default_for([bn, 128], gl.float8e4nv)
-    sig = {"a_desc": f"tensordesc<fp8e4nv[{bm},128],{al!r}>", "b_desc": f"tensordesc<fp8e4nv[{bn},128],{bl!r}>",
+    sig = {"a_desc": f"tensordesc<fp8e4nv[{am},128],{al!r}>", "b_desc": f"tensordesc<fp8e4nv[{bn},128],{bl!r}>",
            "c_ptr": "*bf16", "as_ptr": "*fp32", "bs_ptr": "*fp32", "M": "i32", "N": "i32", "K": "i32",
            "s_cm": "i32", "s_cn": "i32", "s_asm": "i32", "s_ask": "i32", "s_bsk": "i32", "s_bsn": "i32",
            "B_BLOCK": "constexpr", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr", "NUM_STAGES": "constexpr",
            "GROUP_M": "constexpr", "num_warps": "constexpr"}
     const = {"B_BLOCK": bblock, "BLOCK_M": bm, "BLOCK_N": bn, "NUM_STAGES": st, "GROUP_M": 8, "num_warps": w,
              "s_cn": 1, "s_ask": 1}
-    if kind == "gluon_ws":  # the warp-specialized kernel: 4 warps are its default (producer) partition
-        cl = gl.NVMMASharedLayout.get_default_for([bm // 2, bn], gl.bfloat16)
-        sig = {"a_desc": sig["a_desc"], "b_desc": sig["b_desc"], "c_desc": f"tensordesc<bf16[{bm // 2},{bn}],{cl!r}>",
+    if kind.startswith("gluon_ws"):  # the warp-specialized kernel: 4 warps are its default (producer) partition
+        cl = gl.NVMMASharedLayout.get_default_for([64, bn], gl.bfloat16)
+        sig = {"a_desc": sig["a_desc"], "b_desc": sig["b_desc"], "c_desc": f"tensordesc<bf16[64,{bn}],{cl!r}>",
                **{n: t for n, t in sig.items() if n not in ("a_desc", "b_desc", "c_ptr", "s_cm", "s_cn")},
                "CONSUMER_REGS": "constexpr", "OVERLAP": "constexpr", "SPLIT_N": "constexpr"}
         del const["s_cn"]
-        const.update(CONSUMER_REGS=G.WS_CONSUMER_REGS, OVERLAP=G.WS_CONFIGS[0][4] == "ws2", SPLIT_N=False,
-                     NUM_STAGES=G.WS_CONFIGS[0][3])
+        cfg = G.WS_CONFIGS[0] if bm == 128 else G.WS_CONFIGS_192[0]
+        launch_regs, consumer_regs = G.ws_registers(bm // 64)
+        const.update(CONSUMER_REGS=consumer_regs, OVERLAP=cfg[4] == "ws2", SPLIT_N=False, NUM_STAGES=cfg[3])
         w = const["num_warps"] = 4
         src = GluonASTSource(G._gluon_gemm_ws_kernel, sig, const)
-        c = triton.compile(src, target=target, options={"num_warps": w, "maxnreg": G._WS_LAUNCH_REGS})
+        c = triton.compile(src, target=target, options={"num_warps": w, "maxnreg": launch_regs})
     else:
         src = GluonASTSource(G._gluon_gemm_kernel, sig, const)
         c = triton.compile(src, target=target, options={"num_warps": w})
@@ -177,6 +179,24 @@ def test_gluon_ws_gemm_compiles_without_spills(tmp_path, b_block):
     assert 12 * 32 * G._WS_LAUNCH_REGS <= 65536
     producer = 12 * 32 * G._WS_LAUNCH_REGS // 128 - 2 * G.WS_CONSUMER_REGS
     assert producer >= 24 and f"DEALLOC.CTAPOOL {hex(producer)}" in sass
+
+
+@pytest.mark.parametrize("b_block", ["1", "0"], ids=["b128x128", "b128x1"])
+def test_gluon_ws_gemm_192_rows_compiles_without_spills(tmp_path, b_block):
+    """The 192-row tile (three consumer warpgroups, the serial K loop, A loaded as three 64-row
+    TMA blocks): all three wgmma chains there, setmaxnreg hands each consumer 160 registers, and
+    nothing spills at that budget with either b-scale pairing (128x1 b scales are held as loaded,
+    one value a thread, and take the accumulator's layout only when used: held in that layout
+    beside the next block's, they spilled 240 bytes)."""
+    from fp8pass.kernels import triton_gemm_gluon as G
+
+    sass, usage = _sass_and_usage(_compile("gluon_ws192", b_block, tmp_path))
+    launch_regs, consumer_regs = G.ws_registers(3)
+    assert (launch_regs, consumer_regs) == (128, 160) and 16 * 32 * launch_regs <= 65536
+    assert sass.count("QGMMA.64x128x32") == 3 * 4  # three consumers, four k=32 steps a K block
+    assert sass.count(f"TRY_ALLOC.CTAPOOL UP0, {hex(consumer_regs)}") == 3
+    assert sass.count("UTMALDG") >= 4  # A's three 64-row blocks and B's
+    assert "LOCAL:0" in usage.replace(" ", "") and "STACK:0" in usage.replace(" ", ""), usage
 
 
 def test_cuda_registration_is_harmless_on_cpu():
