@@ -106,12 +106,19 @@ class Report:
     saved: the tensors saved for backward, from the partitioned graphs; saved_bytes counts the
         activations among them (not parameters and inputs, which are alive anyway), and
         baseline_saved_bytes the same for the same model compiled without the pass.
+    graph_breaks: why dynamo broke the graph during the explained call (one line each, "(xN)" when
+        it broke N times for that reason); code it could not trace runs eagerly, unseen by the pass.
+    weights_outside_graphs: the model's weights (parameters of two or more dims) that no compiled
+        graph received: used only by eager code (after a graph break that ends compilation of
+        the rest of a frame, e.g. inside a loop) or not used at all; they stay in high precision.
     """
 
     matmuls: list[MatmulRecord]
     graphs: dict
     saved: list[SavedTensor]
     baseline_saved: Optional[list[SavedTensor]] = None
+    graph_breaks: list[str] = dataclasses.field(default_factory=list)
+    weights_outside_graphs: list[str] = dataclasses.field(default_factory=list)
     graphs_before: dict = dataclasses.field(default_factory=dict, repr=False)
     _rerun: Optional[Callable] = dataclasses.field(default=None, repr=False)
     _numerics: Optional[NumericsReport] = dataclasses.field(default=None, repr=False)
@@ -201,6 +208,18 @@ class Report:
             if not m.fp8 and m.reason not in seen and m.role == "fprop":
                 seen.add(m.reason)
                 lines.append(f"  {m.module or '<root>'}: {m.reason}")
+        if self.graph_breaks:
+            n = len(self.graph_breaks)
+            lines.append(f"graph breaks ({n} reason{'s' if n > 1 else ''}; what dynamo could not trace runs "
+                         f"eagerly, in high precision):")
+            lines += [f"  {reason}" for reason in self.graph_breaks]
+        if self.weights_outside_graphs:
+            folded: dict[str, int] = {}
+            for fqn in self.weights_outside_graphs:
+                folded[_module_pattern(fqn)] = folded.get(_module_pattern(fqn), 0) + 1
+            names = ", ".join(f"{p} (x{n})" if n > 1 else p for p, n in folded.items())
+            lines.append(f"weights no compiled graph used (eager code after a graph break, or unused; high "
+                         f"precision): {names}")
         if self.saved:
             acts = [s for s in self.saved if not s.is_graph_input]
             fp8_bytes = sum(s.bytes for s in acts if s.fp8)
@@ -291,6 +310,8 @@ class Report:
             "saved_bytes": self.saved_bytes,
             "baseline_saved_bytes": self.baseline_saved_bytes,
             "graphs": sorted(self.graphs),
+            "graph_breaks": list(self.graph_breaks),
+            "weights_outside_graphs": list(self.weights_outside_graphs),
             "numerics": self._numerics.to_dict() if self._numerics is not None else None,
         }
 
@@ -315,6 +336,34 @@ class Report:
             sites.append(site_numerics(module, role, a, b, threshold_db, outlier_ratio))
         self._numerics = NumericsReport(sites, threshold_db)
         return self._numerics
+
+
+def _new_graph_breaks(before: dict) -> list[str]:
+    """Dynamo's graph-break reasons counted since `before` (a copy of its counters then), each as
+    its first line, with its explanation where dynamo gives one."""
+    from torch._dynamo.utils import counters
+
+    reasons = []
+    for reason, count in counters["graph_break"].items():
+        new = count - before.get(reason, 0)
+        if new <= 0:
+            continue
+        lines = [line.strip() for line in str(reason).splitlines() if line.strip()]
+        text = lines[0] if lines else str(reason)
+        explanation = next((line for line in lines[1:] if line.startswith("Explanation:")), None)
+        if explanation:
+            text += " - " + explanation[len("Explanation:"):].strip()
+        reasons.append(text + (f" (x{new})" if new > 1 else ""))
+    return reasons
+
+
+def _weights_outside(model, seen: set) -> list[str]:
+    """FQNs of the model's floating-point parameters of two or more dims whose tensor (by identity)
+    no compiled graph took as an input or attribute."""
+    if not isinstance(model, torch.nn.Module):
+        return []
+    return [name for name, p in model.named_parameters()
+            if p.dim() >= 2 and p.is_floating_point() and id(p) not in seen]
 
 
 def _leaf_tensors(model, args, kwargs) -> list[torch.Tensor]:
@@ -349,20 +398,28 @@ def explain(model, *args, fp8_config: Optional[Config] = None, baseline: bool = 
     left as they were."""
     from fp8pass.lowering import Recorder, compile_with_fp8
 
+    from torch._dynamo.utils import counters
+
     config = fp8_config or Config()
+    seen_tensors: set = set()  # ids of the tensors the compiled graphs took (parameters among them)
 
     def run(cfg: Config, observe: bool = False) -> Recorder:
         recorder = Recorder(keep_graphs=True)
 
         def fp8_explain(gm, example_inputs, **_):
+            seen_tensors.update(id(t) for t in example_inputs)
+            seen_tensors.update(id(t) for t in gm.parameters())
             return compile_with_fp8(gm, example_inputs, cfg, recorder, observe=observe)
 
         _run_once(model, args, kwargs, fp8_explain)
         return recorder
 
+    breaks_before = dict(counters["graph_break"])
     recorder = run(config)
+    graph_breaks = _new_graph_breaks(breaks_before)
+    outside = _weights_outside(model, seen_tensors)
     baseline_saved = None
     if baseline:
         baseline_saved = _saved_from(run(dataclasses.replace(config, fprop=False, dgrad=False, wgrad=False)).graphs)
     return Report(list(recorder.records), dict(recorder.graphs), _saved_from(recorder.graphs), baseline_saved,
-                  dict(recorder.before), _rerun=lambda: run(config, observe=True))
+                  graph_breaks, outside, dict(recorder.before), _rerun=lambda: run(config, observe=True))

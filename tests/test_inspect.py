@@ -109,6 +109,45 @@ def test_str_is_compact():
     assert "90 of 93 GEMMs in FP8" in text
 
 
+class _ExpertLoop(torch.nn.Module):
+    """A Linear, then a loop over data-dependent rows (as HF's MoE experts loop over the experts a
+    batch hit) using a 3-D weight, then another Linear: dynamo breaks the graph at the nonzero and
+    runs the loop and the rest of forward eagerly."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Linear(128, 128)
+        self.b = torch.nn.Linear(128, 128)
+        self.experts = torch.nn.Parameter(torch.randn(3, 128, 128) / 16)
+
+    def forward(self, x):
+        x = self.a(x)
+        for i in (x.sum(-1) > 0).nonzero()[:2]:
+            x = x + torch.nn.functional.linear(x, self.experts[i[0] % 3])
+        return self.b(x)
+
+
+def test_report_names_graph_breaks_and_weights_left_to_eager_code():
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    report = fp8pass.explain(_ExpertLoop(), torch.randn(256, 128), baseline=False)
+    assert len(report.graph_breaks) == 1 and "nonzero" in report.graph_breaks[0], report.graph_breaks
+    # b's Linear and the experts never reached the pass: named, not silently left in high precision
+    assert sorted(report.weights_outside_graphs) == ["b.weight", "experts"]
+    assert [m.module for m in report.matmuls if m.role == "fprop"] == ["a"]
+    text = str(report)
+    assert "graph breaks (1 reason;" in text and "aten.nonzero" in text
+    assert "weights no compiled graph used" in text and "b.weight" in text
+    data = json.loads(json.dumps(report.to_dict()))
+    assert data["graph_breaks"] == report.graph_breaks
+    assert sorted(data["weights_outside_graphs"]) == ["b.weight", "experts"]
+
+
+def test_report_of_a_model_without_breaks_has_no_such_lines(block_report):
+    assert block_report.graph_breaks == [] and block_report.weights_outside_graphs == []
+    assert "graph breaks" not in str(block_report) and "no compiled graph" not in str(block_report)
+
+
 def test_to_dot_without_pydot_says_what_to_install(block_report, tmp_path):
     try:
         import pydot  # noqa: F401
