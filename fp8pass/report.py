@@ -89,7 +89,8 @@ def _module_pattern(fqn: str) -> str:
 
 _RULES = (("output head", "output head"), ("high precision:", "marked high precision"),
           ("not a multiple of 128", "K/N not multiple of 128"), ("module_filter", "module_filter"),
-          ("Config(", "disabled in Config"), ("dtype", "unsupported dtype"), ("not Linear-like", "not Linear-like"))
+          ("Config(", "disabled in Config"), ("dtype", "unsupported dtype"),
+          ("batched or grouped", "batched/grouped or sliced weight"), ("not Linear-like", "not Linear-like"))
 
 
 def _rule(reason: str) -> str:
@@ -192,7 +193,9 @@ class Report:
             key = (_module_pattern(m.module) or "<root>", m.weight.split(".")[-1] if m.weight else "")
             groups.setdefault(key, []).append(m)
         rows = [("module", "x", "fprop M x K x N", "FP8 roles", "why not FP8")]
-        for (pattern, _), ms in groups.items():
+        for (pattern, wname), ms in groups.items():
+            if wname not in ("", "weight"):  # a module with several weights (MoE experts): name each
+                pattern = f"{pattern}.{wname}"
             count = len({m.module for m in ms})
             fprop = next((m for m in ms if m.role == "fprop"), ms[0])
             roles = [r for r in ("fprop", "dgrad", "wgrad") if any(m.role == r and m.fp8 for m in ms)]
@@ -203,11 +206,17 @@ class Report:
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
         lines.insert(1, "-" * len(lines[0]))
         lines.append(f"{len(self.fp8_matmuls)} of {len(self.matmuls)} GEMMs in FP8")
-        seen = set()
+        # each reason once per module pattern (numbered layers folded): the first site's text
+        # stands for the others, counted
+        skipped: dict[tuple, list] = {}
         for m in self.matmuls:
-            if not m.fp8 and m.reason not in seen and m.role == "fprop":
-                seen.add(m.reason)
-                lines.append(f"  {m.module or '<root>'}: {m.reason}")
+            if not m.fp8 and m.role == "fprop":
+                key = (_module_pattern(m.module), m.weight.split(".")[-1] if m.weight else "", _rule(m.reason))
+                skipped.setdefault(key, []).append(m)
+        for ms in skipped.values():
+            more = len({m.module for m in ms}) - 1
+            also = f" (and {more} more like it)" if more > 0 else ""
+            lines.append(f"  {ms[0].module or '<root>'}{also}: {ms[0].reason}")
         if self.graph_breaks:
             n = len(self.graph_breaks)
             lines.append(f"graph breaks ({n} reason{'s' if n > 1 else ''}; what dynamo could not trace runs "

@@ -178,6 +178,57 @@ def _fprop_operands(node: Node):
     return bias, a, b
 
 
+# Views and casts through which a matmul can read part of a parameter without being Linear-like
+# (an expert's slice of a 3-D weight, say); looked through only to name the parameter in reports.
+_PARTIAL_VIEWS = _WEIGHT_PASSTHROUGH + _TRANSPOSES + (
+    aten.select.int, aten.slice.Tensor, aten.view.default, aten.reshape.default, aten._unsafe_view.default,
+    aten.expand.default, aten.unsqueeze.default, aten.squeeze.dim, aten.index.Tensor, aten.clone.default)
+_MATMUL_WORDS = {"mm", "bmm", "baddbmm", "addmm", "matmul", "einsum"}
+
+
+def parameter_behind(node: Node, is_weight) -> Optional[Node]:
+    """The parameter placeholder that `node` is a view, slice or cast of, if any."""
+    while isinstance(node, Node):
+        if node.op == "placeholder":
+            return node if is_weight(node) else None
+        if node.op != "call_function" or node.target not in _PARTIAL_VIEWS:
+            return None
+        node = node.args[0]
+    return None
+
+
+def is_matmul_op(target) -> bool:
+    """A matmul-family op by name: aten's bmm / baddbmm / _grouped_mm / _scaled_mm, and custom ops
+    named like them (transformers' grouped_mm_fallback for MoE experts on the CPU)."""
+    name = target.name() if hasattr(target, "name") else getattr(target, "__name__", "")
+    name = name.split("::")[-1].split(".")[0]
+    return bool(_MATMUL_WORDS & set(name.split("_")))
+
+
+def weighted_matmuls_not_linear(graph: Graph, is_weight) -> list[tuple[Node, Node]]:
+    """Forward matmuls that read a parameter but are not Linear-like sites: batched and grouped
+    GEMMs over 3-D weights (MoE experts), or an mm of one slice of a parameter. The pass leaves
+    them in high precision; they are found to be reported, with the parameter, as (node, param)."""
+    backward = tangent_dependent_nodes(graph)
+    found = []
+    for node in graph.nodes:
+        if node.op != "call_function" or node in backward or not is_matmul_op(node.target):
+            continue
+        if node.target in MM_TARGETS:
+            operands = _fprop_operands(node)
+            if operands is not None:
+                weight, _ = strip_to_placeholder(operands[2])
+                if weight is not None and is_weight(weight):
+                    continue  # a Linear-like site
+        for arg in node.args:
+            param = parameter_behind(arg, is_weight)
+            val = tensor_meta(param) if param is not None else None
+            if val is not None and val.dim() >= 2:  # a weight (not a bias broadcast into addmm)
+                found.append((node, param))
+                break
+    return found
+
+
 def find_linear_sites(graph: Graph, is_weight) -> tuple[list[LinearSite], list[Node]]:
     """All matmuls with a weight operand, grouped with their Dgrad/Wgrad.
 

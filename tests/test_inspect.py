@@ -148,6 +148,45 @@ def test_report_of_a_model_without_breaks_has_no_such_lines(block_report):
     assert "graph breaks" not in str(block_report) and "no compiled graph" not in str(block_report)
 
 
+class _Experts(torch.nn.Module):
+    """MoE-style expert weights in one 3-D parameter, used batched (bmm) and one slice at a time
+    (F.linear on w[1]), beside a router Linear too narrow for FP8 and a Linear that converts."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(2, 128, 256) / 16)
+        self.router = torch.nn.Linear(128, 4, bias=False)
+        self.proj = torch.nn.Linear(256, 128, bias=False)
+
+    def forward(self, x):
+        batched = torch.bmm(x.view(2, -1, 128), self.w).view(-1, 256)
+        one_expert = torch.nn.functional.linear(x, self.w[1].t())
+        return x + self.proj(batched + one_expert) * self.router(x).sum(-1, keepdim=True)
+
+
+def test_expert_weights_read_batched_or_sliced_are_reported_not_silently_skipped():
+    """Matmuls that read a 3-D parameter (or a slice of one) are not Linear-like sites and stay in
+    high precision; the report names each with its parameter and why, instead of leaving it out
+    (a batched one) or saying neither operand is a parameter (a slice)."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(*(_Experts() for _ in range(4)), torch.nn.Linear(128, 256))
+    report = fp8pass.explain(model, torch.randn(512, 128, requires_grad=True), baseline=False)
+    experts = [m for m in report.matmuls if "3-D parameter" in m.reason]
+    assert len(experts) == 8 and not any(m.fp8 for m in experts)
+    assert {(m.module, m.weight) for m in experts} == {(str(i), f"{i}.w") for i in range(4)}
+    assert {m.reason.split(" reads")[0] for m in experts} == {"not Linear-like: aten.bmm", "not Linear-like: aten.mm"}
+    assert all(m.shape == (512, 128, 256) for m in experts), [m.shape for m in experts]
+    assert not any("neither operand is a parameter" in m.reason for m in report.matmuls)
+    assert all(m.fp8 for m in report.matmuls if m.module.endswith("proj"))
+    text = str(report)
+    assert "*.w " in text and "batched/grouped or sliced weight" in text
+    # one summary line per reason and module pattern, whatever the number of layers
+    assert sum("more like it" in line for line in text.splitlines()) == 2, text
+    assert "0.router (and 3 more like it): N (out_features)=4" in text
+    assert "0 (and 3 more like it): not Linear-like: aten.bmm reads (part of) the 3-D parameter '0.w'" in text
+
+
 def test_to_dot_without_pydot_says_what_to_install(block_report, tmp_path):
     try:
         import pydot  # noqa: F401
