@@ -11,8 +11,8 @@ from .logs import warn_once
 from .policy import SiteContext, embedding_tied_weights, output_head_fprops, role_skip_reason, site_skip_reason
 from . import numerics  # noqa: F401  (registers torch.ops.fp8pass.observe_mm)
 from .rewrite import GemmRewrite, observe_gemms, rewrite_gemms
-from .sites import (find_linear_sites, is_prequantized_weight, module_of, parameter_behind, tensor_meta,
-                    weight_input, weighted_matmuls_not_linear)
+from .sites import (MM_TARGETS, find_linear_sites, is_prequantized_weight, module_of, parameter_behind,
+                    tensor_meta, weight_input, weighted_matmuls_not_linear)
 
 PAIRING = {"fprop": "1x128 x 128x128", "dgrad": "1x128 x 128x128", "wgrad": "1x128 x 128x1"}
 
@@ -59,12 +59,24 @@ def _gemm_shape(node: Node, swap: bool = False) -> tuple:
     return (a_val.shape[0], a_val.shape[-1], out.shape[-1])
 
 
+def _weighted_reason(node: Node, weight: str, dims: int, partial: bool) -> str:
+    op = str(node.target).split(".default")[0]
+    if node.target in MM_TARGETS and dims == 2 and not partial:
+        return (f"not Linear-like: {op} reads the 2-D parameter '{weight}' as its left operand (W @ x); fp8pass "
+                f"converts matmuls with the weight on the right (nn.Linear, F.linear, x @ W), so this one stays "
+                f"in high precision")
+    what = "one slice of the" if partial else "the"
+    return (f"not Linear-like: {op} reads {what} {dims}-D parameter '{weight}' (a batched or grouped matmul, or one "
+            f"slice of a weight, as MoE experts use); fp8pass converts matmuls that read a whole 2-D weight "
+            f"(nn.Linear, F.linear, x @ W), so this one stays in high precision")
+
+
 def _batched_shape(node: Node, param: Node) -> tuple:
     """(M, K, N) of a matmul that is not Linear-like, as far as it can be told: rows of its first
     non-weight tensor operand (all leading dims), that operand's last dim, the output's last."""
     out = tensor_meta(node)
     a = next((tensor_meta(x) for x in node.args if isinstance(x, Node) and x is not param
-              and tensor_meta(x) is not None and parameter_behind(x, lambda n: n is param) is None), None)
+              and tensor_meta(x) is not None and parameter_behind(x, lambda n: n is param)[0] is None), None)
     if out is None or a is None or a.dim() < 1 or out.dim() < 1:
         return ()
     rows = 1
@@ -106,24 +118,18 @@ def fp8_graph_pass(graph: Graph, ctx: SiteContext, is_weight: Callable[[Node], b
             if reason is None:
                 rewrites.append(GemmRewrite(node, role, fqn, site.weight if role != "wgrad" else None,
                                             swap=swap))
-    weighted = {node: param for node, param in weighted_matmuls_not_linear(graph, ctx_is_weight)}
+    weighted = {node: (param, partial) for node, param, partial in weighted_matmuls_not_linear(graph, ctx_is_weight)}
     for node in others:
         if node in weighted:
             continue
         fqn, _, _ = module_of(node)
         records.append(MatmulRecord(fqn, "fprop", _gemm_shape(node), False,
                                     "not Linear-like: neither operand is a parameter", "", graph_name))
-    for node, param in weighted.items():
+    for node, (param, partial) in weighted.items():
         fqn, _, _ = module_of(node)
-        weight = ctx.weight_fqn(param)
-        val = tensor_meta(param)
-        dims = f"{val.dim()}-D " if val is not None else ""
-        op = str(node.target).split(".default")[0]
         records.append(MatmulRecord(fqn, "fprop", _batched_shape(node, param), False,
-                                    f"not Linear-like: {op} reads (part of) the {dims}parameter '{weight}' (a "
-                                    f"batched or grouped matmul, or one slice of a weight, as MoE experts use); "
-                                    f"fp8pass converts matmuls that read a whole 2-D weight (nn.Linear, F.linear, "
-                                    f"x @ W), so this one stays in high precision", weight, graph_name))
+                                    _weighted_reason(node, ctx.weight_fqn(param), tensor_meta(param).dim(), partial),
+                                    ctx.weight_fqn(param), graph_name))
     if observe:
         observe_gemms(graph, rewrites, graph_name)
     else:

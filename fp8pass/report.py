@@ -405,9 +405,9 @@ def explain(model, *args, fp8_config: Optional[Config] = None, baseline: bool = 
     fp8_config: a non-default Config to explain. baseline: also compile without the pass (one
     more compile and run) to report `baseline_saved_bytes`. The model's and inputs' .grad are
     left as they were."""
-    from fp8pass.lowering import Recorder, compile_with_fp8
-
     from torch._dynamo.utils import counters
+
+    from fp8pass.lowering import Recorder, compile_with_fp8
 
     config = fp8_config or Config()
     seen_tensors: set = set()  # ids of the tensors the compiled graphs took (parameters among them)

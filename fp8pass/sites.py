@@ -183,18 +183,22 @@ def _fprop_operands(node: Node):
 _PARTIAL_VIEWS = _WEIGHT_PASSTHROUGH + _TRANSPOSES + (
     aten.select.int, aten.slice.Tensor, aten.view.default, aten.reshape.default, aten._unsafe_view.default,
     aten.expand.default, aten.unsqueeze.default, aten.squeeze.dim, aten.index.Tensor, aten.clone.default)
+_SLICING = (aten.select.int, aten.slice.Tensor, aten.index.Tensor)
 _MATMUL_WORDS = {"mm", "bmm", "baddbmm", "addmm", "matmul", "einsum"}
 
 
-def parameter_behind(node: Node, is_weight) -> Optional[Node]:
-    """The parameter placeholder that `node` is a view, slice or cast of, if any."""
+def parameter_behind(node: Node, is_weight) -> tuple[Optional[Node], bool]:
+    """(the parameter placeholder that `node` is a view, slice or cast of, or None; whether a
+    select, slice or index lies on the way, i.e. `node` holds only part of it)."""
+    partial = False
     while isinstance(node, Node):
         if node.op == "placeholder":
-            return node if is_weight(node) else None
+            return (node, partial) if is_weight(node) else (None, False)
         if node.op != "call_function" or node.target not in _PARTIAL_VIEWS:
-            return None
+            return None, False
+        partial = partial or node.target in _SLICING
         node = node.args[0]
-    return None
+    return None, False
 
 
 def is_matmul_op(target) -> bool:
@@ -205,10 +209,11 @@ def is_matmul_op(target) -> bool:
     return bool(_MATMUL_WORDS & set(name.split("_")))
 
 
-def weighted_matmuls_not_linear(graph: Graph, is_weight) -> list[tuple[Node, Node]]:
+def weighted_matmuls_not_linear(graph: Graph, is_weight) -> list[tuple[Node, Node, bool]]:
     """Forward matmuls that read a parameter but are not Linear-like sites: batched and grouped
-    GEMMs over 3-D weights (MoE experts), or an mm of one slice of a parameter. The pass leaves
-    them in high precision; they are found to be reported, with the parameter, as (node, param)."""
+    GEMMs over 3-D weights (MoE experts), an mm of one slice of a parameter, or of a weight on the
+    left (W @ x). The pass leaves them in high precision; they are found to be reported, with the
+    parameter, as (node, param, whether only part of the parameter is read)."""
     backward = tangent_dependent_nodes(graph)
     found = []
     for node in graph.nodes:
@@ -221,10 +226,10 @@ def weighted_matmuls_not_linear(graph: Graph, is_weight) -> list[tuple[Node, Nod
                 if weight is not None and is_weight(weight):
                     continue  # a Linear-like site
         for arg in node.args:
-            param = parameter_behind(arg, is_weight)
+            param, partial = parameter_behind(arg, is_weight)
             val = tensor_meta(param) if param is not None else None
             if val is not None and val.dim() >= 2:  # a weight (not a bias broadcast into addmm)
-                found.append((node, param))
+                found.append((node, param, partial))
                 break
     return found
 

@@ -184,7 +184,25 @@ def test_expert_weights_read_batched_or_sliced_are_reported_not_silently_skipped
     # one summary line per reason and module pattern, whatever the number of layers
     assert sum("more like it" in line for line in text.splitlines()) == 2, text
     assert "0.router (and 3 more like it): N (out_features)=4" in text
-    assert "0 (and 3 more like it): not Linear-like: aten.bmm reads (part of) the 3-D parameter '0.w'" in text
+    assert "0 (and 3 more like it): not Linear-like: aten.bmm reads the 3-D parameter '0.w'" in text
+    sliced = [m for m in experts if m.reason.startswith("not Linear-like: aten.mm")]
+    assert len(sliced) == 4 and all("reads one slice of the 3-D parameter" in m.reason for m in sliced)
+
+
+def test_weight_on_the_left_is_named_not_called_a_non_parameter():
+    class LeftWeight(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.randn(256, 128) / 16)
+
+        def forward(self, x):  # W @ x: the weight is the left operand
+            return (self.w @ x).relu()
+
+    torch._dynamo.reset()
+    report = fp8pass.explain(LeftWeight(), torch.randn(128, 256, requires_grad=True), baseline=False)
+    (record,) = [m for m in report.matmuls if m.role == "fprop"]
+    assert not record.fp8 and record.weight == "w"
+    assert "reads the 2-D parameter 'w' as its left operand (W @ x)" in record.reason
 
 
 def test_to_dot_without_pydot_says_what_to_install(block_report, tmp_path):
