@@ -30,6 +30,8 @@
 #   bash benchmarks/device_x2.sh s17a       # one GPU (not run yet: no device in session 17): the 192-row WS GEMM tile
 #                                           # (GPU tests, sweep beside cuBLAS), the block with the settled timing
 #   bash benchmarks/device_x2.sh s17b       # one GPU (not run yet): the 1B step, the quantizer table, the Linear
+#   bash benchmarks/device_x2.sh s17c       # one GPU (not run yet): the GEMM table, block and 1B step with the 192-row
+#                                           # tile among the autotuner's candidates (FP8PASS_GEMM_WS192=1)
 #   bash benchmarks/device_x2.sh s16a       # one GPU: GPU tests (the QKV-gradient cat folded, s15e's), the block with
 #                                           # per-kernel profiles (bf16 compiled, fp8 with/without the fold)
 #   bash benchmarks/device_x2.sh s16b       # one GPU: the 1B step (bf16, fp8), the quantizer table
@@ -172,6 +174,15 @@ for what in "$@"; do
       step_1b 230 step_s17 --variants bf16,fp8
       quant_bench 90
       linear_bench 90 ;;
+    s17c)  # session 17 (not run yet), one GPU, after s17a: the 192-row tile among the autotuner's candidates
+           # (FP8PASS_GEMM_WS192=1): the GEMM table at the four large shapes (WS and dispatch columns),
+           # then the block and the 1B step (whether the dispatcher now picks a Gluon GEMM anywhere)
+      export FP8PASS_GEMM_WS192=1
+      timeout 150 python3 benchmarks/gemm.py --no-quant \
+        --shapes 8192x8192x8192,16384x4096x14336,16384x14336x4096,4096x4096x4096 > "$OUT/s17c_gemm.log" 2>&1
+      echo "gemm exit $?"; grep -E "^(fprop|dgrad|wgrad) |configs chosen|M,N,K" "$OUT/s17c_gemm.log" | cut -c1-300 | head -40
+      block_bench 150 --memory
+      step_1b 230 step_s17c --variants bf16,fp8 ;;
     s16a)  # session 16, one GPU: the fused QKV gradient quantized from its three parts (cat3) and the GPU tests of
            # the enable_fp_fusion launches (s15e's), then the block profiled, bf16 compiled beside fp8 with and
            # without the fold (where the fp8 step's remaining time goes)

@@ -134,7 +134,7 @@ def run_gemm(roles, shapes, out_dtype=torch.bfloat16, columns=None):
                 t("gluon", lambda i: triton_gemm_gluon.gemm_blockwise(
                     *sets[i]["kmajor"], out_dtype, configs=triton_gemm_gluon.GLUON_CONFIGS))
                 t("ws", lambda i: triton_gemm_gluon.gemm_blockwise(
-                    *sets[i]["kmajor"], out_dtype, configs=triton_gemm_gluon.WS_CONFIGS))
+                    *sets[i]["kmajor"], out_dtype, configs=triton_gemm_gluon.ws_candidates()))
                 t("gluon+cp", lambda i: cuda._run("gluon", *sets[i]["emitted"], out_dtype))
             else:
                 res["gluon"] = res["ws"] = res["gluon+cp"] = "n/a"
@@ -144,7 +144,7 @@ def run_gemm(roles, shapes, out_dtype=torch.bfloat16, columns=None):
                 if columns and "dispatch" not in columns:  # calc_diff of the ws kernel instead
                     choice = "ws"
                     out = triton_gemm_gluon.gemm_blockwise(*sets[0]["kmajor"], out_dtype,
-                                                           configs=triton_gemm_gluon.WS_CONFIGS)
+                                                           configs=triton_gemm_gluon.ws_candidates())
                 else:
                     out = torch.ops.fp8pass.gemm_blockwise(*sets[0]["emitted"], out_dtype)
                 x, y = sets[0]["bf16"]

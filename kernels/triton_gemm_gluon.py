@@ -31,6 +31,7 @@ Import is harmless without a GPU; `available()` says whether Gluon is usable her
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 import triton
@@ -489,9 +490,16 @@ WS_CONFIGS = [(128, 128, 4, 6, "ws2", 8), (128, 128, 4, 5, "ws2", 8), (128, 128,
 
 # A 192 x 128 tile (three consumer warpgroups of 64 rows, serial K loop, 4 stages of 40 KiB): per
 # output element, a sixth less operand traffic from L2 than 128 x 128 tiles. Not yet among the
-# autotuner's candidates: not run on a GPU yet (benchmarks/gemm.py --ws-sweep --ws-variants
-# ws/4/8/192 times it; tests/test_triton_gpu.py checks it).
+# autotuner's default candidates: not run on a GPU yet (benchmarks/gemm.py --ws-sweep --ws-variants
+# ws/4/8/192 times it; tests/test_triton_gpu.py checks it). FP8PASS_GEMM_WS192=1 (read at import)
+# adds it to the candidates, so that one run can measure the dispatcher and a training step with it.
 WS_CONFIGS_192 = [(192, 128, 4, 4, "ws", 8)]
+_WS192_CANDIDATE = os.environ.get("FP8PASS_GEMM_WS192", "0") == "1"
+
+
+def ws_candidates() -> list:
+    """The warp-specialized configs the autotuner times by default."""
+    return WS_CONFIGS + (WS_CONFIGS_192 if _WS192_CANDIDATE else [])
 
 _choice_cache: dict = {}
 
@@ -590,7 +598,7 @@ def gemm_blockwise(a: torch.Tensor, a_scale: torch.Tensor, b: torch.Tensor, b_sc
                    out_dtype: torch.dtype, *, config: tuple | None = None, configs: tuple | None = None,
                    out: torch.Tensor | None = None) -> torch.Tensor:
     """K-major operands only (see `supports`). Without `config`, the first call for a
-    (shape, pairing, dtype) times `configs` (default: WS_CONFIGS and GLUON_CONFIGS, i.e. both
+    (shape, pairing, dtype) times `configs` (default: ws_candidates() and GLUON_CONFIGS, i.e. both
     kernels) and keeps the fastest."""
     m, k = a.shape
     n = b.shape[1]
@@ -602,7 +610,7 @@ def gemm_blockwise(a: torch.Tensor, a_scale: torch.Tensor, b: torch.Tensor, b_sc
         return out.zero_()
     if config is not None:
         return _launch(a, a_scale, b, b_scale, out, config)
-    configs = tuple(configs) if configs is not None else tuple(WS_CONFIGS + GLUON_CONFIGS)
+    configs = tuple(configs) if configs is not None else tuple(ws_candidates() + GLUON_CONFIGS)
     key = (m, n, k, b_scale.shape[1] != n, out_dtype, a_scale.stride(), b_scale.stride(), configs)
     cfg = _choice_cache.get(key)
     if cfg is None:
