@@ -223,12 +223,8 @@ class Report:
                          f"eagerly, in high precision):")
             lines += [f"  {reason}" for reason in self.graph_breaks]
         if self.weights_outside_graphs:
-            folded: dict[str, int] = {}
-            for fqn in self.weights_outside_graphs:
-                folded[_module_pattern(fqn)] = folded.get(_module_pattern(fqn), 0) + 1
-            names = ", ".join(f"{p} (x{n})" if n > 1 else p for p, n in folded.items())
             lines.append(f"weights no compiled graph used (eager code after a graph break, or unused; high "
-                         f"precision): {names}")
+                         f"precision): {_folded(self.weights_outside_graphs)}")
         if self.saved:
             acts = [s for s in self.saved if not s.is_graph_input]
             fp8_bytes = sum(s.bytes for s in acts if s.fp8)
@@ -241,7 +237,7 @@ class Report:
             remade = self.wgrad_copies_in_backward
             if remade:
                 lines.append(f"Wgrad's 128x1 copies of {len(remade)} Linear inputs made in backward, not saved "
-                             f"(recompute_fp8_activations): {', '.join(remade)}")
+                             f"(recompute_fp8_activations): {_folded(remade)}")
         swiglu = self.fused_swiglu
         if any(swiglu.values()):
             lines.append(f"SwiGLU computed inside its quantization kernels (fuse_swiglu): {swiglu['forward']} in "
@@ -345,6 +341,14 @@ class Report:
             sites.append(site_numerics(module, role, a, b, threshold_db, outlier_ratio))
         self._numerics = NumericsReport(sites, threshold_db)
         return self._numerics
+
+
+def _folded(fqns: list[str]) -> str:
+    """Names with their layer numbers folded into '*', each once, counted: "blocks.*.mlp.w1 (x16)"."""
+    counts: dict[str, int] = {}
+    for fqn in fqns:
+        counts[_module_pattern(fqn)] = counts.get(_module_pattern(fqn), 0) + 1
+    return ", ".join(f"{p} (x{n})" if n > 1 else p for p, n in counts.items())
 
 
 def _new_graph_breaks(before: dict) -> list[str]:

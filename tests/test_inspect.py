@@ -107,6 +107,8 @@ def test_str_is_compact():
     assert len(text.splitlines()) <= 15, text  # 6 layers x 5 Linears x 3 GEMMs fold into one screen
     assert "blocks.*.mlp.w1  6" in text.replace("  ", " ").replace("  ", " ") or "blocks.*.mlp.w1" in text
     assert "90 of 93 GEMMs in FP8" in text
+    # the Linears whose Wgrad copy backward makes, folded by layer like the table
+    assert "(recompute_fp8_activations): blocks.*.attn.wqkv (x6), blocks.*.attn.wo (x6)" in text, text
 
 
 class _ExpertLoop(torch.nn.Module):
