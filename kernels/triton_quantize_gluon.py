@@ -40,17 +40,15 @@ try:  # Gluon is experimental: absent from older Triton, names move between rele
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
 
-    from . import triton_quantize as _tq
+    from . import tile_math as _tm
 
     # the plain-Triton helpers, compiled as Gluon functions (layout-agnostic tl ops only)
-    _amax = gluon.jit(_tq._amax.fn)
-    _scale_and_recip = gluon.jit(_tq._scale_and_recip.fn)
-    _to_fp8 = gluon.jit(_tq._to_fp8.fn)
-    _grouped_tile = gluon.jit(_tq._grouped_tile.fn)
-    _cat3_tile_ptrs = gluon.jit(_tq._cat3_tile_ptrs.fn)
-    from . import triton_swiglu as _tsw
-
-    _swiglu_tile_values = gluon.jit(_tsw.swiglu_tile_values.fn)
+    _amax = gluon.jit(_tm._amax.fn)
+    _scale_and_recip = gluon.jit(_tm._scale_and_recip.fn)
+    _to_fp8 = gluon.jit(_tm._to_fp8.fn)
+    _grouped_tile = gluon.jit(_tm._grouped_tile.fn)
+    _cat3_tile_ptrs = gluon.jit(_tm._cat3_tile_ptrs.fn)
+    _swiglu_tile_values = gluon.jit(_tm.swiglu_tile_values.fn)
     from triton.experimental.gluon.language.nvidia.ampere import async_copy
 
     # cp.async global -> shared: renamed after Triton 3.6 (the old name raises in 3.9)
@@ -199,7 +197,7 @@ if gluon is not None:
         GROUP_M: gl.constexpr,
     ):
         """_quant_dual_kernel (1-D grid) of three [B, T, H_i, D] parts seen as one [B*T, K] matrix
-        (triton_quantize._cat3_tile_ptrs): each tile read in place from the part holding it."""
+        (tile_math._cat3_tile_ptrs): each tile read in place from the part holding it."""
         ROW: gl.constexpr = _row_layout(ROW_SPT, num_warps)
         COL: gl.constexpr = _col_layout(COL_SPT, num_warps)
         mb, kb = _grouped_tile(gl.program_id(0), gl.cdiv(M, 128), K // 128, GROUP_M)
@@ -469,7 +467,7 @@ def quantize_128x1_transposed(x: torch.Tensor, q_t, s_t) -> None:
 
 def swiglu_dual_transposed(mode: int, grad, a, b, outs: tuple, write_row: bool = True, write_col: bool = True) -> None:
     """Fill the four outputs of a triton_swiglu op (allocated by the caller, in quantize_1x128_128x1's
-    layouts) for its mode (triton_swiglu.FORWARD, GRAD_A, GRAD_B), or without write_row the last
+    layouts) for its mode (tile_math.FORWARD, GRAD_A, GRAD_B), or without write_row the last
     two only, without write_col the first two; the inputs a mode does not read may be any tensor
     of a's shape."""
     m, k = a.shape

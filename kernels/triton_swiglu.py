@@ -28,50 +28,11 @@ import triton.language as tl
 
 from .launch import FastLauncher
 from .reference import TILE, _cdiv, new_dual_outputs
-from .triton_quantize import _INTERPRET, _amax, _gluon_quantize, _scale_and_recip, _to_fp8
+from .tile_math import FORWARD, GRAD_A, GRAD_B, _amax, _scale_and_recip, _to_fp8, swiglu_tile_values
+from .triton_quantize import _gluon_quantize
 
 __all__ = ["swiglu_quantize_1x128_128x1", "swiglu_quantize_1x128", "swiglu_quantize_128x1",
            "swiglu_grad_a_quantize_1x128_128x1", "swiglu_grad_b_quantize_1x128_128x1"]
-
-
-@triton.jit
-def _round(x, dtype: tl.constexpr):
-    """fp32 x rounded to dtype, to nearest even. (The interpreter truncates to bf16; the GPU's
-    cvt.rn rounds to nearest even, as torch does, so under the interpreter that is spelled out.)"""
-    if _INTERPRET:
-        if dtype == tl.bfloat16:
-            bits = x.to(tl.uint32, bitcast=True)
-            bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-            x = tl.where(x != x, x, bits.to(tl.float32, bitcast=True))
-    return x.to(dtype)
-
-
-@triton.jit
-def swiglu_values(a, b):
-    """silu(a) * b of two tiles, in their dtype: silu rounded to it, then the product."""
-    a32 = a.to(tl.float32)
-    silu = _round(a32 / (1.0 + tl.exp(a32 * -1.0)), a.dtype)
-    return _round(silu.to(tl.float32) * b.to(tl.float32), a.dtype)
-
-
-@triton.jit
-def swiglu_grad_a_values(g, a, b):
-    """grad_a of silu(a) * b for its output's gradient g: g * b * sigmoid(a) * (1 + a * (1 - sigmoid(a)))."""
-    a32 = a.to(tl.float32)
-    sig = 1.0 / (1.0 + tl.exp(a32 * -1.0))
-    return _round(g.to(tl.float32) * b.to(tl.float32) * sig * (1.0 + a32 * (1.0 - sig)), a.dtype)
-
-
-@triton.jit
-def swiglu_tile_values(g, a, b, MODE: tl.constexpr):
-    """The tile a fused op quantizes: silu(a) * b (MODE 0), its gradient of a (1) or of b (2):
-    g * silu(a), silu rounded as in forward, is swiglu_values(a, g)."""
-    if MODE == 0:
-        return swiglu_values(a, b)
-    elif MODE == 1:
-        return swiglu_grad_a_values(g, a, b)
-    else:
-        return swiglu_values(a, g)
 
 
 @triton.jit
@@ -126,7 +87,6 @@ def _swiglu_dual_kernel(
 
 _launch_swiglu_dual = FastLauncher(_swiglu_dual_kernel)
 _WARPS = 8
-FORWARD, GRAD_A, GRAD_B = 0, 1, 2
 
 
 def _run(mode: int, g, a, b, out, copies: str = "dual") -> tuple:

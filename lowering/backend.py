@@ -10,10 +10,8 @@ saves them for backward instead of the high-precision inputs.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
 import logging
-import pathlib
 import sys
 from typing import Optional
 
@@ -34,24 +32,9 @@ from .fused_quantize import division_rounding_patch, fuse_quantize_ops
 from .swiglu import decompose_swiglu_ops, fuse_swiglu_quantizations, rewrite_swiglu
 from .recorder import Recorder
 from .partitioner import Fp8Partitioner
+from .source_digest import source_digest
 
 log = logs.log
-
-_SOURCE_DIGEST = None
-
-
-def _source_digest() -> str:
-    """Digest of the pass's own source, so an edited pass never reuses a cached graph."""
-    global _SOURCE_DIGEST
-    if _SOURCE_DIGEST is None:
-        h = hashlib.sha256()
-        for pkg in (pathlib.Path(__file__).parent, pathlib.Path(fp8pass.kernels.__file__).parent,
-                    pathlib.Path(fp8pass.config.__file__).parent):
-            for path in sorted(pkg.glob("*.py")):
-                h.update(path.read_bytes())
-        _SOURCE_DIGEST = h.hexdigest()
-    return _SOURCE_DIGEST
-
 
 @dataclasses.dataclass(frozen=True)
 class InputInfo:
@@ -161,7 +144,7 @@ class Fp8JointPass(CustomGraphPass):
         mask = "".join("1" if i.is_param else "0" for i in self.inputs)
         mode = "observe" if self.observe else "fp8"
         piece = "" if self.outputs_are_model_outputs else "-inner"
-        return f"fp8pass-{mode}-{_source_digest()[:16]}-{self.config.cache_key()[:16]}-{mask}{piece}"
+        return f"fp8pass-{mode}-{source_digest()[:16]}-{self.config.cache_key()[:16]}-{mask}{piece}"
 
 
 class Fp8PartitionedPass(CustomGraphPass):
@@ -211,7 +194,7 @@ class Fp8PartitionedPass(CustomGraphPass):
                 log.debug("fp8pass: %d quantize op(s) write into buffers Inductor allocates", marked)
 
     def uuid(self):
-        return (f"fp8pass-partitioned-{_source_digest()[:16]}-fuse={self.fuse}-allocate={self.allocate}"
+        return (f"fp8pass-partitioned-{source_digest()[:16]}-fuse={self.fuse}-allocate={self.allocate}"
                 f"-swiglu={self.swiglu}-fold_cat={self.fold_cat}")
 
 

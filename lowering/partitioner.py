@@ -39,6 +39,7 @@ from fp8pass.rewrite import FP8_META_KEY, NodeBuilder
 from fp8pass.sites import strip_to_placeholder
 
 from .saved_activations import store_saved_activations_in_fp8
+from .source_digest import source_digest
 
 aten = torch.ops.aten
 fp8_ops = torch.ops.fp8pass
@@ -295,10 +296,6 @@ class Fp8Partitioner(CustomPartitionerFn):
         return fw, bw
 
     def uuid(self):
-        # the backend's digest of the pass's source (this file and saved_activations.py included),
-        # computed once per process instead of re-reading the files at every compile; imported
-        # here because backend.py imports this module
-        from .backend import _source_digest
-
-        return (f"fp8pass-partition-{_source_digest()[:16]}-{self.recompute_weights}-"
+        # the digest of the backend's source (this file and saved_activations.py included)
+        return (f"fp8pass-partition-{source_digest()[:16]}-{self.recompute_weights}-"
                 f"{self.saved_activations_min_bytes}-{self.recompute_activations}")

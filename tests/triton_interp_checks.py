@@ -30,7 +30,7 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 from fp8pass.kernels import reference as ref  # noqa: E402
-from fp8pass.kernels import triton_quantize as _tq  # noqa: E402
+from fp8pass.kernels import tile_math as _tm  # noqa: E402
 
 FAILED: list[str] = []
 
@@ -414,13 +414,13 @@ def run_swiglu() -> None:
 @triton.jit
 def _tile_order_kernel(mb_ptr, kb_ptr, n_mb, n_kb, GROUP_M: tl.constexpr):
     t = tl.program_id(0)
-    mb, kb = _tq._grouped_tile(t, n_mb, n_kb, GROUP_M)
+    mb, kb = _tm._grouped_tile(t, n_mb, n_kb, GROUP_M)
     tl.store(mb_ptr + t, mb)
     tl.store(kb_ptr + t, kb)
 
 
 def run_tile_order() -> None:
-    """triton_quantize._grouped_tile (the Gluon dual quantizer's tile order) against the order it
+    """tile_math._grouped_tile (the Gluon dual quantizer's tile order) against the order it
     is meant to give, written as nested loops: groups of GROUP_M rows of tiles, each walked along K
     with the group's rows innermost; every tile exactly once, a short last group included."""
     for n_mb, n_kb, group in ((5, 3, 1), (5, 3, 2), (7, 4, 3), (3, 2, 8), (130, 32, 1), (130, 32, 8)):
@@ -448,14 +448,14 @@ def _cat3_gather_kernel(x0, x1, x2, out_ptr, M, K, T, KB1, KB2, D,
     kb = tl.program_id(1)
     rows = mb * 128 + tl.arange(0, 128)
     j = tl.arange(0, 128)
-    ptrs = _tq._cat3_tile_ptrs(x0, x1, x2, rows, j, kb, KB1, KB2, T, D,
+    ptrs = _tm._cat3_tile_ptrs(x0, x1, x2, rows, j, kb, KB1, KB2, T, D,
                                s0b, s0t, s0h, s0d, s1b, s1t, s1h, s1d, s2b, s2t, s2h, s2d, HEAD_COLS)
     mask = (rows < M)[:, None]
     tl.store(out_ptr + rows[:, None] * K + (kb * 128 + j)[None, :], tl.load(ptrs, mask=mask), mask=mask)
 
 
 def run_cat3_addressing() -> None:
-    """triton_quantize._cat3_tile_ptrs against torch.cat of the parts viewed as [B*T, H*D]: parts
+    """tile_math._cat3_tile_ptrs against torch.cat of the parts viewed as [B*T, H*D]: parts
     in the layouts a fused QKV projection's gradient comes in ([B, T, H, D] views of [B, H, T, D]
     or [B, T, H, D] storage, a slice of a [B, T, 3, H, D] buffer), grouped-query widths (K and V
     narrower than Q), head dims 32, 64, 128 and 256 (a tile spanning several heads, or part of
