@@ -14,7 +14,7 @@ Kernels (all read the input through its strides, with no copy; tails are masked)
 The transposed outputs are an addition to the contract: the Wgrad/Dgrad GEMM operands in
 K-major storage, which the tensor cores want for FP8 (see triton_gemm.py). On sm90 the dual and
 128x1 quantizations in the transposed layout (the ops' layout) run the Gluon kernel of
-triton_quantize_gluon.py, with the same numerics helpers; the kernels here are their fallback and
+triton_quantize_gluon.py, with the same helpers (tile_math.py); the kernels here are their fallback and
 what the Triton interpreter tests on the CPU. Every kernel is started through launch.FastLauncher.
 """
 
