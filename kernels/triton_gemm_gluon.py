@@ -501,6 +501,7 @@ def ws_candidates() -> list:
     """The warp-specialized configs the autotuner times by default."""
     return WS_CONFIGS + (WS_CONFIGS_192 if _WS192_CANDIDATE else [])
 
+
 _choice_cache: dict = {}
 
 
