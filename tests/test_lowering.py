@@ -1,6 +1,7 @@
 """The backend inside torch.compile's machinery: FP8 saved activations, activation checkpointing,
 graph breaks, dynamic shapes and Inductor's caches."""
 
+import copy
 import re
 
 import pytest
@@ -204,6 +205,35 @@ def test_checkpointed_blocks_recompute_quantization_and_train(recompute_activati
         opt.zero_grad()
         losses.append(loss.item())
     assert losses[-1] < losses[0]
+
+
+def test_activation_memory_budget_recomputes_fp8_blocks_at_the_same_accuracy():
+    """torch.compile's own activation checkpointing (the min-cut partitioner's memory budget,
+    torch._functorch.config.activation_memory_budget) with backend="fp8": every GEMM stays FP8, far
+    fewer activation bytes are saved, and the recomputed backward's gradients are as close to the
+    stock backend's as without the budget (the recompute quantizes the same values; only last-bit
+    differences of recomputed tensors move single FP8 roundings)."""
+    import torch._functorch.config as functorch_config
+
+    torch.manual_seed(0)
+    model = nn.Sequential(*(train_gpt.Block(CFG) for _ in range(2)))
+    x = torch.randn(4, 64, 128, requires_grad=True)
+    torch._dynamo.reset()
+    ref_model = copy.deepcopy(model)
+    torch.compile(ref_model, backend="inductor")(x).pow(2).mean().backward()
+    ref = torch.cat([p.grad.flatten() for p in ref_model.parameters()])
+    saved, accuracy = {}, {}
+    for budget in (1.0, 0.3):
+        torch._dynamo.reset()
+        with functorch_config.patch(activation_memory_budget=budget):
+            report = fp8pass.explain(model, x, baseline=False)
+            assert len(report.fp8_matmuls) == len(report.matmuls) == 30
+            saved[budget] = report.saved_bytes
+            m = copy.deepcopy(model)
+            torch.compile(m, backend="fp8")(x).pow(2).mean().backward()
+        accuracy[budget] = sqnr_db(ref, torch.cat([p.grad.flatten() for p in m.parameters()]))
+    assert saved[0.3] < 0.5 * saved[1.0], saved
+    assert accuracy[1.0] >= 20 and abs(accuracy[0.3] - accuracy[1.0]) < 0.5, accuracy
 
 
 class WithGraphBreak(nn.Module):
