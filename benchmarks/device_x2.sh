@@ -29,7 +29,8 @@
 #                                           # 32-element layouts)
 #   bash benchmarks/device_x2.sh s17a       # one GPU (not run yet: no device in session 17): the 192-row WS GEMM tile
 #                                           # (GPU tests, sweep beside cuBLAS), the block with the settled timing
-#   bash benchmarks/device_x2.sh s17b       # one GPU (not run yet): the 1B step, the quantizer table, the Linear
+#   bash benchmarks/device_x2.sh s17b       # one GPU (not run yet): the 1B step, and with activation_memory_budget 0.5
+#   bash benchmarks/device_x2.sh s17d       # one GPU (not run yet; an H200 wanted): the quantizer table, the Linear
 #   bash benchmarks/device_x2.sh s17c       # one GPU (not run yet): the GEMM table, block and 1B step with the 192-row
 #                                           # tile among the autotuner's candidates (FP8PASS_GEMM_WS192=1)
 #   bash benchmarks/device_x2.sh s16a       # one GPU: GPU tests (the QKV-gradient cat folded, s15e's), the block with
@@ -170,9 +171,12 @@ for what in "$@"; do
         --shapes 8192x8192x8192,16384x4096x14336,16384x14336x4096,4096x4096x4096 > "$OUT/s17a_sweep.log" 2>&1
       echo "sweep exit $?"; grep -v "^ *$" "$OUT/s17a_sweep.log" | grep -E "fprop|dgrad|wgrad" | cut -c1-400
       block_bench 170 --memory --fused ;;  # --fused: fuse_quantization too, not measured since session 6
-    s17b)  # session 17 (not run yet), one GPU: the 1B step, the quantizer table (on an H200: the dual's tile order,
-           # never measured there), the Linear
+    s17b)  # session 17 (not run yet), one GPU: the 1B step, then again with torch.compile's own activation
+           # checkpointing (activation_memory_budget 0.5, for both: what it costs and saves with FP8 blocks)
       step_1b 230 step_s17 --variants bf16,fp8
+      step_1b 230 step_s17_budget --variants bf16,fp8 --memory-budget 0.5 ;;
+    s17d)  # session 17 (not run yet), one GPU (an H200 wanted): the quantizer table (the dual's tile order, never
+           # measured on an H200), the Linear (<= 6.0 ms on an H200)
       quant_bench 90
       linear_bench 90 ;;
     s17c)  # session 17 (not run yet), one GPU, after s17a: the 192-row tile among the autotuner's candidates

@@ -221,6 +221,10 @@ def main(argv=None):
     p.add_argument("--fp8-option", action="append", default=[], metavar="KEY=VALUE",
                    help="an fp8pass.Config option for the fp8 variants (repeatable), e.g. fp8_saved_activations=true")
     p.add_argument("--explain", action="store_true", help="also print fp8pass.explain of the fp8 model (one more compile)")
+    p.add_argument("--memory-budget", type=float, default=None, metavar="B",
+                   help="torch.compile's own activation checkpointing for every variant: "
+                        "torch._functorch.config.activation_memory_budget = B (0 < B < 1; the partitioner "
+                        "recomputes in backward what it does not save)")
     p.add_argument("--tiny", action="store_true",
                    help="CPU-sized check: dim 128, 2 layers, SwiGLU 384, vocab 512, seq 128, batch 2, fp32")
     args = p.parse_args(argv)
@@ -269,6 +273,11 @@ def main(argv=None):
               f"{'loss@1':>7} {'synced ms':>9} {'host ms':>8}  fp8 vs {dtype_name} (same checkpointing)")
     print(header, flush=True)
     results = {}
+    if args.memory_budget is not None:
+        import torch._functorch.config as functorch_config
+
+        functorch_config.activation_memory_budget = args.memory_budget
+        print(f"activation_memory_budget = {args.memory_budget} for every variant", flush=True)
     for name in names:
         try:
             r = run_variant(name, cfg, args, device, dtype, tokens, targets)
