@@ -145,6 +145,19 @@ def test_report_names_graph_breaks_and_weights_left_to_eager_code():
     assert sorted(data["weights_outside_graphs"]) == ["b.weight", "experts"]
 
 
+def test_explain_of_an_already_compiled_model_names_its_modules():
+    model = torch.nn.Sequential(torch.nn.Linear(128, 256), torch.nn.GELU(), torch.nn.Linear(256, 128),
+                                torch.nn.Linear(128, 128))
+    x = torch.randn(256, 128, requires_grad=True)
+    torch._dynamo.reset()
+    plain = fp8pass.explain(model, x, baseline=False)
+    torch._dynamo.reset()
+    compiled = fp8pass.explain(torch.compile(model, backend="fp8"), x, baseline=False)
+    fprops = lambda r: [(m.module, m.shape, m.fp8) for m in r.matmuls if m.role == "fprop"]  # noqa: E731
+    assert fprops(compiled) == fprops(plain) == [("0", (256, 128, 256), True), ("2", (256, 256, 128), True),
+                                                 ("3", (256, 128, 128), False)]
+
+
 def test_report_of_a_model_without_breaks_has_no_such_lines(block_report):
     assert block_report.graph_breaks == [] and block_report.weights_outside_graphs == []
     assert "graph breaks" not in str(block_report) and "no compiled graph" not in str(block_report)
