@@ -111,12 +111,12 @@ def test_moe_experts_are_accounted_for_in_the_report():
 
     torch._dynamo.reset()
     torch.manual_seed(0)
-    cfg = transformers.Qwen3MoeConfig(hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
+    cfg = transformers.Qwen3MoeConfig(hidden_size=128, num_hidden_layers=1, num_attention_heads=2,
                                       num_key_value_heads=2, head_dim=64, intermediate_size=256,
                                       moe_intermediate_size=128, vocab_size=256, num_experts=4,
                                       num_experts_per_tok=2)
     model = transformers.Qwen3MoeForCausalLM(cfg)
-    ids = torch.randint(0, 256, (2, 64))
+    ids = torch.randint(0, 256, (2, 32))
     report = fp8pass.explain(model, input_ids=ids, labels=ids, baseline=False)
     experts = [n for n, p in model.named_parameters() if p.dim() == 3]
     assert experts, "expected 3-D expert weights"
