@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Callable
 
 from torch.fx import Graph, Node
@@ -12,7 +13,7 @@ from .policy import SiteContext, embedding_tied_weights, output_head_fprops, rol
 from . import numerics  # noqa: F401  (registers torch.ops.fp8pass.observe_mm)
 from .rewrite import GemmRewrite, observe_gemms, rewrite_gemms
 from .sites import (MM_TARGETS, find_linear_sites, is_prequantized_weight, module_of, parameter_behind,
-                    tensor_meta, weight_input, weighted_matmuls_not_linear)
+                    tangent_dependent_nodes, tensor_meta, weight_input, weighted_matmuls_not_linear)
 
 PAIRING = {"fprop": "1x128 x 128x128", "dgrad": "1x128 x 128x128", "wgrad": "1x128 x 128x1"}
 
@@ -79,10 +80,7 @@ def _batched_shape(node: Node, param: Node) -> tuple:
               and tensor_meta(x) is not None and parameter_behind(x, lambda n: n is param)[0] is None), None)
     if out is None or a is None or a.dim() < 1 or out.dim() < 1:
         return ()
-    rows = 1
-    for d in a.shape[:-1]:
-        rows = rows * d
-    return (rows, a.shape[-1], out.shape[-1])
+    return (math.prod(a.shape[:-1]), a.shape[-1], out.shape[-1])
 
 
 def fp8_graph_pass(graph: Graph, ctx: SiteContext, is_weight: Callable[[Node], bool],
@@ -95,7 +93,8 @@ def fp8_graph_pass(graph: Graph, ctx: SiteContext, is_weight: Callable[[Node], b
     # inputs; its parameter flag and name are those of its FP8 data input.
     ctx = dataclasses.replace(ctx, weight_fqn=lambda n, fqn=ctx.weight_fqn: fqn(weight_input(n)))
     ctx_is_weight = lambda n: is_weight(weight_input(n))  # noqa: E731
-    sites, others = find_linear_sites(graph, ctx_is_weight)
+    backward = tangent_dependent_nodes(graph)
+    sites, others = find_linear_sites(graph, ctx_is_weight, backward)
     heads = output_head_fprops(graph, sites) if ctx.outputs_are_model_outputs else set()
     tied = embedding_tied_weights(graph)
     records: list[MatmulRecord] = []
@@ -118,7 +117,8 @@ def fp8_graph_pass(graph: Graph, ctx: SiteContext, is_weight: Callable[[Node], b
             if reason is None:
                 rewrites.append(GemmRewrite(node, role, fqn, site.weight if role != "wgrad" else None,
                                             swap=swap))
-    weighted = {node: (param, partial) for node, param, partial in weighted_matmuls_not_linear(graph, ctx_is_weight)}
+    weighted = {node: (param, partial)
+                for node, param, partial in weighted_matmuls_not_linear(graph, ctx_is_weight, backward, sites)}
     for node in others:
         if node in weighted:
             continue

@@ -416,7 +416,8 @@ def explain(model, *args, fp8_config: Optional[Config] = None, baseline: bool = 
     config = fp8_config or Config()
     # a model the user already compiled: explain the module inside (compiling the wrapper again
     # names every module after the wrapper's frame, "__self__.0", and folds them into one row)
-    model = getattr(model, "_orig_mod", model) if isinstance(model, torch._dynamo.eval_frame.OptimizedModule) else model
+    if isinstance(model, torch._dynamo.eval_frame.OptimizedModule):
+        model = model._orig_mod
     seen_tensors: set = set()  # ids of the tensors the compiled graphs took (parameters among them)
 
     def run(cfg: Config, observe: bool = False) -> Recorder:

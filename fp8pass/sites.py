@@ -209,22 +209,18 @@ def is_matmul_op(target) -> bool:
     return bool(_MATMUL_WORDS & set(name.split("_")))
 
 
-def weighted_matmuls_not_linear(graph: Graph, is_weight) -> list[tuple[Node, Node, bool]]:
+def weighted_matmuls_not_linear(graph: Graph, is_weight, backward: set, sites: list) -> list[tuple[Node, Node, bool]]:
     """Forward matmuls that read a parameter but are not Linear-like sites: batched and grouped
     GEMMs over 3-D weights (MoE experts), an mm of one slice of a parameter, or of a weight on the
     left (W @ x). The pass leaves them in high precision; they are found to be reported, with the
-    parameter, as (node, param, whether only part of the parameter is read)."""
-    backward = tangent_dependent_nodes(graph)
+    parameter, as (node, param, whether only part of the parameter is read). `backward` and
+    `sites`: the graph's tangent_dependent_nodes and find_linear_sites."""
+    linear = {site.fprop for site in sites}
     found = []
     for node in graph.nodes:
-        if node.op != "call_function" or node in backward or not is_matmul_op(node.target):
+        if (node.op != "call_function" or node in backward or node in linear
+                or not is_matmul_op(node.target)):
             continue
-        if node.target in MM_TARGETS:
-            operands = _fprop_operands(node)
-            if operands is not None:
-                weight, _ = strip_to_placeholder(operands[2])
-                if weight is not None and is_weight(weight):
-                    continue  # a Linear-like site
         for arg in node.args:
             param, partial = parameter_behind(arg, is_weight)
             val = tensor_meta(param) if param is not None else None
@@ -234,12 +230,14 @@ def weighted_matmuls_not_linear(graph: Graph, is_weight) -> list[tuple[Node, Nod
     return found
 
 
-def find_linear_sites(graph: Graph, is_weight) -> tuple[list[LinearSite], list[Node]]:
+def find_linear_sites(graph: Graph, is_weight, backward: Optional[set] = None) -> tuple[list[LinearSite], list[Node]]:
     """All matmuls with a weight operand, grouped with their Dgrad/Wgrad.
 
-    `is_weight(placeholder) -> bool` says which placeholders are parameters. Returns the sites
-    and the matmuls that are not Linear-like (activation @ activation), for the report."""
-    backward = tangent_dependent_nodes(graph)
+    `is_weight(placeholder) -> bool` says which placeholders are parameters; `backward`, the
+    graph's tangent_dependent_nodes if the caller has them. Returns the sites and the matmuls
+    that are not Linear-like (activation @ activation), for the report."""
+    if backward is None:
+        backward = tangent_dependent_nodes(graph)
     backward_mms_by_seq: dict[int, list[Node]] = {}
     for node in graph.nodes:
         if node in backward and node.op == "call_function" and node.target is aten.mm.default:

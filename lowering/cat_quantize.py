@@ -32,6 +32,7 @@ from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from fp8pass.kernels.ops import op_name
 from fp8pass.rewrite import FP8_META_KEY
+from fp8pass.sites import tensor_meta
 
 from .swiglu import _VIEWS
 
@@ -39,16 +40,11 @@ aten = torch.ops.aten
 fp8_ops = torch.ops.fp8pass
 
 
-def _val(node) -> "torch.Tensor | None":
-    val = node.meta.get("val") if isinstance(node, Node) else None
-    return val if isinstance(val, torch.Tensor) else None
-
-
 def _four_d_part(piece: Node) -> "Node | None":
     """The [B, T, H, D] tensor that the cat input `piece` ([B, T, H*D]) is a reshape of, else None."""
     if not isinstance(piece, Node) or piece.op != "call_function" or piece.target not in _VIEWS:
         return None
-    val, src_val = _val(piece), _val(piece.args[0])
+    val, src_val = tensor_meta(piece), tensor_meta(piece.args[0])
     if val is None or src_val is None or val.dim() != 3 or src_val.dim() != 4:
         return None
     if not all(statically_known_true(a == b) for a, b in zip(src_val.shape[:2], val.shape[:2])):
@@ -85,7 +81,7 @@ def _split_parts(quant: Node) -> "tuple[list[Node], list[tuple[Node, None]]] | N
     if not views or found is None:
         return None
     pieces, dim = found
-    flat, joined = _val(quant.args[0]), _val(joined_node)
+    flat, joined = tensor_meta(quant.args[0]), tensor_meta(joined_node)
     if flat is None or joined is None or joined.dim() != 3 or dim not in (2, -1):
         return None
     if not statically_known_true(flat.shape[-1] == joined.shape[-1]):  # [B*T, K], not another 2-D view
@@ -113,8 +109,8 @@ def _unbind_parts(quant: Node) -> "tuple[list[Node], list[tuple[Node, list[int]]
     if found is None or found[1] != 0:
         return None
     pieces = found[0]
-    vals = [_val(p) for p in pieces]
-    flat, stacked_val = _val(quant.args[0]), _val(stacked)
+    vals = [tensor_meta(p) for p in pieces]
+    flat, stacked_val = tensor_meta(quant.args[0]), tensor_meta(stacked)
     if flat is None or stacked_val is None or any(v is None or v.dim() != 4 for v in vals):
         return None
     shape = vals[0].shape
