@@ -29,6 +29,7 @@ import operator
 from typing import Any, Optional, Sequence
 
 import torch
+import torch._functorch.config as functorch_config
 from torch._functorch.partitioners import min_cut_rematerialization_partition
 from torch._inductor.custom_graph_pass import CustomPartitionerFn
 from torch.fx import GraphModule, Node
@@ -246,6 +247,20 @@ def prefer_recompute(nodes) -> None:
         node.meta.setdefault("recompute", CheckpointPolicy.PREFER_RECOMPUTE)
 
 
+def min_cut_partition(gm: GraphModule, joint_inputs: Sequence[object], **kwargs: Any):
+    """Inductor's min-cut partition, with the project's ops kept from wholesale recomputation under
+    torch._functorch.config.activation_memory_budget < 1. Under a budget the partitioner first
+    tries min-cut without its recompute allowlist, where only aten's matmuls count as compute
+    intensive: the FP8 GEMMs (custom ops) became free to recompute, and a 1B model saved nothing
+    and recomputed its whole forward in backward (peak 1.24x BF16's under the same budget, H100,
+    benchmarks/RESULTS.md session 18). `is_non_builtin_to_include` bans non-builtin ops as aten.mm
+    is banned; the knapsack may still lift a ban where the budget needs it, ranking by FLOPs
+    (kernels/ops.py `gemm_blockwise_flops`). Without a budget this flag changes nothing: custom
+    ops are outside the allowlist anyway."""
+    with functorch_config.patch(is_non_builtin_to_include=True):
+        return min_cut_rematerialization_partition(gm, joint_inputs, **kwargs)
+
+
 class Fp8Partitioner(CustomPartitionerFn):
     """`custom_partitioner_fn`: min-cut partition with the FP8 choices above."""
 
@@ -263,7 +278,7 @@ class Fp8Partitioner(CustomPartitionerFn):
         splits = split_forward_dual_quantizations(gm.graph) if self.recompute_activations else []
         if splits:
             tag_recompute_chains(gm.graph, splits)
-        fw, bw = min_cut_rematerialization_partition(gm, joint_inputs, **kwargs)
+        fw, bw = min_cut_partition(gm, joint_inputs, **kwargs)
         # At most two more partitions: first the splits whose inputs min-cut saved only for them
         # get those inputs recomputed (when they are pointwise of what is saved anyway), then any
         # split still costing memory gets its dual quantization back.
@@ -287,7 +302,7 @@ class Fp8Partitioner(CustomPartitionerFn):
                 log.info("fp8pass: Wgrad copies of %s saved from forward (making them in backward would "
                          "need more saved bytes than it frees)", ", ".join(s.source for s in merged))
             gm.recompile()
-            fw, bw = min_cut_rematerialization_partition(gm, joint_inputs, **kwargs)
+            fw, bw = min_cut_partition(gm, joint_inputs, **kwargs)
         if self.saved_activations_min_bytes is not None:
             changed = store_saved_activations_in_fp8(fw, bw, kwargs["num_fwd_outputs"],
                                                      self.saved_activations_min_bytes)

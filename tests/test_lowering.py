@@ -207,11 +207,14 @@ def test_checkpointed_blocks_recompute_quantization_and_train(recompute_activati
     assert losses[-1] < losses[0]
 
 
-def test_activation_memory_budget_recomputes_fp8_blocks_at_the_same_accuracy():
+def test_activation_memory_budget_recomputes_around_the_fp8_gemms_at_the_same_accuracy():
     """torch.compile's own activation checkpointing (the min-cut partitioner's memory budget,
-    torch._functorch.config.activation_memory_budget) with backend="fp8": every GEMM stays FP8, far
-    fewer activation bytes are saved, and the recomputed backward's gradients are as close to the
-    stock backend's as without the budget (the recompute quantizes the same values; only last-bit
+    torch._functorch.config.activation_memory_budget) with backend="fp8": every GEMM stays FP8,
+    fewer activation bytes are saved, no more than the stock backend saves under the same budget,
+    the backward recomputes no forward GEMM (it used to recompute all of them: the FP8 GEMMs are
+    custom ops, which the budget's aggressive min-cut did not count as compute intensive; on a 1B
+    model the step's peak then rose above BF16's), and the gradients are as close to the stock
+    backend's as without the budget (the recompute quantizes the same values; only last-bit
     differences of recomputed tensors move single FP8 roundings)."""
     import torch._functorch.config as functorch_config
 
@@ -222,18 +225,22 @@ def test_activation_memory_budget_recomputes_fp8_blocks_at_the_same_accuracy():
     ref_model = copy.deepcopy(model)
     torch.compile(ref_model, backend="inductor")(x).pow(2).mean().backward()
     ref = torch.cat([p.grad.flatten() for p in ref_model.parameters()])
-    saved, accuracy = {}, {}
-    for budget in (1.0, 0.3):
-        torch._dynamo.reset()
+    saved, stock_saved, accuracy, recomputed = {}, {}, {}, {}
+    for budget in (1.0, 0.5):
         with functorch_config.patch(activation_memory_budget=budget):
-            report = fp8pass.explain(model, x, baseline=False)
+            torch._dynamo.reset()
+            report = fp8pass.explain(model, x)
             assert len(report.fp8_matmuls) == len(report.matmuls) == 30
-            saved[budget] = report.saved_bytes
-            m = copy.deepcopy(model)
-            torch.compile(m, backend="fp8")(x).pow(2).mean().backward()
-        accuracy[budget] = sqnr_db(ref, torch.cat([p.grad.flatten() for p in m.parameters()]))
-    assert saved[0.3] < 0.5 * saved[1.0], saved
-    assert accuracy[1.0] >= 20 and abs(accuracy[0.3] - accuracy[1.0]) < 0.5, accuracy
+            saved[budget], stock_saved[budget] = report.saved_bytes, report.baseline_saved_bytes
+            grads, (_, backward_code) = fp8_grads_and_code(copy.deepcopy(model), x)
+        # 10 Linears: Dgrad and Wgrad in backward, and under the budget a few Fprops recomputed
+        # where the knapsack needs them (4 here; the stock backend recomputes 3 of its mms at 0.5;
+        # 9 before the FP8 GEMMs were banned as aten.mm is)
+        recomputed[budget] = backward_code.count("fp8pass.gemm_blockwise.default(") - 20
+        accuracy[budget] = sqnr_db(ref, torch.cat([g.flatten() for g in grads[1:]]))
+    assert recomputed[1.0] == 0 and 0 <= recomputed[0.5] <= 5, recomputed
+    assert 0 < saved[0.5] < saved[1.0] and saved[0.5] <= stock_saved[0.5], (saved, stock_saved)
+    assert accuracy[1.0] >= 20 and abs(accuracy[0.5] - accuracy[1.0]) < 0.5, accuracy
 
 
 class WithGraphBreak(nn.Module):

@@ -302,6 +302,17 @@ def test_opcheck_gemm():
     torch.library.opcheck(ops.gemm_blockwise, (*operands, torch.float32), test_utils="test_faketensor")
 
 
+def test_flop_counter_counts_the_fp8_gemm_as_a_matmul():
+    """FlopCounterMode (MFU counters; the activation-memory-budget knapsack's cost model) counts
+    2*M*N*K for an FP8 GEMM, as for aten.mm of the same shape."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    _, operands = _gemm_case("128x128", 40, 256, 128)
+    with FlopCounterMode(display=False) as counter:
+        ops.gemm_blockwise(*operands, torch.float32)
+    assert counter.get_total_flops() == 2 * 40 * 256 * 128
+
+
 def test_fast_launch_key_is_as_fine_as_tritons_specialization():
     """kernels/launch.py keys cached kernels by what Triton specializes on; each pair here is
     compiled differently by Triton, so each must get a different key."""
