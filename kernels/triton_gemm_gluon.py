@@ -22,8 +22,7 @@ producer warpgroup keeps the stage ring filled by TMA across the CTA's tiles; tw
 warpgroups each own half of the 128x128 tile and release a stage through its `empty` mbarrier
 instead of a CTA barrier, promote as above (or serially: "ws"), and store through shared memory
 by TMA while the next tile's K loop starts. setmaxnreg gives the consumers 240 registers each.
-A 192x128 tile (WS_CONFIGS_192, not yet measured) has three consumers of 64 rows at 160
-registers, serial only.
+A 192x128 tile (WS_CONFIGS_192) has three consumers of 64 rows at 160 registers, serial only.
 
 Import is harmless without a GPU; `available()` says whether Gluon is usable here.
 """
@@ -489,12 +488,14 @@ WS_CONFIGS = [(128, 128, 4, 6, "ws2", 8), (128, 128, 4, 5, "ws2", 8), (128, 128,
               (128, 128, 4, 5, "ws", 16)]
 
 # A 192 x 128 tile (three consumer warpgroups of 64 rows, serial K loop, 4 stages of 40 KiB): per
-# output element, a sixth less operand traffic from L2 than 128 x 128 tiles. Not yet among the
-# autotuner's default candidates: not run on a GPU yet (benchmarks/gemm.py --ws-sweep --ws-variants
-# ws/4/8/192 times it; tests/test_triton_gpu.py checks it). FP8PASS_GEMM_WS192=1 (read at import)
-# adds it to the candidates, so that one run can measure the dispatcher and a training step with it.
+# output element, a sixth less operand traffic from L2 than 128 x 128 tiles. On an H100 (session 18,
+# benchmarks/RESULTS.md) it beat the best 128 x 128 config by 1-5% in Fprop and Dgrad at 8192^3,
+# 16384x4096x14336 and 16384x14336x4096 (still 0.83-0.96x cuBLAS), lost by 4% at 4096^3, and in
+# Wgrad tied at 8192^3 and lost by 1.5-4% elsewhere: a default candidate, which the autotuner
+# takes where it is fastest.
+# FP8PASS_GEMM_WS192=0 (read at import) leaves it out (fewer kernels to compile and time).
 WS_CONFIGS_192 = [(192, 128, 4, 4, "ws", 8)]
-_WS192_CANDIDATE = os.environ.get("FP8PASS_GEMM_WS192", "0") == "1"
+_WS192_CANDIDATE = os.environ.get("FP8PASS_GEMM_WS192", "1") != "0"
 
 
 def ws_candidates() -> list:

@@ -7,7 +7,7 @@ import torch
 from conftest import load_example
 
 train_gpt = load_example("train_gpt")
-STEPS = 200
+STEPS = 100
 
 
 def test_gpt_fp8_training_matches_stock_backend():
