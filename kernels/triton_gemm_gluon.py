@@ -489,10 +489,10 @@ WS_CONFIGS = [(128, 128, 4, 6, "ws2", 8), (128, 128, 4, 5, "ws2", 8), (128, 128,
 
 # A 192 x 128 tile (three consumer warpgroups of 64 rows, serial K loop, 4 stages of 40 KiB): per
 # output element, a sixth less operand traffic from L2 than 128 x 128 tiles. On an H100 (session 18,
-# benchmarks/RESULTS.md) it beat the best 128 x 128 config by 1-5% in Fprop and Dgrad at 8192^3,
-# 16384x4096x14336 and 16384x14336x4096 (still 0.83-0.96x cuBLAS), lost by 4% at 4096^3, and in
-# Wgrad tied at 8192^3 and lost by 1.5-4% elsewhere: a default candidate, which the autotuner
-# takes where it is fastest.
+# benchmarks/RESULTS.md) this config beat the best 128 x 128 one by 1-5% in Fprop and Dgrad at
+# 8192^3, 16384x4096x14336 and 16384x14336x4096 (but Dgrad 8192^3, -1%; all still 0.83-0.96x
+# cuBLAS), lost by 3-4% at 4096^3 and in Wgrad by 1.5-5%: a default candidate, which the
+# autotuner takes where it is fastest.
 # FP8PASS_GEMM_WS192=0 (read at import) leaves it out (fewer kernels to compile and time).
 WS_CONFIGS_192 = [(192, 128, 4, 4, "ws", 8)]
 _WS192_CANDIDATE = os.environ.get("FP8PASS_GEMM_WS192", "1") != "0"
