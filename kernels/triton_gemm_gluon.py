@@ -489,7 +489,7 @@ WS_CONFIGS = [(128, 128, 4, 6, "ws2", 8), (128, 128, 4, 5, "ws2", 8), (128, 128,
 
 # A 192 x 128 tile (three consumer warpgroups of 64 rows, serial K loop, 4 stages of 40 KiB): per
 # output element, a sixth less operand traffic from L2 than 128 x 128 tiles. On an H100 (session 18,
-# benchmarks/RESULTS.md) this config beat the best 128 x 128 one by 1-5% in Fprop and Dgrad at
+# benchmarks/RESULTS.md) this config beat the best 128 x 128 one by 0.8-4.7% in Fprop and Dgrad at
 # 8192^3, 16384x4096x14336 and 16384x14336x4096 (but Dgrad 8192^3, -1%; all still 0.83-0.96x
 # cuBLAS), lost by 3-4% at 4096^3 and in Wgrad by 1.5-5%: a default candidate, which the
 # autotuner takes where it is fastest.
