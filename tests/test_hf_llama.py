@@ -124,3 +124,42 @@ def test_moe_experts_are_accounted_for_in_the_report():
     unaccounted = [n for n in experts if n not in listed and n not in report.weights_outside_graphs]
     assert not unaccounted, (unaccounted, str(report))
     assert any(m.fp8 for m in report.matmuls if m.module.endswith("self_attn.q_proj"))
+
+
+@pytest.mark.parametrize("family", ["Phi3", "GPTNeoX"])
+def test_fused_projection_families_convert_and_train(family):
+    """Two more unmodified families whose Linears are fused differently from Llama's: Phi-3 (one
+    qkv_proj, one gate_up_proj whose output is chunked into SwiGLU's two inputs) and GPT-NeoX (one
+    query_key_value, a GELU MLP). Every Linear but the output head runs all three GEMMs in FP8, and
+    the loss falls over a few AdamW steps (the CPU probe of session 18 tried ten families)."""
+    import transformers
+
+    import fp8pass
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    size = dict(vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=1,
+                num_attention_heads=2, max_position_embeddings=64)
+    if family == "Phi3":
+        model = transformers.Phi3ForCausalLM(transformers.Phi3Config(
+            **size, num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=1))
+        linears = ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")
+    else:
+        model = transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(**size))
+        linears = ("attention.query_key_value", "attention.dense", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h")
+    ids = torch.randint(0, 256, (2, 64))
+    report = fp8pass.explain(model, input_ids=ids, labels=ids, baseline=False)
+    layer = "model.layers.0." if family == "Phi3" else "gpt_neox.layers.0."
+    for name in linears:
+        assert roles(report, layer + name)[0] == ["dgrad", "fprop", "wgrad"], (name, str(report))
+    assert len(report.fp8_matmuls) == 3 * len(linears), str(report)
+    compiled = torch.compile(model, backend="fp8")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(4):
+        loss = compiled(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0] - 0.3, losses
