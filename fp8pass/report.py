@@ -147,7 +147,24 @@ class Report:
                     meta = node.meta.get(FP8_META_KEY) or {}
                     if meta.get("for") == "fprop":
                         modules.append(meta.get("module", ""))
-        # in the model's order (the backward meets them last layer first)
+        return self._in_model_order(modules)
+
+    @property
+    def fprop_gemms_in_backward(self) -> list[str]:
+        """Modules whose Fprop GEMM the backward runs again: inside torch.utils.checkpoint regions,
+        or where torch._functorch.config.activation_memory_budget had the partition recompute it
+        rather than save its output (each costs one more FP8 GEMM a step)."""
+        modules = []
+        for name, gm in self.graphs.items():
+            if name.endswith("_backward") and isinstance(gm, torch.fx.GraphModule):
+                for node in gm.graph.find_nodes(op="call_function", target=torch.ops.fp8pass.gemm_blockwise.default):
+                    meta = node.meta.get(FP8_META_KEY) or {}
+                    if meta.get("role") == "fprop":
+                        modules.append(meta.get("module", ""))
+        return self._in_model_order(modules)
+
+    def _in_model_order(self, modules: list[str]) -> list[str]:
+        """modules sorted as the model calls them (a backward meets them last layer first)."""
         first_seen: dict[str, int] = {}
         for i, m in enumerate(self.matmuls):
             first_seen.setdefault(m.module, i)
@@ -238,6 +255,10 @@ class Report:
             if remade:
                 lines.append(f"Wgrad's 128x1 copies of {len(remade)} Linear inputs made in backward, not saved "
                              f"(recompute_fp8_activations): {_folded(remade)}")
+            rerun = self.fprop_gemms_in_backward
+            if rerun:
+                lines.append(f"Fprop GEMMs run again in backward (activation checkpointing or "
+                             f"activation_memory_budget): {len(rerun)}: {_folded(rerun)}")
         swiglu = self.fused_swiglu
         if any(swiglu.values()):
             lines.append(f"SwiGLU computed inside its quantization kernels (fuse_swiglu): {swiglu['forward']} in "
@@ -317,6 +338,7 @@ class Report:
             "graphs": sorted(self.graphs),
             "graph_breaks": list(self.graph_breaks),
             "weights_outside_graphs": list(self.weights_outside_graphs),
+            "fprop_gemms_in_backward": self.fprop_gemms_in_backward,
             "numerics": self._numerics.to_dict() if self._numerics is not None else None,
         }
 

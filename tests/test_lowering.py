@@ -189,6 +189,10 @@ def test_checkpointed_blocks_recompute_quantization_and_train(recompute_activati
     config = fp8pass.Config(recompute_fp8_activations=recompute_activations)
     report = fp8pass.explain(model, x, fp8_config=config)
     assert len(report.fp8_matmuls) == 30
+    # the backward runs the checkpointed Linears' Fprops again, and the report says so: all but
+    # w2's, whose output only goes into the residual sum that the next checkpoint's input saves
+    rerun = report.fprop_gemms_in_backward
+    assert len(rerun) == 8 and not any(m.endswith("w2") for m in rerun), str(report)
     # only block inputs and the FP8 weight copies (1 byte per weight element) stay saved
     weights = sum(p.numel() for n, p in model.named_parameters() if n.endswith("weight") and p.dim() == 2)
     fp8_saved = sum(s.bytes for s in report.saved if s.fp8)
@@ -238,6 +242,7 @@ def test_activation_memory_budget_recomputes_around_the_fp8_gemms_at_the_same_ac
         # where the knapsack needs them (4 here; the stock backend recomputes 3 of its mms at 0.5;
         # 9 before the FP8 GEMMs were banned as aten.mm is)
         recomputed[budget] = backward_code.count("fp8pass.gemm_blockwise.default(") - 20
+        assert len(report.fprop_gemms_in_backward) == recomputed[budget], str(report)
         accuracy[budget] = sqnr_db(ref, torch.cat([g.flatten() for g in grads[1:]]))
     assert recomputed[1.0] == 0 and 0 <= recomputed[0.5] <= 5, recomputed
     assert 0 < saved[0.5] < saved[1.0] and saved[0.5] <= stock_saved[0.5], (saved, stock_saved)
