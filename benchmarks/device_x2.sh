@@ -28,10 +28,10 @@
 #   bash benchmarks/device_x2.sh s6e        # one GPU: quantizer GPU tests, quantizer table + sweep (Gluon 128x1 and
 #                                           # 32-element layouts)
 #   bash benchmarks/device_x2.sh s18a       # one GPU: the 1B step under activation_memory_budget 0.5 (GEMMs no longer
-#                                           # recomputed wholesale); s18b: the 1B step with fp8_output_head
-#   bash benchmarks/device_x2.sh s17a       # one GPU (not run yet: no device in session 17): the 192-row WS GEMM tile
+#                                           # recomputed wholesale); s18b (not run yet): the 1B step with fp8_output_head
+#   bash benchmarks/device_x2.sh s17a       # one GPU (run in session 18): the 192-row WS GEMM tile
 #                                           # (GPU tests, sweep beside cuBLAS), the block with the settled timing
-#   bash benchmarks/device_x2.sh s17b       # one GPU (not run yet): the 1B step, and with activation_memory_budget 0.5
+#   bash benchmarks/device_x2.sh s17b       # one GPU (run in session 18): the 1B step, and with activation_memory_budget 0.5
 #   bash benchmarks/device_x2.sh s17d       # one GPU (not run yet; an H200 wanted): the quantizer table, the Linear
 #   bash benchmarks/device_x2.sh s17c       # one GPU (not run yet): the GEMM table, block and 1B step with the 192-row
 #                                           # tile among the autotuner's candidates (FP8PASS_GEMM_WS192=1)
@@ -161,10 +161,10 @@ step_1b() {  # the 1B train_step.py: $1 timeout, $2 log name, then the script's 
 for what in "$@"; do
   case $what in
     s18a)  # session 18, one GPU: the 1B step under activation_memory_budget 0.5 after the FP8 GEMMs were banned from
-           # recompute (s17b: fp8 saved nothing and recomputed its forward, peak 1.24x BF16's); then the 1B step with
-           # the output head in FP8 too (fp8_output_head: the 4 ms BF16 head GEMMs of s13a's profile)
+           # recompute (s17b: fp8 saved nothing and recomputed its forward, peak 1.24x BF16's)
       step_1b 230 step_s18_budget --variants bf16,fp8 --memory-budget 0.5 ;;
-    s18b)  # session 18, one GPU: the 1B step with the output head in FP8 too (fp8_output_head)
+    s18b)  # session 18 (not run yet), one GPU: the 1B step with the output head in FP8 too (fp8_output_head: the
+           # ~4 ms of BF16 head GEMMs in s13a's profile)
       step_1b 190 step_s18_head --variants bf16,fp8 --fp8-option fp8_output_head=true ;;
     s17a)  # session 17 (not run yet: no device lent in session 17), one GPU: the WS GEMM's 192 x 128 tile (three
            # consumer warpgroups) and its serial K loop's 128x1 b scales held as loaded: GPU tests, then the sweep at
