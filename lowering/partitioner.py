@@ -255,7 +255,9 @@ def min_cut_partition(gm: GraphModule, joint_inputs: Sequence[object], **kwargs:
     and recomputed its whole forward in backward (peak 1.24x BF16's under the same budget, H100,
     benchmarks/RESULTS.md session 18). `is_non_builtin_to_include` bans non-builtin ops as aten.mm
     is banned; the knapsack may still lift a ban where the budget needs it, ranking by FLOPs
-    (kernels/ops.py `gemm_blockwise_flops`). Without a budget this flag changes nothing: custom
+    (kernels/ops.py `gemm_blockwise_flops`). The flag covers every custom op of the graph, so a
+    model's own custom ops (a flash-attention op, say) are kept from recompute under a budget too,
+    where the stock backend may recompute them. Without a budget this flag changes nothing: custom
     ops are outside the allowlist anyway."""
     with functorch_config.patch(is_non_builtin_to_include=True):
         return min_cut_rematerialization_partition(gm, joint_inputs, **kwargs)
