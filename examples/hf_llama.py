@@ -83,6 +83,9 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-explain", action="store_true", help="skip the explain table (saves one compile)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="model.gradient_checkpointing_enable(), with the dynamo flag that lets torch.compile "
+                        "trace the checkpointed layers (without it they run eagerly, in high precision)")
     args = p.parse_args(argv)
 
     import fp8pass
@@ -96,6 +99,11 @@ def main(argv=None):
 
     model = make_model(args.hidden, args.layers, args.heads, args.kv_heads, args.intermediate, args.seq,
                        args.seed, args.device, dtype)
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        # each layer sets a context variable (transformers' kernels hub), a side effect dynamo does
+        # not trace under torch.utils.checkpoint unless it may skip replaying it in backward
+        torch._dynamo.config.skip_fwd_side_effects_in_bwd_under_checkpoint = True
     n_params = sum(p.numel() for p in model.parameters())
     print(f"LlamaForCausalLM: {n_params / 1e6:.1f}M parameters, hidden {args.hidden}, {args.layers} layers, "
           f"{args.heads} heads ({args.kv_heads} KV), intermediate {args.intermediate}, seq {args.seq}; "

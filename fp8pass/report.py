@@ -97,6 +97,17 @@ def _rule(reason: str) -> str:
     return next((short for key, short in _RULES if key in reason), reason[:40])
 
 
+# Dynamo's break reason for a side effect inside torch.utils.checkpoint, and the way out. Hugging
+# Face's gradient_checkpointing_enable() meets it in every decoder layer (transformers 5.25: a
+# context variable of its kernels hub set inside the layer), so without the flag all layers ran
+# eagerly in high precision; with it they compile and convert (tests/test_hf_llama.py).
+_CHECKPOINT_SIDE_EFFECT = "HOP: Unsafe side effect"
+_CHECKPOINT_SIDE_EFFECT_HINT = (
+    "  way out for a side effect inside torch.utils.checkpoint (Hugging Face's gradient_checkpointing_enable() "
+    "has one in each layer): torch._dynamo.config.skip_fwd_side_effects_in_bwd_under_checkpoint = True lets "
+    "dynamo compile the checkpointed code (the side effect is then not replayed when backward recomputes)")
+
+
 @dataclasses.dataclass
 class Report:
     """What the fp8 backend did to one model call.
@@ -239,6 +250,8 @@ class Report:
             lines.append(f"graph breaks ({n} reason{'s' if n > 1 else ''}; what dynamo could not trace runs "
                          f"eagerly, in high precision):")
             lines += [f"  {reason}" for reason in self.graph_breaks]
+            if any(_CHECKPOINT_SIDE_EFFECT in reason for reason in self.graph_breaks):
+                lines.append(_CHECKPOINT_SIDE_EFFECT_HINT)
         if self.weights_outside_graphs:
             lines.append(f"weights no compiled graph used (eager code after a graph break, or unused; high "
                          f"precision): {_folded(self.weights_outside_graphs)}")

@@ -68,9 +68,10 @@ def tag_fp8_weights_for_recompute(graph: torch.fx.Graph) -> list[Node]:
     the min-cut partition re-quantizes the weight in backward rather than saving the copy. Nodes
     that already carry a tag (inside torch.utils.checkpoint regions) keep it. Returns the tagged
     nodes."""
-    targets = (fp8_ops.quantize_128x128.default, fp8_ops.quantize_128x128_transposed.default)
+    nodes = [node for target in (fp8_ops.quantize_128x128.default, fp8_ops.quantize_128x128_transposed.default)
+             for node in graph.find_nodes(op="call_function", target=target)]  # one target per lookup
     tagged = []
-    for node in graph.find_nodes(op="call_function", target=targets):
+    for node in nodes:
         source, _ = strip_to_placeholder(node.args[0])
         if source is None or source.name.startswith("tangents") or "recompute" in node.meta:
             continue

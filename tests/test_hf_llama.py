@@ -10,7 +10,7 @@ import torch
 
 pytest.importorskip("transformers")
 
-from conftest import load_example  # noqa: E402
+from conftest import load_example, sqnr_db  # noqa: E402
 
 hf_llama = load_example("hf_llama")
 
@@ -163,3 +163,51 @@ def test_fused_projection_families_convert_and_train(family):
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
     assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0] - 0.3, losses
+
+
+def test_hf_gradient_checkpointing_converts_once_dynamo_may_skip_its_side_effect():
+    """Hugging Face's gradient_checkpointing_enable(): inside each checkpointed decoder layer a
+    context variable is set (transformers' kernels hub), a side effect dynamo will not trace under
+    torch.utils.checkpoint, so every layer runs eagerly in high precision, and the report says so
+    with the way out. With torch._dynamo.config.skip_fwd_side_effects_in_bwd_under_checkpoint the
+    layers compile: every decoder Linear converts, the backward runs their Fprops again, and the
+    gradients are those of the same model without checkpointing (the recompute quantizes the
+    same values)."""
+    import copy
+
+    import transformers
+
+    import fp8pass
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    plain = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=2, max_position_embeddings=64, use_cache=False))
+    checkpointed = copy.deepcopy(plain)
+    checkpointed.gradient_checkpointing_enable()
+    ids = torch.randint(0, 256, (2, 64))
+
+    report = fp8pass.explain(checkpointed, input_ids=ids, labels=ids, baseline=False)
+    layer_weights = [n for n, p in checkpointed.named_parameters() if ".layers." in n and p.dim() == 2]
+    assert set(layer_weights) <= set(report.weights_outside_graphs), str(report)
+    assert "skip_fwd_side_effects_in_bwd_under_checkpoint = True" in str(report)
+
+    def grads(model):
+        torch._dynamo.reset()
+        model.zero_grad(set_to_none=True)
+        torch.compile(model, backend="fp8")(input_ids=ids, labels=ids).loss.backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    with torch._dynamo.config.patch(skip_fwd_side_effects_in_bwd_under_checkpoint=True):
+        torch._dynamo.reset()
+        report = fp8pass.explain(checkpointed, input_ids=ids, labels=ids, baseline=False)
+        assert not report.graph_breaks and not report.weights_outside_graphs, str(report)
+        assert len(report.fp8_matmuls) == 3 * len(layer_weights), str(report)
+        # all Fprops run again but layer 0's down_proj: its output only feeds the residual sum that
+        # layer 1's checkpoint saves as its input
+        assert len(report.fprop_gemms_in_backward) == len(layer_weights) - 1, str(report)
+        checkpointed_grads = grads(checkpointed)
+    plain_grads = grads(plain)
+    print(f"SQNR of the checkpointed model's gradients vs the plain model's: {sqnr_db(plain_grads, checkpointed_grads):.1f} dB")
+    assert sqnr_db(plain_grads, checkpointed_grads) > 40

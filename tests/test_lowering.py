@@ -193,11 +193,11 @@ def test_checkpointed_blocks_recompute_quantization_and_train(recompute_activati
     # w2's, whose output only goes into the residual sum that the next checkpoint's input saves
     rerun = report.fprop_gemms_in_backward
     assert len(rerun) == 8 and not any(m.endswith("w2") for m in rerun), str(report)
-    # only block inputs and the FP8 weight copies (1 byte per weight element) stay saved
-    weights = sum(p.numel() for n, p in model.named_parameters() if n.endswith("weight") and p.dim() == 2)
-    fp8_saved = sum(s.bytes for s in report.saved if s.fp8)
-    assert fp8_saved <= weights
-    assert report.saved_bytes <= report.baseline_saved_bytes + weights + 4096
+    # only what the stock backend saves: the recomputed Fprops quantize their weights again in
+    # backward (until session 18 the FP8 weight copies were saved, 1 byte a weight element: the
+    # tagging found no node, asking find_nodes for two targets at once)
+    assert not [s for s in report.saved if s.fp8], report.saved
+    assert report.saved_bytes <= report.baseline_saved_bytes + 4096, (report.saved_bytes, report.baseline_saved_bytes)
     compiled = torch.compile(model, backend=fp8pass.backend(config=config))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     target = torch.randn(4, 64, 128)
