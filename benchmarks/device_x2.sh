@@ -29,6 +29,8 @@
 #                                           # 32-element layouts)
 #   bash benchmarks/device_x2.sh s18a       # one GPU: the 1B step under activation_memory_budget 0.5 (GEMMs no longer
 #                                           # recomputed wholesale); s18b (not run yet): the 1B step with fp8_output_head
+#   bash benchmarks/device_x2.sh s18c       # one GPU (not run yet): the 1B step with +ac and under the budget after the
+#                                           # weight-copy tagging fix
 #   bash benchmarks/device_x2.sh s17a       # one GPU (run in session 18): the 192-row WS GEMM tile
 #                                           # (GPU tests, sweep beside cuBLAS), the block with the settled timing
 #   bash benchmarks/device_x2.sh s17b       # one GPU (run in session 18): the 1B step, and with activation_memory_budget 0.5
@@ -163,6 +165,11 @@ for what in "$@"; do
     s18a)  # session 18, one GPU: the 1B step under activation_memory_budget 0.5 after the FP8 GEMMs were banned from
            # recompute (s17b: fp8 saved nothing and recomputed its forward, peak 1.24x BF16's)
       step_1b 230 step_s18_budget --variants bf16,fp8 --memory-budget 0.5 ;;
+    s18c)  # session 18 (not run yet), one GPU: after the weight-copy tagging fix (b510596: recomputed Fprops quantize
+           # their weights again instead of reading FP8 copies saved through the step): the 1B step with activation
+           # checkpointing (+ac), and under activation_memory_budget 0.5 again
+      step_1b 250 step_s18c_ac --variants bf16+ac,fp8+ac
+      step_1b 230 step_s18c_budget --variants bf16,fp8 --memory-budget 0.5 ;;
     s18b)  # session 18 (not run yet), one GPU: the 1B step with the output head in FP8 too (fp8_output_head: the
            # ~4 ms of BF16 head GEMMs in s13a's profile)
       step_1b 190 step_s18_head --variants bf16,fp8 --fp8-option fp8_output_head=true ;;
