@@ -65,9 +65,9 @@ def _tag_for_recompute(node: Node) -> list[Node]:
 
 def tag_fp8_weights_for_recompute(graph: torch.fx.Graph) -> list[Node]:
     """Mark each parameter's FP8 copies (and their transposes/K-major copy) PREFER_RECOMPUTE, so
-    the min-cut partition re-quantizes the weight in backward rather than saving the copy. Nodes
-    that already carry a tag (inside torch.utils.checkpoint regions) keep it. Returns the tagged
-    nodes."""
+    the min-cut partition re-quantizes the weight in backward rather than saving the copy (that
+    matters where backward runs an Fprop again: checkpoint regions, activation_memory_budget).
+    Nodes that already carry a tag (a checkpoint policy's) keep it. Returns the tagged nodes."""
     nodes = [node for target in (fp8_ops.quantize_128x128.default, fp8_ops.quantize_128x128_transposed.default)
              for node in graph.find_nodes(op="call_function", target=target)]  # one target per lookup
     tagged = []
