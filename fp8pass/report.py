@@ -103,7 +103,7 @@ def _rule(reason: str) -> str:
 # eagerly in high precision; with it they compile and convert (tests/test_hf_llama.py).
 _CHECKPOINT_SIDE_EFFECT = "HOP: Unsafe side effect"
 _CHECKPOINT_SIDE_EFFECT_HINT = (
-    "  way out for a side effect inside torch.utils.checkpoint (Hugging Face's gradient_checkpointing_enable() "
+    "  where that side effect is inside torch.utils.checkpoint (Hugging Face's gradient_checkpointing_enable() "
     "has one in each layer): torch._dynamo.config.skip_fwd_side_effects_in_bwd_under_checkpoint = True lets "
     "dynamo compile the checkpointed code (the side effect is then not replayed when backward recomputes)")
 
