@@ -148,30 +148,28 @@ class Report:
         """Modules whose input's 128x1 copy (Wgrad's operand) the backward makes from a tensor it
         has or recomputes, instead of the forward saving it (Config.recompute_fp8_activations);
         a tensor that feeds several Linears is named by the first."""
-        modules = []
-        for name, gm in self.graphs.items():
-            if not name.endswith("_backward"):
-                continue
-            # the 128x1 quantization, or with fuse_swiglu the fused one of a recomputed SwiGLU product
-            for op in (torch.ops.fp8pass.quantize_128x1.default, torch.ops.fp8pass.swiglu_quantize_128x1.default):
-                for node in gm.graph.find_nodes(op="call_function", target=op):
-                    meta = node.meta.get(FP8_META_KEY) or {}
-                    if meta.get("for") == "fprop":
-                        modules.append(meta.get("module", ""))
-        return self._in_model_order(modules)
+        # the 128x1 quantization, or with fuse_swiglu the fused one of a recomputed SwiGLU product
+        return self._backward_modules((torch.ops.fp8pass.quantize_128x1.default,
+                                       torch.ops.fp8pass.swiglu_quantize_128x1.default), "for")
 
     @property
     def fprop_gemms_in_backward(self) -> list[str]:
         """Modules whose Fprop GEMM the backward runs again: inside torch.utils.checkpoint regions,
         or where torch._functorch.config.activation_memory_budget had the partition recompute it
         rather than save its output (each costs one more FP8 GEMM a step)."""
+        return self._backward_modules((torch.ops.fp8pass.gemm_blockwise.default,), "role")
+
+    def _backward_modules(self, ops, key: str) -> list[str]:
+        """The modules of the backward graphs' nodes of `ops` whose FP8 mark has `key` == "fprop"
+        (a quantization made for an Fprop operand: "for"; an Fprop GEMM: "role"), in model order."""
         modules = []
         for name, gm in self.graphs.items():
             if name.endswith("_backward") and isinstance(gm, torch.fx.GraphModule):
-                for node in gm.graph.find_nodes(op="call_function", target=torch.ops.fp8pass.gemm_blockwise.default):
-                    meta = node.meta.get(FP8_META_KEY) or {}
-                    if meta.get("role") == "fprop":
-                        modules.append(meta.get("module", ""))
+                for op in ops:
+                    for node in gm.graph.find_nodes(op="call_function", target=op):
+                        meta = node.meta.get(FP8_META_KEY) or {}
+                        if meta.get(key) == "fprop":
+                            modules.append(meta.get("module", ""))
         return self._in_model_order(modules)
 
     def _in_model_order(self, modules: list[str]) -> list[str]:
