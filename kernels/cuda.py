@@ -84,7 +84,7 @@ def register() -> bool:
 
         from . import triton_swiglu as tsw
 
-        impls = {"gemm_blockwise": gemm_op}
+        impls = {"gemm_blockwise": gemm_op, "gemm_blockwise_grouped": grouped_gemm_op}
         for name, quantize in quantizers.items():
             impls[name], impls[ops.OUT_VARIANTS[name]] = op_impls(name, quantize)
         name = "quantize_1x128_128x1_cat3"
@@ -123,6 +123,15 @@ def gemm_op(a, a_scale, b, b_scale, out_dtype):
     if plan is not None:
         _gemm_plans[key] = plan
     return out
+
+
+def grouped_gemm_op(a, a_scale, b, b_scale, offs, out_dtype):
+    """The CUDA kernel of `fp8pass.gemm_blockwise_grouped` (MoE experts): the Triton grouped
+    kernel, the only one this op has on CUDA (no cuBLAS path is wired up for grouped GEMMs)."""
+    ops.check_grouped_gemm_operands(a, a_scale, b, b_scale, offs)
+    from . import triton_gemm_grouped
+
+    return triton_gemm_grouped.gemm_blockwise_grouped(a, a_scale, b, b_scale, offs, out_dtype)
 
 
 def op_impls(name: str, kernel, check=ops._check_float_input, n_inputs: int = 1):

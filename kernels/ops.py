@@ -30,6 +30,7 @@ __all__ = [
     "quantize_128x128_transposed",
     "dequantize",
     "gemm_blockwise",
+    "gemm_blockwise_grouped",
     "swiglu",
     "swiglu_backward",
     "swiglu_quantize_1x128_128x1",
@@ -491,3 +492,55 @@ def gemm_blockwise_flops(a_shape, a_scale_shape, b_shape, b_scale_shape, *args, 
     FP8 GEMMs, and the partitioner's activation_memory_budget knapsack, which ranks what to
     recompute by these counts, sees them as the costly ops they are."""
     return 2 * a_shape[0] * a_shape[1] * b_shape[1]
+
+
+def check_grouped_gemm_operands(a: torch.Tensor, a_scale: torch.Tensor, b: torch.Tensor, b_scale: torch.Tensor,
+                                offs: torch.Tensor) -> None:
+    """Shape/dtype checks of gemm_blockwise_grouped (the offsets' values are checked where they can
+    be read without a device sync: by the CPU kernel)."""
+    op = "fp8pass.gemm_blockwise_grouped"
+    if offs.dim() != 1 or offs.dtype != torch.int32 or offs.shape[0] == 0:
+        raise ValueError(f"{op}: offs must be a non-empty 1-D int32 tensor of group ends (as torch._grouped_mm's), "
+                         f"got {offs.dtype} of shape {tuple(offs.shape)}")
+    if a.dtype != FP8_DTYPE or b.dtype != FP8_DTYPE:
+        raise TypeError(f"{op}: operands must be {FP8_DTYPE}, got {a.dtype} and {b.dtype}")
+    groups = offs.shape[0]
+    if b.dim() == 3:  # Fprop / Dgrad: rows of a grouped, one 128x128-block weight per group
+        if a.dim() != 2 or b.shape[0] != groups or a.shape[1] != b.shape[1]:
+            raise ValueError(f"{op}: expected a[S, K] @ b[G={groups}, K, N], got {tuple(a.shape)} and {tuple(b.shape)}")
+        kb = _cdiv(a.shape[1], TILE)
+        want_a, want_b = (a.shape[0], kb), (groups, kb, _cdiv(b.shape[2], TILE))
+    elif b.dim() == 2:  # Wgrad: the contracted token dim grouped, 128x1 tiles on both operands
+        if a.dim() != 2 or a.shape[1] != b.shape[0]:
+            raise ValueError(f"{op}: expected a[M, S] @ b[S, N] with S grouped, got {tuple(a.shape)} and {tuple(b.shape)}")
+        sb = _cdiv(a.shape[1], TILE)
+        want_a, want_b = (a.shape[0], sb), (sb, b.shape[1])
+    else:
+        raise ValueError(f"{op}: b must be 3-D (one weight per group) or 2-D (grouped token dim), got {tuple(b.shape)}")
+    if tuple(a_scale.shape) != want_a or tuple(b_scale.shape) != want_b:
+        raise ValueError(f"{op}: scales must be a_scale {want_a} and b_scale {want_b} for a {tuple(a.shape)} and "
+                         f"b {tuple(b.shape)}, got {tuple(a_scale.shape)} and {tuple(b_scale.shape)}")
+
+
+@torch.library.custom_op("fp8pass::gemm_blockwise_grouped", mutates_args=())
+def gemm_blockwise_grouped(a: torch.Tensor, a_scale: torch.Tensor, b: torch.Tensor, b_scale: torch.Tensor,
+                           offs: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+    """gemm_blockwise per group of rows (b 3-D: Fprop, Dgrad) or of the contracted token dim (b 2-D:
+    Wgrad), groups given by torch._grouped_mm's offs: the FP8 form of MoE experts' grouped GEMMs
+    (see reference.gemm_blockwise_grouped)."""
+    check_grouped_gemm_operands(a, a_scale, b, b_scale, offs)
+    return reference.gemm_blockwise_grouped(a, a_scale, b, b_scale, offs, out_dtype)
+
+
+@gemm_blockwise_grouped.register_fake
+def _(a, a_scale, b, b_scale, offs, out_dtype):
+    if b.dim() == 3:
+        return torch.empty((a.shape[0], b.shape[2]), dtype=out_dtype, device=a.device)
+    return torch.empty((offs.shape[0], a.shape[0], b.shape[1]), dtype=out_dtype, device=a.device)
+
+
+@register_flop_formula(torch.ops.fp8pass.gemm_blockwise_grouped)
+def gemm_blockwise_grouped_flops(a_shape, a_scale_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+    """2*S*K*N however the S rows (or tokens) fall into groups, as torch counts aten._grouped_mm
+    (rows past the last group's end are counted too: their count is not known before the call)."""
+    return 2 * a_shape[0] * a_shape[1] * b_shape[-1]

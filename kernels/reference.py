@@ -23,6 +23,7 @@ Scale layouts (these reference functions return contiguous tensors; the ops in o
   gemm_blockwise(a[M, K], a_scale[M, ceil(K/128)],
                  b[K, N], b_scale[ceil(K/128), ceil(N/128)]   (128x128 blocks: Fprop, Dgrad)
                        or b_scale[ceil(K/128), N]             (128x1 tiles:    Wgrad))
+  gemm_blockwise_grouped(a, a_scale, b, b_scale, offs)  (MoE experts; offs as torch._grouped_mm's)
 Transposed views are fine everywhere: a 128x128-quantized W[N, K] used as B = W.T has
 scale.T as its B scale, and a 128x1-quantized dY[M, N] used as A = dY.T (Wgrad) has scale.T
 as its 1x128 A scale.
@@ -191,3 +192,57 @@ def gemm_blockwise(a: torch.Tensor, a_scale: torch.Tensor, b: torch.Tensor, b_sc
             sb = sb.repeat_interleave(TILE)[:n]
         acc += partial * a_scale[:, blk : blk + 1] * sb.unsqueeze(0)
     return acc.to(out_dtype)
+
+
+def group_bounds(offs: torch.Tensor, rows: int) -> list[tuple[int, int]]:
+    """[(start, end)] of each group from torch._grouped_mm's `offs` (int32, the groups' cumulative
+    ends): group g is rows [offs[g-1], offs[g]) with offs[-1] = 0. Raises on offsets that decrease
+    or pass `rows` (the GPU kernel cannot check them without a device sync, see triton_gemm_grouped)."""
+    ends = [int(e) for e in offs.tolist()]
+    starts = [0] + ends[:-1]
+    for g, (s, e) in enumerate(zip(starts, ends)):
+        if e < s or e > rows:
+            raise ValueError(f"fp8pass.gemm_blockwise_grouped: offs must be non-decreasing group ends <= {rows}, "
+                             f"got {ends} (group {g})")
+    return list(zip(starts, ends))
+
+
+def _rows_within(q: torch.Tensor, dim: int, first: int, start: int, end: int) -> torch.Tensor:
+    """q with the entries whose index along `dim` (counted from `first`) lies outside [start, end)
+    set to zero (FP8 zero; the values inside are FP8 values, so the float round trip is exact)."""
+    idx = torch.arange(first, first + q.shape[dim], device=q.device)
+    inside = ((idx >= start) & (idx < end)).view([-1 if d == dim else 1 for d in range(q.dim())])
+    return torch.where(inside, q.float(), 0.0).to(q.dtype)
+
+
+def gemm_blockwise_grouped(a: torch.Tensor, a_scale: torch.Tensor, b: torch.Tensor, b_scale: torch.Tensor,
+                           offs: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+    """The grouped form of gemm_blockwise, one GEMM per group (MoE experts), as torch._grouped_mm:
+
+    * b 3-D [G, K, N] in 128x128 blocks, b_scale [G, ceil(K/128), ceil(N/128)] (Fprop, Dgrad): rows
+      [offs[g-1], offs[g]) of a[S, K] times b[g]; out [S, N], rows past offs[-1] zero.
+    * b 2-D [S, N] in 128x1 tiles, b_scale [ceil(S/128), N] (Wgrad), a[M, S] with a_scale
+      [M, ceil(S/128)]: the contracted token dim is grouped; out[g] = a[:, rows of g] @ b[rows of g];
+      out [G, M, N], zero for an empty group.
+
+    The 128-token tiles of Wgrad's operands are those of the whole token dim (the dual quantizer's,
+    as for a Linear), not restarted at each group: a tile that straddles two groups has one scale
+    (the amax of both groups' rows), and each group's GEMM reads only its own rows of it, so the
+    promotion is still one FP32 multiply-add per 128-token block and operand."""
+    if b.dim() == 3:
+        out = torch.zeros(a.shape[0], b.shape[2], dtype=out_dtype, device=a.device)
+        for g, (s, e) in enumerate(group_bounds(offs, a.shape[0])):
+            if e > s:
+                out[s:e] = gemm_blockwise(a[s:e], a_scale[s:e], b[g], b_scale[g], out_dtype)
+        return out
+    tokens = a.shape[1]
+    out = torch.zeros(offs.shape[0], a.shape[0], b.shape[1], dtype=out_dtype, device=a.device)
+    for g, (s, e) in enumerate(group_bounds(offs, tokens)):
+        if e <= s:
+            continue
+        k0, k1 = s // TILE, _cdiv(e, TILE)
+        first, last = k0 * TILE, min(k1 * TILE, tokens)
+        a_g = _rows_within(a[:, first:last], 1, first, s, e)
+        b_g = _rows_within(b[first:last], 0, first, s, e)
+        out[g] = gemm_blockwise(a_g, a_scale[:, k0:k1], b_g, b_scale[k0:k1], out_dtype)
+    return out

@@ -313,6 +313,106 @@ def test_flop_counter_counts_the_fp8_gemm_as_a_matmul():
     assert counter.get_total_flops() == 2 * 40 * 256 * 128
 
 
+def _grouped_case(dtype=torch.float32):
+    """MoE experts: 300 routed tokens in 4 groups (one empty, the last ending at 290, so 10 rows are
+    in none), K = 256, N = 384; groups start and end inside 128-row tiles."""
+    s, k, n = 300, 256, 384
+    offs = torch.tensor([50, 50, 200, 290], dtype=torch.int32)
+    bounds = [(0, 50), (50, 50), (50, 200), (200, 290)]
+    x, w, dy = torch.randn(s, k, dtype=dtype), torch.randn(4, n, k, dtype=dtype), torch.randn(s, n, dtype=dtype)
+    return x, w, dy, offs, bounds
+
+
+def _quantize_experts(w):
+    g, n, k = w.shape
+    q, s = ops.quantize_128x128(w.reshape(g * n, k))
+    return q.view(g, n, k), s.view(g, n // 128, k // 128)
+
+
+@pytest.mark.parametrize("role", ["fprop", "dgrad", "wgrad"])
+def test_grouped_gemm_sqnr_per_group(role):
+    """gemm_blockwise_grouped in each role of an MoE expert's Linear against the FP64 product of each
+    group's rows (>= 28 dB, as for the ungrouped GEMM); rows past the last group and the empty group's
+    weight gradient are exact zeros."""
+    torch.manual_seed(5)
+    x, w, dy, offs, bounds = _grouped_case()
+    wq, ws = _quantize_experts(w)
+    if role == "fprop":
+        xq, xs = ops.quantize_1x128(x)
+        got = ops.gemm_blockwise_grouped(xq, xs, wq.transpose(1, 2), ws.transpose(1, 2), offs, torch.float32)
+        want = torch.zeros(got.shape, dtype=torch.float64)
+        for g, (s, e) in enumerate(bounds):
+            want[s:e] = x[s:e].double() @ w[g].double().t()
+    elif role == "dgrad":
+        dq, ds = ops.quantize_1x128(dy)
+        got = ops.gemm_blockwise_grouped(dq, ds, wq, ws, offs, torch.float32)
+        want = torch.zeros(got.shape, dtype=torch.float64)
+        for g, (s, e) in enumerate(bounds):
+            want[s:e] = dy[s:e].double() @ w[g].double()
+    else:
+        _, _, dq_t, ds_t = ops.quantize_1x128_128x1(dy)
+        _, _, xq_t, xs_t = ops.quantize_1x128_128x1(x)
+        got = ops.gemm_blockwise_grouped(dq_t, ds_t, xq_t.t(), xs_t.t(), offs, torch.float32)
+        want = torch.stack([dy[s:e].double().t() @ x[s:e].double() for s, e in bounds])
+        assert got.shape == (4, 384, 256) and torch.equal(got[1], torch.zeros_like(got[1]))
+    if role != "wgrad":
+        assert torch.equal(got[290:], torch.zeros_like(got[290:]))
+        nonempty = [g for g, (s, e) in enumerate(bounds) if e > s]
+        for g in nonempty:
+            s, e = bounds[g]
+            assert sqnr_db(want[s:e], got[s:e]) >= 28.0, (role, g)
+    else:
+        for g in (0, 2, 3):
+            assert sqnr_db(want[g], got[g]) >= 28.0, (role, g)
+
+
+def test_grouped_wgrad_reads_only_its_groups_rows_of_a_shared_tile():
+    """Wgrad's 128-token tiles are the whole token dim's: the tile of rows 128-255 holds rows of
+    groups 2 and 3 (and one scale for both). Each group's weight gradient must equal the ungrouped
+    blockwise GEMM of the same FP8 operands with the other groups' rows zeroed, bit for bit."""
+    torch.manual_seed(6)
+    x, _, dy, offs, bounds = _grouped_case()
+    _, _, dq_t, ds_t = ops.quantize_1x128_128x1(dy)
+    _, _, xq_t, xs_t = ops.quantize_1x128_128x1(x)
+    got = ops.gemm_blockwise_grouped(dq_t, ds_t, xq_t.t(), xs_t.t(), offs, torch.float32)
+    for g, (s, e) in enumerate(bounds):
+        keep = torch.zeros(300, dtype=torch.bool)
+        keep[s:e] = True
+        a = torch.where(keep[None, :], dq_t.float(), 0.0).to(dq_t.dtype)
+        b = torch.where(keep[:, None], xq_t.t().float(), 0.0).to(xq_t.dtype)
+        assert torch.equal(got[g], ops.gemm_blockwise(a, ds_t, b, xs_t.t(), torch.float32)), g
+
+
+def test_grouped_gemm_rejects_bad_operands_and_offsets():
+    x, w, _, offs, _ = _grouped_case()
+    xq, xs = ops.quantize_1x128(x)
+    wq, ws = _quantize_experts(w)
+    b, bs = wq.transpose(1, 2), ws.transpose(1, 2)
+    with pytest.raises(ValueError, match="offs must be a non-empty 1-D int32"):
+        ops.gemm_blockwise_grouped(xq, xs, b, bs, offs.long(), torch.float32)
+    with pytest.raises(ValueError, match=r"b\[G=3, K, N\]"):
+        ops.gemm_blockwise_grouped(xq, xs, b, bs, offs[:3], torch.float32)
+    with pytest.raises(ValueError, match="b_scale"):
+        ops.gemm_blockwise_grouped(xq, xs, b, bs[:, :1], offs, torch.float32)
+    with pytest.raises(ValueError, match="non-decreasing group ends <= 300"):
+        ops.gemm_blockwise_grouped(xq, xs, b, bs, torch.tensor([50, 40, 200, 290], dtype=torch.int32), torch.float32)
+    with pytest.raises(ValueError, match="non-decreasing group ends <= 300"):
+        ops.gemm_blockwise_grouped(xq, xs, b, bs, torch.tensor([50, 50, 200, 301], dtype=torch.int32), torch.float32)
+
+
+def test_opcheck_grouped_gemm_and_flops():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x, w, _, offs, _ = _grouped_case()
+    xq, xs = ops.quantize_1x128(x)
+    wq, ws = _quantize_experts(w)
+    args = (xq, xs, wq.transpose(1, 2), ws.transpose(1, 2), offs, torch.bfloat16)
+    torch.library.opcheck(ops.gemm_blockwise_grouped, args, test_utils="test_faketensor")
+    with FlopCounterMode(display=False) as counter:
+        ops.gemm_blockwise_grouped(*args)
+    assert counter.get_total_flops() == 2 * 300 * 256 * 384
+
+
 def test_fast_launch_key_is_as_fine_as_tritons_specialization():
     """kernels/launch.py keys cached kernels by what Triton specializes on; each pair here is
     compiled differently by Triton, so each must get a different key."""

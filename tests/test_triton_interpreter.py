@@ -61,6 +61,13 @@ def test_gemm_kernel_matches_reference_under_interpreter():
         assert f"OK gemm_blockwise[{role}," in out
 
 
+def test_grouped_gemm_kernel_matches_reference_under_interpreter():
+    out = _run_checks("grouped")
+    for role in ("fprop", "dgrad", "wgrad"):
+        for dtype in ("float32", "bfloat16"):
+            assert f"OK gemm_blockwise_grouped[{role},{dtype}," in out
+
+
 # --------------------------------------------------------------------------------------------
 # ahead-of-time compilation for sm_90a
 # --------------------------------------------------------------------------------------------
@@ -105,6 +112,17 @@ if kind.startswith("gluon"):
     else:
         src = GluonASTSource(G._gluon_gemm_kernel, sig, const)
         c = triton.compile(src, target=target, options={"num_warps": w})
+elif kind == "grouped":
+    from triton.compiler import ASTSource
+    from fp8pass.kernels import triton_gemm_grouped as T
+    ints = ["M", "N", "K", "G", "s_am", "s_ak", "s_bg", "s_bk", "s_bn", "s_cg", "s_cm", "s_cn", "s_asm", "s_ask",
+            "s_bsg", "s_bsk", "s_bsn", "LAYOUT"]
+    sig = {n: "i32" for n in ints}
+    sig.update({"a_ptr": "*fp8e4nv", "b_ptr": "*fp8e4nv", "c_ptr": "*bf16", "as_ptr": "*fp32", "bs_ptr": "*fp32",
+                "offs_ptr": "*i32", "GROUP_K": "constexpr", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr"})
+    const = {"GROUP_K": sys.argv[2] == "1", "BLOCK_M": 128, "BLOCK_N": 128, "s_ak": 1, "s_bk": 1, "s_cn": 1}
+    src = ASTSource(T._grouped_gemm_kernel, sig, const)
+    c = triton.compile(src, target=target, options={"num_warps": 8, "num_stages": 3})
 else:
     from triton.compiler import ASTSource
     from fp8pass.kernels import triton_gemm as T
@@ -146,6 +164,14 @@ def test_triton_gemm_compiles_for_sm90(tmp_path):
     sass, usage = _sass_and_usage(_compile("tl", "1", tmp_path))
     assert "QGMMA" in sass  # fp8 wgmma, not a slower path
     assert "LOCAL:0" in usage.replace(" ", ""), usage
+
+
+@pytest.mark.parametrize("group_k", ["0", "1"], ids=["rows_grouped", "k_grouped"])
+def test_grouped_gemm_compiles_for_sm90(tmp_path, group_k):
+    """The MoE kernel (both groupings, K-major operands) compiles to fp8 wgmma without spills."""
+    sass, usage = _sass_and_usage(_compile("grouped", group_k, tmp_path))
+    assert "QGMMA" in sass
+    assert "LOCAL:0" in usage.replace(" ", ""), f"register spills: {usage}"
 
 
 @pytest.mark.parametrize("b_block", ["1", "0"], ids=["b128x128", "b128x1"])

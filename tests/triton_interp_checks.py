@@ -1,6 +1,6 @@
 """Exactness checks of the Triton kernels under Triton's CPU interpreter.
 
-Run as `TRITON_INTERPRET=1 python tests/triton_interp_checks.py quantize|gemm` (the tests in
+Run as `TRITON_INTERPRET=1 python tests/triton_interp_checks.py quantize|gemm|grouped|swiglu` (the tests in
 test_triton_interpreter.py do that in a subprocess: the variable must be set before Triton jits
 anything). Prints one line per check, "OK <name>" or "FAIL <name>: <detail>", and exits 1 if
 any check failed.
@@ -330,6 +330,39 @@ def run_gemm() -> None:
                     check(f"gemm_blockwise[{tag}]", one)
 
 
+def run_grouped_gemm() -> None:
+    """The grouped kernel (MoE experts) against reference.gemm_blockwise_grouped, exact operands as
+    above: groups that start and end inside 128-row tiles, an empty group, rows past the last
+    group's end (written as zeros), and the 128-token blocks of Wgrad shared by two groups."""
+    from fp8pass.kernels import triton_gemm_grouped as tgg
+
+    gen = torch.Generator().manual_seed(97)
+    s, k, n = 300, 256, 384
+    offs = torch.tensor([50, 50, 200, 290], dtype=torch.int32)  # group 1 empty; rows 290-299 in none
+    g = offs.shape[0]
+    configs = [{"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4}, {"BLOCK_M": 32, "BLOCK_N": 128, "num_warps": 4}]
+    x, sx = _fp8_small((s, k), gen), ref.as_mn_major(_pow2((s, k // 128), gen))
+    w, sw = _fp8_small((g, n, k), gen), _pow2((g, n // 128, k // 128), gen)
+    dy, sdy = _fp8_small((s, n), gen), _pow2((s, n // 128), gen)
+    dy_col, sdy_col = _fp8_small((n, s), gen), _pow2((n, -(-s // 128)), gen)  # dY^T's 128x1 copy
+    x_col, sx_col = _fp8_small((k, s), gen), _pow2((k, -(-s // 128)), gen)
+    cases = {
+        "fprop": (x, sx, w.transpose(1, 2), sw.transpose(1, 2)),   # x @ W_g^T: B a view of W
+        "dgrad": (dy, sdy, w, sw),                                  # dY @ W_g: B = W_g itself
+        "wgrad": (dy_col, sdy_col, x_col.t(), sx_col.t()),          # dY^T @ x per group of tokens
+    }
+    for role, (a, sa, b, sb) in cases.items():
+        for out_dtype in (torch.float32, torch.bfloat16):
+            for cfg in configs:
+                def one(a=a, sa=sa, b=b, sb=sb, out_dtype=out_dtype, cfg=cfg):
+                    want = ref.gemm_blockwise_grouped(a, sa, b, sb, offs, out_dtype)
+                    out = torch.full(want.shape, float("nan"), dtype=out_dtype)
+                    tgg.gemm_blockwise_grouped(a, sa, b, sb, offs, out_dtype, config=cfg, out=out)
+                    return _close(out, want)
+                tag = f"{role},{str(out_dtype).replace('torch.', '')},BM={cfg['BLOCK_M']}"
+                check(f"gemm_blockwise_grouped[{tag}]", one)
+
+
 # --------------------------------------------------------------------------------------------
 # SwiGLU fused with the dual quantization
 # --------------------------------------------------------------------------------------------
@@ -496,7 +529,7 @@ def run_cat3_addressing() -> None:
 
 
 if __name__ == "__main__":
-    which = sys.argv[1:] or ["quantize", "gemm", "swiglu"]
+    which = sys.argv[1:] or ["quantize", "gemm", "grouped", "swiglu"]
     if "quantize" in which:
         run_quantize()
         run_tile_order()
@@ -505,5 +538,7 @@ if __name__ == "__main__":
         run_swiglu()
     if "gemm" in which:
         run_gemm()
+    if "grouped" in which:
+        run_grouped_gemm()
     print(f"{len(FAILED)} failed", flush=True)
     sys.exit(1 if FAILED else 0)

@@ -1,0 +1,190 @@
+"""Grouped blockwise-scaled FP8 GEMM in Triton: MoE experts (reference.gemm_blockwise_grouped).
+
+Two kinds of grouping, as torch._grouped_mm's 2-D x 3-D and 2-D x 2-D forms, with the groups
+given by `offs` (int32, each group's cumulative end, on the device):
+
+  * rows grouped (Fprop, Dgrad; GROUP_K=False): out[S, N], the rows [offs[g-1], offs[g]) of
+    A[S, K] times B[g] [K, N] (128x128 block scales per group).
+  * K grouped (Wgrad; GROUP_K=True): out[G, M, N], out[g] = A[:, K rows of g] @ B[K rows of g, :]
+    with 128x1 scales along K (the token dim) on both operands, tiles of the whole token dim.
+
+The inner loop is triton_gemm's: one `tl.dot` per 128-wide K block, scaled by both scales and
+added into an FP32 accumulator (the promotion every 128).
+
+Work split. Rows grouped: a 1-D grid of (row tile, N tile) programs over cdiv(S, BLOCK_M) + G row
+tiles (each group may end in a partial tile); a program finds its group by walking the G offsets
+(G scalar loads: small next to a K loop of 128-wide blocks), and row tiles past offs[-1] write
+zeros, so every row of the output is written without a separate fill. K grouped: one program
+per (group, M tile, N tile); its K loop covers the 128-token blocks that hold the group's rows,
+with the rows of other groups masked to zero on load, and an empty group writes zeros.
+
+The offsets are not checked here (that would need a device sync): ends past the token count are
+clamped, a decreasing end makes an empty group; the CPU kernel raises on both.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+import triton.testing
+
+from .launch import COMPILE_OPTIONS
+from .reference import TILE, _cdiv
+
+__all__ = ["gemm_blockwise_grouped", "GROUPED_CONFIGS"]
+
+
+@triton.jit
+def _grouped_gemm_kernel(
+    a_ptr, b_ptr, c_ptr, as_ptr, bs_ptr, offs_ptr,
+    M, N, K, G,  # rows grouped: M = S rows of A; K grouped: K = S tokens
+    s_am, s_ak, s_bg, s_bk, s_bn, s_cg, s_cm, s_cn,
+    s_asm, s_ask, s_bsg, s_bsk, s_bsn,
+    LAYOUT,  # autotune key only: 2 * (A is K-major) + (B is K-major)
+    GROUP_K: tl.constexpr,  # False: rows of A grouped, B per group in 128x128 blocks; True: K grouped, 128x1
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    BLOCK_K: tl.constexpr = 128
+    pid = tl.program_id(0)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    pid_n = pid % num_pid_n
+    tile = pid // num_pid_n
+    if GROUP_K:
+        num_pid_m = tl.cdiv(M, BLOCK_M)
+        group = tile // num_pid_m
+        m_start = (tile % num_pid_m) * BLOCK_M
+        m_end = M
+        k_start = tl.where(group > 0, tl.load(offs_ptr + tl.maximum(group - 1, 0)), 0)
+        k_start = tl.minimum(k_start, K)
+        k_end = tl.maximum(tl.minimum(tl.load(offs_ptr + group), K), k_start)
+        kb_first = k_start // BLOCK_K
+        kb_last = tl.cdiv(k_end, BLOCK_K)
+        kb_last = tl.where(k_end > k_start, kb_last, kb_first)  # an empty group: no K block
+        b_base = b_ptr
+        bs_base = bs_ptr
+        c_base = c_ptr + group.to(tl.int64) * s_cg
+    else:
+        # walk the groups to the one whose row tiles hold `tile`; past the last group's end, the
+        # rows up to M form tiles too, which only write zeros (kb_last = kb_first)
+        tiles_before = 0
+        prev_end = 0
+        group = 0
+        m_start = 0
+        m_end = 0
+        for g in range(0, G):
+            end = tl.maximum(tl.minimum(tl.load(offs_ptr + g), M), prev_end)
+            n_tiles = tl.cdiv(end - prev_end, BLOCK_M)
+            hit = (tile >= tiles_before) & (tile < tiles_before + n_tiles)
+            group = tl.where(hit, g, group)
+            m_start = tl.where(hit, prev_end + (tile - tiles_before) * BLOCK_M, m_start)
+            m_end = tl.where(hit, end, m_end)
+            tiles_before += n_tiles
+            prev_end = end
+        in_tail = tile >= tiles_before
+        m_start = tl.where(in_tail, prev_end + (tile - tiles_before) * BLOCK_M, m_start)
+        m_end = tl.where(in_tail, M, m_end)
+        k_start = 0
+        k_end = K
+        kb_first = 0
+        kb_last = tl.where(in_tail, 0, tl.cdiv(K, BLOCK_K))
+        b_base = b_ptr + group.to(tl.int64) * s_bg
+        bs_base = bs_ptr + group.to(tl.int64) * s_bsg
+        c_base = c_ptr
+
+    offs_m = m_start + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = offs_m < m_end
+    # out-of-range rows/cols read row 0 / a valid column: loads need no row mask, the store has one
+    rm = tl.where(row_ok, offs_m, 0).to(tl.int64)
+    rn = (offs_n % N).to(tl.int64)
+    offs_k = tl.arange(0, BLOCK_K)
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for kb in range(kb_first, kb_last):
+        k_idx = kb * BLOCK_K + offs_k
+        k_ok = (k_idx >= k_start) & (k_idx < k_end)
+        a = tl.load(a_ptr + rm[:, None] * s_am + k_idx[None, :].to(tl.int64) * s_ak, mask=k_ok[None, :], other=0.0)
+        b = tl.load(b_base + k_idx[:, None].to(tl.int64) * s_bk + rn[None, :] * s_bn, mask=k_ok[:, None], other=0.0)
+        sa = tl.load(as_ptr + rm * s_asm + kb * s_ask)
+        if GROUP_K:
+            sb = tl.load(bs_base + kb * s_bsk + rn * s_bsn)  # 128x1: one scale per column
+        else:
+            sb = tl.load(bs_base + kb * s_bsk + (rn // BLOCK_K) * s_bsn)  # 128x128: one per block
+        acc += tl.dot(a, b) * sa[:, None] * sb[None, :]
+
+    c = acc.to(c_ptr.dtype.element_ty)
+    c_ptrs = c_base + offs_m.to(tl.int64)[:, None] * s_cm + offs_n.to(tl.int64)[None, :] * s_cn
+    tl.store(c_ptrs, c, mask=row_ok[:, None] & (offs_n < N)[None, :])
+
+
+def _cfg(bm, bn, warps, stages):
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps, num_stages=stages)
+
+
+# The accumulator and one block's partial live together (triton_gemm's register budget); 64-row
+# tiles waste less on the partial last tile of each group when groups are small.
+GROUPED_CONFIGS = [
+    _cfg(128, 128, 8, 3),
+    _cfg(64, 128, 4, 4),
+    _cfg(64, 64, 4, 4),
+]
+
+
+def _bench(fn, quantiles):
+    return triton.testing.do_bench(fn, warmup=5, rep=25, quantiles=quantiles)
+
+
+# The groups' sizes are not in the key (they change every step); G, the shape and layouts are.
+_KEY = ["M", "N", "K", "G", "LAYOUT", "GROUP_K"]
+try:
+    _grouped_gemm_kernel_tuned = triton.autotune(configs=GROUPED_CONFIGS, key=_KEY, do_bench=_bench)(
+        _grouped_gemm_kernel)
+except TypeError:  # an older Triton without the do_bench hook
+    _grouped_gemm_kernel_tuned = triton.autotune(configs=GROUPED_CONFIGS, key=_KEY)(_grouped_gemm_kernel)
+
+
+def gemm_blockwise_grouped(a: torch.Tensor, a_scale: torch.Tensor, b: torch.Tensor, b_scale: torch.Tensor,
+                           offs: torch.Tensor, out_dtype: torch.dtype, *, config: dict | None = None,
+                           out: torch.Tensor | None = None) -> torch.Tensor:
+    """The Triton kernel for either grouping (b 3-D: rows grouped; b 2-D: K grouped). `config`
+    (BLOCK_M, BLOCK_N, num_warps, num_stages) bypasses the autotuner (interpreter tests)."""
+    groups = offs.shape[0]
+    group_k = b.dim() == 2
+    if group_k:
+        m, k = a.shape
+        n = b.shape[1]
+        shape = (groups, m, n)
+        b_strides, bs_strides = (0, b.stride(0), b.stride(1)), (0, b_scale.stride(0), b_scale.stride(1))
+    else:
+        m, k = a.shape
+        n = b.shape[2]
+        shape = (m, n)
+        b_strides, bs_strides = b.stride(), b_scale.stride()
+    if out is None:
+        out = torch.empty(shape, dtype=out_dtype, device=a.device)
+    if out.numel() == 0:
+        return out
+    if k == 0:
+        return out.zero_()
+    c_strides = out.stride() if group_k else (0, *out.stride())
+    layout = 2 * int(a.stride(1) == 1) + int(b_strides[1] == 1)
+    args = (a, b, out, a_scale, b_scale, offs, m, n, k, groups,
+            a.stride(0), a.stride(1), *b_strides, *c_strides,
+            a_scale.stride(0), a_scale.stride(1), *bs_strides, layout)
+
+    def grid_size(bm, bn):
+        row_tiles = groups * _cdiv(m, bm) if group_k else _cdiv(m, bm) + groups
+        return (row_tiles * _cdiv(n, bn),)
+
+    if config is None:
+        _grouped_gemm_kernel_tuned[lambda meta: grid_size(meta["BLOCK_M"], meta["BLOCK_N"])](
+            *args, GROUP_K=group_k, **COMPILE_OPTIONS)
+    else:
+        cfg = dict(config)
+        warps = cfg.pop("num_warps", 4)
+        stages = cfg.pop("num_stages", 3)
+        _grouped_gemm_kernel[grid_size(cfg["BLOCK_M"], cfg["BLOCK_N"])](
+            *args, GROUP_K=group_k, num_warps=warps, num_stages=stages, **COMPILE_OPTIONS, **cfg)
+    return out
