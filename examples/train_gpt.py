@@ -6,6 +6,7 @@
     CUDA_VISIBLE_DEVICES=1 python examples/train_gpt.py --preset gpu-350m --only fp8 --out runs/350m &
     CUDA_VISIBLE_DEVICES=0 python examples/train_gpt.py --preset gpu-350m --only baseline --out runs/350m; wait
     python examples/train_gpt.py --compare runs/350m
+    python examples/train_gpt.py --experts 8 --mlp-hidden 128   # MoE blocks: experts in FP8 too (bf16)
 
 The model is plain PyTorch (RMSNorm, causal attention, SwiGLU MLP, tied or untied head); the
 only FP8-specific line is `torch.compile(model, backend="fp8")`. The run prints what the backend
@@ -41,6 +42,8 @@ class GPTConfig:
     mlp_hidden: int = 384  # SwiGLU width; a multiple of 128 so the MLP runs in FP8
     seq_len: int = 128
     tied_head: bool = False
+    n_experts: int = 0  # > 0: each block's MLP is a mixture of this many SwiGLU experts (width mlp_hidden)
+    top_k: int = 2  # experts per token
 
 
 class Attention(nn.Module):
@@ -69,13 +72,40 @@ class SwiGLU(nn.Module):
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 
+class Experts(nn.Module):
+    """Token-choice mixture of SwiGLU experts, written as transformers' "grouped_mm" experts are:
+    route each token to its top-k experts, sort the (token, expert) pairs by expert, run each
+    projection as one torch._grouped_mm over the sorted rows (the groups' ends from a histogram),
+    and sum the weighted outputs back per token. torch._grouped_mm takes bf16 under torch.compile."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.n_experts, self.top_k = cfg.n_experts, cfg.top_k
+        self.router = nn.Linear(cfg.dim, cfg.n_experts, bias=False)
+        self.gate_up = nn.Parameter(torch.randn(cfg.n_experts, 2 * cfg.mlp_hidden, cfg.dim) * 0.02)
+        self.down = nn.Parameter(torch.randn(cfg.n_experts, cfg.dim, cfg.mlp_hidden) * 0.02)
+
+    def forward(self, x):
+        tokens = x.reshape(-1, x.shape[-1])
+        probs, idx = self.router(tokens).softmax(-1).topk(self.top_k)
+        flat = idx.reshape(-1)
+        _, order = torch.sort(flat)
+        rows = tokens[order // self.top_k]
+        counts = torch.histc(flat.float(), bins=self.n_experts, min=0, max=self.n_experts - 1)
+        offs = torch.cumsum(counts, 0).to(torch.int32)
+        gate, up = torch._grouped_mm(rows, self.gate_up.transpose(-2, -1), offs=offs).chunk(2, dim=-1)
+        y = torch._grouped_mm(F.silu(gate) * up, self.down.transpose(-2, -1), offs=offs)
+        y = y * probs.reshape(-1)[order, None].to(y.dtype)
+        return torch.zeros_like(tokens).index_add(0, order // self.top_k, y).view(x.shape)
+
+
 class Block(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.attn_norm = nn.RMSNorm(cfg.dim)
         self.attn = Attention(cfg)
         self.mlp_norm = nn.RMSNorm(cfg.dim)
-        self.mlp = SwiGLU(cfg)
+        self.mlp = Experts(cfg) if cfg.n_experts else SwiGLU(cfg)
 
     def forward(self, x):
         x = x + self.attn(self.attn_norm(x))
@@ -341,6 +371,9 @@ def main(argv=None):
                    help="after warmup: constant LR, or cosine decay to 10%% at the last step")
     p.add_argument("--clip", type=float, default=0.0, help="clip the gradient norm to this (0: no clipping)")
     p.add_argument("--tied-head", action="store_true")
+    p.add_argument("--experts", type=int, default=0,
+                   help="> 0: a mixture of this many SwiGLU experts in each block (trained in bf16)")
+    p.add_argument("--top-k", type=int, default=2, help="with --experts: experts per token")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default=None, help="default: bf16 on cuda, fp32 on cpu")
     p.add_argument("--baseline", default="inductor", help="backend of the comparison run ('none' to skip)")
@@ -363,10 +396,14 @@ def main(argv=None):
 
     import fp8pass
 
-    dtype_name = args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")
+    # torch._grouped_mm (the experts) takes bf16 only under torch.compile
+    dtype_name = args.dtype or ("bf16" if args.device.startswith("cuda") or args.experts else "fp32")
+    if args.experts and dtype_name != "bf16":
+        p.error("--experts trains in bf16 (torch._grouped_mm takes bf16 only under torch.compile)")
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
     cfg = GPTConfig(dim=args.dim, n_layers=args.layers, n_heads=args.heads,
-                    mlp_hidden=args.mlp_hidden or 3 * args.dim, seq_len=args.seq, tied_head=args.tied_head)
+                    mlp_hidden=args.mlp_hidden or 3 * args.dim, seq_len=args.seq, tied_head=args.tied_head,
+                    n_experts=args.experts, top_k=args.top_k)
     corpus = load_corpus(args.corpus_mb << 20)
     print(f"corpus: {corpus.numel() / 1e6:.1f} MB of Python source; model {cfg}; {dtype_name} "
           f"on {args.device}")

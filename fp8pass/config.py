@@ -52,6 +52,11 @@ class Config:
     fprop, dgrad, wgrad: which of the three GEMMs of a Linear run in FP8.
     fp8_output_head: convert the model's output head too (the last projection before the graph's
         outputs, or a Linear whose weight is tied to an embedding). Off by default, as in DeepSeek.
+    grouped_gemms: convert MoE experts' grouped GEMMs too (`torch._grouped_mm` of the tokens routed
+        to each expert by a [num_experts, out, in] weight stack, as transformers' "grouped_mm"
+        experts run): the stack in 128x128 blocks per expert, the tokens in 1x128 tiles, Wgrad's
+        128-token tiles those of all routed tokens (kernels/reference.py gemm_blockwise_grouped).
+        Its CUDA kernel is a Triton one (kernels/triton_gemm_grouped.py), not yet timed on a GPU.
     module_filter: `fn(fqn, module) -> bool`; a matmul site is converted only if it returns True.
         `module` is the nn.Module instance when it can be found, else None.
     fp8_saved_activations: also keep in FP8 (1x128 tiles) the converted Linears' outputs that the
@@ -116,6 +121,7 @@ class Config:
     dgrad: bool = True
     wgrad: bool = True
     fp8_output_head: bool = False
+    grouped_gemms: bool = True
     module_filter: Optional[ModuleFilter] = None
     fp8_saved_activations: bool = False
     fp8_saved_activations_min_bytes: int = 1 << 20

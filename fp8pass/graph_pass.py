@@ -67,9 +67,14 @@ def _weighted_reason(node: Node, weight: str, dims: int, partial: bool) -> str:
                 f"converts matmuls with the weight on the right (nn.Linear, F.linear, x @ W), so this one stays "
                 f"in high precision")
     what = "one slice of the" if partial else "the"
-    return (f"not Linear-like: {op} reads {what} {dims}-D parameter '{weight}' (a batched or grouped matmul, or one "
-            f"slice of a weight, as MoE experts use); fp8pass converts matmuls that read a whole 2-D weight "
-            f"(nn.Linear, F.linear, x @ W), so this one stays in high precision")
+    if "grouped_mm_fallback" in op:  # transformers' MoE experts with weights in another dtype than bf16
+        return (f"not Linear-like: {op} reads the {dims}-D parameter '{weight}': transformers runs MoE experts "
+                f"through this fallback op, not torch._grouped_mm, when the experts' weights are not bf16 under "
+                f"torch.compile; fp8pass converts torch._grouped_mm, so keep the model in bf16 to convert them")
+    return (f"not Linear-like: {op} reads {what} {dims}-D parameter '{weight}' (a batched matmul, a grouped one "
+            f"in another form than torch._grouped_mm(x, W), or one slice of a weight, as MoE experts use); "
+            f"fp8pass converts matmuls that read a whole 2-D weight (nn.Linear, F.linear, x @ W) and "
+            f"torch._grouped_mm over a whole 3-D stack, so this one stays in high precision")
 
 
 def _batched_shape(node: Node, param: Node) -> tuple:
@@ -116,7 +121,7 @@ def fp8_graph_pass(graph: Graph, ctx: SiteContext, is_weight: Callable[[Node], b
                                         reason or f"FP8 {PAIRING[role]}", weight, graph_name))
             if reason is None:
                 rewrites.append(GemmRewrite(node, role, fqn, site.weight if role != "wgrad" else None,
-                                            swap=swap))
+                                            swap=swap, offs=site.offs))
     weighted = {node: (param, partial)
                 for node, param, partial in weighted_matmuls_not_linear(graph, ctx_is_weight, backward, sites)}
     for node in others:

@@ -11,6 +11,9 @@ K-major (what FP8 tensor cores read) without copies. A weight gets two block cop
 K-major without a copy: quantize_128x128 for Fprop (read as W^T) and quantize_128x128_transposed
 for Dgrad (read as W), made in backward; without Config.recompute_fp8_weights, Dgrad reads a
 transposed copy of the Fprop copy instead, which forward keeps.
+Grouped GEMMs (MoE experts, `_grouped_mm` over a [G, ., .] weight stack) take the same copies: the
+stack's quantize_128x128 (matrix by matrix), read by the grouped GEMM in both roles through its
+strides, and the dual quantization of the experts' input and output gradient as for a Linear.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ class GemmRewrite:
     module: str
     weight: Optional[Node] = None  # set for fprop/dgrad: B is this weight's 128x128 copy
     swap: bool = False  # the weight is the left operand (Dgrad of a transposed-layout input)
+    offs: Optional[Node] = None  # a grouped GEMM (MoE experts, _grouped_mm): its groups' ends
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +90,9 @@ class NodeBuilder:
         return item
 
     def transpose(self, node: Node) -> Node:
-        return self.call(aten.permute.default, (node, [1, 0]), meta_from=node)
+        """node with its last two dims swapped (a matrix, or each matrix of an experts' stack)."""
+        ndim = tensor_meta(node).dim() if tensor_meta(node) is not None else 2
+        return self.call(aten.permute.default, (node, [*range(ndim - 2), ndim - 1, ndim - 2]), meta_from=node)
 
     def k_major_weight(self, weight: Node, q: Node, s: Node, meta: dict, requantize: bool) -> tuple[Node, Node]:
         """W[N, K] used as the B[K'=N, N'=K] of Dgrad, with K' contiguous, and its block scale.
@@ -180,7 +186,8 @@ def rewrite_gemms(graph: Graph, rewrites: list[GemmRewrite], requantize_dgrad_we
                 # col copies are stored transposed (K-major for Wgrad), so a transposed use is free
                 if req.transpose != (req.kind == "col"):
                     q, s = builder.transpose(q), builder.transpose(s)
-                elif req.kind == "block":  # Dgrad's B = W itself: make it K-major once per weight
+                elif req.kind == "block" and rw.offs is None:  # Dgrad's B = W: make it K-major once per weight
+                    # (the grouped GEMM, Triton only, reads an experts' stack through its strides)
                     key = (req.source, "block_k_major")
                     if key not in copies:  # rewrites run in graph order: this is the first use
                         meta = {"role": "quantize", "module": rw.module, "for": rw.role}
@@ -189,7 +196,11 @@ def rewrite_gemms(graph: Graph, rewrites: list[GemmRewrite], requantize_dgrad_we
                 operands += [q, s]
             out_dtype = tensor_meta(node).dtype
             fp8_meta = {"role": rw.role, "module": rw.module}
-            gemm = builder.call(fp8_ops.gemm_blockwise.default, (*operands, out_dtype), node, fp8_meta)
+            if rw.offs is None:
+                gemm = builder.call(fp8_ops.gemm_blockwise.default, (*operands, out_dtype), node, fp8_meta)
+            else:
+                gemm = builder.call(fp8_ops.gemm_blockwise_grouped.default, (*operands, rw.offs, out_dtype), node,
+                                    fp8_meta)
             result = builder.transpose(gemm) if rw.swap else gemm
             if node.target is aten.addmm.default:
                 result = builder.call(aten.add.Tensor, (gemm, node.args[0]), node)
@@ -202,9 +213,12 @@ def rewrite_gemms(graph: Graph, rewrites: list[GemmRewrite], requantize_dgrad_we
 
 def observe_gemms(graph: Graph, rewrites: list[GemmRewrite], graph_name: str) -> None:
     """Observation mode (Report.numerics): replace each matmul by `observe_mm(A, B, key)` on its
-    canonical operands, computing the same high-precision product and keeping A and B."""
+    canonical operands, computing the same high-precision product and keeping A and B. Grouped
+    GEMMs (MoE experts) are left out of this report for now."""
     builder = NodeBuilder(graph)
     for index, rw in enumerate(rewrites):
+        if rw.offs is not None:  # grouped GEMMs (MoE experts) are not observed: left as they are
+            continue
         node = rw.node
         a, b = node.args[1:3] if node.target is aten.addmm.default else node.args[:2]
         with graph.inserting_before(node):

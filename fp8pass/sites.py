@@ -19,6 +19,7 @@ aten = torch.ops.aten
 prims = torch.ops.prims
 
 MM_TARGETS = (aten.mm.default, aten.addmm.default)
+GROUPED_MM = aten._grouped_mm.default  # MoE experts: x[S, K] @ W[G, K, N], groups of rows by `offs`
 # Ops that change only the view or the dtype of a weight on its way to a matmul (autocast adds
 # the casts); the pass quantizes the parameter itself, so these are looked through.
 _WEIGHT_PASSTHROUGH = (aten.alias.default, aten.detach.default, aten._to_copy.default,
@@ -27,12 +28,17 @@ _TRANSPOSES = (aten.permute.default, aten.t.default, aten.transpose.int)
 
 
 def is_2d_transpose(node: Node) -> bool:
+    """node swaps the last two dims of its input: the transpose of a matrix, or of each matrix of
+    a stack (MoE experts' 3-D weights)."""
     if not isinstance(node, Node) or node.op != "call_function" or node.target not in _TRANSPOSES:
         return False
     if node.target is aten.permute.default:
-        return list(node.args[1]) == [1, 0]
+        dims = list(node.args[1])
+        return len(dims) >= 2 and dims == [*range(len(dims) - 2), len(dims) - 1, len(dims) - 2]
     if node.target is aten.transpose.int:
-        return sorted(d % 2 for d in node.args[1:3]) == [0, 1]
+        val = tensor_meta(node.args[0])
+        ndim = val.dim() if val is not None else 2
+        return sorted(d % ndim for d in node.args[1:3]) == [ndim - 2, ndim - 1]
     return True
 
 
@@ -160,12 +166,31 @@ class LinearSite:
     dgrad: Optional[Node] = None
     wgrad: Optional[Node] = None
     dgrad_swapped: bool = False
+    offs: Optional[Node] = None  # a grouped site (MoE experts): the weight is a [G, ., .] stack
+
+    @property
+    def grouped(self) -> bool:
+        return self.offs is not None
 
     @property
     def mkn(self) -> tuple:
         m, k = tensor_meta(self.x2d).shape
         n = tensor_meta(self.fprop).shape[1]
         return m, k, n
+
+
+def _grouped_operands(node: Node):
+    """(a, b, offs) of `_grouped_mm(a, b, offs)` in its 2-D x 3-D form without bias or out dtype (the
+    form transformers' MoE experts and autograd's Dgrad use), else None."""
+    args = list(node.args) + [None] * (5 - len(node.args))
+    a, b, offs, bias, out_dtype = args[:5]
+    offs = node.kwargs.get("offs", offs)
+    if node.kwargs.get("bias", bias) is not None or node.kwargs.get("out_dtype", out_dtype) is not None:
+        return None
+    a_val, b_val = tensor_meta(a), tensor_meta(b)
+    if not isinstance(offs, Node) or a_val is None or b_val is None or a_val.dim() != 2 or b_val.dim() != 3:
+        return None
+    return a, b, offs
 
 
 def _fprop_operands(node: Node):
@@ -215,7 +240,7 @@ def weighted_matmuls_not_linear(graph: Graph, is_weight, backward: set, sites: l
     left (W @ x). The pass leaves them in high precision; they are found to be reported, with the
     parameter, as (node, param, whether only part of the parameter is read). `backward` and
     `sites`: the graph's tangent_dependent_nodes and find_linear_sites."""
-    linear = {site.fprop for site in sites}
+    linear = {site.fprop for site in sites}  # grouped sites (MoE experts' 3-D weights) among them
     found = []
     for node in graph.nodes:
         if (node.op != "call_function" or node in backward or node in linear
@@ -240,28 +265,50 @@ def find_linear_sites(graph: Graph, is_weight, backward: Optional[set] = None) -
         backward = tangent_dependent_nodes(graph)
     backward_mms_by_seq: dict[int, list[Node]] = {}
     for node in graph.nodes:
-        if node in backward and node.op == "call_function" and node.target is aten.mm.default:
+        if node in backward and node.op == "call_function" and node.target in (aten.mm.default, GROUPED_MM):
             backward_mms_by_seq.setdefault(node.meta.get("seq_nr"), []).append(node)
 
     sites, others = [], []
     for node in graph.nodes:
-        if node.op != "call_function" or node.target not in MM_TARGETS or node in backward:
+        if node.op != "call_function" or node in backward:
             continue
-        operands = _fprop_operands(node)
-        if operands is None:
-            others.append(node)
+        if node.target is GROUPED_MM:
+            # MoE experts: not Linear-like unless it reads a whole 3-D weight (then reported as such)
+            site = _grouped_site(node, is_weight)
+            if site is None:
+                continue
+        elif node.target in MM_TARGETS:
+            operands = _fprop_operands(node)
+            if operands is None:
+                others.append(node)
+                continue
+            bias, a, b = operands
+            weight, transposed = strip_to_placeholder(b)
+            if weight is None or not is_weight(weight):
+                others.append(node)
+                continue
+            site = LinearSite(fprop=node, x2d=a, weight=weight, weight_transposed=transposed, bias=bias)
+        else:
             continue
-        bias, a, b = operands
-        weight, transposed = strip_to_placeholder(b)
-        if weight is None or not is_weight(weight):
-            others.append(node)
-            continue
-        site = LinearSite(fprop=node, x2d=a, weight=weight, weight_transposed=transposed, bias=bias)
         seq = node.meta.get("seq_nr")
         for bw in backward_mms_by_seq.get(seq, []) if seq is not None else []:
-            _classify_backward(site, bw)
+            if (bw.target is GROUPED_MM) == site.grouped and (not site.grouped or bw.args[2] is site.offs):
+                _classify_backward(site, bw)
+        if site.grouped and site.dgrad_swapped:  # not a form autograd gives _grouped_mm: leave it
+            site.dgrad = None
         sites.append(site)
     return sites, others
+
+
+def _grouped_site(node: Node, is_weight) -> Optional[LinearSite]:
+    operands = _grouped_operands(node)
+    if operands is None:
+        return None
+    a, b, offs = operands
+    weight, transposed = strip_to_placeholder(b)
+    if weight is None or not is_weight(weight):
+        return None
+    return LinearSite(fprop=node, x2d=a, weight=weight, weight_transposed=transposed, offs=offs)
 
 
 def _classify_backward(site: LinearSite, mm: Node) -> None:

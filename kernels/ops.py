@@ -158,7 +158,8 @@ def _(x0, x1, x2):
 
 @torch.library.custom_op("fp8pass::quantize_128x128", mutates_args=())
 def quantize_128x128(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """E4M3 copy of a 2-D w in 128x128 blocks, and the fp32 block scales."""
+    """E4M3 copy of a 2-D w in 128x128 blocks, and the fp32 block scales; of a 3-D stack [G, R, C]
+    (MoE experts), matrix by matrix: q[G, R, C], scales [G, ceil(R/128), ceil(C/128)]."""
     _check_float_input("quantize_128x128", w)
     return reference.quantize_128x128(w)
 
@@ -173,6 +174,10 @@ def _empty_128x128_copy(w: torch.Tensor, rows: int, cols: int) -> tuple[torch.Te
 
 @quantize_128x128.register_fake
 def _(w):
+    if w.dim() == 3:
+        g, r, c = w.shape
+        return (torch.empty((g, r, c), dtype=FP8_DTYPE, device=w.device),
+                w.new_empty((g, _cdiv(r, TILE), _cdiv(c, TILE)), dtype=torch.float32))
     r, c = w.shape
     return _empty_128x128_copy(w, r, c)
 

@@ -19,7 +19,7 @@ Scale layouts (these reference functions return contiguous tensors; the ops in o
 1x128 scales and s_t = scale.T "MN-major" strides, rows stride 1, as cuBLAS reads them):
   quantize_1x128(x[..., K])  -> q[..., K], scale[..., ceil(K/128)]
   quantize_128x1(x[M, K])    -> q[M, K],   scale[ceil(M/128), K]
-  quantize_128x128(w[R, C])  -> q[R, C],   scale[ceil(R/128), ceil(C/128)]
+  quantize_128x128(w[R, C])  -> q[R, C],   scale[ceil(R/128), ceil(C/128)]   (or a [G, R, C] stack)
   gemm_blockwise(a[M, K], a_scale[M, ceil(K/128)],
                  b[K, N], b_scale[ceil(K/128), ceil(N/128)]   (128x128 blocks: Fprop, Dgrad)
                        or b_scale[ceil(K/128), N]             (128x1 tiles:    Wgrad))
@@ -148,9 +148,14 @@ def swiglu_backward(grad: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tup
 
 
 def quantize_128x128(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Quantize a 2-D tensor in 128x128 blocks. Returns (q, scale[ceil(R/128), ceil(C/128)])."""
+    """Quantize a 2-D tensor in 128x128 blocks. Returns (q, scale[ceil(R/128), ceil(C/128)]).
+    A 3-D stack [G, R, C] (MoE experts' weights) is quantized matrix by matrix: (q[G, R, C],
+    scale[G, ceil(R/128), ceil(C/128)]); no block spans two matrices."""
+    if w.dim() == 3:
+        parts = [quantize_128x128(m) for m in w.unbind(0)]
+        return torch.stack([q for q, _ in parts]), torch.stack([s for _, s in parts])
     if w.dim() != 2:
-        raise ValueError(f"quantize_128x128 expects a 2-D tensor, got shape {tuple(w.shape)}")
+        raise ValueError(f"quantize_128x128 expects a 2-D tensor or a 3-D stack of them, got shape {tuple(w.shape)}")
     r, c = w.shape
     wf = _pad_dim(_pad_dim(w.float(), 0, TILE), 1, TILE)
     rb, cb = wf.shape[0] // TILE, wf.shape[1] // TILE

@@ -419,7 +419,13 @@ def quantize_128x128(w: torch.Tensor, *, layout: str = "row", with_transposed: b
 
     layout="transposed": only the transposed copy, (q.T, scale.T), both contiguous: Dgrad's
     B operand W[N, K] K-major with its scale MN-major, as cuBLAS reads them (no copy of either).
-    out (without with_transposed): the two outputs, (q, scale) or (q.T, scale.T), to write instead."""
+    out (without with_transposed): the two outputs, (q, scale) or (q.T, scale.T), to write instead.
+
+    A 3-D stack w[G, R, C] (MoE experts; layout="row" only): (q[G, R, C], scale[G, ceil(R/128),
+    ceil(C/128)]), quantized as one [G*R, C] matrix when R is a multiple of 128 (then no block
+    spans two experts), else expert by expert."""
+    if w.dim() == 3:
+        return _quantize_128x128_stack(w, layout, with_transposed, out)
     if w.dim() != 2:
         raise ValueError(f"quantize_128x128 expects a 2-D tensor, got shape {tuple(w.shape)}")
     if layout not in ("row", "transposed"):
@@ -447,4 +453,22 @@ def quantize_128x128(w: torch.Tensor, *, layout: str = "row", with_transposed: b
         return qt, s
     if with_transposed:
         return q, s, qt
+    return q, s
+
+
+def _quantize_128x128_stack(w: torch.Tensor, layout: str, with_transposed: bool, out) -> tuple:
+    if layout != "row" or with_transposed:
+        raise ValueError("quantize_128x128: a 3-D stack of weights is quantized in the row layout only")
+    g, r, c = w.shape
+    rb, cb = _cdiv(r, TILE), _cdiv(c, TILE)
+    if out is None:
+        q = torch.empty((g, r, c), dtype=FP8_DTYPE, device=w.device)
+        s = torch.empty((g, rb, cb), dtype=torch.float32, device=w.device)
+    else:
+        q, s = out
+    if r % TILE == 0:
+        quantize_128x128(w.flatten(0, 1), out=(q.view(g * r, c), s.view(g * rb, cb)))
+    else:
+        for i in range(g):
+            quantize_128x128(w[i], out=(q[i], s[i]))
     return q, s

@@ -351,6 +351,16 @@ def run_grouped_gemm() -> None:
         "dgrad": (dy, sdy, w, sw),                                  # dY @ W_g: B = W_g itself
         "wgrad": (dy_col, sdy_col, x_col.t(), sx_col.t()),          # dY^T @ x per group of tokens
     }
+    from fp8pass.kernels import triton_quantize as tq
+
+    for rows in (256, 200):  # experts' weights as one [G*R, C] matrix, or one by one (R % 128 != 0)
+        stack = torch.stack([exact_input(rows, 256, torch.bfloat16, gen) for _ in range(3)])
+
+        def quantize_stack(stack=stack):
+            (q, sc), (qr, scr) = tq.quantize_128x128(stack), ref.quantize_128x128(stack)
+            ok, detail = _same(q, qr)
+            return (ok and _same(sc, scr)[0]), detail or _same(sc, scr)[1]
+        check(f"quantize_128x128[stack 3x{rows}x256]", quantize_stack)
     for role, (a, sa, b, sb) in cases.items():
         for out_dtype in (torch.float32, torch.bfloat16):
             for cfg in configs:
