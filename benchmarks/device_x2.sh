@@ -27,6 +27,8 @@
 #   bash benchmarks/device_x2.sh s6d        # s6c again after a test fix, without the sweep (quantizer table last)
 #   bash benchmarks/device_x2.sh s6e        # one GPU: quantizer GPU tests, quantizer table + sweep (Gluon 128x1 and
 #                                           # 32-element layouts)
+#   bash benchmarks/device_x2.sh s19a       # one GPU (not run yet): MoE experts in FP8: the grouped kernel's GPU tests
+#                                           # and compile check, benchmarks/moe.py (grouped GEMM table, experts layer)
 #   bash benchmarks/device_x2.sh s18a       # one GPU: the 1B step under activation_memory_budget 0.5 (GEMMs no longer
 #                                           # recomputed wholesale); s18b (not run yet): the 1B step with fp8_output_head
 #   bash benchmarks/device_x2.sh s18c       # one GPU (not run yet): the 1B step with +ac and under the budget after the
@@ -162,6 +164,15 @@ step_1b() {  # the 1B train_step.py: $1 timeout, $2 log name, then the script's 
 
 for what in "$@"; do
   case $what in
+    s19a)  # session 19 (not run yet), one GPU: MoE experts' grouped GEMMs in FP8 (kernels/triton_gemm_grouped.py, never
+           # run on a GPU before): their GPU tests, then the grouped GEMM table and the experts layer, even and uneven
+      CUDA_VISIBLE_DEVICES=0 timeout 240 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_gpu.py \
+        -k "grouped or experts" > "$OUT/moe_gpu.log" 2>&1
+      echo "MoE GPU tests exit $?"; grep -E "^(FAILED|ERROR)|^E  |passed|failed" "$OUT/moe_gpu.log" | cut -c1-300 | tail -12
+      timeout 300 python3 benchmarks/moe.py > "$OUT/moe.log" 2>&1
+      echo "moe benchmark exit $?"; grep -v "^ *$" "$OUT/moe.log" | cut -c1-200
+      timeout 100 python3 benchmarks/moe.py --no-layer --imbalance 0.5 > "$OUT/moe_uneven.log" 2>&1
+      echo "moe uneven exit $?"; grep -v "^ *$" "$OUT/moe_uneven.log" | cut -c1-200 ;;
     s18a)  # session 18, one GPU: the 1B step under activation_memory_budget 0.5 after the FP8 GEMMs were banned from
            # recompute (s17b: fp8 saved nothing and recomputed its forward, peak 1.24x BF16's)
       step_1b 230 step_s18_budget --variants bf16,fp8 --memory-budget 0.5 ;;

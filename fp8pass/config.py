@@ -52,6 +52,8 @@ class Config:
     fprop, dgrad, wgrad: which of the three GEMMs of a Linear run in FP8.
     fp8_output_head: convert the model's output head too (the last projection before the graph's
         outputs, or a Linear whose weight is tied to an embedding). Off by default, as in DeepSeek.
+    fp8_moe_gates: convert MoE routers too (a Linear whose output picks experts through topk). Off by
+        default, as in DeepSeek-V3, which keeps its gating modules in high precision.
     grouped_gemms: convert MoE experts' grouped GEMMs too (`torch._grouped_mm` of the tokens routed
         to each expert by a [num_experts, out, in] weight stack, as transformers' "grouped_mm"
         experts run): the stack in 128x128 blocks per expert, the tokens in 1x128 tiles, Wgrad's
@@ -121,6 +123,7 @@ class Config:
     dgrad: bool = True
     wgrad: bool = True
     fp8_output_head: bool = False
+    fp8_moe_gates: bool = False
     grouped_gemms: bool = True
     module_filter: Optional[ModuleFilter] = None
     fp8_saved_activations: bool = False

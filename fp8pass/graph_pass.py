@@ -9,7 +9,8 @@ from typing import Callable
 from torch.fx import Graph, Node
 
 from .logs import warn_once
-from .policy import SiteContext, embedding_tied_weights, output_head_fprops, role_skip_reason, site_skip_reason
+from .policy import (SiteContext, embedding_tied_weights, moe_gate_fprops, output_head_fprops, role_skip_reason,
+                     site_skip_reason)
 from . import numerics  # noqa: F401  (registers torch.ops.fp8pass.observe_mm)
 from .rewrite import GemmRewrite, observe_gemms, rewrite_gemms
 from .sites import (MM_TARGETS, find_linear_sites, is_prequantized_weight, module_of, parameter_behind,
@@ -102,12 +103,13 @@ def fp8_graph_pass(graph: Graph, ctx: SiteContext, is_weight: Callable[[Node], b
     sites, others = find_linear_sites(graph, ctx_is_weight, backward)
     heads = output_head_fprops(graph, sites) if ctx.outputs_are_model_outputs else set()
     tied = embedding_tied_weights(graph)
+    gates = moe_gate_fprops(graph, sites)
     records: list[MatmulRecord] = []
     rewrites: list[GemmRewrite] = []
     for site in sites:
         fqn, _, _ = module_of(site.fprop)
         weight = ctx.weight_fqn(site.weight)
-        site_reason = site_skip_reason(site, ctx, heads, tied)
+        site_reason = site_skip_reason(site, ctx, heads, tied, gates)
         for role, node in (("fprop", site.fprop), ("dgrad", site.dgrad), ("wgrad", site.wgrad)):
             if node is None:
                 continue

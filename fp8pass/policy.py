@@ -110,6 +110,26 @@ def output_head_fprops(graph: Graph, sites: list[LinearSite]) -> set[Node]:
     return {head for head in heads if not (_descendants(head, backward) & (fprops - {head}))}
 
 
+def moe_gate_fprops(graph: Graph, sites: list[LinearSite], max_depth: int = 6) -> set[Node]:
+    """Fprops of MoE routers (gates): Linears whose output reaches a `topk` within a few forward ops
+    (softmax or sigmoid, a cast, a bias add, a view) that are not matmuls. DeepSeek-V3 keeps them
+    in high precision: their output picks the experts, so an FP8 error there moves tokens between
+    experts, not just values."""
+    backward = tangent_dependent_nodes(graph)
+    gates = set()
+    for site in sites:
+        frontier, seen = [site.fprop], {site.fprop}
+        for _ in range(max_depth):
+            users = [u for n in frontier for u in n.users
+                     if u not in seen and u not in backward and u.op == "call_function" and u.target not in _MATMULS]
+            if any(u.target is aten.topk.default for u in users):
+                gates.add(site.fprop)
+                break
+            seen.update(users)
+            frontier = users
+    return gates
+
+
 def _descendants(node: Node, backward: set[Node]) -> set[Node]:
     seen, stack = set(), [node]
     while stack:
@@ -157,7 +177,8 @@ def embedding_tied_weights(graph: Graph) -> set[Node]:
     return tied
 
 
-def site_skip_reason(site: LinearSite, ctx: SiteContext, heads: set[Node], tied: set[Node]) -> Optional[str]:
+def site_skip_reason(site: LinearSite, ctx: SiteContext, heads: set[Node], tied: set[Node],
+                     gates: frozenset = frozenset()) -> Optional[str]:
     """None if the site converts, else why not (names the rule and the way out)."""
     cfg = ctx.config
     fqn, _, _ = module_of(site.fprop)
@@ -186,6 +207,9 @@ def site_skip_reason(site: LinearSite, ctx: SiteContext, heads: set[Node], tied:
         if site.fprop in heads:
             return (f"output head: last projection before the graph's outputs, kept in high precision as in "
                     f"DeepSeek-V3; set Config(fp8_output_head=True) to convert {where}")
+    if site.fprop in gates and not cfg.fp8_moe_gates:
+        return (f"MoE gate: its output picks experts (through topk), kept in high precision as in DeepSeek-V3; "
+                f"set Config(fp8_moe_gates=True) to convert {where}")
     if cfg.module_filter is not None:
         module = ctx.module_instance(fqn)
         if not cfg.module_filter(fqn, module):

@@ -87,7 +87,7 @@ def _module_pattern(fqn: str) -> str:
     return re.sub(r"(?<=\.)\d+(?=\.|$)|^\d+(?=\.|$)", "*", fqn)
 
 
-_RULES = (("output head", "output head"), ("high precision:", "marked high precision"),
+_RULES = (("output head", "output head"), ("MoE gate", "MoE gate"), ("high precision:", "marked high precision"),
           ("not a multiple of 128", "K/N not multiple of 128"), ("module_filter", "module_filter"),
           ("Config(", "disabled in Config"), ("dtype", "unsupported dtype"),
           ("MoE experts", "batched/grouped or sliced weight"), ("not Linear-like", "not Linear-like"))

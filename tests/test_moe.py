@@ -144,3 +144,22 @@ def test_hf_moe_experts_convert_and_train():
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
     assert all(map(torch.isfinite, torch.tensor(losses))) and losses[-1] < losses[0] - 0.5, losses
+
+
+def test_moe_gate_stays_high_precision_unless_asked():
+    """A router wide enough for FP8 (128 experts): its output picks experts through topk, so it stays
+    in high precision by default, as DeepSeek-V3 keeps its gating modules, with the reason and the
+    option that converts it; the experts themselves convert either way."""
+    torch.manual_seed(0)
+    experts = train_gpt.Experts(train_gpt.GPTConfig(dim=128, mlp_hidden=128, n_experts=128, top_k=2)).bfloat16()
+    x = torch.randn(64, 128, dtype=torch.bfloat16, requires_grad=True)
+    report = fp8pass.explain(experts, x, fp8_config=WITH_HEAD, baseline=False)
+    router = [m for m in report.matmuls if m.module == "router"]
+    assert router and not any(m.fp8 for m in router)
+    assert "MoE gate" in router[0].reason and "Config(fp8_moe_gates=True)" in router[0].reason
+    assert "MoE gate" in str(report)
+    assert _roles(report, "") == ["dgrad", "dgrad", "fprop", "fprop", "wgrad", "wgrad"]
+    torch._dynamo.reset()
+    report = fp8pass.explain(experts, x, fp8_config=fp8pass.Config(fp8_output_head=True, fp8_moe_gates=True),
+                             baseline=False)
+    assert _roles(report, "router") == ["dgrad", "fprop", "wgrad"]

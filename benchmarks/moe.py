@@ -1,0 +1,171 @@
+"""MoE experts in FP8 on one card: the grouped GEMMs, and an experts layer's fwd+bwd.
+
+    python benchmarks/moe.py [--configs qwen3-30b,mixtral,deepseek-v3-ep8] [--no-layer] [--imbalance 0.3]
+
+1. Grouped GEMMs, per role of an expert's projection (Fprop x @ W_g^T, Dgrad dY @ W_g, Wgrad
+   dY^T @ x per group of tokens), TFLOP/s: BF16 torch._grouped_mm beside fp8pass's Triton grouped
+   kernel on operands quantized beforehand (fp8pass.gemm_blockwise_grouped), for both
+   projections of the config's experts (gate_up: dim -> 2 * hidden, down: hidden -> dim).
+2. The experts layer of examples/train_gpt.py (router, grouped gate_up, SwiGLU, grouped down,
+   weighted sum): fwd+bwd ms and peak memory, BF16 torch.compile beside backend="fp8", one run,
+   gradient SQNR of the fp8 run against the BF16 one (same routing: the router reads the layer's
+   input in BF16 in both).
+
+Routing of the GEMM table: tokens x top_k rows spread over the experts evenly, or with --imbalance f,
+group sizes with a coefficient of variation of about f (group_ends); the same groups for both
+columns. The layer routes by its own (random) router.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+
+import torch
+
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "examples"))
+
+from common import peak_step_bytes, sqnr_db, step_ms, versions  # noqa: E402
+
+# (dim, expert hidden, experts, top_k, tokens): published model shapes, tokens of one micro-batch
+CONFIGS = {
+    "qwen3-30b": (2048, 768, 128, 8, 8192),     # Qwen3-30B-A3B
+    "mixtral": (4096, 14336, 8, 2, 8192),       # Mixtral-8x7B
+    # DeepSeek-V3's routed experts: the 32 of one GPU under 8-way expert parallelism (all 256 would
+    # not fit one card with their gradients and FP8 copies)
+    "deepseek-v3-ep8": (7168, 2048, 32, 8, 4096),
+}
+
+
+def group_ends(rows: int, experts: int, imbalance: float, device) -> torch.Tensor:
+    """torch._grouped_mm's offs for `rows` routed rows: even groups, or (imbalance f > 0) group sizes
+    drawn from a symmetric Dirichlet of concentration 1/f^2, whose coefficient of variation is ~f."""
+    if imbalance <= 0:
+        sizes = torch.full((experts,), rows // experts)
+        sizes[: rows - int(sizes.sum())] += 1
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            share = torch.distributions.Dirichlet(torch.full((experts,), 1.0 / imbalance ** 2)).sample()
+        sizes = (share * rows).floor().long()
+        sizes[0] += rows - int(sizes.sum())
+    return torch.cumsum(sizes, 0).to(torch.int32).to(device)
+
+
+def time_ms(fn) -> float:
+    import triton.testing
+
+    return triton.testing.do_bench(fn, warmup=10, rep=50)
+
+
+def bench_gemms(name: str, dim: int, hidden: int, experts: int, top_k: int, tokens: int, imbalance: float) -> None:
+    from fp8pass.kernels import triton_quantize as tq
+
+    rows = tokens * top_k
+    offs = group_ends(rows, experts, imbalance, "cuda")
+    biggest = int((offs - torch.cat([offs.new_zeros(1), offs[:-1]])).max())
+    print(f"\n{name}: dim {dim}, expert hidden {hidden}, {experts} experts, top-{top_k}, {tokens} tokens "
+          f"-> {rows} routed rows (largest group {biggest}, mean {rows / experts:.0f})")
+    print(f"{'projection':>10} {'role':>6} {'S x K x N':>22} {'bf16 TFLOP/s':>13} {'fp8 TFLOP/s':>12} {'fp8/bf16':>9}")
+    for proj, (k, n) in (("gate_up", (dim, 2 * hidden)), ("down", (hidden, dim))):
+        torch.manual_seed(0)
+        x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
+        w = torch.randn(experts, n, k, device="cuda", dtype=torch.bfloat16) / k ** 0.5
+        dy = torch.randn(rows, n, device="cuda", dtype=torch.bfloat16)
+        qw, sw = tq.quantize_128x128(w)
+        qx, sx, qx_t, sx_t = tq.quantize_1x128_128x1(x, col_layout="transposed")
+        qd, sd, qd_t, sd_t = tq.quantize_1x128_128x1(dy, col_layout="transposed")
+        grouped = torch.ops.fp8pass.gemm_blockwise_grouped
+        roles = {
+            "fprop": (lambda: torch._grouped_mm(x, w.transpose(-2, -1), offs=offs),
+                      lambda: grouped(qx, sx, qw.transpose(1, 2), sw.transpose(1, 2), offs, torch.bfloat16),
+                      (rows, k, n)),
+            "dgrad": (lambda: torch._grouped_mm(dy, w, offs=offs),
+                      lambda: grouped(qd, sd, qw, sw, offs, torch.bfloat16), (rows, n, k)),
+            "wgrad": (lambda: torch._grouped_mm(dy.t(), x, offs=offs),
+                      lambda: grouped(qd_t, sd_t, qx_t.t(), sx_t.t(), offs, torch.bfloat16), (n, rows, k)),
+        }
+        for role, (bf16, fp8, (m_, k_, n_)) in roles.items():
+            flops = 2 * m_ * k_ * n_
+            try:
+                t_bf16 = time_ms(bf16)
+            except Exception as exc:  # noqa: BLE001 - report and go on
+                print(f"{proj:>10} {role:>6} bf16 FAILED: {type(exc).__name__}: {str(exc)[:200]}")
+                t_bf16 = float("nan")
+            t_fp8 = time_ms(fp8)
+            print(f"{proj:>10} {role:>6} {f'{m_}x{k_}x{n_}':>22} {flops / t_bf16 / 1e9:13.1f} "
+                  f"{flops / t_fp8 / 1e9:12.1f} {t_bf16 / t_fp8:8.2f}x", flush=True)
+
+
+def bench_layer(name: str, dim: int, hidden: int, experts: int, top_k: int, tokens: int) -> None:
+    import fp8pass
+    from train_gpt import Experts, GPTConfig
+
+    torch.manual_seed(0)
+    layer = Experts(GPTConfig(dim=dim, mlp_hidden=hidden, n_experts=experts, top_k=top_k)).cuda().bfloat16()
+    x = torch.randn(tokens, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    dy = torch.randn(tokens, dim, device="cuda", dtype=torch.bfloat16)
+    flops = 3 * 2 * tokens * top_k * 3 * dim * hidden  # three projections' worth per routed row, fwd + bwd
+    print(f"\n{name} experts layer fwd+bwd ({tokens} tokens; routing by the layer's random router)")
+    print(f"{'variant':>14} {'ms':>8} {'TFLOP/s':>8} {'peak MiB':>9} {'vs bf16':>8}")
+    results, grads = {}, {}
+    # the layer alone is its graph's output: its down projection would count as the output head
+    variants = {"bf16 compiled": "inductor", "fp8": fp8pass.backend(fp8_output_head=True)}
+    for variant, backend in variants.items():
+        torch._dynamo.reset()
+        model = torch.compile(layer, backend=backend)
+
+        def step():
+            x.grad = None
+            for p in layer.parameters():
+                p.grad = None
+            model(x).backward(dy)
+
+        try:
+            ms, _ = step_ms(step)
+            step()
+            grads[variant] = [x.grad.clone()] + [p.grad.clone() for p in layer.parameters()]
+            x.grad = None
+            for p in layer.parameters():
+                p.grad = None
+            peak = peak_step_bytes(step) / 2 ** 20
+        except Exception as exc:  # noqa: BLE001
+            print(f"{variant:>14} FAILED: {type(exc).__name__}: {str(exc)[:300]}")
+            continue
+        results[variant] = ms
+        ratio = f"{results['bf16 compiled'] / ms:.2f}x" if variant != "bf16 compiled" and "bf16 compiled" in results else ""
+        print(f"{variant:>14} {ms:8.3f} {flops / ms / 1e9:8.0f} {peak:9.0f} {ratio:>8}", flush=True)
+    if len(grads) == 2:
+        names = ["x"] + [n for n, _ in layer.named_parameters()]
+        print("fp8 vs bf16 compiled, gradient SQNR dB: " + ", ".join(
+            f"{n} {sqnr_db(b, f):.1f}" for n, b, f in zip(names, grads["bf16 compiled"], grads["fp8"])))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, of {sorted(CONFIGS)}")
+    p.add_argument("--imbalance", type=float, default=0.0,
+                   help="0: even groups; f > 0: group sizes with a coefficient of variation of about f")
+    p.add_argument("--no-layer", dest="layer", action="store_false", help="only the GEMM table")
+    p.add_argument("--tokens", type=int, default=None, help="override the configs' token count")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        p.error("needs a CUDA device")
+    import fp8pass  # noqa: F401  (registers the ops and their CUDA kernels)
+
+    print(versions())
+    for name in args.configs.split(","):
+        if name not in CONFIGS:
+            p.error(f"unknown config {name!r}; choose from {sorted(CONFIGS)}")
+        dim, hidden, experts, top_k, tokens = CONFIGS[name]
+        tokens = args.tokens or tokens
+        bench_gemms(name, dim, hidden, experts, top_k, tokens, args.imbalance)
+        if args.layer:
+            bench_layer(name, dim, hidden, experts, top_k, tokens)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
