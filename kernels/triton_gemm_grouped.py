@@ -13,13 +13,13 @@ added into an FP32 accumulator (the promotion every 128).
 
 Work split. Rows grouped: a 1-D grid of (row tile, N tile) programs over cdiv(S, BLOCK_M) + G row
 tiles (each group may end in a partial tile); a program finds its group by walking the G offsets
-(G scalar loads: small next to a K loop of 128-wide blocks), and row tiles past offs[-1] write
-zeros, so every row of the output is written without a separate fill. K grouped: one program
+(the G ends loaded as one vector, a running sum of tiles per group), and row tiles past offs[-1]
+write zeros, so every row of the output is written without a separate fill. K grouped: one program
 per (group, M tile, N tile); its K loop covers the 128-token blocks that hold the group's rows,
 with the rows of other groups masked to zero on load, and an empty group writes zeros.
 
 The offsets are not checked here (that would need a device sync): ends past the token count are
-clamped, a decreasing end makes an empty group; the CPU kernel raises on both.
+clamped; they must not decrease (as torch._grouped_mm requires); the CPU kernel raises on both.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ def _grouped_gemm_kernel(
     s_asm, s_ask, s_bsg, s_bsk, s_bsn,
     LAYOUT,  # autotune key only: 2 * (A is K-major) + (B is K-major)
     GROUP_K: tl.constexpr,  # False: rows of A grouped, B per group in 128x128 blocks; True: K grouped, 128x1
+    G_POW2: tl.constexpr,  # G rounded up to a power of two (the lanes of the group lookup)
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
@@ -66,25 +67,24 @@ def _grouped_gemm_kernel(
         bs_base = bs_ptr
         c_base = c_ptr + group.to(tl.int64) * s_cg
     else:
-        # walk the groups to the one whose row tiles hold `tile`; past the last group's end, the
-        # rows up to M form tiles too, which only write zeros (kb_last = kb_first)
-        tiles_before = 0
-        prev_end = 0
-        group = 0
-        m_start = 0
-        m_end = 0
-        for g in range(0, G):
-            end = tl.maximum(tl.minimum(tl.load(offs_ptr + g), M), prev_end)
-            n_tiles = tl.cdiv(end - prev_end, BLOCK_M)
-            hit = (tile >= tiles_before) & (tile < tiles_before + n_tiles)
-            group = tl.where(hit, g, group)
-            m_start = tl.where(hit, prev_end + (tile - tiles_before) * BLOCK_M, m_start)
-            m_end = tl.where(hit, end, m_end)
-            tiles_before += n_tiles
-            prev_end = end
-        in_tail = tile >= tiles_before
-        m_start = tl.where(in_tail, prev_end + (tile - tiles_before) * BLOCK_M, m_start)
+        # which group's row tiles hold `tile`: the G group ends loaded as one vector, tiles per
+        # group, their running sum, and the group found by counting the sums <= tile (a serial
+        # walk over G scalar loads took as long as a short K loop at 128 experts); past the last
+        # group's end the rows up to M form tiles too, which only write zeros (kb_last = kb_first)
+        g_idx = tl.arange(0, G_POW2)
+        ends = tl.minimum(tl.load(offs_ptr + g_idx, mask=g_idx < G, other=0), M)
+        starts = tl.minimum(tl.load(offs_ptr + g_idx - 1, mask=(g_idx > 0) & (g_idx < G), other=0), M)
+        n_tiles = tl.where(g_idx < G, tl.cdiv(tl.maximum(ends - starts, 0), BLOCK_M), 0)
+        tiles_through = tl.cumsum(n_tiles, 0)
+        group = tl.sum((tiles_through <= tile).to(tl.int32), 0)
+        tiles_before = tl.sum(tl.where(g_idx < group, n_tiles, 0), 0)
+        m_start = tl.sum(tl.where(g_idx == group, starts, 0), 0) + (tile - tiles_before) * BLOCK_M
+        m_end = tl.sum(tl.where(g_idx == group, ends, 0), 0)
+        in_tail = group >= G
+        last_end = tl.max(ends, 0)
+        m_start = tl.where(in_tail, last_end + (tile - tiles_before) * BLOCK_M, m_start)
         m_end = tl.where(in_tail, M, m_end)
+        group = tl.minimum(group, G - 1)
         k_start = 0
         k_end = K
         kb_first = 0
@@ -180,11 +180,12 @@ def gemm_blockwise_grouped(a: torch.Tensor, a_scale: torch.Tensor, b: torch.Tens
 
     if config is None:
         _grouped_gemm_kernel_tuned[lambda meta: grid_size(meta["BLOCK_M"], meta["BLOCK_N"])](
-            *args, GROUP_K=group_k, **COMPILE_OPTIONS)
+            *args, GROUP_K=group_k, G_POW2=triton.next_power_of_2(groups), **COMPILE_OPTIONS)
     else:
         cfg = dict(config)
         warps = cfg.pop("num_warps", 4)
         stages = cfg.pop("num_stages", 3)
         _grouped_gemm_kernel[grid_size(cfg["BLOCK_M"], cfg["BLOCK_N"])](
-            *args, GROUP_K=group_k, num_warps=warps, num_stages=stages, **COMPILE_OPTIONS, **cfg)
+            *args, GROUP_K=group_k, G_POW2=triton.next_power_of_2(groups), num_warps=warps, num_stages=stages,
+            **COMPILE_OPTIONS, **cfg)
     return out

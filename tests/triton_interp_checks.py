@@ -339,6 +339,8 @@ def run_grouped_gemm() -> None:
     gen = torch.Generator().manual_seed(97)
     s, k, n = 300, 256, 384
     offs = torch.tensor([50, 50, 200, 290], dtype=torch.int32)  # group 1 empty; rows 290-299 in none
+    # 9 groups (16 lanes in the kernel's group lookup), three empty, the last ending at s (no tail)
+    offs9 = torch.tensor([0, 7, 7, 130, 131, 256, 256, 299, 300], dtype=torch.int32)
     g = offs.shape[0]
     configs = [{"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4}, {"BLOCK_M": 32, "BLOCK_N": 128, "num_warps": 4}]
     x, sx = _fp8_small((s, k), gen), ref.as_mn_major(_pow2((s, k // 128), gen))
@@ -361,6 +363,18 @@ def run_grouped_gemm() -> None:
             ok, detail = _same(q, qr)
             return (ok and _same(sc, scr)[0]), detail or _same(sc, scr)[1]
         check(f"quantize_128x128[stack 3x{rows}x256]", quantize_stack)
+    w9, sw9 = _fp8_small((9, n, k), gen), _pow2((9, n // 128, k // 128), gen)
+    nine = {
+        "fprop9": (x, sx, w9.transpose(1, 2), sw9.transpose(1, 2)),
+        "wgrad9": (dy_col, sdy_col, x_col.t(), sx_col.t()),
+    }
+    for role, (a, sa, b, sb) in nine.items():
+        def one(a=a, sa=sa, b=b, sb=sb):
+            want = ref.gemm_blockwise_grouped(a, sa, b, sb, offs9, torch.float32)
+            out = torch.full(want.shape, float("nan"), dtype=torch.float32)
+            tgg.gemm_blockwise_grouped(a, sa, b, sb, offs9, torch.float32, config=configs[0], out=out)
+            return _close(out, want)
+        check(f"gemm_blockwise_grouped[{role},9 groups]", one)
     for role, (a, sa, b, sb) in cases.items():
         for out_dtype in (torch.float32, torch.bfloat16):
             for cfg in configs:
