@@ -113,19 +113,31 @@ def test_experts_in_fp8_with_dynamic_token_counts_compile_once():
     assert counters["stats"]["unique_graphs"] == 0  # no recompile
 
 
-def test_hf_moe_experts_convert_and_train():
-    """An unmodified Hugging Face MoE (Qwen3-MoE, tiny, bf16, so transformers runs its experts as
-    torch._grouped_mm): the experts' gate_up_proj and down_proj run all three GEMMs in FP8, and the
-    loss falls over a few AdamW steps."""
+_HF_MOE = {  # tiny configs: 1 layer, hidden 256, 8 experts of width 256, top-2
+    "Qwen3Moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM",
+                 dict(intermediate_size=512, moe_intermediate_size=256, num_experts=8, num_experts_per_tok=2,
+                      head_dim=128)),
+    # experts with biases and a clamped SwiGLU of its own, attention sinks
+    "GptOss": ("GptOssConfig", "GptOssForCausalLM",
+               dict(intermediate_size=256, num_local_experts=8, num_experts_per_tok=2, head_dim=128,
+                    layer_types=["full_attention"])),
+}
+
+
+@pytest.mark.parametrize("family", sorted(_HF_MOE))
+def test_hf_moe_experts_convert_and_train(family):
+    """Unmodified Hugging Face MoEs in bf16 (transformers then runs the experts as
+    torch._grouped_mm): every expert projection runs all three GEMMs in FP8, and the loss falls over
+    a few AdamW steps. (Session 19's CPU probe: also Mixtral, Qwen2-MoE, DeepSeek-V3, OLMoE and
+    Granite-MoE.)"""
     transformers = pytest.importorskip("transformers")
-    if not hasattr(transformers, "Qwen3MoeConfig"):
-        pytest.skip("this transformers has no Qwen3-MoE")
+    cfg_name, model_name, extra = _HF_MOE[family]
+    if not hasattr(transformers, cfg_name):
+        pytest.skip(f"this transformers has no {family}")
     torch.manual_seed(0)
-    cfg = transformers.Qwen3MoeConfig(hidden_size=256, num_hidden_layers=1, num_attention_heads=2,
-                                      num_key_value_heads=2, head_dim=128, intermediate_size=512,
-                                      moe_intermediate_size=256, vocab_size=512, num_experts=8,
-                                      num_experts_per_tok=2)
-    model = transformers.Qwen3MoeForCausalLM(cfg).bfloat16()
+    cfg = getattr(transformers, cfg_name)(hidden_size=256, num_hidden_layers=1, num_attention_heads=2,
+                                          num_key_value_heads=2, vocab_size=512, **extra)
+    model = getattr(transformers, model_name)(cfg).bfloat16()
     if getattr(model.config, "_experts_implementation", None) != "grouped_mm":
         pytest.skip("this transformers does not run its experts as torch._grouped_mm")
     ids = torch.randint(0, 512, (2, 128))
@@ -137,13 +149,13 @@ def test_hf_moe_experts_convert_and_train():
     compiled = torch.compile(model, backend="fp8")
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
-    for _ in range(4):
+    for _ in range(3):
         loss = compiled(input_ids=ids, labels=ids).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
-    assert all(map(torch.isfinite, torch.tensor(losses))) and losses[-1] < losses[0] - 0.5, losses
+    assert all(map(torch.isfinite, torch.tensor(losses))) and losses[-1] < losses[0] - 1.0, losses
 
 
 def test_moe_gate_stays_high_precision_unless_asked():
