@@ -27,7 +27,7 @@ gradient (a plain tensor, reduce-scattered as usual) and the optimizer state are
 
 A weight is left to FSDP2's ordinary all-gather, with a reason, when it is not a Linear the pass
 converts (K or N not a multiple of 128, the output head, a weight tied to an embedding,
-module_filter, high_precision marks) or when its rows per shard are not a multiple of 128
+module_filter, high_precision marks, an MoE router: a Linear named `router` or `gate`) or when its rows per shard are not a multiple of 128
 (blocks would straddle shards; that includes uneven sharding, where FSDP2 pads the shards).
 """
 
@@ -47,6 +47,7 @@ from .config import Config
 
 aten = torch.ops.aten
 TILE = 128
+_ROUTER_NAMES = ("router", "gate")  # module names of MoE routers (not "gate_proj": a SwiGLU's Linear)
 
 __all__ = ["AllGatherDecision", "Fp8AllGatherWeight", "Fp8GatheredWeight", "CollectiveBytes",
            "enable_fp8_all_gather", "fp8_all_gather_weights", "unwrap_fp8_all_gather"]
@@ -285,6 +286,10 @@ def enable_fp8_all_gather(model: nn.Module, world_size: Optional[int] = None, co
             reason = "output head (last nn.Linear), kept in high precision; Config(fp8_output_head=True) converts it"
         elif name in marked:
             reason = "marked fp8pass.high_precision"
+        elif name.rsplit(".", 1)[-1] in _ROUTER_NAMES and not cfg.fp8_moe_gates:
+            # the pass finds routers in the graph (output into topk); here only the name can tell
+            reason = ("an MoE router by its name, kept in high precision as in DeepSeek-V3; "
+                      "Config(fp8_moe_gates=True) converts it")
         elif cfg.module_filter is not None and not cfg.module_filter(name, module):
             reason = "module_filter returned False"
         else:

@@ -102,6 +102,7 @@ def test_enable_fp8_all_gather_decisions_and_reasons():
             self.d = nn.Linear(256, 768)        # 384 rows per shard on 2 ranks, 192 on 4
             self.skip = nn.Linear(256, 256)     # module_filter
             self.marked = fp8pass.high_precision(nn.Linear(256, 256))
+            self.router = nn.Linear(256, 128)   # an MoE router (by its name; the pass keeps it high precision)
             self.head = nn.Linear(256, 256)     # last Linear: the head
 
     torch.manual_seed(0)
@@ -115,6 +116,7 @@ def test_enable_fp8_all_gather_decisions_and_reasons():
     assert "module_filter" in decisions["skip.weight"].reason
     assert "high_precision" in decisions["marked.weight"].reason
     assert "output head" in decisions["head.weight"].reason
+    assert "MoE router" in decisions["router.weight"].reason
     assert not any(d.fp8 for name, d in decisions.items() if name not in ("a.weight", "d.weight"))
     assert fp8_all_gather_weights(net) == ["a.weight", "d.weight"]
     assert isinstance(net.a.weight, nn.Parameter) and isinstance(net.a.weight, Fp8AllGatherWeight)
