@@ -76,6 +76,7 @@ def bench_gemms(name: str, dim: int, hidden: int, experts: int, top_k: int, toke
         w = torch.randn(experts, n, k, device="cuda", dtype=torch.bfloat16) / k ** 0.5
         dy = torch.randn(rows, n, device="cuda", dtype=torch.bfloat16)
         qw, sw = tq.quantize_128x128(w)
+        qw_kmajor = qw.transpose(1, 2).contiguous().transpose(1, 2)  # Dgrad's operand as the pass emits it
         qx, sx, qx_t, sx_t = tq.quantize_1x128_128x1(x, col_layout="transposed")
         qd, sd, qd_t, sd_t = tq.quantize_1x128_128x1(dy, col_layout="transposed")
         grouped = torch.ops.fp8pass.gemm_blockwise_grouped
@@ -84,7 +85,7 @@ def bench_gemms(name: str, dim: int, hidden: int, experts: int, top_k: int, toke
                       lambda: grouped(qx, sx, qw.transpose(1, 2), sw.transpose(1, 2), offs, torch.bfloat16),
                       (rows, k, n)),
             "dgrad": (lambda: torch._grouped_mm(dy, w, offs=offs),
-                      lambda: grouped(qd, sd, qw, sw, offs, torch.bfloat16), (rows, n, k)),
+                      lambda: grouped(qd, sd, qw_kmajor, sw, offs, torch.bfloat16), (rows, n, k)),
             "wgrad": (lambda: torch._grouped_mm(dy.t(), x, offs=offs),
                       lambda: grouped(qd_t, sd_t, qx_t.t(), sx_t.t(), offs, torch.bfloat16), (n, rows, k)),
         }

@@ -12,8 +12,9 @@ K-major without a copy: quantize_128x128 for Fprop (read as W^T) and quantize_12
 for Dgrad (read as W), made in backward; without Config.recompute_fp8_weights, Dgrad reads a
 transposed copy of the Fprop copy instead, which forward keeps.
 Grouped GEMMs (MoE experts, `_grouped_mm` over a [G, ., .] weight stack) take the same copies: the
-stack's quantize_128x128 (matrix by matrix), read by the grouped GEMM in both roles through its
-strides, and the dual quantization of the experts' input and output gradient as for a Linear.
+stack's quantize_128x128 (matrix by matrix; for Dgrad each expert's copy transposed, K-major: the
+plain-Triton GEMM ran Dgrad ~4x slower on an N-major B, benchmarks/RESULTS_gemm.md, session 11),
+and the dual quantization of the experts' input and output gradient as for a Linear.
 """
 
 from __future__ import annotations
@@ -186,12 +187,14 @@ def rewrite_gemms(graph: Graph, rewrites: list[GemmRewrite], requantize_dgrad_we
                 # col copies are stored transposed (K-major for Wgrad), so a transposed use is free
                 if req.transpose != (req.kind == "col"):
                     q, s = builder.transpose(q), builder.transpose(s)
-                elif req.kind == "block" and rw.offs is None:  # Dgrad's B = W: make it K-major once per weight
-                    # (the grouped GEMM, Triton only, reads an experts' stack through its strides)
+                elif req.kind == "block":  # Dgrad's B = W: make it K-major once per weight
                     key = (req.source, "block_k_major")
                     if key not in copies:  # rewrites run in graph order: this is the first use
                         meta = {"role": "quantize", "module": rw.module, "for": rw.role}
-                        copies[key] = builder.k_major_weight(req.source, q, s, meta, requantize_dgrad_weights)
+                        # an experts' stack: each expert's FP8 copy transposed (an Inductor copy kernel);
+                        # quantize_128x128_transposed writes one matrix's transpose, not a stack's
+                        requantize = requantize_dgrad_weights and rw.offs is None
+                        copies[key] = builder.k_major_weight(req.source, q, s, meta, requantize)
                     q, s = copies[key]
                 operands += [q, s]
             out_dtype = tensor_meta(node).dtype

@@ -780,7 +780,7 @@ def test_grouped_gemm_roles(role, tokens, dim, hidden, experts):
     elif role == "dgrad":
         dy = rnd(tokens, hidden)
         a, sa = tq.quantize_1x128(dy)
-        b, sb = qw, sw
+        b, sb = qw.transpose(1, 2).contiguous().transpose(1, 2), sw  # K-major, as the pass emits it
         wants = [dy[s:e].float() @ w[g].float() for g, (s, e) in enumerate(bounds)]
     else:
         dy, x = rnd(tokens, hidden), rnd(tokens, dim)

@@ -65,7 +65,7 @@ def test_grouped_gemm_kernel_matches_reference_under_interpreter():
     out = _run_checks("grouped")
     assert "OK quantize_128x128[stack 3x256x256]" in out and "OK quantize_128x128[stack 3x200x256]" in out
     assert "OK gemm_blockwise_grouped[fprop9,9 groups]" in out and "OK gemm_blockwise_grouped[wgrad9,9 groups]" in out
-    for role in ("fprop", "dgrad", "wgrad"):
+    for role in ("fprop", "dgrad", "dgrad_kmajor", "wgrad"):
         for dtype in ("float32", "bfloat16"):
             assert f"OK gemm_blockwise_grouped[{role},{dtype}," in out
 

@@ -350,7 +350,8 @@ def run_grouped_gemm() -> None:
     x_col, sx_col = _fp8_small((k, s), gen), _pow2((k, -(-s // 128)), gen)
     cases = {
         "fprop": (x, sx, w.transpose(1, 2), sw.transpose(1, 2)),   # x @ W_g^T: B a view of W
-        "dgrad": (dy, sdy, w, sw),                                  # dY @ W_g: B = W_g itself
+        "dgrad": (dy, sdy, w, sw),                                  # dY @ W_g: B = W_g itself (N-major)
+        "dgrad_kmajor": (dy, sdy, w.transpose(1, 2).contiguous().transpose(1, 2), sw),  # as the pass emits it
         "wgrad": (dy_col, sdy_col, x_col.t(), sx_col.t()),          # dY^T @ x per group of tokens
     }
     from fp8pass.kernels import triton_quantize as tq
