@@ -7,7 +7,8 @@
    kernel on operands quantized beforehand (fp8pass.gemm_blockwise_grouped), for both
    projections of the config's experts (gate_up: dim -> 2 * hidden, down: hidden -> dim).
 2. The experts layer of examples/train_gpt.py (router, grouped gate_up, SwiGLU, grouped down,
-   weighted sum): fwd+bwd ms and peak memory, BF16 torch.compile beside backend="fp8", one run,
+   weighted sum): fwd+bwd ms and peak memory, BF16 torch.compile beside backend="fp8" with
+   grouped_gemms=True (off by default until these figures exist), one run,
    gradient SQNR of the fp8 run against the BF16 one (same routing: the router reads the layer's
    input in BF16 in both).
 
@@ -114,7 +115,7 @@ def bench_layer(name: str, dim: int, hidden: int, experts: int, top_k: int, toke
     print(f"{'variant':>14} {'ms':>8} {'TFLOP/s':>8} {'peak MiB':>9} {'vs bf16':>8}")
     results, grads = {}, {}
     # the layer alone is its graph's output: its down projection would count as the output head
-    variants = {"bf16 compiled": "inductor", "fp8": fp8pass.backend(fp8_output_head=True)}
+    variants = {"bf16 compiled": "inductor", "fp8": fp8pass.backend(fp8_output_head=True, grouped_gemms=True)}
     for variant, backend in variants.items():
         torch._dynamo.reset()
         model = torch.compile(layer, backend=backend)

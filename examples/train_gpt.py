@@ -372,7 +372,8 @@ def main(argv=None):
     p.add_argument("--clip", type=float, default=0.0, help="clip the gradient norm to this (0: no clipping)")
     p.add_argument("--tied-head", action="store_true")
     p.add_argument("--experts", type=int, default=0,
-                   help="> 0: a mixture of this many SwiGLU experts in each block (trained in bf16)")
+                   help="> 0: a mixture of this many SwiGLU experts in each block (trained in bf16; their "
+                        "grouped GEMMs in FP8 unless --fp8-option grouped_gemms=false)")
     p.add_argument("--top-k", type=int, default=2, help="with --experts: experts per token")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default=None, help="default: bf16 on cuda, fp32 on cpu")
@@ -408,6 +409,9 @@ def main(argv=None):
     print(f"corpus: {corpus.numel() / 1e6:.1f} MB of Python source; model {cfg}; {dtype_name} "
           f"on {args.device}")
 
+    fp8_options = dict(map(fp8pass.config.parse_option, args.fp8_option))
+    if args.experts:  # the experts' grouped GEMMs are off by default (fp8pass.Config.grouped_gemms)
+        fp8_options.setdefault("grouped_gemms", True)
     n_params = sum(p.numel() for p in GPT(cfg).parameters())
     print(f"{n_params / 1e6:.1f}M parameters")
     if args.explain and args.only != "baseline":
@@ -415,7 +419,7 @@ def main(argv=None):
         probe = GPT(cfg).to(device=args.device, dtype=dtype)
         x, y = next(batches(corpus, args.batch, cfg.seq_len, 1, args.seed + 1, args.device))
         print("\nWhat backend='fp8' converts (fp8pass.explain on one training step):")
-        print(fp8pass.explain(probe, x, y))
+        print(fp8pass.explain(probe, x, y, fp8_config=fp8pass.Config(**fp8_options)))
         del probe
         torch._dynamo.reset()
 
@@ -431,7 +435,7 @@ def main(argv=None):
         runs["fp8"], heldout["fp8"] = train(cfg, "fp8", args.steps, args.batch, args.lr, args.seed, args.device, dtype,
                                             corpus, log_every=log_every, label="fp8", mode=args.mode,
                                             warmup=args.warmup, schedule=args.schedule, clip=args.clip,
-                                            options=dict(map(fp8pass.config.parse_option, args.fp8_option)),
+                                            options=fp8_options,
                                             losses_csv=csv_path("fp8"))
     if args.baseline != "none" and args.only != "fp8":
         torch._dynamo.reset()

@@ -58,7 +58,9 @@ class Config:
         to each expert by a [num_experts, out, in] weight stack, as transformers' "grouped_mm"
         experts run): the stack in 128x128 blocks per expert, the tokens in 1x128 tiles, Wgrad's
         128-token tiles those of all routed tokens (kernels/reference.py gemm_blockwise_grouped).
-        Its CUDA kernel is a Triton one (kernels/triton_gemm_grouped.py), not yet timed on a GPU.
+        Off by default until its CUDA kernel (plain Triton, kernels/triton_gemm_grouped.py) is
+        measured on a GPU: the same loop ran dense FP8 GEMMs at 0.55-0.6x cuBLAS blockwise (H200,
+        session 11), so it may not beat BF16's grouped GEMM; numerics are tested on the CPU.
     module_filter: `fn(fqn, module) -> bool`; a matmul site is converted only if it returns True.
         `module` is the nn.Module instance when it can be found, else None.
     fp8_saved_activations: also keep in FP8 (1x128 tiles) the converted Linears' outputs that the
@@ -124,7 +126,7 @@ class Config:
     wgrad: bool = True
     fp8_output_head: bool = False
     fp8_moe_gates: bool = False
-    grouped_gemms: bool = True
+    grouped_gemms: bool = False
     module_filter: Optional[ModuleFilter] = None
     fp8_saved_activations: bool = False
     fp8_saved_activations_min_bytes: int = 1 << 20

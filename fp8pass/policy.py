@@ -193,7 +193,8 @@ def site_skip_reason(site: LinearSite, ctx: SiteContext, heads: set[Node], tied:
         return (f"input dtype {x_val.dtype} is not supported (bf16, fp16 or fp32); "
                 f"cast {where} to one of those or leave it in high precision")
     if site.grouped and not cfg.grouped_gemms:
-        return f"MoE experts' grouped GEMM: Config(grouped_gemms=False); set it True to convert {where}"
+        return (f"MoE experts' grouped GEMM: Config(grouped_gemms=False), the default until its GPU kernel is "
+                f"measured against BF16's; set grouped_gemms=True to convert {where}")
     m, k, n = site.mkn
     bad = [f"{name}={size}" for name, size in (("K (in_features)", k), ("N (out_features)", n))
            if not _multiple_of_tile(size)]

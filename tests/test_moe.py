@@ -29,7 +29,8 @@ class MoEBlock(nn.Module):
         return h + self.proj(h)
 
 
-WITH_HEAD = fp8pass.Config(fp8_output_head=True)
+WITH_HEAD = fp8pass.Config(fp8_output_head=True, grouped_gemms=True)
+EXPERTS = fp8pass.Config(grouped_gemms=True)
 
 
 def _roles(report, module):
@@ -79,14 +80,13 @@ def test_experts_opt_out_by_config_or_module_filter_with_a_reason():
     torch.manual_seed(0)
     x = torch.randn(200, 256, dtype=torch.bfloat16, requires_grad=True)
     model = MoEBlock().bfloat16()
-    off = fp8pass.explain(model, x, fp8_config=fp8pass.Config(grouped_gemms=False, fp8_output_head=True),
-                          baseline=False)
+    off = fp8pass.explain(model, x, fp8_config=fp8pass.Config(fp8_output_head=True), baseline=False)  # the default
     experts = [m for m in off.matmuls if m.module == "moe"]
     assert len(experts) == 6 and not any(m.fp8 for m in experts)
     assert all("Config(grouped_gemms=False)" in m.reason for m in experts)
     assert _roles(off, "proj") == ["dgrad", "fprop", "wgrad"]
     torch._dynamo.reset()
-    no_moe = fp8pass.Config(module_filter=lambda fqn, module: not fqn.startswith("moe"))
+    no_moe = fp8pass.Config(grouped_gemms=True, module_filter=lambda fqn, module: not fqn.startswith("moe"))
     filtered = fp8pass.explain(model, x, fp8_config=no_moe, baseline=False)
     experts = [m for m in filtered.matmuls if m.module == "moe"]
     assert len(experts) == 6 and all("module_filter" in m.reason and not m.fp8 for m in experts)
@@ -100,7 +100,7 @@ def test_experts_in_fp8_with_dynamic_token_counts_compile_once():
 
     torch.manual_seed(0)
     model = MoEBlock().bfloat16()
-    compiled = torch.compile(model, backend="fp8", dynamic=True)
+    compiled = torch.compile(model, backend=fp8pass.backend(config=EXPERTS), dynamic=True)
     step = lambda x: compiled(x).float().square().mean().backward()  # noqa: E731
     x = torch.randn(200, 256, dtype=torch.bfloat16, requires_grad=True)
     _, code = run_and_get_code(step, x)  # (which resets dynamo first)
@@ -141,12 +141,12 @@ def test_hf_moe_experts_convert_and_train(family):
     if getattr(model.config, "_experts_implementation", None) != "grouped_mm":
         pytest.skip("this transformers does not run its experts as torch._grouped_mm")
     ids = torch.randint(0, 512, (2, 128))
-    report = fp8pass.explain(model, input_ids=ids, labels=ids, baseline=False)
+    report = fp8pass.explain(model, input_ids=ids, labels=ids, fp8_config=EXPERTS, baseline=False)
     for name in ("gate_up_proj", "down_proj"):
         records = [m for m in report.matmuls if m.weight == f"model.layers.0.mlp.experts.{name}"]
         assert sorted(m.role for m in records if m.fp8) == ["dgrad", "fprop", "wgrad"], (name, str(report))
     torch._dynamo.reset()
-    compiled = torch.compile(model, backend="fp8")
+    compiled = torch.compile(model, backend=fp8pass.backend(config=EXPERTS))
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
     for _ in range(3):
@@ -172,6 +172,6 @@ def test_moe_gate_stays_high_precision_unless_asked():
     assert "MoE gate" in str(report)
     assert _roles(report, "") == ["dgrad", "dgrad", "fprop", "fprop", "wgrad", "wgrad"]
     torch._dynamo.reset()
-    report = fp8pass.explain(experts, x, fp8_config=fp8pass.Config(fp8_output_head=True, fp8_moe_gates=True),
-                             baseline=False)
+    report = fp8pass.explain(experts, x, fp8_config=fp8pass.Config(fp8_output_head=True, fp8_moe_gates=True,
+                                                                   grouped_gemms=True), baseline=False)
     assert _roles(report, "router") == ["dgrad", "fprop", "wgrad"]
