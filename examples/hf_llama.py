@@ -2,6 +2,7 @@
 
     pip install transformers tqdm                # the optional extra: pip install -e ".[hf]"
     python examples/hf_llama.py                  # CPU-sized default: about 2 minutes on 2 cores
+    python examples/hf_llama.py --experts 8 --intermediate 256   # a Qwen3-MoE instead, experts in FP8 (bf16)
     python examples/hf_llama.py --device cuda --hidden 2048 --layers 16 --heads 16 --kv-heads 8 \
         --intermediate 5632 --seq 2048 --batch 4 --steps 1000   # a GPU-sized run (bf16 on cuda)
 
@@ -34,11 +35,20 @@ from train_gpt import batches, load_corpus  # noqa: E402  (same folder, not a pa
 
 
 def make_model(hidden: int = 256, layers: int = 2, heads: int = 4, kv_heads: int = 2, intermediate: int = 768,
-               seq: int = 128, seed: int = 0, device="cpu", dtype=torch.float32):
-    """A randomly initialized LlamaForCausalLM over bytes (vocab 256); nothing is downloaded."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+               seq: int = 128, seed: int = 0, device="cpu", dtype=torch.float32, experts: int = 0, top_k: int = 2):
+    """A randomly initialized LlamaForCausalLM over bytes (vocab 256); nothing is downloaded. With
+    experts > 0, a Qwen3MoeForCausalLM instead (Llama-like attention with q/k norms, each MLP a
+    mixture of `experts` SwiGLU experts of width `intermediate`, top_k per token)."""
+    import transformers
 
-    config = LlamaConfig(
+    if experts:
+        config_cls, model_cls = transformers.Qwen3MoeConfig, transformers.Qwen3MoeForCausalLM
+        extra = dict(num_experts=experts, num_experts_per_tok=top_k, moe_intermediate_size=intermediate,
+                     head_dim=hidden // heads)
+    else:
+        config_cls, model_cls, extra = transformers.LlamaConfig, transformers.LlamaForCausalLM, {}
+    config = config_cls(
+        **extra,
         vocab_size=256,
         hidden_size=hidden,
         intermediate_size=intermediate,
@@ -52,7 +62,7 @@ def make_model(hidden: int = 256, layers: int = 2, heads: int = 4, kv_heads: int
         pad_token_id=None,
     )
     torch.manual_seed(seed)
-    return LlamaForCausalLM(config).to(device=device, dtype=dtype)
+    return model_cls(config).to(device=device, dtype=dtype)
 
 
 @torch.no_grad()
@@ -83,6 +93,10 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-explain", action="store_true", help="skip the explain table (saves one compile)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--experts", type=int, default=0,
+                   help="> 0: a Qwen3-MoE with this many experts per MLP instead of Llama (bf16; the experts' "
+                        "grouped GEMMs in FP8: fp8pass.Config(grouped_gemms=True))")
+    p.add_argument("--top-k", type=int, default=2, help="with --experts: experts per token")
     p.add_argument("--gradient-checkpointing", action="store_true",
                    help="model.gradient_checkpointing_enable(), with the dynamo flag that lets torch.compile "
                         "trace the checkpointed layers (without it they run eagerly, in high precision)")
@@ -91,33 +105,39 @@ def main(argv=None):
     import fp8pass
     from tqdm import tqdm
 
-    dtype_name = args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")
+    # transformers runs MoE experts as torch._grouped_mm (what the pass converts) in bf16 only
+    dtype_name = args.dtype or ("bf16" if args.device.startswith("cuda") or args.experts else "fp32")
+    if args.experts and dtype_name != "bf16":
+        p.error("--experts trains in bf16 (transformers' grouped experts under torch.compile)")
+    fp8_config = fp8pass.Config(grouped_gemms=bool(args.experts))
+    backend = fp8pass.backend(config=fp8_config) if args.backend == "fp8" else args.backend
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
     corpus = load_corpus(int(args.corpus_mb * (1 << 20)))
     split = corpus.numel() * 9 // 10
     train_bytes, heldout_bytes = corpus[:split], corpus[split:]
 
     model = make_model(args.hidden, args.layers, args.heads, args.kv_heads, args.intermediate, args.seq,
-                       args.seed, args.device, dtype)
+                       args.seed, args.device, dtype, args.experts, args.top_k)
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         # each layer sets a context variable (transformers' kernels hub), a side effect dynamo does
         # not trace under torch.utils.checkpoint unless it may skip replaying it in backward
         torch._dynamo.config.skip_fwd_side_effects_in_bwd_under_checkpoint = True
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"LlamaForCausalLM: {n_params / 1e6:.1f}M parameters, hidden {args.hidden}, {args.layers} layers, "
-          f"{args.heads} heads ({args.kv_heads} KV), intermediate {args.intermediate}, seq {args.seq}; "
+    moe = f", {args.experts} experts (top-{args.top_k})" if args.experts else ""
+    print(f"{type(model).__name__}: {n_params / 1e6:.1f}M parameters, hidden {args.hidden}, {args.layers} layers, "
+          f"{args.heads} heads ({args.kv_heads} KV), intermediate {args.intermediate}{moe}, seq {args.seq}; "
           f"{dtype_name} on {args.device}; corpus {corpus.numel() / 1e6:.1f} MB of standard-library source")
 
     report = None
     if not args.no_explain:
         x, _ = next(batches(train_bytes, args.batch, args.seq, 1, args.seed + 1, args.device))
         print("\nWhat backend='fp8' converts (fp8pass.explain on one training step):")
-        report = fp8pass.explain(model, input_ids=x, labels=x)
+        report = fp8pass.explain(model, input_ids=x, labels=x, fp8_config=fp8_config)
         print(report)
         torch._dynamo.reset()
 
-    compiled = torch.compile(model, backend=args.backend)
+    compiled = torch.compile(model, backend=backend)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / args.warmup))
     model.train()

@@ -179,12 +179,16 @@ class LinearSite:
         return m, k, n
 
 
+def _offs_of(node: Node):
+    return node.kwargs.get("offs", node.args[2] if len(node.args) > 2 else None)
+
+
 def _grouped_operands(node: Node):
     """(a, b, offs) of `_grouped_mm(a, b, offs)` in its 2-D x 3-D form without bias or out dtype (the
     form transformers' MoE experts and autograd's Dgrad use), else None."""
     args = list(node.args) + [None] * (5 - len(node.args))
-    a, b, offs, bias, out_dtype = args[:5]
-    offs = node.kwargs.get("offs", offs)
+    a, b, _, bias, out_dtype = args[:5]
+    offs = _offs_of(node)
     if node.kwargs.get("bias", bias) is not None or node.kwargs.get("out_dtype", out_dtype) is not None:
         return None
     a_val, b_val = tensor_meta(a), tensor_meta(b)
@@ -292,7 +296,7 @@ def find_linear_sites(graph: Graph, is_weight, backward: Optional[set] = None) -
             continue
         seq = node.meta.get("seq_nr")
         for bw in backward_mms_by_seq.get(seq, []) if seq is not None else []:
-            if (bw.target is GROUPED_MM) == site.grouped and (not site.grouped or bw.args[2] is site.offs):
+            if (bw.target is GROUPED_MM) == site.grouped and (not site.grouped or _offs_of(bw) is site.offs):
                 _classify_backward(site, bw)
         if site.grouped and site.dgrad_swapped:  # not a form autograd gives _grouped_mm: leave it
             site.dgrad = None
