@@ -24,6 +24,20 @@ def fp8_grads_and_code(model, x, **options):
     return [x.grad.clone()] + [p.grad.clone() for p in model.parameters()], codes
 
 
+def hf_adamw_losses(model, compiled, steps: int, ids: torch.Tensor) -> list[float]:
+    """The losses of `steps` AdamW steps (lr 3e-3) of a Hugging Face causal LM, `compiled` being
+    `model` under torch.compile, on the same batch (labels = ids)."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(steps):
+        loss = compiled(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    return losses
+
+
 @pytest.fixture(autouse=True)
 def fresh_dynamo():
     """Every test compiles from scratch (no graph reused from another test's backend)."""

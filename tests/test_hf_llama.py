@@ -10,7 +10,7 @@ import torch
 
 pytest.importorskip("transformers")
 
-from conftest import load_example, sqnr_db  # noqa: E402
+from conftest import hf_adamw_losses, load_example, sqnr_db  # noqa: E402
 
 hf_llama = load_example("hf_llama")
 
@@ -157,15 +157,7 @@ def test_fused_projection_families_convert_and_train(family):
     for name in linears:
         assert roles(report, layer + name)[0] == ["dgrad", "fprop", "wgrad"], (name, str(report))
     assert len(report.fp8_matmuls) == 3 * len(linears), str(report)
-    compiled = torch.compile(model, backend="fp8")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(4):
-        loss = compiled(input_ids=ids, labels=ids).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
+    losses = hf_adamw_losses(model, torch.compile(model, backend="fp8"), 4, ids)
     assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0] - 0.3, losses
 
 

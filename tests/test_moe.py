@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import fp8pass
-from conftest import load_example, sqnr_db
+from conftest import hf_adamw_losses, load_example, sqnr_db
 
 train_gpt = load_example("train_gpt")
 
@@ -146,15 +146,7 @@ def test_hf_moe_experts_convert_and_train(family):
         records = [m for m in report.matmuls if m.weight == f"model.layers.0.mlp.experts.{name}"]
         assert sorted(m.role for m in records if m.fp8) == ["dgrad", "fprop", "wgrad"], (name, str(report))
     torch._dynamo.reset()
-    compiled = torch.compile(model, backend=fp8pass.backend(config=EXPERTS))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(3):
-        loss = compiled(input_ids=ids, labels=ids).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
+    losses = hf_adamw_losses(model, torch.compile(model, backend=fp8pass.backend(config=EXPERTS)), 3, ids)
     assert all(map(torch.isfinite, torch.tensor(losses))) and losses[-1] < losses[0] - 1.0, losses
 
 
