@@ -2,9 +2,11 @@
 
 `Report.numerics()` recompiles the model in observation mode: each GEMM the pass would convert
 is replaced by `torch.ops.fp8pass.observe_mm`, which computes the high-precision product and
-keeps its operands (in the canonical form A[M, K] @ B[K, N]). Each kept pair is then run both
-ways: in float64, and quantized exactly as the pass quantizes that role (A in 1x128 tiles; B in
-128x128 blocks for Fprop/Dgrad, 128x1 tiles for Wgrad) through the FP8 GEMM op.
+keeps its operands (in the canonical form A[M, K] @ B[K, N]), or for an MoE experts' grouped GEMM
+by `observe_grouped_mm` (A, B and the groups' ends, as torch._grouped_mm takes them). Each kept
+pair is then run both ways: in float64, and quantized exactly as the pass quantizes that role (A in
+1x128 tiles; B in 128x128 blocks for Fprop/Dgrad, per expert for a stack; 128x1 tiles for Wgrad)
+through the FP8 GEMM op.
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ import threading
 
 import torch
 
-from fp8pass.kernels.reference import TILE, _pad_dim
+from fp8pass.kernels.reference import TILE
 
 MIN_NORMAL_E4M3 = 2.0 ** -6
-_OBSERVED: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+_OBSERVED: dict[str, tuple] = {}  # key -> (A, B) or, for a grouped GEMM, (A, B, offs)
 _LOCK = threading.Lock()
 
 
@@ -34,7 +36,22 @@ def _(a, b, key):
     return a.new_empty((a.shape[0], b.shape[1]))
 
 
-def take_observed() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+@torch.library.custom_op("fp8pass::observe_grouped_mm", mutates_args=())
+def observe_grouped_mm(a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor, key: str) -> torch.Tensor:
+    """torch._grouped_mm(a, b, offs=offs), keeping (a, b, offs) under `key` for Report.numerics()."""
+    with _LOCK:
+        _OBSERVED[key] = (a.detach().clone(), b.detach().clone(), offs.detach().clone())
+    return torch._grouped_mm(a, b, offs=offs)
+
+
+@observe_grouped_mm.register_fake
+def _(a, b, offs, key):
+    if b.dim() == 3:
+        return a.new_empty((a.shape[0], b.shape[2]))
+    return a.new_empty((offs.shape[0], a.shape[0], b.shape[1]))
+
+
+def take_observed() -> dict[str, tuple]:
     with _LOCK:
         out = dict(_OBSERVED)
         _OBSERVED.clear()
@@ -75,15 +92,26 @@ class QuantStats:
     tiles: int
 
 
+def _pad_nan(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """x padded along `dim` to a multiple of 128 with NaN: a partial tile's padding is no value."""
+    pad = -x.shape[dim] % TILE
+    if pad == 0:
+        return x
+    shape = list(x.shape)
+    shape[dim] = pad
+    return torch.cat([x, x.new_full(shape, float("nan"))], dim=dim)
+
+
 def _tiles(x: torch.Tensor, tiling: str) -> torch.Tensor:
-    """[number of tiles, elements per tile] view of a 2-D tensor (tails padded with zeros)."""
+    """[number of tiles, elements per tile] view of a 2-D tensor of magnitudes (NaN for no value;
+    tails padded with NaN, so a partial tile's median is that of its own values)."""
     if tiling == "1x128":
-        x = _pad_dim(x, -1, TILE)
+        x = _pad_nan(x, -1)
         return x.reshape(-1, TILE)
     if tiling == "128x1":
-        x = _pad_dim(x, 0, TILE)
+        x = _pad_nan(x, 0)
         return x.reshape(x.shape[0] // TILE, TILE, x.shape[1]).permute(0, 2, 1).reshape(-1, TILE)
-    x = _pad_dim(_pad_dim(x, 0, TILE), 1, TILE)
+    x = _pad_nan(_pad_nan(x, 0), 1)
     blocks = x.reshape(x.shape[0] // TILE, TILE, x.shape[1] // TILE, TILE).permute(0, 2, 1, 3)
     return blocks.reshape(-1, TILE * TILE)
 
@@ -117,8 +145,23 @@ class SiteNumerics:
     why: str
 
 
+def _grouped_float64(a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+    """torch._grouped_mm's product in float64, group by group (rows past the last group zero)."""
+    from fp8pass.kernels.reference import group_bounds
+
+    a, b = a.double(), b.double()
+    if b.dim() == 3:
+        out = a.new_zeros((a.shape[0], b.shape[2]))
+        for g, (s, e) in enumerate(group_bounds(offs, a.shape[0])):
+            out[s:e] = a[s:e] @ b[g]
+        return out
+    return torch.stack([a[:, s:e] @ b[s:e] for s, e in group_bounds(offs, a.shape[1])])
+
+
 def site_numerics(module: str, role: str, a: torch.Tensor, b: torch.Tensor, threshold_db: float,
-                  outlier_ratio: float = 1e3) -> SiteNumerics:
+                  outlier_ratio: float = 1e3, offs: torch.Tensor | None = None) -> SiteNumerics:
+    """One GEMM's numerics; `offs` given: a grouped GEMM (MoE experts), b then a [G, K, N] stack
+    (Fprop, Dgrad) or the [S, N] operand of a Wgrad grouped along S."""
     ops = torch.ops.fp8pass
     aq, a_scale = ops.quantize_1x128(a)
     if role == "wgrad":
@@ -126,13 +169,18 @@ def site_numerics(module: str, role: str, a: torch.Tensor, b: torch.Tensor, thre
         bq, b_scale = bq_t.t(), b_scale_t.t()
         b_tiling = "128x1"
     else:
-        bq, b_scale = ops.quantize_128x128(b)
+        bq, b_scale = ops.quantize_128x128(b)  # a stack: block by block per expert
         b_tiling = "128x128"
-    out = ops.gemm_blockwise(aq, a_scale, bq, b_scale, torch.float32)
-    ref = a.double() @ b.double()
+    if offs is None:
+        out = ops.gemm_blockwise(aq, a_scale, bq, b_scale, torch.float32)
+        ref = a.double() @ b.double()
+    else:
+        out = ops.gemm_blockwise_grouped(aq, a_scale, bq, b_scale, offs, torch.float32)
+        ref = _grouped_float64(a, b, offs)
     sq, cd = sqnr_db(ref, out), calc_diff(ref, out)
     a_stats = quant_stats(a, aq, "1x128", outlier_ratio)
-    b_stats = quant_stats(b, bq, b_tiling, outlier_ratio)
+    # an experts' stack [G, K, N] as one [G*K, N] matrix: the same 128x128 blocks (K % 128 == 0)
+    b_stats = quant_stats(b.flatten(0, -2), bq.flatten(0, -2), b_tiling, outlier_ratio)
     why = []
     if not sq >= threshold_db:  # NaN compares false: flagged too
         why.append(f"SQNR {sq:.1f} dB < {threshold_db:g} dB")
@@ -142,7 +190,7 @@ def site_numerics(module: str, role: str, a: torch.Tensor, b: torch.Tensor, thre
                        f"over {outlier_ratio:g}x the tile's median sets the scale of all of it")
         if st.nonfinite:
             why.append(f"{name} has {st.nonfinite} NaN/Inf value(s)")
-    return SiteNumerics(module, role, (a.shape[0], a.shape[1], b.shape[1]), sq, cd, a_stats, b_stats,
+    return SiteNumerics(module, role, (a.shape[0], a.shape[1], b.shape[-1]), sq, cd, a_stats, b_stats,
                         bool(why), "; ".join(why))
 
 

@@ -362,8 +362,7 @@ class Report:
         `outlier_ratio` times the tile's median magnitude, are flagged.
 
         Recompiles the model in observation mode and runs it once more (with the same inputs),
-        keeping every converted GEMM's operands in memory while it runs. MoE experts' grouped
-        GEMMs are not among the sites yet."""
+        keeping every converted GEMM's operands in memory while it runs."""
         if self._rerun is None:
             raise RuntimeError("Report.numerics() needs a report made by fp8pass.explain(model, *args)")
         take_observed()
@@ -372,8 +371,8 @@ class Report:
         sites = []
         for key in sorted(observed):
             _graph, _index, module, role = key.split("|")
-            a, b = observed[key]
-            sites.append(site_numerics(module, role, a, b, threshold_db, outlier_ratio))
+            a, b, *offs = observed[key]  # (a, b, offs) for an MoE experts' grouped GEMM
+            sites.append(site_numerics(module, role, a, b, threshold_db, outlier_ratio, *offs))
         self._numerics = NumericsReport(sites, threshold_db)
         return self._numerics
 

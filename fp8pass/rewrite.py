@@ -216,20 +216,22 @@ def rewrite_gemms(graph: Graph, rewrites: list[GemmRewrite], requantize_dgrad_we
 
 def observe_gemms(graph: Graph, rewrites: list[GemmRewrite], graph_name: str) -> None:
     """Observation mode (Report.numerics): replace each matmul by `observe_mm(A, B, key)` on its
-    canonical operands, computing the same high-precision product and keeping A and B. Grouped
-    GEMMs (MoE experts) are left out of this report for now."""
+    canonical operands, computing the same high-precision product and keeping A and B (a grouped
+    GEMM, MoE experts: `observe_grouped_mm(A, B, offs, key)`, as torch._grouped_mm takes them)."""
     builder = NodeBuilder(graph)
     for index, rw in enumerate(rewrites):
-        if rw.offs is not None:  # grouped GEMMs (MoE experts) are not observed: left as they are
-            continue
         node = rw.node
         a, b = node.args[1:3] if node.target is aten.addmm.default else node.args[:2]
         with graph.inserting_before(node):
             if rw.swap:
                 a, b = builder.transpose(b), builder.transpose(a)
             key = f"{graph_name}|{index:05d}|{rw.module}|{rw.role}"
-            result = builder.call(torch.ops.fp8pass.observe_mm.default, (a, b, key), node,
-                                  {"role": rw.role, "module": rw.module})
+            fp8_meta = {"role": rw.role, "module": rw.module}
+            if rw.offs is None:
+                result = builder.call(torch.ops.fp8pass.observe_mm.default, (a, b, key), node, fp8_meta)
+            else:
+                result = builder.call(torch.ops.fp8pass.observe_grouped_mm.default, (a, b, rw.offs, key), node,
+                                      fp8_meta)
             if rw.swap:
                 result = builder.transpose(result)
             if node.target is aten.addmm.default:

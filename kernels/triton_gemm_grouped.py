@@ -123,11 +123,13 @@ def _cfg(bm, bn, warps, stages):
     return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps, num_stages=stages)
 
 
-# The accumulator and one block's partial live together (triton_gemm's register budget); 64-row
-# tiles waste less on the partial last tile of each group when groups are small.
+# triton_gemm's candidates (the accumulator and one block's partial live together: at most a
+# 64x128 pair per warpgroup); 64-row tiles also waste less on each group's partial last tile.
 GROUPED_CONFIGS = [
+    _cfg(128, 128, 8, 4),
     _cfg(128, 128, 8, 3),
-    _cfg(64, 128, 4, 4),
+    _cfg(64, 128, 4, 5),
+    _cfg(64, 256, 8, 3),
     _cfg(64, 64, 4, 4),
 ]
 

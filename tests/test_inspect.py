@@ -88,6 +88,22 @@ def test_numerics_quant_stats_count_underflow_and_nonfinite():
     assert st.underflow == 127 and st.nonfinite == 1 and st.outlier_tiles == 1 and st.tiles == 8
 
 
+def test_numerics_partial_tiles_are_not_outliers():
+    """A token count that is not a multiple of 128 leaves a partial last tile along the tokens
+    (Wgrad's operands): its padding is no value, so random data flags no tile (the padding once
+    counted as zeros, made the tile's median 0 and flagged every such tile)."""
+    from fp8pass.numerics import quant_stats
+
+    torch.manual_seed(0)
+    x = torch.randn(150, 256)  # 128x1 tiles: 22 rows in each column's last tile (under half of it)
+    q_t, _ = torch.ops.fp8pass.quantize_128x1(x)
+    st = quant_stats(x, q_t.t(), "128x1")
+    assert st.tiles == 2 * 256 and st.outlier_tiles == 0, st
+    y = torch.randn(3, 140)  # 1x128 tiles along a 140-wide row: 12 values in the last
+    st = quant_stats(y, torch.ops.fp8pass.quantize_1x128(y)[0], "1x128")
+    assert st.tiles == 6 and st.outlier_tiles == 0, st
+
+
 def test_readable_diff_and_dict(block_report):
     text = block_report.readable("graph_0_joint")
     assert "# <-- FP8 GEMM, fprop of mlp.w1" in text and "# <-- quantize of" in text
