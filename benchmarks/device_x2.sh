@@ -29,6 +29,8 @@
 #                                           # 32-element layouts)
 #   bash benchmarks/device_x2.sh s19a       # one GPU (not run yet): MoE experts in FP8: the grouped kernel's GPU tests
 #                                           # and compile check, benchmarks/moe.py (grouped GEMM table, experts layer)
+#   bash benchmarks/device_x2.sh s19b       # one GPU (not run yet): an MoE train step (8 layers, 64 experts of width
+#                                           # 768, top-8; 2.5B parameters), bf16 vs fp8 with grouped_gemms
 #   bash benchmarks/device_x2.sh s18a       # one GPU: the 1B step under activation_memory_budget 0.5 (GEMMs no longer
 #                                           # recomputed wholesale); s18b (not run yet): the 1B step with fp8_output_head
 #   bash benchmarks/device_x2.sh s18c       # one GPU (not run yet): the 1B step with +ac and under the budget after the
@@ -173,6 +175,8 @@ for what in "$@"; do
       echo "moe benchmark exit $?"; grep -v "^ *$" "$OUT/moe.log" | cut -c1-200
       timeout 100 python3 benchmarks/moe.py --no-layer --imbalance 0.5 > "$OUT/moe_uneven.log" 2>&1
       echo "moe uneven exit $?"; grep -v "^ *$" "$OUT/moe_uneven.log" | cut -c1-200 ;;
+    s19b)  # session 19 (not run yet), one GPU: full MoE training steps (Qwen3-30B-A3B's widths, 8 layers, 64 experts)
+      step_1b 300 step_s19_moe --variants bf16,fp8 --layers 8 --hidden 768 --experts 64 --top-k 8 --explain ;;
     s18a)  # session 18, one GPU: the 1B step under activation_memory_budget 0.5 after the FP8 GEMMs were banned from
            # recompute (s17b: fp8 saved nothing and recomputed its forward, peak 1.24x BF16's)
       step_1b 230 step_s18_budget --variants bf16,fp8 --memory-budget 0.5 ;;

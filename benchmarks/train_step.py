@@ -196,7 +196,11 @@ def main(argv=None):
     p.add_argument("--dim", type=int, default=2048)
     p.add_argument("--layers", type=int, default=16)
     p.add_argument("--heads", type=int, default=16)
-    p.add_argument("--hidden", type=int, default=5632, help="SwiGLU width")
+    p.add_argument("--hidden", type=int, default=5632, help="SwiGLU width (of each expert with --experts)")
+    p.add_argument("--experts", type=int, default=0,
+                   help="> 0: each block's MLP a mixture of this many SwiGLU experts (train_gpt.Experts; bf16; the "
+                        "fp8 variants with grouped_gemms=true unless an --fp8-option says otherwise)")
+    p.add_argument("--top-k", type=int, default=2, help="with --experts: experts per token")
     p.add_argument("--vocab", type=int, default=32000)
     p.add_argument("--seq", type=int, default=2048)
     p.add_argument("--batch", type=int, default=4)
@@ -233,7 +237,12 @@ def main(argv=None):
         args.warmup, args.iters = 1, 3
         args.device = args.device or "cpu"
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype_name = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
+    # torch._grouped_mm (the experts) takes bf16 only under torch.compile
+    dtype_name = args.dtype or ("bf16" if device.type == "cuda" or args.experts else "fp32")
+    if args.experts and dtype_name != "bf16":
+        p.error("--experts runs in bf16 (torch._grouped_mm takes bf16 only under torch.compile)")
+    if args.experts and not any(o.startswith("grouped_gemms=") for o in args.fp8_option):
+        args.fp8_option.append("grouped_gemms=true")
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype_name]
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in names if v not in VARIANTS]
@@ -242,14 +251,15 @@ def main(argv=None):
     import fp8pass  # (backend="fp8" itself comes from the entry point; this registers the ops and gives explain)
 
     cfg = GPTConfig(vocab_size=args.vocab, dim=args.dim, n_layers=args.layers, n_heads=args.heads,
-                    mlp_hidden=args.hidden, seq_len=args.seq)
+                    mlp_hidden=args.hidden, seq_len=args.seq, n_experts=args.experts, top_k=args.top_k)
     n_params = sum(p.numel() for p in GPT(cfg).parameters()) if args.tiny else None
     if n_params is None:
         with torch.device("meta"):
             n_params = sum(p.numel() for p in GPT(cfg).parameters())
     print(versions())
     print(f"model: {n_params / 1e9:.3f}B parameters (dim {args.dim}, {args.layers} layers, {args.heads} heads, "
-          f"SwiGLU {args.hidden}, vocab {args.vocab}); batch {args.batch} x seq {args.seq} = "
+          f"SwiGLU {args.hidden}{f', {args.experts} experts top-{args.top_k}' if args.experts else ''}, "
+          f"vocab {args.vocab}); batch {args.batch} x seq {args.seq} = "
           f"{args.batch * args.seq} tokens/step; {dtype_name} on {device}; compile mode {args.mode or 'default'}; "
           f"AdamW step included; "
           f"step ms: {args.iters} steps back to back after {args.warmup} warmup (as a training loop runs them); "
@@ -262,7 +272,8 @@ def main(argv=None):
     if args.explain:
         model = build(cfg, False, device, dtype, args.seed)
         print("\nWhat backend='fp8' converts (fp8pass.explain on one training step):")
-        print(fp8pass.explain(model, tokens, targets), flush=True)
+        config = fp8pass.Config(**dict(map(parse_option, args.fp8_option)))
+        print(fp8pass.explain(model, tokens, targets, fp8_config=config), flush=True)
         del model
         release(device)
 
