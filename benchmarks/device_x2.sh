@@ -30,7 +30,7 @@
 #   bash benchmarks/device_x2.sh s19a       # one GPU (not run yet): MoE experts in FP8: the grouped kernel's GPU tests
 #                                           # and compile check, benchmarks/moe.py (grouped GEMM table, experts layer)
 #   bash benchmarks/device_x2.sh s19b       # one GPU (not run yet): an MoE train step (8 layers, 64 experts of width
-#                                           # 768, top-8; 2.5B parameters), bf16 vs fp8 with grouped_gemms
+#                                           # 768, top-8; 2.7B parameters), bf16 vs fp8 with grouped_gemms
 #   bash benchmarks/device_x2.sh s18a       # one GPU: the 1B step under activation_memory_budget 0.5 (GEMMs no longer
 #                                           # recomputed wholesale); s18b (not run yet): the 1B step with fp8_output_head
 #   bash benchmarks/device_x2.sh s18c       # one GPU (not run yet): the 1B step with +ac and under the budget after the
