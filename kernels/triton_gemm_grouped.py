@@ -44,6 +44,7 @@ def _grouped_gemm_kernel(
     LAYOUT,  # autotune key only: 2 * (A is K-major) + (B is K-major)
     GROUP_K: tl.constexpr,  # False: rows of A grouped, B per group in 128x128 blocks; True: K grouped, 128x1
     G_POW2: tl.constexpr,  # G rounded up to a power of two (the lanes of the group lookup)
+    EVEN_K: tl.constexpr,  # K % 128 == 0: rows-grouped loads need no K mask (Fprop/Dgrad as the pass emits them)
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
@@ -104,9 +105,15 @@ def _grouped_gemm_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for kb in range(kb_first, kb_last):
         k_idx = kb * BLOCK_K + offs_k
-        k_ok = (k_idx >= k_start) & (k_idx < k_end)
-        a = tl.load(a_ptr + rm[:, None] * s_am + k_idx[None, :].to(tl.int64) * s_ak, mask=k_ok[None, :], other=0.0)
-        b = tl.load(b_base + k_idx[:, None].to(tl.int64) * s_bk + rn[None, :] * s_bn, mask=k_ok[:, None], other=0.0)
+        a_ptrs = a_ptr + rm[:, None] * s_am + k_idx[None, :].to(tl.int64) * s_ak
+        b_ptrs = b_base + k_idx[:, None].to(tl.int64) * s_bk + rn[None, :] * s_bn
+        if GROUP_K or not EVEN_K:  # a group's first and last token blocks hold other groups' rows
+            k_ok = (k_idx >= k_start) & (k_idx < k_end)
+            a = tl.load(a_ptrs, mask=k_ok[None, :], other=0.0)
+            b = tl.load(b_ptrs, mask=k_ok[:, None], other=0.0)
+        else:
+            a = tl.load(a_ptrs)
+            b = tl.load(b_ptrs)
         sa = tl.load(as_ptr + rm * s_asm + kb * s_ask)
         if GROUP_K:
             sb = tl.load(bs_base + kb * s_bsk + rn * s_bsn)  # 128x1: one scale per column
@@ -139,7 +146,7 @@ def _bench(fn, quantiles):
 
 
 # The groups' sizes are not in the key (they change every step); G, the shape and layouts are.
-_KEY = ["M", "N", "K", "G", "LAYOUT", "GROUP_K"]
+_KEY = ["M", "N", "K", "G", "LAYOUT", "GROUP_K", "EVEN_K"]
 try:
     _grouped_gemm_kernel_tuned = triton.autotune(configs=GROUPED_CONFIGS, key=_KEY, do_bench=_bench)(
         _grouped_gemm_kernel)
@@ -182,12 +189,14 @@ def gemm_blockwise_grouped(a: torch.Tensor, a_scale: torch.Tensor, b: torch.Tens
 
     if config is None:
         _grouped_gemm_kernel_tuned[lambda meta: grid_size(meta["BLOCK_M"], meta["BLOCK_N"])](
-            *args, GROUP_K=group_k, G_POW2=triton.next_power_of_2(groups), **COMPILE_OPTIONS)
+            *args, GROUP_K=group_k, G_POW2=triton.next_power_of_2(groups), EVEN_K=k % TILE == 0,
+            **COMPILE_OPTIONS)
     else:
         cfg = dict(config)
         warps = cfg.pop("num_warps", 4)
         stages = cfg.pop("num_stages", 3)
         _grouped_gemm_kernel[grid_size(cfg["BLOCK_M"], cfg["BLOCK_N"])](
-            *args, GROUP_K=group_k, G_POW2=triton.next_power_of_2(groups), num_warps=warps, num_stages=stages,
+            *args, GROUP_K=group_k, G_POW2=triton.next_power_of_2(groups), EVEN_K=k % TILE == 0, num_warps=warps,
+            num_stages=stages,
             **COMPILE_OPTIONS, **cfg)
     return out
