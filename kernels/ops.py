@@ -509,6 +509,8 @@ def check_grouped_gemm_operands(a: torch.Tensor, a_scale: torch.Tensor, b: torch
                          f"got {offs.dtype} of shape {tuple(offs.shape)}")
     if a.dtype != FP8_DTYPE or b.dtype != FP8_DTYPE:
         raise TypeError(f"{op}: operands must be {FP8_DTYPE}, got {a.dtype} and {b.dtype}")
+    if offs.device != a.device:
+        raise ValueError(f"{op}: offs is on {offs.device}, the operands on {a.device}; move offs to {a.device}")
     groups = offs.shape[0]
     if b.dim() == 3:  # Fprop / Dgrad: rows of a grouped, one 128x128-block weight per group
         if a.dim() != 2 or b.shape[0] != groups or a.shape[1] != b.shape[1]:

@@ -160,6 +160,7 @@ def gemm_blockwise_grouped(a: torch.Tensor, a_scale: torch.Tensor, b: torch.Tens
     """The Triton kernel for either grouping (b 3-D: rows grouped; b 2-D: K grouped). `config`
     (BLOCK_M, BLOCK_N, num_warps, num_stages) bypasses the autotuner (interpreter tests)."""
     groups = offs.shape[0]
+    offs = offs.contiguous()  # read as offs_ptr + g
     group_k = b.dim() == 2
     if group_k:
         m, k = a.shape

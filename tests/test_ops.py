@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from conftest import sqnr_db
+from fp8pass.kernels import ops as kernel_ops
 from fp8pass.kernels import reference
 from fp8pass.kernels.reference import FP8_MAX
 
@@ -390,6 +391,8 @@ def test_grouped_gemm_rejects_bad_operands_and_offsets():
     b, bs = wq.transpose(1, 2), ws.transpose(1, 2)
     with pytest.raises(ValueError, match="offs must be a non-empty 1-D int32"):
         ops.gemm_blockwise_grouped(xq, xs, b, bs, offs.long(), torch.float32)
+    with pytest.raises(ValueError, match="offs is on meta, the operands on cpu"):  # the checks the CUDA kernel runs
+        kernel_ops.check_grouped_gemm_operands(xq, xs, b, bs, offs.to("meta"))
     with pytest.raises(ValueError, match=r"b\[G=3, K, N\]"):
         ops.gemm_blockwise_grouped(xq, xs, b, bs, offs[:3], torch.float32)
     with pytest.raises(ValueError, match="b_scale"):
