@@ -27,10 +27,10 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-import triton.testing
 
 from .launch import COMPILE_OPTIONS
 from .reference import TILE, _cdiv
+from .triton_gemm import GEMM_CONFIGS, _bench
 
 __all__ = ["gemm_blockwise_grouped", "GROUPED_CONFIGS"]
 
@@ -126,23 +126,10 @@ def _grouped_gemm_kernel(
     tl.store(c_ptrs, c, mask=row_ok[:, None] & (offs_n < N)[None, :])
 
 
-def _cfg(bm, bn, warps, stages):
-    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps, num_stages=stages)
-
-
-# triton_gemm's candidates (the accumulator and one block's partial live together: at most a
-# 64x128 pair per warpgroup); 64-row tiles also waste less on each group's partial last tile.
-GROUPED_CONFIGS = [
-    _cfg(128, 128, 8, 4),
-    _cfg(128, 128, 8, 3),
-    _cfg(64, 128, 4, 5),
-    _cfg(64, 256, 8, 3),
-    _cfg(64, 64, 4, 4),
-]
-
-
-def _bench(fn, quantiles):
-    return triton.testing.do_bench(fn, warmup=5, rep=25, quantiles=quantiles)
+# triton_gemm's candidates (the same inner loop and register budget; FP8PASS_GEMM_CONFIGS sets
+# both), without its GROUP_M tile order; 64-row tiles also waste less on each group's last tile.
+GROUPED_CONFIGS = [triton.Config({k: v for k, v in c.kwargs.items() if k != "GROUP_M"}, num_warps=c.num_warps,
+                                 num_stages=c.num_stages) for c in GEMM_CONFIGS]
 
 
 # The groups' sizes are not in the key (they change every step); G, the shape and layouts are.
