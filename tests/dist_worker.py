@@ -3,7 +3,8 @@
 Trains the same small model with backend="fp8" four ways from the same initial weights and the
 same global batches: in one process (rank 0 alone, the reference), under DDP
 (both orders: compile(DDP(m)) with DDPOptimizer's graph split, and DDP(compile(m))), under FSDP2
-(fully_shard per block + root, whole model compiled) and FSDP2 with the FP8 weight all-gather.
+(fully_shard per block + root, whole model compiled) and FSDP2 with the FP8 weight all-gather;
+and a bf16 variant with MoE blocks (experts' grouped GEMMs in FP8) in one process and under FSDP2.
 The last run is then checkpointed (model and optimizer state dicts, torch.save) and loaded into
 freshly prepared models, which go on training next to the original.
 Rank 0 writes what the test checks to the JSON file given as argv[1]."""
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import pathlib
 import sys
 import time
 
@@ -26,10 +28,13 @@ from fp8pass.distributed import CollectiveBytes, Fp8GatheredWeight, enable_fp8_a
 
 STEPS = 10
 MORE_STEPS = 2  # after the checkpoint
+MOE_STEPS = 6
 BATCH, SEQ, DIM, HIDDEN, CLASSES = 4, 64, 256, 512, 128
 
 GEMMS = [0]
+GROUPED_GEMMS = [0]
 _gemm = reference.gemm_blockwise
+_grouped_gemm = reference.gemm_blockwise_grouped
 
 
 def _counting_gemm(*args, **kwargs):  # the CPU kernel of torch.ops.fp8pass.gemm_blockwise
@@ -37,7 +42,13 @@ def _counting_gemm(*args, **kwargs):  # the CPU kernel of torch.ops.fp8pass.gemm
     return _gemm(*args, **kwargs)
 
 
+def _counting_grouped_gemm(*args, **kwargs):  # ... of torch.ops.fp8pass.gemm_blockwise_grouped
+    GROUPED_GEMMS[0] += 1
+    return _grouped_gemm(*args, **kwargs)
+
+
 reference.gemm_blockwise = _counting_gemm
+reference.gemm_blockwise_grouped = _counting_grouped_gemm
 
 
 class Block(nn.Module):
@@ -95,6 +106,45 @@ BATCHES = batches()
 def new_model():
     torch.manual_seed(0)
     return Model()
+
+
+class MoEBlock(nn.Module):
+    """A residual block whose MLP is examples/train_gpt.py's experts (4 of width 256, top-2)."""
+
+    def __init__(self):
+        super().__init__()
+        sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "examples"))
+        from train_gpt import Experts, GPTConfig
+
+        self.norm = nn.LayerNorm(DIM)
+        self.experts = Experts(GPTConfig(dim=DIM, mlp_hidden=256, n_experts=4, top_k=2))
+
+    def forward(self, x):
+        return x + self.experts(self.norm(x))
+
+
+class MoEModel(Model):
+    """Model with MoE blocks, in bf16 (torch._grouped_mm under torch.compile takes bf16 only)."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.ModuleList([MoEBlock() for _ in range(2)])
+
+    def forward(self, x):
+        return super().forward(x.bfloat16()).float()
+
+
+def new_moe_model():
+    torch.manual_seed(0)
+    return MoEModel().bfloat16()
+
+
+def train_moe(model, shard: bool) -> dict:
+    """train() of an MoE model, its experts' grouped GEMMs in FP8, counting them per step."""
+    GROUPED_GEMMS[0] = 0
+    compiled = torch.compile(model, backend=fp8pass.backend(grouped_gemms=True))
+    result = train(compiled, model.parameters(), shard=shard, data=BATCHES[:MOE_STEPS])
+    return {**result, "grouped_gemms_per_step": GROUPED_GEMMS[0] / MOE_STEPS}
 
 
 def train(step_model, params, shard: bool, opt=None, data=BATCHES[:STEPS]):
@@ -286,9 +336,11 @@ def main(out_path: str) -> None:
     rank = dist.get_rank()
     results = {}
 
-    if rank == 0:  # the reference; rank 1 goes on to wait in DDP's first collective meanwhile
+    if rank == 0:  # the references; rank 1 goes on to wait in DDP's first collective meanwhile
         model = new_model()
         results["single"] = train(torch.compile(model, backend="fp8"), model.parameters(), shard=False)
+        torch._dynamo.reset()
+        results["single_moe"] = train_moe(new_moe_model(), shard=False)
 
     # which graphs the backend judged to be DDPOptimizer pieces whose outputs are not the model's
     import importlib
@@ -315,6 +367,13 @@ def main(out_path: str) -> None:
         fully_shard(block)
     fully_shard(model)
     results["fsdp"] = train(torch.compile(model, backend="fp8"), model.parameters(), shard=True)
+
+    torch._dynamo.reset()
+    model = new_moe_model()
+    for block in model.blocks:
+        fully_shard(block)
+    fully_shard(model)
+    results["fsdp_moe"] = train_moe(model, shard=True)
 
     torch._dynamo.reset()
     model, decisions = prepare_fp8_all_gather()
