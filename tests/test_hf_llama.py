@@ -64,6 +64,20 @@ def test_decoder_layers_fp8_head_and_embedding_high_precision(run):
     assert not any("embed" in m.module for m in report.matmuls)
 
 
+def test_example_with_experts_trains_a_qwen3_moe_with_fp8_experts():
+    """`examples/hf_llama.py --experts 4`: a Qwen3-MoE in bf16 whose experts run in FP8 (the example
+    sets grouped_gemms=True), trained a few steps; --dtype fp32 is refused with the reason."""
+    torch._dynamo.reset()
+    tiny = [a for a in TINY if a not in ("--dtype", "fp32")] + ["--experts", "4", "--intermediate", "128"]
+    tiny[tiny.index("--steps") + 1] = "4"
+    result = hf_llama.main(tiny)
+    experts = [m for m in result["report"].matmuls if ".mlp.experts." in m.weight]
+    assert sorted(m.role for m in experts if m.fp8) == ["dgrad", "dgrad", "fprop", "fprop", "wgrad", "wgrad"]
+    assert all(math.isfinite(v) for v in result["losses"]) and result["losses"][-1] < result["losses"][0]
+    with pytest.raises(SystemExit):
+        hf_llama.main(tiny + ["--dtype", "fp32"])
+
+
 def test_report_names_modules_from_the_model_root(run):
     names = {m.module for m in run["report"].matmuls}
     assert "model.layers.0.mlp.up_proj" in names and "lm_head" in names, sorted(names)
