@@ -12,8 +12,6 @@ from conftest import hf_adamw_losses, load_example, sqnr_db
 
 train_gpt = load_example("train_gpt")
 
-GROUPED = torch.ops.fp8pass.gemm_blockwise_grouped.default
-
 
 class MoEBlock(nn.Module):
     """The experts of examples/train_gpt.py (4 SwiGLU experts of width 256, top-2) on a residual
