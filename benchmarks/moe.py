@@ -1,6 +1,7 @@
 """MoE experts in FP8 on one card: the grouped GEMMs, and an experts layer's fwd+bwd.
 
     python benchmarks/moe.py [--configs qwen3-30b,mixtral,deepseek-v3-ep8] [--no-layer] [--imbalance 0.3]
+    python benchmarks/moe.py --tiny      # a CPU-sized check of the whole script (CI runs it)
 
 1. Grouped GEMMs, per role of an expert's projection (Fprop x @ W_g^T, Dgrad dY @ W_g, Wgrad
    dY^T @ x per group of tokens), TFLOP/s: BF16 torch._grouped_mm beside fp8pass's Triton grouped
@@ -21,7 +22,9 @@ from __future__ import annotations
 
 import argparse
 import pathlib
+import statistics
 import sys
+import time
 
 import torch
 
@@ -39,6 +42,7 @@ CONFIGS = {
     # not fit one card with their gradients and FP8 copies)
     "deepseek-v3-ep8": (7168, 2048, 32, 8, 4096),
 }
+TINY = (256, 128, 4, 2, 160)  # --tiny: one small config, on the CPU without a GPU
 
 
 def group_ends(rows: int, experts: int, imbalance: float, device) -> torch.Tensor:
@@ -56,30 +60,39 @@ def group_ends(rows: int, experts: int, imbalance: float, device) -> torch.Tenso
     return torch.cumsum(sizes, 0).to(torch.int32).to(device)
 
 
-def time_ms(fn) -> float:
-    import triton.testing
+def time_ms(fn, device: str) -> float:
+    if device == "cuda":
+        import triton.testing
 
-    return triton.testing.do_bench(fn, warmup=10, rep=50)
+        return triton.testing.do_bench(fn, warmup=10, rep=50)
+    fn()  # the CPU (--tiny): wall clock, the median of 3 after one untimed call
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
 
 
-def bench_gemms(name: str, dim: int, hidden: int, experts: int, top_k: int, tokens: int, imbalance: float) -> None:
-    from fp8pass.kernels import triton_quantize as tq
+def bench_gemms(name: str, dim: int, hidden: int, experts: int, top_k: int, tokens: int, imbalance: float,
+                device: str) -> None:
+    ops = torch.ops.fp8pass  # the Triton kernels on CUDA, the reference on the CPU
 
     rows = tokens * top_k
-    offs = group_ends(rows, experts, imbalance, "cuda")
+    offs = group_ends(rows, experts, imbalance, device)
     biggest = int((offs - torch.cat([offs.new_zeros(1), offs[:-1]])).max())
     print(f"\n{name}: dim {dim}, expert hidden {hidden}, {experts} experts, top-{top_k}, {tokens} tokens "
           f"-> {rows} routed rows (largest group {biggest}, mean {rows / experts:.0f})")
     print(f"{'projection':>10} {'role':>6} {'S x K x N':>22} {'bf16 TFLOP/s':>13} {'fp8 TFLOP/s':>12} {'fp8/bf16':>9}")
     for proj, (k, n) in (("gate_up", (dim, 2 * hidden)), ("down", (hidden, dim))):
         torch.manual_seed(0)
-        x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
-        w = torch.randn(experts, n, k, device="cuda", dtype=torch.bfloat16) / k ** 0.5
-        dy = torch.randn(rows, n, device="cuda", dtype=torch.bfloat16)
-        qw, sw = tq.quantize_128x128(w)
+        x = torch.randn(rows, k, device=device, dtype=torch.bfloat16)
+        w = torch.randn(experts, n, k, device=device, dtype=torch.bfloat16) / k ** 0.5
+        dy = torch.randn(rows, n, device=device, dtype=torch.bfloat16)
+        qw, sw = ops.quantize_128x128(w)
         qw_kmajor = qw.transpose(1, 2).contiguous().transpose(1, 2)  # Dgrad's operand as the pass emits it
-        qx, sx, qx_t, sx_t = tq.quantize_1x128_128x1(x, col_layout="transposed")
-        qd, sd, qd_t, sd_t = tq.quantize_1x128_128x1(dy, col_layout="transposed")
+        qx, sx, qx_t, sx_t = ops.quantize_1x128_128x1(x)
+        qd, sd, qd_t, sd_t = ops.quantize_1x128_128x1(dy)
         grouped = torch.ops.fp8pass.gemm_blockwise_grouped
         roles = {
             "fprop": (lambda: torch._grouped_mm(x, w.transpose(-2, -1), offs=offs),
@@ -93,23 +106,23 @@ def bench_gemms(name: str, dim: int, hidden: int, experts: int, top_k: int, toke
         for role, (bf16, fp8, (m_, k_, n_)) in roles.items():
             flops = 2 * m_ * k_ * n_
             try:
-                t_bf16 = time_ms(bf16)
+                t_bf16 = time_ms(bf16, device)
             except Exception as exc:  # noqa: BLE001 - report and go on
                 print(f"{proj:>10} {role:>6} bf16 FAILED: {type(exc).__name__}: {str(exc)[:200]}")
                 t_bf16 = float("nan")
-            t_fp8 = time_ms(fp8)
+            t_fp8 = time_ms(fp8, device)
             print(f"{proj:>10} {role:>6} {f'{m_}x{k_}x{n_}':>22} {flops / t_bf16 / 1e9:13.1f} "
                   f"{flops / t_fp8 / 1e9:12.1f} {t_bf16 / t_fp8:8.2f}x", flush=True)
 
 
-def bench_layer(name: str, dim: int, hidden: int, experts: int, top_k: int, tokens: int) -> None:
+def bench_layer(name: str, dim: int, hidden: int, experts: int, top_k: int, tokens: int, device: str) -> None:
     import fp8pass
     from train_gpt import Experts, GPTConfig
 
     torch.manual_seed(0)
-    layer = Experts(GPTConfig(dim=dim, mlp_hidden=hidden, n_experts=experts, top_k=top_k)).cuda().bfloat16()
-    x = torch.randn(tokens, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    dy = torch.randn(tokens, dim, device="cuda", dtype=torch.bfloat16)
+    layer = Experts(GPTConfig(dim=dim, mlp_hidden=hidden, n_experts=experts, top_k=top_k)).to(device).bfloat16()
+    x = torch.randn(tokens, dim, device=device, dtype=torch.bfloat16, requires_grad=True)
+    dy = torch.randn(tokens, dim, device=device, dtype=torch.bfloat16)
     flops = 3 * 2 * tokens * top_k * 3 * dim * hidden  # three projections' worth per routed row, fwd + bwd
     print(f"\n{name} experts layer fwd+bwd ({tokens} tokens; routing by the layer's random router)")
     print(f"{'variant':>14} {'ms':>8} {'TFLOP/s':>8} {'peak MiB':>9} {'vs bf16':>8}")
@@ -127,13 +140,13 @@ def bench_layer(name: str, dim: int, hidden: int, experts: int, top_k: int, toke
             model(x).backward(dy)
 
         try:
-            ms, _ = step_ms(step)
+            ms = step_ms(step)[0] if device == "cuda" else time_ms(step, device)
             step()
             grads[variant] = [x.grad.clone()] + [p.grad.clone() for p in layer.parameters()]
             x.grad = None
             for p in layer.parameters():
                 p.grad = None
-            peak = peak_step_bytes(step) / 2 ** 20
+            peak = peak_step_bytes(step) / 2 ** 20 if device == "cuda" else float("nan")
         except Exception as exc:  # noqa: BLE001
             print(f"{variant:>14} FAILED: {type(exc).__name__}: {str(exc)[:300]}")
             continue
@@ -153,20 +166,23 @@ def main(argv=None):
                    help="0: even groups; f > 0: group sizes with a coefficient of variation of about f")
     p.add_argument("--no-layer", dest="layer", action="store_false", help="only the GEMM table")
     p.add_argument("--tokens", type=int, default=None, help="override the configs' token count")
+    p.add_argument("--tiny", action="store_true", help=f"one CPU-sized config {TINY} (on the GPU if there is one)")
     args = p.parse_args(argv)
-    if not torch.cuda.is_available():
-        p.error("needs a CUDA device")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu" and not args.tiny:
+        p.error("needs a CUDA device (or --tiny, a CPU-sized check)")
     import fp8pass  # noqa: F401  (registers the ops and their CUDA kernels)
 
-    print(versions())
-    for name in args.configs.split(","):
-        if name not in CONFIGS:
+    print(versions(device))
+    configs = {"tiny": TINY} if args.tiny else CONFIGS
+    for name in (["tiny"] if args.tiny else args.configs.split(",")):
+        if name not in configs:
             p.error(f"unknown config {name!r}; choose from {sorted(CONFIGS)}")
-        dim, hidden, experts, top_k, tokens = CONFIGS[name]
+        dim, hidden, experts, top_k, tokens = configs[name]
         tokens = args.tokens or tokens
-        bench_gemms(name, dim, hidden, experts, top_k, tokens, args.imbalance)
+        bench_gemms(name, dim, hidden, experts, top_k, tokens, args.imbalance, device)
         if args.layer:
-            bench_layer(name, dim, hidden, experts, top_k, tokens)
+            bench_layer(name, dim, hidden, experts, top_k, tokens, device)
 
 
 if __name__ == "__main__":

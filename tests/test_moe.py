@@ -218,3 +218,24 @@ def test_experts_stored_in_by_out_convert_too(last_end):
     assert sqnr_db(dx_bf16[:last_end], dx_fp8[:last_end]) >= 22.0
     assert sqnr_db(dw_bf16, dw_fp8) >= 22.0
     assert torch.equal(dx_fp8[last_end:], torch.zeros_like(dx_fp8[last_end:]))
+
+
+def test_moe_benchmark_runs_on_the_cpu(capsys):
+    """benchmarks/moe.py --tiny: the whole script (grouped GEMM table in every role, the experts
+    layer under both backends, gradient SQNR) on the CPU, so the GPU run does not find its bugs."""
+    import pathlib
+    import sys
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "benchmarks"))
+    import moe
+
+    if torch.cuda.is_available():
+        pytest.skip("on a GPU the script times the real configs (benchmarks/device_x2.sh s19a)")
+    moe.main(["--tiny"])
+    out = capsys.readouterr().out
+    for proj in ("gate_up", "down"):
+        for role in ("fprop", "dgrad", "wgrad"):
+            assert any(line.split()[:2] == [proj, role] for line in out.splitlines()), (proj, role, out)
+    assert "FAILED" not in out and " fp8 " in out
+    sqnr = dict(part.rsplit(" ", 1) for part in out.split("gradient SQNR dB: ")[1].splitlines()[0].split(", "))
+    assert float(sqnr["gate_up"]) >= 20.0 and float(sqnr["down"]) >= 20.0, sqnr
