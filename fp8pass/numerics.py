@@ -16,7 +16,7 @@ import threading
 
 import torch
 
-from fp8pass.kernels.reference import TILE
+from fp8pass.kernels.reference import TILE, _pad_dim
 
 MIN_NORMAL_E4M3 = 2.0 ** -6
 _OBSERVED: dict[str, tuple] = {}  # key -> (A, B) or, for a grouped GEMM, (A, B, offs)
@@ -94,12 +94,7 @@ class QuantStats:
 
 def _pad_nan(x: torch.Tensor, dim: int) -> torch.Tensor:
     """x padded along `dim` to a multiple of 128 with NaN: a partial tile's padding is no value."""
-    pad = -x.shape[dim] % TILE
-    if pad == 0:
-        return x
-    shape = list(x.shape)
-    shape[dim] = pad
-    return torch.cat([x, x.new_full(shape, float("nan"))], dim=dim)
+    return _pad_dim(x, dim, TILE, float("nan"))
 
 
 def _tiles(x: torch.Tensor, tiling: str) -> torch.Tensor:

@@ -164,22 +164,19 @@ def quantize_128x128(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return reference.quantize_128x128(w)
 
 
-def _empty_128x128_copy(w: torch.Tensor, rows: int, cols: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fake outputs of a 128x128 quantization stored as [rows, cols]: q and its block scales."""
+def _empty_128x128_copy(w: torch.Tensor, *shape: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fake outputs of a 128x128 quantization stored as [..., rows, cols] (a stack: per matrix): q
+    and its block scales."""
+    *lead, rows, cols = shape
     return (
-        torch.empty((rows, cols), dtype=FP8_DTYPE, device=w.device),
-        w.new_empty((_cdiv(rows, TILE), _cdiv(cols, TILE)), dtype=torch.float32),
+        torch.empty(shape, dtype=FP8_DTYPE, device=w.device),
+        w.new_empty((*lead, _cdiv(rows, TILE), _cdiv(cols, TILE)), dtype=torch.float32),
     )
 
 
 @quantize_128x128.register_fake
 def _(w):
-    if w.dim() == 3:
-        g, r, c = w.shape
-        return (torch.empty((g, r, c), dtype=FP8_DTYPE, device=w.device),
-                w.new_empty((g, _cdiv(r, TILE), _cdiv(c, TILE)), dtype=torch.float32))
-    r, c = w.shape
-    return _empty_128x128_copy(w, r, c)
+    return _empty_128x128_copy(w, *w.shape)
 
 
 @torch.library.custom_op("fp8pass::quantize_128x128_transposed", mutates_args=())

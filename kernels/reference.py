@@ -90,14 +90,15 @@ def _cast_to_fp8(x_over_scale: torch.Tensor) -> torch.Tensor:
     return torch.clamp(x_over_scale, -FP8_MAX, FP8_MAX).to(FP8_DTYPE)
 
 
-def _pad_dim(x: torch.Tensor, dim: int, multiple: int) -> torch.Tensor:
+def _pad_dim(x: torch.Tensor, dim: int, multiple: int, value: float = 0.0) -> torch.Tensor:
+    """x padded along `dim` to a multiple of `multiple` with `value`."""
     size = x.shape[dim]
     pad = _cdiv(size, multiple) * multiple - size
     if pad == 0:
         return x
     pad_shape = list(x.shape)
     pad_shape[dim] = pad
-    return torch.cat([x, x.new_zeros(pad_shape)], dim=dim)
+    return torch.cat([x, x.new_full(pad_shape, value)], dim=dim)
 
 
 def quantize_1x128(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
