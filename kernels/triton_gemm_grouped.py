@@ -36,6 +36,54 @@ __all__ = ["gemm_blockwise_grouped", "GROUPED_CONFIGS"]
 
 
 @triton.jit
+def _row_tile(tile, offs_ptr, G, M, BLOCK_M: tl.constexpr, G_POW2: tl.constexpr):
+    """Rows grouped: row tile `tile` starts at m_start, its group ends at m_end (the tile's rows are
+    [m_start, min(m_start + BLOCK_M, m_end))). A group's rows form
+    cdiv(size, BLOCK_M) tiles, in group order; past the last group's end the rows up to M form
+    tiles too (in_tail, group G: they write zeros); later tiles have m_start >= M. The G group ends
+    are loaded as one vector, the tiles per group summed, and the group found by counting the sums
+    <= tile (a serial walk over G scalar loads took as long as a short K loop at 128 experts)."""
+    g_idx = tl.arange(0, G_POW2)
+    ends = tl.minimum(tl.load(offs_ptr + g_idx, mask=g_idx < G, other=0), M)
+    starts = tl.minimum(tl.load(offs_ptr + g_idx - 1, mask=(g_idx > 0) & (g_idx < G), other=0), M)
+    n_tiles = tl.where(g_idx < G, tl.cdiv(tl.maximum(ends - starts, 0), BLOCK_M), 0)
+    tiles_through = tl.cumsum(n_tiles, 0)
+    group = tl.sum((tiles_through <= tile).to(tl.int32), 0)
+    tiles_before = tl.sum(tl.where(g_idx < group, n_tiles, 0), 0)
+    m_start = tl.sum(tl.where(g_idx == group, starts, 0), 0) + (tile - tiles_before) * BLOCK_M
+    m_end = tl.sum(tl.where(g_idx == group, ends, 0), 0)
+    in_tail = group >= G
+    m_start = tl.where(in_tail, tl.max(ends, 0) + (tile - tiles_before) * BLOCK_M, m_start)
+    m_end = tl.where(in_tail, M, m_end)
+    return m_start, m_end, group, in_tail
+
+
+@triton.jit
+def _row_tiles_kernel(offs_ptr, table_ptr, G, M, BLOCK_M: tl.constexpr, G_POW2: tl.constexpr):
+    """One row tile's entry of the table the warp-specialized Gluon kernel reads (it cannot call
+    plain-Triton helpers): (m_start, m_end, group, 1 if it multiplies, 0 if it only writes zeros),
+    as _row_tile gives them."""
+    tile = tl.program_id(0)
+    m_start, m_end, group, in_tail = _row_tile(tile, offs_ptr, G, M, BLOCK_M, G_POW2)
+    row = table_ptr + tile * 4
+    tl.store(row, m_start)
+    tl.store(row + 1, m_end)
+    tl.store(row + 2, tl.minimum(group, G - 1))
+    tl.store(row + 3, tl.where(in_tail, 0, 1))
+
+
+def row_tile_table(offs: torch.Tensor, rows: int, block_m: int) -> torch.Tensor:
+    """int32 [cdiv(rows, block_m) + G, 4]: each row tile's (m_start, m_end, group, multiplies) for
+    `rows` rows grouped by `offs` (at most that many tiles: each group may end in a partial one)."""
+    groups = offs.shape[0]
+    tiles = _cdiv(rows, block_m) + groups
+    table = torch.empty((tiles, 4), dtype=torch.int32, device=offs.device)
+    _row_tiles_kernel[(tiles,)](offs.contiguous(), table, groups, rows, BLOCK_M=block_m,
+                                G_POW2=triton.next_power_of_2(groups))
+    return table
+
+
+@triton.jit
 def _grouped_gemm_kernel(
     a_ptr, b_ptr, c_ptr, as_ptr, bs_ptr, offs_ptr,
     M, N, K, G,  # rows grouped: M = S rows of A; K grouped: K = S tokens
@@ -68,23 +116,7 @@ def _grouped_gemm_kernel(
         bs_base = bs_ptr
         c_base = c_ptr + group.to(tl.int64) * s_cg
     else:
-        # which group's row tiles hold `tile`: the G group ends loaded as one vector, tiles per
-        # group, their running sum, and the group found by counting the sums <= tile (a serial
-        # walk over G scalar loads took as long as a short K loop at 128 experts); past the last
-        # group's end the rows up to M form tiles too, which only write zeros (kb_last = kb_first)
-        g_idx = tl.arange(0, G_POW2)
-        ends = tl.minimum(tl.load(offs_ptr + g_idx, mask=g_idx < G, other=0), M)
-        starts = tl.minimum(tl.load(offs_ptr + g_idx - 1, mask=(g_idx > 0) & (g_idx < G), other=0), M)
-        n_tiles = tl.where(g_idx < G, tl.cdiv(tl.maximum(ends - starts, 0), BLOCK_M), 0)
-        tiles_through = tl.cumsum(n_tiles, 0)
-        group = tl.sum((tiles_through <= tile).to(tl.int32), 0)
-        tiles_before = tl.sum(tl.where(g_idx < group, n_tiles, 0), 0)
-        m_start = tl.sum(tl.where(g_idx == group, starts, 0), 0) + (tile - tiles_before) * BLOCK_M
-        m_end = tl.sum(tl.where(g_idx == group, ends, 0), 0)
-        in_tail = group >= G
-        last_end = tl.max(ends, 0)
-        m_start = tl.where(in_tail, last_end + (tile - tiles_before) * BLOCK_M, m_start)
-        m_end = tl.where(in_tail, M, m_end)
+        m_start, m_end, group, in_tail = _row_tile(tile, offs_ptr, G, M, BLOCK_M, G_POW2)
         group = tl.minimum(group, G - 1)
         k_start = 0
         k_end = K

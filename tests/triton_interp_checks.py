@@ -373,6 +373,20 @@ def run_grouped_gemm() -> None:
         "wgrad9": (dy_col, sdy_col, x_col.t(), sx_col.t()),
         "fprop9_k320": (x_odd, sx_odd, w_odd.transpose(1, 2), sw_odd.transpose(1, 2)),
     }
+    def tile_table(offs_t=offs9, rows=s, block_m=64):
+        """The row-tile table of the warp-specialized kernel against the reference's group bounds:
+        every row of a group in exactly one of its tiles, tail tiles zeros-only, none past that."""
+        got = [[m, min(m + block_m, end), g, k] for m, end, g, k in tgg.row_tile_table(offs_t, rows, block_m).tolist()]
+        want, ends = [], offs_t.tolist()
+        for g, (start, end) in enumerate(zip([0] + ends[:-1], ends)):
+            want += [[m, min(m + block_m, end), g, 1] for m in range(start, end, block_m)]
+        want += [[m, rows, len(ends) - 1, 0] for m in range(ends[-1], rows, block_m)]
+        if got[:len(want)] != want:
+            return False, f"{got[:len(want)]} vs {want}"
+        past = [t for t in got[len(want):] if t[0] < rows]
+        return not past, f"tiles past the rows: {past}"
+    check("row_tile_table[9 groups,BM=64]", tile_table)
+    check("row_tile_table[4 groups,BM=128]", lambda: tile_table(offs, s, 128))
     for role, (a, sa, b, sb) in nine.items():
         def one(a=a, sa=sa, b=b, sb=sb):
             want = ref.gemm_blockwise_grouped(a, sa, b, sb, offs9, torch.float32)
