@@ -5,8 +5,10 @@
 
 1. Grouped GEMMs, per role of an expert's projection (Fprop x @ W_g^T, Dgrad dY @ W_g, Wgrad
    dY^T @ x per group of tokens), TFLOP/s: BF16 torch._grouped_mm beside fp8pass's Triton grouped
-   kernel on operands quantized beforehand (fp8pass.gemm_blockwise_grouped), for both
-   projections of the config's experts (gate_up: dim -> 2 * hidden, down: hidden -> dim).
+   kernels on operands quantized beforehand: the op (fp8pass.gemm_blockwise_grouped, on sm90 the
+   faster of the plain-Triton and the warp-specialized Gluon kernel where rows are grouped, timed at
+   its first call), then each kernel by itself, for both projections of the config's experts
+   (gate_up: dim -> 2 * hidden, down: hidden -> dim).
 2. The experts layer of examples/train_gpt.py (router, grouped gate_up, SwiGLU, grouped down,
    weighted sum): fwd+bwd ms and peak memory, BF16 torch.compile beside backend="fp8" with
    grouped_gemms=True (off by default until these figures exist), one run,
@@ -83,7 +85,8 @@ def bench_gemms(name: str, dim: int, hidden: int, experts: int, top_k: int, toke
     biggest = int((offs - torch.cat([offs.new_zeros(1), offs[:-1]])).max())
     print(f"\n{name}: dim {dim}, expert hidden {hidden}, {experts} experts, top-{top_k}, {tokens} tokens "
           f"-> {rows} routed rows (largest group {biggest}, mean {rows / experts:.0f})")
-    print(f"{'projection':>10} {'role':>6} {'S x K x N':>22} {'bf16 TFLOP/s':>13} {'fp8 TFLOP/s':>12} {'fp8/bf16':>9}")
+    print(f"{'projection':>10} {'role':>6} {'S x K x N':>22} {'bf16 TFLOP/s':>13} {'fp8 TFLOP/s':>12} {'fp8/bf16':>9}"
+          + (f" {'plain Triton':>13} {'WS Gluon':>9}" if device == "cuda" else ""))
     for proj, (k, n) in (("gate_up", (dim, 2 * hidden)), ("down", (hidden, dim))):
         torch.manual_seed(0)
         x = torch.randn(rows, k, device=device, dtype=torch.bfloat16)
@@ -93,17 +96,16 @@ def bench_gemms(name: str, dim: int, hidden: int, experts: int, top_k: int, toke
         qw_kmajor = qw.transpose(1, 2).contiguous().transpose(1, 2)  # Dgrad's operand as the pass emits it
         qx, sx, qx_t, sx_t = ops.quantize_1x128_128x1(x)
         qd, sd, qd_t, sd_t = ops.quantize_1x128_128x1(dy)
-        grouped = torch.ops.fp8pass.gemm_blockwise_grouped
+        operands = {"fprop": (qx, sx, qw.transpose(1, 2), sw.transpose(1, 2)), "dgrad": (qd, sd, qw_kmajor, sw),
+                    "wgrad": (qd_t, sd_t, qx_t.t(), sx_t.t())}
         roles = {
-            "fprop": (lambda: torch._grouped_mm(x, w.transpose(-2, -1), offs=offs),
-                      lambda: grouped(qx, sx, qw.transpose(1, 2), sw.transpose(1, 2), offs, torch.bfloat16),
-                      (rows, k, n)),
-            "dgrad": (lambda: torch._grouped_mm(dy, w, offs=offs),
-                      lambda: grouped(qd, sd, qw_kmajor, sw, offs, torch.bfloat16), (rows, n, k)),
-            "wgrad": (lambda: torch._grouped_mm(dy.t(), x, offs=offs),
-                      lambda: grouped(qd_t, sd_t, qx_t.t(), sx_t.t(), offs, torch.bfloat16), (n, rows, k)),
+            "fprop": (lambda: torch._grouped_mm(x, w.transpose(-2, -1), offs=offs), (rows, k, n)),
+            "dgrad": (lambda: torch._grouped_mm(dy, w, offs=offs), (rows, n, k)),
+            "wgrad": (lambda: torch._grouped_mm(dy.t(), x, offs=offs), (n, rows, k)),
         }
-        for role, (bf16, fp8, (m_, k_, n_)) in roles.items():
+        for role, (bf16, (m_, k_, n_)) in roles.items():
+            # the op (on CUDA the faster kernel, chosen at its first call), then each kernel by itself
+            fp8 = lambda ab=operands[role]: torch.ops.fp8pass.gemm_blockwise_grouped(*ab, offs, torch.bfloat16)  # noqa: E731
             flops = 2 * m_ * k_ * n_
             try:
                 t_bf16 = time_ms(bf16, device)
@@ -111,8 +113,25 @@ def bench_gemms(name: str, dim: int, hidden: int, experts: int, top_k: int, toke
                 print(f"{proj:>10} {role:>6} bf16 FAILED: {type(exc).__name__}: {str(exc)[:200]}")
                 t_bf16 = float("nan")
             t_fp8 = time_ms(fp8, device)
-            print(f"{proj:>10} {role:>6} {f'{m_}x{k_}x{n_}':>22} {flops / t_bf16 / 1e9:13.1f} "
-                  f"{flops / t_fp8 / 1e9:12.1f} {t_bf16 / t_fp8:8.2f}x", flush=True)
+            line = (f"{proj:>10} {role:>6} {f'{m_}x{k_}x{n_}':>22} {flops / t_bf16 / 1e9:13.1f} "
+                    f"{flops / t_fp8 / 1e9:12.1f} {t_bf16 / t_fp8:8.2f}x")
+            if device == "cuda":
+                line += "".join(f" {kernel_tflops(operands[role], offs, kernel, flops, device):>{width}}"
+                                for kernel, width in (("triton", 13), ("ws", 9)))
+            print(line, flush=True)
+
+
+def kernel_tflops(operands, offs, kernel: str, flops: int, device: str) -> str:
+    """TFLOP/s of one grouped kernel by itself ("triton" or "ws"), or "-" where it does not apply."""
+    from fp8pass.kernels import triton_gemm_gluon, triton_gemm_grouped
+
+    a, sa, b, sb = operands
+    if kernel == "ws" and not (b.dim() == 3 and triton_gemm_gluon.grouped_supports(a, b)):
+        return "-"
+    out = triton_gemm_grouped.gemm_blockwise_grouped(a, sa, b, sb, offs, torch.bfloat16, kernel=kernel)
+    run = lambda: triton_gemm_grouped.gemm_blockwise_grouped(a, sa, b, sb, offs, torch.bfloat16,  # noqa: E731
+                                                             out=out, kernel=kernel)
+    return f"{flops / time_ms(run, device) / 1e9:.1f}"
 
 
 def bench_layer(name: str, dim: int, hidden: int, experts: int, top_k: int, tokens: int, device: str) -> None:

@@ -58,7 +58,8 @@ except Exception as exc:  # pragma: no cover - depends on the installed Triton
     gluon = None
     _GLUON_IMPORT_ERROR = exc
 
-__all__ = ["available", "supports", "gemm_blockwise", "GLUON_CONFIGS", "WS_CONFIGS"]
+__all__ = ["available", "supports", "gemm_blockwise", "GLUON_CONFIGS", "WS_CONFIGS", "grouped_supports",
+           "gemm_blockwise_grouped", "GROUPED_WS_CONFIGS"]
 
 
 def available() -> bool:
@@ -260,32 +261,65 @@ if gluon is not None:
     # Warp-specialized persistent kernel: a TMA producer warpgroup and two consumer warpgroups
     # ----------------------------------------------------------------------------------------
     @gluon.jit
+    def _ws_row_tiles(M, grouped, BLOCK_M: gl.constexpr, GROUPED: gl.constexpr):
+        """Row tiles the CTAs walk: M's, or (MoE experts) the entries of the row-tile table."""
+        if GROUPED:
+            return grouped[4]
+        else:
+            return gl.cdiv(M, BLOCK_M)
+
+    @gluon.jit
+    def _ws_tile(tile_id, num_pid_m, num_pid_n, M, N, num_k, grouped, BLOCK_M: gl.constexpr,
+                 BLOCK_N: gl.constexpr, GROUP_M: gl.constexpr, GROUPED: gl.constexpr):
+        """Where tile `tile_id` is: its first row of A and C, the end of its rows, its first row of
+        B (B^T, K-major: with experts, expert g's rows of the [G * N, K] stack), its K blocks, its
+        column tile and its expert. Experts (GROUPED): a row tile of the table (triton_gemm_grouped.row_tile_table:
+        m_start, the group's end, the group, 1 if it multiplies), its column tiles in turn (an
+        expert's B is shared by the CTAs at work on its rows); a tile that only writes zeros (rows
+        past the last group) has no K block."""
+        if GROUPED:
+            entry = grouped[3] + (tile_id // num_pid_n) * 4
+            pid_n = tile_id % num_pid_n
+            row0 = gl.load(entry)
+            row_end = gl.load(entry + 1)
+            group = gl.load(entry + 2)
+            tile_k = gl.load(entry + 3) * num_k
+        else:
+            pid_m, pid_n = _tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M)
+            row0 = pid_m * BLOCK_M
+            row_end = M
+            group = 0
+            tile_k = num_k
+        return row0, row_end, group * N + pid_n * BLOCK_N, tile_k, pid_n, group
+
+    @gluon.jit
     def _ws_producer(args, B_BLOCK: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                      NUM_STAGES: gl.constexpr, GROUP_M: gl.constexpr, OVERLAP: gl.constexpr,
-                     SPLIT_N: gl.constexpr, HALF: gl.constexpr):
+                     SPLIT_N: gl.constexpr, HALF: gl.constexpr, GROUPED: gl.constexpr):
         """One warp: walks the CTA's tiles and K blocks in the consumers' order and keeps the
         NUM_STAGES-deep ring of (A 128x128, B 128x128) FP8 stages filled by TMA; a stage is
         reused once both consumer warpgroups have arrived on its `empty` barrier."""
         (a_desc, b_desc, c_desc, as_ptr, bs_ptr, M, N, K, s_asm, s_ask, s_bsk, s_bsn,
-         a_bufs, b_bufs, ready, empty) = args
+         a_bufs, b_bufs, ready, empty, grouped) = args
         nbytes: gl.constexpr = (BLOCK_M + BLOCK_N) * 128
         A_PARTS: gl.constexpr = BLOCK_M // 64 if BLOCK_M == 192 else 1  # see _a_stage_parts
-        num_pid_m = gl.cdiv(M, BLOCK_M)
+        num_pid_m = _ws_row_tiles(M, grouped, BLOCK_M, GROUPED)
         num_pid_n = gl.cdiv(N, BLOCK_N)
         num_k = gl.cdiv(K, 128)
         it = 0
         for tile_id in range(gl.program_id(0), num_pid_m * num_pid_n, gl.num_programs(0)):
-            pid_m, pid_n = _tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M)
-            for k in range(num_k):
+            row0, row_end, b_row, tile_k, pid_n, group = _ws_tile(tile_id, num_pid_m, num_pid_n, M, N, num_k, grouped,
+                                                          BLOCK_M, BLOCK_N, GROUP_M, GROUPED)
+            for k in range(tile_k):
                 s = it % NUM_STAGES
                 # a fresh mbarrier counts as having completed the phase before 0: the first
                 # pass over the ring does not wait
                 mbarrier.wait(empty.index(s), ((it // NUM_STAGES) & 1) ^ 1)
                 mbarrier.expect(ready.index(s), nbytes)
                 for h in gl.static_range(A_PARTS):
-                    _tma_load(a_desc, [pid_m * BLOCK_M + h * (BLOCK_M // A_PARTS), k * 128], ready.index(s),
+                    _tma_load(a_desc, [row0 + h * (BLOCK_M // A_PARTS), k * 128], ready.index(s),
                               a_bufs.index(s * A_PARTS + h))
-                _tma_load(b_desc, [pid_n * BLOCK_N, k * 128], ready.index(s), b_bufs.index(s))
+                _tma_load(b_desc, [b_row, k * 128], ready.index(s), b_bufs.index(s))
                 it += 1
 
     @gluon.jit
@@ -349,13 +383,13 @@ if gluon is not None:
     @gluon.jit
     def _ws_consumer(args, B_BLOCK: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                      NUM_STAGES: gl.constexpr, GROUP_M: gl.constexpr, OVERLAP: gl.constexpr,
-                     SPLIT_N: gl.constexpr, HALF: gl.constexpr):
+                     SPLIT_N: gl.constexpr, HALF: gl.constexpr, GROUPED: gl.constexpr):
         """One warpgroup: rows [HALF * 64, (HALF + 1) * 64) of every tile. Per K block: wgmma into
         a fresh partial, wait for it, release the stage, promote the partial into the fp32
         accumulator with the block's scales. The other warpgroups' wgmmas keep the tensor cores
         busy during this one's promotion (DeepGEMM's schedule)."""
         (a_desc, b_desc, c_desc, as_ptr, bs_ptr, M, N, K, s_asm, s_ask, s_bsk, s_bsn,
-         a_bufs, b_bufs, ready, empty) = args
+         a_bufs, b_bufs, ready, empty, grouped) = args
         # the tile is split between the warpgroups by rows (64 x BLOCK_N each: two for BLOCK_M 128,
         # three for 192) or, with SPLIT_N, between two by columns (BLOCK_M x BLOCK_N / 2 each: a
         # 128x1 b-scale vector half as long per thread)
@@ -369,43 +403,55 @@ if gluon is not None:
         row_layout: gl.constexpr = gl.SliceLayout(1, mma_layout)
         col_layout: gl.constexpr = gl.SliceLayout(0, mma_layout)
         lin_layout: gl.constexpr = gl.BlockedLayout([1], [32], [4], [0])
-        num_pid_m = gl.cdiv(M, BLOCK_M)
+        num_pid_m = _ws_row_tiles(M, grouped, BLOCK_M, GROUPED)
         num_pid_n = gl.cdiv(N, BLOCK_N)
         num_k = gl.cdiv(K, 128)
         zero = gl.zeros([WG_M, WG_N], gl.float32, mma_layout)
-        c_smem = gl.allocate_shared_memory(c_desc.dtype, [WG_M, WG_N], c_desc.layout)
+        if not GROUPED:
+            c_smem = gl.allocate_shared_memory(c_desc.dtype, [WG_M, WG_N], c_desc.layout)
         it = 0
         for tile_id in range(gl.program_id(0), num_pid_m * num_pid_n, gl.num_programs(0)):
-            pid_m, pid_n = _tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M)
-            off_m = pid_m * BLOCK_M + ROW0
+            row0, row_end, b_row, tile_k, pid_n, group = _ws_tile(tile_id, num_pid_m, num_pid_n, M, N, num_k,
+                                                                  grouped, BLOCK_M, BLOCK_N, GROUP_M, GROUPED)
+            off_m = row0 + ROW0
             off_n = pid_n * BLOCK_N + COL0
             offs_m = off_m + gl.arange(0, WG_M, layout=row_layout)
             as_ptrs = as_ptr + (offs_m % M).to(gl.int64) * s_asm
             cols_lin = (off_n + gl.arange(0, WG_N, layout=lin_layout)) % N  # 128x1 b scales: a vector
+            if GROUPED:  # the expert's 128x128 b scales
+                bs_ptr_tile = bs_ptr + group.to(gl.int64) * grouped[5]
+            else:
+                bs_ptr_tile = bs_ptr
             if B_BLOCK:
                 # 128x128 b scales: one block column, the same value for every row, but loaded per
                 # row ((offs_m % M) >> 31 is 0, which the compilers cannot prove): a warp-uniform
                 # scalar load made ptxas move the value into a uniform register right after the
                 # load, waiting there for it, before the next wgmma was issued. (Not with SPLIT_N:
                 # four rows a thread there, and the extra registers spill.)
-                bs_ptrs = bs_ptr + (off_n // 128) * s_bsn
+                bs_ptrs = bs_ptr_tile + (off_n // 128) * s_bsn
                 if not SPLIT_N:
                     bs_ptrs = bs_ptrs + ((offs_m % M) >> 31)
             else:  # one column a thread, as loaded; the accumulator's column layout only when used
-                bs_ptrs = bs_ptr + cols_lin * s_bsn
+                bs_ptrs = bs_ptr_tile + cols_lin * s_bsn
             if not OVERLAP:
                 sa, sb = _load_scales(as_ptrs, bs_ptrs, 0, s_ask, s_bsk)
             acc = gl.zeros([WG_M, WG_N], gl.float32, mma_layout)
             if OVERLAP:
-                acc = _ws_k_loop_overlapped(acc, zero, a_bufs, b_bufs, ready, empty, it, num_k, as_ptrs, bs_ptrs,
-                                            s_ask, s_bsk, col_layout, B_BLOCK, NUM_STAGES, ROW0, WG_M, COL0, WG_N)
-                it += num_k
+                if GROUPED:  # a tile of zeros (rows past the last expert's) has no K block to start with
+                    if tile_k > 0:
+                        acc = _ws_k_loop_overlapped(acc, zero, a_bufs, b_bufs, ready, empty, it, tile_k, as_ptrs,
+                                                    bs_ptrs, s_ask, s_bsk, col_layout, B_BLOCK, NUM_STAGES, ROW0,
+                                                    WG_M, COL0, WG_N)
+                else:
+                    acc = _ws_k_loop_overlapped(acc, zero, a_bufs, b_bufs, ready, empty, it, tile_k, as_ptrs, bs_ptrs,
+                                                s_ask, s_bsk, col_layout, B_BLOCK, NUM_STAGES, ROW0, WG_M, COL0, WG_N)
+                it += tile_k
             else:
-                for k in range(num_k):
+                for k in range(tile_k):
                     s = it % NUM_STAGES
                     part = _ws_issue(a_bufs, b_bufs, ready, zero, it, NUM_STAGES, ROW0, WG_M, COL0, WG_N, A_PARTS)
                     # the next block's scales load while this block's wgmma runs
-                    kn = gl.minimum(k + 1, num_k - 1)
+                    kn = gl.minimum(k + 1, tile_k - 1)
                     sa_next, sb_next = _load_scales(as_ptrs, bs_ptrs, kn, s_ask, s_bsk)
                     part = warpgroup_mma_wait(0, deps=(part, ))
                     mbarrier.arrive(empty.index(s))
@@ -415,19 +461,30 @@ if gluon is not None:
                         acc = acc + part * sa[:, None] * gl.convert_layout(sb, col_layout)[None, :]
                     sa, sb = sa_next, sb_next
                     it += 1
-            # epilogue through shared memory and a TMA store (tails clipped by TMA), left in flight
-            # while the next tile's K loop runs; its buffer is reused once the store has read it
+            if GROUPED:
+                # a masked store from the registers: the rows of the tile past its expert's end are
+                # the next expert's, written by another CTA (a TMA store would race with it)
+                (c_ptr, s_cm, s_cn) = (grouped[0], grouped[1], grouped[2])
+                offs_n = off_n + gl.arange(0, WG_N, layout=col_layout)
+                c_ptrs = c_ptr + offs_m.to(gl.int64)[:, None] * s_cm + offs_n.to(gl.int64)[None, :] * s_cn
+                gl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty),
+                         mask=(offs_m < row_end)[:, None] & (offs_n < N)[None, :])
+            else:
+                # epilogue through shared memory and a TMA store (tails clipped by TMA), left in flight
+                # while the next tile's K loop runs; its buffer is reused once the store has read it
+                tma.store_wait(0)
+                c_smem.store(acc.to(c_desc.dtype))
+                fence_async_shared()
+                _tma_store(c_desc, [off_m, off_n], c_smem)
+        if not GROUPED:
             tma.store_wait(0)
-            c_smem.store(acc.to(c_desc.dtype))
-            fence_async_shared()
-            _tma_store(c_desc, [off_m, off_n], c_smem)
-        tma.store_wait(0)
 
     @gluon.jit
     def _gluon_gemm_ws_kernel(
         a_desc, b_desc, c_desc, as_ptr, bs_ptr,
         M, N, K,
         s_asm, s_ask, s_bsk, s_bsn,
+        c_ptr, s_cm, s_cn, tiles_ptr, row_tiles, s_bsg,  # GROUPED only (else None / 0): see gemm_blockwise_grouped
         B_BLOCK: gl.constexpr,
         BLOCK_M: gl.constexpr,
         BLOCK_N: gl.constexpr,
@@ -436,6 +493,7 @@ if gluon is not None:
         CONSUMER_REGS: gl.constexpr,
         OVERLAP: gl.constexpr,
         SPLIT_N: gl.constexpr,
+        GROUPED: gl.constexpr,
         num_warps: gl.constexpr,
     ):
         """Persistent (grid = min(SMs, tiles)), warp-specialized: the default partition (4 warps)
@@ -458,19 +516,19 @@ if gluon is not None:
             mbarrier.init(empty.index(i), count=NUM_CONSUMERS)
         fence_async_shared()
         args = (a_desc, b_desc, c_desc, as_ptr, bs_ptr, M, N, K, s_asm, s_ask, s_bsk, s_bsn,
-                a_bufs, b_bufs, ready, empty)
+                a_bufs, b_bufs, ready, empty, (c_ptr, s_cm, s_cn, tiles_ptr, row_tiles, s_bsg))
         if NUM_CONSUMERS == 3:
             gl.warp_specialize([
-                (_ws_producer, (args, B_BLOCK, BLOCK_M, BLOCK_N, NUM_STAGES, GROUP_M, OVERLAP, SPLIT_N, 0)),
-                (_ws_consumer, (args, B_BLOCK, BLOCK_M, BLOCK_N, NUM_STAGES, GROUP_M, OVERLAP, SPLIT_N, 0)),
-                (_ws_consumer, (args, B_BLOCK, BLOCK_M, BLOCK_N, NUM_STAGES, GROUP_M, OVERLAP, SPLIT_N, 1)),
-                (_ws_consumer, (args, B_BLOCK, BLOCK_M, BLOCK_N, NUM_STAGES, GROUP_M, OVERLAP, SPLIT_N, 2)),
+                (_ws_producer, (args, B_BLOCK, BLOCK_M, BLOCK_N, NUM_STAGES, GROUP_M, OVERLAP, SPLIT_N, 0, GROUPED)),
+                (_ws_consumer, (args, B_BLOCK, BLOCK_M, BLOCK_N, NUM_STAGES, GROUP_M, OVERLAP, SPLIT_N, 0, GROUPED)),
+                (_ws_consumer, (args, B_BLOCK, BLOCK_M, BLOCK_N, NUM_STAGES, GROUP_M, OVERLAP, SPLIT_N, 1, GROUPED)),
+                (_ws_consumer, (args, B_BLOCK, BLOCK_M, BLOCK_N, NUM_STAGES, GROUP_M, OVERLAP, SPLIT_N, 2, GROUPED)),
             ], [4, 4, 4], [CONSUMER_REGS, CONSUMER_REGS, CONSUMER_REGS])
         else:
             gl.warp_specialize([
-                (_ws_producer, (args, B_BLOCK, BLOCK_M, BLOCK_N, NUM_STAGES, GROUP_M, OVERLAP, SPLIT_N, 0)),
-                (_ws_consumer, (args, B_BLOCK, BLOCK_M, BLOCK_N, NUM_STAGES, GROUP_M, OVERLAP, SPLIT_N, 0)),
-                (_ws_consumer, (args, B_BLOCK, BLOCK_M, BLOCK_N, NUM_STAGES, GROUP_M, OVERLAP, SPLIT_N, 1)),
+                (_ws_producer, (args, B_BLOCK, BLOCK_M, BLOCK_N, NUM_STAGES, GROUP_M, OVERLAP, SPLIT_N, 0, GROUPED)),
+                (_ws_consumer, (args, B_BLOCK, BLOCK_M, BLOCK_N, NUM_STAGES, GROUP_M, OVERLAP, SPLIT_N, 0, GROUPED)),
+                (_ws_consumer, (args, B_BLOCK, BLOCK_M, BLOCK_N, NUM_STAGES, GROUP_M, OVERLAP, SPLIT_N, 1, GROUPED)),
             ], [4, 4], [CONSUMER_REGS, CONSUMER_REGS])
 
 
@@ -589,9 +647,55 @@ def _launch_ws(a, a_scale, b, b_scale, out, cfg):
     grid = (min(tiles, sm_count(a.device)),)
     _gluon_gemm_ws_kernel[grid](
         a_desc, b_desc, c_desc, a_scale, b_scale, m, n, k,
-        a_scale.stride(0), a_scale.stride(1), b_scale.stride(0), b_scale.stride(1),
+        a_scale.stride(0), a_scale.stride(1), b_scale.stride(0), b_scale.stride(1), None, 0, 0, None, 0, 0,
         B_BLOCK=b_block, BLOCK_M=bm, BLOCK_N=bn, NUM_STAGES=stages, GROUP_M=group_m, CONSUMER_REGS=consumer_regs,
-        OVERLAP=kind.startswith("ws2"), SPLIT_N=split_n, num_warps=warps, maxnreg=launch_regs, **COMPILE_OPTIONS,
+        OVERLAP=kind.startswith("ws2"), SPLIT_N=split_n, GROUPED=False, num_warps=warps, maxnreg=launch_regs,
+        **COMPILE_OPTIONS,
+    )
+    return out
+
+
+# The grouped (MoE experts, rows grouped) form of the WS kernel: the overlapped schedule with 128x128
+# b scales, the fastest for dense Fprop/Dgrad, and the serial one (GROUP_M is not used: the row-tile
+# table sets the order). 128-row tiles only: no 192-row A stage, no column split.
+GROUPED_WS_CONFIGS = [(128, 128, 4, 6, "ws2"), (128, 128, 4, 5, "ws")]
+
+
+def grouped_supports(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Rows-grouped operands (a [S, K], b [G, K, N], as torch._grouped_mm's 2-D x 3-D form) this
+    kernel takes as they are: a K-major, and the experts' B^T stacked as one K-major [G * N, K]
+    matrix (b.transpose(1, 2) contiguous but for its row stride), both TMA-aligned."""
+    if not available() or not a.is_cuda or b.dim() != 3 or a.shape[1] == 0:
+        return False
+    bt = b.transpose(1, 2)
+    return (_tma_compatible(a) and bt.stride(2) == 1 and bt.stride(0) == bt.shape[1] * bt.stride(1)
+            and (bt.stride(1) * bt.element_size()) % 16 == 0 and bt.data_ptr() % 16 == 0)
+
+
+def gemm_blockwise_grouped(a: torch.Tensor, a_scale: torch.Tensor, b: torch.Tensor, b_scale: torch.Tensor,
+                           tiles: torch.Tensor, out: torch.Tensor, config: tuple = GROUPED_WS_CONFIGS[0]
+                           ) -> torch.Tensor:
+    """out[S, N] = per expert g, a[rows of g] @ b[g], with 128x128 b scales per expert
+    (b_scale [G, K/128, N/128]): the WS kernel walking the row tiles of `tiles`
+    (triton_gemm_grouped.row_tile_table(offs, S, 128), which decides every row of `out`: rows past the
+    last expert get zeros). Operands as `grouped_supports` says; `out` any strides."""
+    bm, bn, warps, stages, kind = config[:5]
+    groups, k, n = b.shape
+    m = a.shape[0]
+    if m == 0 or n == 0:
+        return out
+    b_rows = b.transpose(1, 2).reshape(groups * n, k)  # a view (grouped_supports)
+    a_desc, b_desc = _descriptors(a, b_rows.t(), bm, bn)
+    stages = min(stages, (_SMEM_BYTES - 1024) // ((bm + bn) * TILE))
+    launch_regs, consumer_regs = ws_registers(2)
+    grid = (min(tiles.shape[0] * _cdiv(n, bn), sm_count(a.device)),)
+    _gluon_gemm_ws_kernel[grid](
+        a_desc, b_desc, None, a_scale, b_scale, m, n, k,
+        a_scale.stride(0), a_scale.stride(1), b_scale.stride(1), b_scale.stride(2),
+        out, out.stride(0), out.stride(1), tiles, tiles.shape[0], b_scale.stride(0),
+        B_BLOCK=True, BLOCK_M=bm, BLOCK_N=bn, NUM_STAGES=stages, GROUP_M=1, CONSUMER_REGS=consumer_regs,
+        OVERLAP=kind == "ws2", SPLIT_N=False, GROUPED=True, num_warps=warps, maxnreg=launch_regs,
+        **COMPILE_OPTIONS,
     )
     return out
 

@@ -173,11 +173,47 @@ except TypeError:  # an older Triton without the do_bench hook
     _grouped_gemm_kernel_tuned = triton.autotune(configs=GROUPED_CONFIGS, key=_KEY)(_grouped_gemm_kernel)
 
 
+# Rows grouped (Fprop, Dgrad) on sm90: the warp-specialized Gluon kernel too, the faster of it and
+# this one kept per key (timed at the first call; the group sizes are not in the key).
+_choice_cache: dict = {}
+
+
+def _rows_grouped_choice(a, a_scale, b, b_scale, offs, out) -> tuple | None:
+    """The WS config to use, or None for this file's kernel: each timed once per (shape, G, out
+    dtype, strides) on the call's own operands (median of triton.testing.do_bench)."""
+    from . import triton_gemm_gluon as wsg
+
+    if not wsg.grouped_supports(a, b):
+        return None
+    key = (a.shape, b.shape, a.stride(), b.stride(), a_scale.stride(), b_scale.stride(), out.dtype, out.stride())
+    if key in _choice_cache:
+        return _choice_cache[key]
+    if torch.cuda.is_current_stream_capturing():  # no timing under graph capture
+        return wsg.GROUPED_WS_CONFIGS[0]
+    tiles = row_tile_table(offs, a.shape[0], 128)
+    runs = {None: lambda: gemm_blockwise_grouped(a, a_scale, b, b_scale, offs, out.dtype, out=out, kernel="triton")}
+    for cfg in wsg.GROUPED_WS_CONFIGS:
+        runs[cfg] = lambda cfg=cfg: wsg.gemm_blockwise_grouped(a, a_scale, b, b_scale, tiles, out, cfg)
+    times = {}
+    for cfg, run in runs.items():
+        try:
+            times[cfg] = triton.testing.do_bench(run, warmup=5, rep=20, return_mode="median")
+        except Exception:  # a config that does not compile here is skipped
+            if cfg is None:
+                raise
+    _choice_cache[key] = min(times, key=times.get)
+    return _choice_cache[key]
+
+
 def gemm_blockwise_grouped(a: torch.Tensor, a_scale: torch.Tensor, b: torch.Tensor, b_scale: torch.Tensor,
                            offs: torch.Tensor, out_dtype: torch.dtype, *, config: dict | None = None,
-                           out: torch.Tensor | None = None) -> torch.Tensor:
-    """The Triton kernel for either grouping (b 3-D: rows grouped; b 2-D: K grouped). `config`
-    (BLOCK_M, BLOCK_N, num_warps, num_stages) bypasses the autotuner (interpreter tests)."""
+                           out: torch.Tensor | None = None, kernel: str = "auto") -> torch.Tensor:
+    """Either grouping (b 3-D: rows grouped; b 2-D: K grouped). `kernel`: "triton" this file's
+    kernel (autotuned, or with `config` (BLOCK_M, BLOCK_N, num_warps, num_stages) as given: the
+    interpreter tests), "ws" the warp-specialized Gluon kernel (rows grouped, sm90, K-major
+    operands: triton_gemm_gluon.grouped_supports), "auto" the faster of the two where both apply."""
+    if kernel not in ("auto", "triton", "ws"):
+        raise ValueError(f"kernel must be 'auto', 'triton' or 'ws', not {kernel!r}")
     groups = offs.shape[0]
     offs = offs.contiguous()  # read as offs_ptr + g
     group_k = b.dim() == 2
@@ -197,6 +233,19 @@ def gemm_blockwise_grouped(a: torch.Tensor, a_scale: torch.Tensor, b: torch.Tens
         return out
     if k == 0:
         return out.zero_()
+    if not group_k and config is None and kernel != "triton":
+        from . import triton_gemm_gluon as wsg
+
+        if kernel == "ws":
+            if not wsg.grouped_supports(a, b):
+                raise ValueError("kernel='ws' needs an sm90 GPU, Gluon and K-major, 16-byte aligned operands "
+                                 f"(a {tuple(a.shape)} strides {a.stride()}, b {tuple(b.shape)} strides {b.stride()})")
+            ws_config = wsg.GROUPED_WS_CONFIGS[0]
+        else:
+            ws_config = _rows_grouped_choice(a, a_scale, b, b_scale, offs, out)
+        if ws_config is not None:
+            return wsg.gemm_blockwise_grouped(a, a_scale, b, b_scale, row_tile_table(offs, m, ws_config[0]), out,
+                                              ws_config)
     c_strides = out.stride() if group_k else (0, *out.stride())
     layout = 2 * int(a.stride(1) == 1) + int(b_strides[1] == 1)
     args = (a, b, out, a_scale, b_scale, offs, m, n, k, groups,

@@ -102,14 +102,21 @@ if kind.startswith("gluon"):
     const = {"B_BLOCK": bblock, "BLOCK_M": bm, "BLOCK_N": bn, "NUM_STAGES": st, "GROUP_M": 8, "num_warps": w,
              "s_cn": 1, "s_ask": 1}
     if kind.startswith("gluon_ws"):  # the warp-specialized kernel: 4 warps are its default (producer) partition
+        grouped = kind == "gluon_ws_grouped"  # MoE experts: the row-tile table, a masked store
         cl = gl.NVMMASharedLayout.get_default_for([64, bn], gl.bfloat16)
-        sig = {"a_desc": sig["a_desc"], "b_desc": sig["b_desc"], "c_desc": f"tensordesc<bf16[64,{bn}],{cl!r}>",
+        sig = {"a_desc": sig["a_desc"], "b_desc": sig["b_desc"],
+               "c_desc": "constexpr" if grouped else f"tensordesc<bf16[64,{bn}],{cl!r}>",
                **{n: t for n, t in sig.items() if n not in ("a_desc", "b_desc", "c_ptr", "s_cm", "s_cn")},
-               "CONSUMER_REGS": "constexpr", "OVERLAP": "constexpr", "SPLIT_N": "constexpr"}
-        del const["s_cn"]
-        cfg = G.WS_CONFIGS[0] if bm == 128 else G.WS_CONFIGS_192[0]
+               "c_ptr": "*bf16" if grouped else "constexpr", "s_cm": "i32", "s_cn": "i32",
+               "tiles_ptr": "*i32" if grouped else "constexpr", "row_tiles": "i32", "s_bsg": "i32",
+               "CONSUMER_REGS": "constexpr", "OVERLAP": "constexpr", "SPLIT_N": "constexpr", "GROUPED": "constexpr"}
+        # what the launches pass: the grouped one no c_desc and a contiguous out (s_cn 1, which Triton
+        # specializes), the dense one None and zeros for the grouped arguments
+        const.update({"c_desc": None, "s_cn": 1} if grouped else {"c_ptr": None, "tiles_ptr": None})
+        cfg = (G.GROUPED_WS_CONFIGS[0] if grouped else G.WS_CONFIGS[0]) if bm == 128 else G.WS_CONFIGS_192[0]
         launch_regs, consumer_regs = G.ws_registers(bm // 64)
-        const.update(CONSUMER_REGS=consumer_regs, OVERLAP=cfg[4] == "ws2", SPLIT_N=False, NUM_STAGES=cfg[3])
+        const.update(CONSUMER_REGS=consumer_regs, OVERLAP=cfg[4] == "ws2", SPLIT_N=False, NUM_STAGES=cfg[3],
+                     GROUPED=grouped)
         w = const["num_warps"] = 4
         src = GluonASTSource(G._gluon_gemm_ws_kernel, sig, const)
         c = triton.compile(src, target=target, options={"num_warps": w, "maxnreg": launch_regs})
@@ -211,6 +218,20 @@ def test_gluon_ws_gemm_compiles_without_spills(tmp_path, b_block):
     assert 12 * 32 * G._WS_LAUNCH_REGS <= 65536
     producer = 12 * 32 * G._WS_LAUNCH_REGS // 128 - 2 * G.WS_CONSUMER_REGS
     assert producer >= 24 and f"DEALLOC.CTAPOOL {hex(producer)}" in sass
+
+
+def test_gluon_ws_grouped_gemm_compiles_without_spills(tmp_path):
+    """The WS kernel over MoE experts (rows grouped, 128x128 b scales per expert): both consumer
+    warpgroups' wgmma chains, the overlapped schedule kept, TMA loads, the masked store from the
+    registers instead of the TMA store, and no spill at the consumers' 240 registers."""
+    from fp8pass.kernels import triton_gemm_gluon as G
+
+    sass, usage = _sass_and_usage(_compile("gluon_ws_grouped", "1", tmp_path))
+    assert "QGMMA.64x128x32" in sass
+    assert f"TRY_ALLOC.CTAPOOL UP0, {hex(G.WS_CONSUMER_REGS)}" in sass
+    assert "UTMALDG" in sass and "UTMASTG" not in sass
+    assert "DEPBAR.LE gsb0, 0x1" in sass, "wgmma serialized by ptxas"
+    assert "LOCAL:0" in usage.replace(" ", "") and "STACK:0" in usage.replace(" ", ""), usage
 
 
 @pytest.mark.parametrize("b_block", ["1", "0"], ids=["b128x128", "b128x1"])
