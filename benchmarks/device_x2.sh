@@ -166,14 +166,17 @@ step_1b() {  # the 1B train_step.py: $1 timeout, $2 log name, then the script's 
 
 for what in "$@"; do
   case $what in
-    s19a)  # session 19 (not run yet), one GPU: MoE experts' grouped GEMMs in FP8 (kernels/triton_gemm_grouped.py, never
-           # run on a GPU before): their GPU tests, then the grouped GEMM table and the experts layer, even and uneven
-      CUDA_VISIBLE_DEVICES=0 timeout 240 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_gpu.py \
+    s19a)  # session 19 (first run in session 20), one GPU: MoE experts' grouped GEMMs in FP8 (the plain-Triton kernel
+           # and session 20's warp-specialized Gluon one over grouped rows, never run on a GPU before): their GPU tests,
+           # the grouped GEMM table (op and each kernel), the experts layer at Qwen3-30B-A3B's shapes, uneven routing
+      CUDA_VISIBLE_DEVICES=0 timeout 200 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_gpu.py \
         -k "grouped or experts" > "$OUT/moe_gpu.log" 2>&1
       echo "MoE GPU tests exit $?"; grep -E "^(FAILED|ERROR)|^E  |passed|failed" "$OUT/moe_gpu.log" | cut -c1-300 | tail -12
-      timeout 300 python3 benchmarks/moe.py > "$OUT/moe.log" 2>&1
+      timeout 170 python3 benchmarks/moe.py --no-layer > "$OUT/moe.log" 2>&1
       echo "moe benchmark exit $?"; grep -v "^ *$" "$OUT/moe.log" | cut -c1-200
-      timeout 100 python3 benchmarks/moe.py --no-layer --imbalance 0.5 > "$OUT/moe_uneven.log" 2>&1
+      timeout 120 python3 benchmarks/moe.py --configs qwen3-30b > "$OUT/moe_layer.log" 2>&1
+      echo "moe layer exit $?"; grep -A8 "experts layer" "$OUT/moe_layer.log" | cut -c1-200
+      timeout 60 python3 benchmarks/moe.py --no-layer --configs qwen3-30b --imbalance 0.5 > "$OUT/moe_uneven.log" 2>&1
       echo "moe uneven exit $?"; grep -v "^ *$" "$OUT/moe_uneven.log" | cut -c1-200 ;;
     s19b)  # session 19 (not run yet), one GPU: full MoE training steps (Qwen3-30B-A3B's widths, 8 layers, 64 experts)
       step_1b 300 step_s19_moe --variants bf16,fp8 --layers 8 --hidden 768 --experts 64 --top-k 8 --explain ;;

@@ -755,12 +755,12 @@ def _expert_groups(tokens: int, experts: int, seed: int) -> torch.Tensor:
     return torch.cumsum(counts, 0).to(torch.int32).cuda()
 
 
-@pytest.mark.parametrize("role,kernel", [("fprop", "triton"), ("fprop", "ws"), ("dgrad", "triton"), ("dgrad", "ws"),
-                                         ("wgrad", "triton")])
+@pytest.mark.parametrize("role,kernel", [("fprop", "triton"), ("fprop", "ws2"), ("fprop", "ws"), ("dgrad", "triton"),
+                                         ("dgrad", "ws2"), ("dgrad", "ws"), ("wgrad", "triton")])
 @pytest.mark.parametrize("tokens,dim,hidden,experts", [(4096, 1024, 768, 8), (3000, 512, 384, 32)])
 def test_grouped_gemm_roles(role, kernel, tokens, dim, hidden, experts):
     """The grouped kernels behind torch.ops.fp8pass.gemm_blockwise_grouped (the plain-Triton one in
-    every role, the warp-specialized Gluon one where rows are grouped), each role of an expert's
+    every role, the warp-specialized Gluon one where rows are grouped, in both its schedules), each role of an expert's
     Linear [hidden, dim] on fresh random bf16 inputs: per expert, calc_diff < 1e-3 against the
     BF16-input FP32 product; the whole output within 1e-5 of the reference numerics on the same
     FP8 operands; rows past the last group zero, an empty expert's weight gradient zero; the
@@ -793,7 +793,14 @@ def test_grouped_gemm_roles(role, kernel, tokens, dim, hidden, experts):
         wants = [dy[s:e].float().t() @ x[s:e].float() for s, e in bounds]
     shape = (tokens, b.shape[2]) if role != "wgrad" else (experts, hidden, dim)
     out = torch.full(shape, float("nan"), device="cuda", dtype=torch.bfloat16)
-    triton_gemm_grouped.gemm_blockwise_grouped(a, sa, b, sb, offs, torch.bfloat16, out=out, kernel=kernel)
+    if kernel == "triton":
+        triton_gemm_grouped.gemm_blockwise_grouped(a, sa, b, sb, offs, torch.bfloat16, out=out, kernel=kernel)
+    else:
+        from fp8pass.kernels import triton_gemm_gluon as wsg
+
+        assert wsg.grouped_supports(a, b)
+        cfg = next(c for c in wsg.GROUPED_WS_CONFIGS if c[4] == kernel)
+        wsg.gemm_blockwise_grouped(a, sa, b, sb, triton_gemm_grouped.row_tile_table(offs, tokens, cfg[0]), out, cfg)
     op_out = torch.ops.fp8pass.gemm_blockwise_grouped(a, sa, b, sb, offs, torch.bfloat16)
     assert not torch.isnan(out).any() and not torch.isnan(op_out).any()
     for g, (s, e) in enumerate(bounds):
