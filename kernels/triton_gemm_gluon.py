@@ -273,10 +273,10 @@ if gluon is not None:
                  BLOCK_N: gl.constexpr, GROUP_M: gl.constexpr, GROUPED: gl.constexpr):
         """Where tile `tile_id` is: its first row of A and C, the end of its rows, its first row of
         B (B^T, K-major: with experts, expert g's rows of the [G * N, K] stack), its K blocks, its
-        column tile and its expert. Experts (GROUPED): a row tile of the table (triton_gemm_grouped.row_tile_table:
-        m_start, the group's end, the group, 1 if it multiplies), its column tiles in turn (an
-        expert's B is shared by the CTAs at work on its rows); a tile that only writes zeros (rows
-        past the last group) has no K block."""
+        column tile and its expert. Experts (GROUPED): a row tile of the table
+        (triton_gemm_grouped.row_tile_table: m_start, the group's end, the group, 1 if it
+        multiplies), its column tiles in turn (an expert's B is shared by the CTAs at work on its
+        rows); a tile that only writes zeros (rows past the last group) has no K block."""
         if GROUPED:
             entry = grouped[3] + (tile_id // num_pid_n) * 4
             pid_n = tile_id % num_pid_n
@@ -308,8 +308,8 @@ if gluon is not None:
         num_k = gl.cdiv(K, 128)
         it = 0
         for tile_id in range(gl.program_id(0), num_pid_m * num_pid_n, gl.num_programs(0)):
-            row0, row_end, b_row, tile_k, pid_n, group = _ws_tile(tile_id, num_pid_m, num_pid_n, M, N, num_k, grouped,
-                                                          BLOCK_M, BLOCK_N, GROUP_M, GROUPED)
+            row0, row_end, b_row, tile_k, pid_n, group = _ws_tile(tile_id, num_pid_m, num_pid_n, M, N, num_k,
+                                                                  grouped, BLOCK_M, BLOCK_N, GROUP_M, GROUPED)
             for k in range(tile_k):
                 s = it % NUM_STAGES
                 # a fresh mbarrier counts as having completed the phase before 0: the first
