@@ -58,9 +58,10 @@ class Config:
         to each expert by a [num_experts, out, in] weight stack, as transformers' "grouped_mm"
         experts run): the stack in 128x128 blocks per expert, the tokens in 1x128 tiles, Wgrad's
         128-token tiles those of all routed tokens (kernels/reference.py gemm_blockwise_grouped).
-        Off by default until its CUDA kernel (plain Triton, kernels/triton_gemm_grouped.py) is
-        measured on a GPU: the same loop ran dense FP8 GEMMs at 0.55-0.6x cuBLAS blockwise (H200,
-        session 11), so it may not beat BF16's grouped GEMM; numerics are tested on the CPU.
+        Off by default until its CUDA kernels are measured on a GPU (kernels/triton_gemm_grouped.py,
+        plain Triton, whose loop ran dense FP8 GEMMs at 0.55-0.6x cuBLAS blockwise on an H200 in
+        session 11; for Fprop and Dgrad also the warp-specialized Gluon kernel, whose dense form
+        ran at 0.91-0.97x): they may not beat BF16's grouped GEMM. Numerics are tested on the CPU.
     module_filter: `fn(fqn, module) -> bool`; a matmul site is converted only if it returns True.
         `module` is the nn.Module instance when it can be found, else None.
     fp8_saved_activations: also keep in FP8 (1x128 tiles) the converted Linears' outputs that the
