@@ -12,9 +12,10 @@ K-major without a copy: quantize_128x128 for Fprop (read as W^T) and quantize_12
 for Dgrad (read as W), made in backward; without Config.recompute_fp8_weights, Dgrad reads a
 transposed copy of the Fprop copy instead, which forward keeps.
 Grouped GEMMs (MoE experts, `_grouped_mm` over a [G, ., .] weight stack) take the same copies: the
-stack's quantize_128x128 (matrix by matrix; for Dgrad each expert's copy transposed, K-major: the
-plain-Triton GEMM ran Dgrad ~4x slower on an N-major B, benchmarks/RESULTS_gemm.md, session 11),
-and the dual quantization of the experts' input and output gradient as for a Linear.
+stack's quantize_128x128 and quantize_128x128_transposed (matrix by matrix; Dgrad's each expert's
+transpose, K-major: the plain-Triton GEMM ran Dgrad ~4x slower on an N-major B, and the Gluon one
+reads K-major operands only, benchmarks/RESULTS_gemm.md, session 11), and the dual quantization of
+the experts' input and output gradient as for a Linear.
 """
 
 from __future__ import annotations
@@ -191,10 +192,7 @@ def rewrite_gemms(graph: Graph, rewrites: list[GemmRewrite], requantize_dgrad_we
                     key = (req.source, "block_k_major")
                     if key not in copies:  # rewrites run in graph order: this is the first use
                         meta = {"role": "quantize", "module": rw.module, "for": rw.role}
-                        # an experts' stack: each expert's FP8 copy transposed (an Inductor copy kernel);
-                        # quantize_128x128_transposed writes one matrix's transpose, not a stack's
-                        requantize = requantize_dgrad_weights and rw.offs is None
-                        copies[key] = builder.k_major_weight(req.source, q, s, meta, requantize)
+                        copies[key] = builder.k_major_weight(req.source, q, s, meta, requantize_dgrad_weights)
                     q, s = copies[key]
                 operands += [q, s]
             out_dtype = tensor_meta(node).dtype

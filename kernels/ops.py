@@ -184,16 +184,20 @@ def quantize_128x128_transposed(w: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     """quantize_128x128 of a 2-D w[R, C] stored transposed: (q.T, scale.T), both contiguous. The
     Dgrad GEMM reads W[N, K] as its B operand, contracting over N: q.T contiguous is that operand
     K-major and scale.T its MN-major block scale, the layouts cuBLAS blockwise reads, so neither is
-    copied before the GEMM (128x128 blocks of W are the blocks of W.T: the same numbers)."""
+    copied before the GEMM (128x128 blocks of W are the blocks of W.T: the same numbers).
+    A 3-D stack w[G, R, C] (MoE experts): each matrix's, (q[G, C, R], scale[G, cb, rb]), for the
+    grouped Dgrad's K-major B in one pass over the stack."""
     _check_float_input("quantize_128x128_transposed", w)
     q, s = reference.quantize_128x128(w)
+    if w.dim() == 3:
+        return q.transpose(1, 2).contiguous(), s.transpose(1, 2).contiguous()
     return _transposed_copy(q), _transposed_copy(s)
 
 
 @quantize_128x128_transposed.register_fake
 def _(w):
-    r, c = w.shape
-    return _empty_128x128_copy(w, c, r)
+    *lead, r, c = w.shape
+    return _empty_128x128_copy(w, *lead, c, r)
 
 
 # SwiGLU, silu(a) * b, as ops: lowering/swiglu.py puts `swiglu` in place of `F.silu(a) * b` in the

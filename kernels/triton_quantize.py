@@ -385,14 +385,21 @@ def _quant_128x128_kernel(
     R, C,
     ssr, ssc,
     sxr, sxc,
+    sxg, ssg,  # a stack of matrices (grid axis 2): x's and s's strides between them (q's: R * C)
     WRITE_Q: tl.constexpr,
     WRITE_QT: tl.constexpr,
 ):
     """One 128x128 block of x[R, C]: its scale at s[rb * ssr + cb * ssc], and the FP8 block as q
     (row-major [R, C], WRITE_Q) and/or q.T (row-major [C, R], WRITE_QT; 128x128 blocks are the
-    same blocks of the transpose, so one scale serves both)."""
+    same blocks of the transpose, so one scale serves both). Grid axis 2 walks a stack of such
+    matrices (MoE experts), each with its own q/q.T and scales."""
     rb = tl.program_id(0)
     cb = tl.program_id(1)
+    g = tl.program_id(2).to(tl.int64)
+    x_ptr += g * sxg
+    q_ptr += g * R * C
+    qt_ptr += g * R * C
+    s_ptr += g * ssg
     rows = rb * 128 + tl.arange(0, 128)
     cols = cb * 128 + tl.arange(0, 128)
     mask = (rows < R)[:, None] & (cols < C)[None, :]
@@ -421,9 +428,9 @@ def quantize_128x128(w: torch.Tensor, *, layout: str = "row", with_transposed: b
     B operand W[N, K] K-major with its scale MN-major, as cuBLAS reads them (no copy of either).
     out (without with_transposed): the two outputs, (q, scale) or (q.T, scale.T), to write instead.
 
-    A 3-D stack w[G, R, C] (MoE experts; layout="row" only): (q[G, R, C], scale[G, ceil(R/128),
-    ceil(C/128)]), quantized as one [G*R, C] matrix when R is a multiple of 128 (then no block
-    spans two experts), else expert by expert."""
+    A 3-D stack w[G, R, C] (MoE experts), matrix by matrix in one launch: (q[G, R, C], scale[G,
+    ceil(R/128), ceil(C/128)]), or with layout="transposed" each matrix's transpose (q[G, C, R],
+    scale[G, ceil(C/128), ceil(R/128)]), the grouped Dgrad's K-major weights."""
     if w.dim() == 3:
         return _quantize_128x128_stack(w, layout, with_transposed, out)
     if w.dim() != 2:
@@ -447,7 +454,7 @@ def quantize_128x128(w: torch.Tensor, *, layout: str = "row", with_transposed: b
     if r and c:
         _launch_128x128(
             (rb, cb), w, q if write_q else qt, qt if write_qt else q, s, r, c, ssr, ssc, w.stride(0), w.stride(1),
-            WRITE_Q=write_q, WRITE_QT=write_qt, num_warps=_WARPS_128x128,
+            0, 0, WRITE_Q=write_q, WRITE_QT=write_qt, num_warps=_WARPS_128x128,
         )
     if not write_q:
         return qt, s
@@ -457,18 +464,25 @@ def quantize_128x128(w: torch.Tensor, *, layout: str = "row", with_transposed: b
 
 
 def _quantize_128x128_stack(w: torch.Tensor, layout: str, with_transposed: bool, out) -> tuple:
-    if layout != "row" or with_transposed:
-        raise ValueError("quantize_128x128: a 3-D stack of weights is quantized in the row layout only")
+    """A stack w[G, R, C], matrix by matrix in one launch (grid axis 2): layout "row" (q[G, R, C],
+    scale[G, rb, cb]) or "transposed" (each matrix's transpose, q[G, C, R], scale[G, cb, rb])."""
+    if layout not in ("row", "transposed") or with_transposed:
+        raise ValueError("quantize_128x128: a 3-D stack of weights is quantized in the row or the transposed "
+                         "layout, not both at once")
     g, r, c = w.shape
     rb, cb = _cdiv(r, TILE), _cdiv(c, TILE)
+    write_q = layout == "row"
     if out is None:
-        q = torch.empty((g, r, c), dtype=FP8_DTYPE, device=w.device)
-        s = torch.empty((g, rb, cb), dtype=torch.float32, device=w.device)
+        q = torch.empty((g, r, c) if write_q else (g, c, r), dtype=FP8_DTYPE, device=w.device)
+        s = torch.empty((g, rb, cb) if write_q else (g, cb, rb), dtype=torch.float32, device=w.device)
     else:
         q, s = out
-    if r % TILE == 0:
-        quantize_128x128(w.flatten(0, 1), out=(q.view(g * r, c), s.view(g * rb, cb)))
-    else:
-        for i in range(g):
-            quantize_128x128(w[i], out=(q[i], s[i]))
+    if not q.is_contiguous() or not s.is_contiguous():
+        raise ValueError("quantize_128x128: a stack's outputs must be contiguous")
+    ssr, ssc = (cb, 1) if write_q else (1, rb)
+    if g and r and c:
+        _launch_128x128(
+            (rb, cb, g), w, q, q, s, r, c, ssr, ssc, w.stride(1), w.stride(2), w.stride(0), rb * cb,
+            WRITE_Q=write_q, WRITE_QT=not write_q, num_warps=_WARPS_128x128,
+        )
     return q, s

@@ -45,7 +45,7 @@ def grads_of(model, x, backend):
 
 def test_experts_grouped_gemms_run_in_fp8_and_match_bf16():
     """Both projections of the experts run Fprop, Dgrad and Wgrad as FP8 grouped GEMMs (six in the
-    generated code). Gradients against the stock backend's in bf16 (the router reads the block's
+    generated code; Dgrad's weights quantized straight into each expert's transpose). Gradients against the stock backend's in bf16 (the router reads the block's
     input in bf16 in both, so both route every token alike; against a float32 model some tokens
     would go to other experts, a routing difference, not the GEMMs' error): >= 22 dB for the expert
     weights (23.5 / 23.6 dB measured; a dense SwiGLU of the same width 23.0-23.3 dB in the same
@@ -68,6 +68,9 @@ def test_experts_grouped_gemms_run_in_fp8_and_match_bf16():
     bf16 = grads_of(model, x, "inductor")
     fp8, code = run_and_get_code(lambda: grads_of(model, x, fp8pass.backend(config=WITH_HEAD)))
     assert sum(c.count("= torch.ops.fp8pass.gemm_blockwise_grouped.default(") for c in code) == 6
+    # Dgrad's K-major weights: one transposed quantization per stack in backward (and the head's),
+    # not a quantization and a transposed copy of it
+    assert sum(c.count("torch.ops.fp8pass.quantize_128x128_transposed") for c in code) == 3
     names = ["x"] + [n for n, _ in model.named_parameters()]
     sqnr = {n: sqnr_db(b, f) for n, b, f in zip(names, bf16, fp8)}
     assert sqnr["x"] >= 30.0, sqnr

@@ -139,6 +139,15 @@ def test_quantize_transposed_outputs_and_nd():
     x3 = _inputs(4 * 300, 512, torch.bfloat16, seed=5).reshape(4, 300, 512).transpose(0, 1)
     got, exp = tq.quantize_1x128(x3), ref.quantize_1x128(x3)
     assert _bytes_equal(got[0], exp[0])[0] and _scales_equal(got[1], exp[1])[0]
+    # MoE experts' stacks (rows not a multiple of 128 in the second), row and transposed layouts
+    for rows in (768, 200):
+        stack = _inputs(5 * rows, 384, torch.bfloat16, seed=rows).reshape(5, rows, 384)
+        eq, es = ref.quantize_128x128(stack)
+        q3, s3 = tq.quantize_128x128(stack)
+        assert _bytes_equal(q3, eq)[0] and _scales_equal(s3, es)[0]
+        qt3, st3 = tq.quantize_128x128(stack, layout="transposed")
+        assert _bytes_equal(qt3, eq.transpose(1, 2).contiguous())[0]
+        assert _scales_equal(st3, es.transpose(1, 2).contiguous())[0]
 
 
 def test_registered_ops_use_triton_and_match():

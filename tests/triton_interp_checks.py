@@ -359,11 +359,19 @@ def run_grouped_gemm() -> None:
     for rows in (256, 200):  # experts' weights as one [G*R, C] matrix, or one by one (R % 128 != 0)
         stack = torch.stack([exact_input(rows, 256, torch.bfloat16, gen) for _ in range(3)])
 
-        def quantize_stack(stack=stack):
-            (q, sc), (qr, scr) = tq.quantize_128x128(stack), ref.quantize_128x128(stack)
+        def quantize_stack(stack=stack, layout="row"):
+            (q, sc), (qr, scr) = tq.quantize_128x128(stack, layout=layout), ref.quantize_128x128(stack)
+            if layout == "transposed":  # each matrix's transpose, stored contiguous
+                if not (q.is_contiguous() and sc.is_contiguous()):
+                    return False, f"strides {q.stride()} {sc.stride()}"
+                qr, scr = qr.transpose(1, 2), scr.transpose(1, 2)
             ok, detail = _same(q, qr)
             return (ok and _same(sc, scr)[0]), detail or _same(sc, scr)[1]
         check(f"quantize_128x128[stack 3x{rows}x256]", quantize_stack)
+        check(f"quantize_128x128_transposed[stack 3x{rows}x256]",
+              lambda stack=stack: quantize_stack(stack, "transposed"))
+        check(f"quantize_128x128_transposed[stack view 3x{rows}x256]",  # strided: each matrix's transpose
+              lambda stack=stack: quantize_stack(stack.transpose(1, 2), "transposed"))
     w9, sw9 = _fp8_small((9, n, k), gen), _pow2((9, n // 128, k // 128), gen)
     k_odd = 320  # a K tail (the op takes one; the pass emits multiples of 128): the masked K loads
     x_odd, sx_odd = _fp8_small((s, k_odd), gen), _pow2((s, 3), gen)
