@@ -18,6 +18,11 @@ write zeros, so every row of the output is written without a separate fill. K gr
 per (group, M tile, N tile); its K loop covers the 128-token blocks that hold the group's rows,
 with the rows of other groups masked to zero on load, and an empty group writes zeros.
 
+Rows grouped on sm90, `gemm_blockwise_grouped` also has the warp-specialized Gluon kernel
+(triton_gemm_gluon, TMA loads, the promotion overlapped with the next block's wgmma) walk the same
+row tiles, written by `row_tile_table` for it, and keeps whichever of the two ran faster at the
+first call per shape.
+
 The offsets are not checked here (that would need a device sync): ends past the token count are
 clamped; they must not decrease (as torch._grouped_mm requires); the CPU kernel raises on both.
 """
@@ -32,7 +37,7 @@ from .launch import COMPILE_OPTIONS
 from .reference import TILE, _cdiv
 from .triton_gemm import GEMM_CONFIGS, _bench
 
-__all__ = ["gemm_blockwise_grouped", "GROUPED_CONFIGS"]
+__all__ = ["gemm_blockwise_grouped", "GROUPED_CONFIGS", "row_tile_table"]
 
 
 @triton.jit
