@@ -6,8 +6,8 @@
 1. Grouped GEMMs, per role of an expert's projection (Fprop x @ W_g^T, Dgrad dY @ W_g, Wgrad
    dY^T @ x per group of tokens), TFLOP/s: BF16 torch._grouped_mm beside fp8pass's Triton grouped
    kernels on operands quantized beforehand: the op (fp8pass.gemm_blockwise_grouped, on sm90 the
-   faster of the plain-Triton and the warp-specialized Gluon kernel where rows are grouped, timed at
-   its first call), then each kernel by itself, for both projections of the config's experts
+   faster of the plain-Triton and the warp-specialized Gluon kernel, timed at its first call), then
+   each kernel by itself, for both projections of the config's experts
    (gate_up: dim -> 2 * hidden, down: hidden -> dim).
 2. The experts layer of examples/train_gpt.py (router, grouped gate_up, SwiGLU, grouped down,
    weighted sum): fwd+bwd ms and peak memory, BF16 torch.compile beside backend="fp8" with
@@ -127,7 +127,7 @@ def kernel_tflops(operands, offs, kernel: str, flops: int, device: str) -> str:
     from fp8pass.kernels import triton_gemm_gluon, triton_gemm_grouped
 
     a, sa, b, sb = operands
-    if kernel == "ws" and not (b.dim() == 3 and triton_gemm_gluon.grouped_supports(a, b)):
+    if kernel == "ws" and not triton_gemm_gluon.grouped_supports(a, b):
         return "-"
     out = triton_gemm_grouped.gemm_blockwise_grouped(a, sa, b, sb, offs, torch.bfloat16, kernel=kernel)
     run = lambda: triton_gemm_grouped.gemm_blockwise_grouped(a, sa, b, sb, offs, torch.bfloat16,  # noqa: E731

@@ -59,7 +59,7 @@ except Exception as exc:  # pragma: no cover - depends on the installed Triton
     _GLUON_IMPORT_ERROR = exc
 
 __all__ = ["available", "supports", "gemm_blockwise", "GLUON_CONFIGS", "WS_CONFIGS", "grouped_supports",
-           "gemm_blockwise_grouped", "GROUPED_WS_CONFIGS"]
+           "gemm_blockwise_grouped", "GROUPED_WS_CONFIGS", "GROUPED_K_WS_CONFIGS"]
 
 
 def available() -> bool:
@@ -260,42 +260,84 @@ if gluon is not None:
     # ----------------------------------------------------------------------------------------
     # Warp-specialized persistent kernel: a TMA producer warpgroup and two consumer warpgroups
     # ----------------------------------------------------------------------------------------
+    # What the WS kernel's tiles walk (its GROUPING): a dense GEMM, or MoE experts, rows grouped
+    # (Fprop, Dgrad: the row tiles of triton_gemm_grouped.row_tile_table) or tokens grouped (Wgrad:
+    # per expert, all its output tiles, each over the token blocks holding the expert's tokens).
+    # `grouped` = (c_ptr, s_cg, s_cm, s_cn, table / offs, row tiles / experts, s_bsg), see
+    # gemm_blockwise_grouped.
     @gluon.jit
-    def _ws_row_tiles(M, grouped, BLOCK_M: gl.constexpr, GROUPED: gl.constexpr):
-        """Row tiles the CTAs walk: M's, or (MoE experts) the entries of the row-tile table."""
-        if GROUPED:
-            return grouped[4]
+    def _ws_row_tiles(M, grouped, BLOCK_M: gl.constexpr, GROUPING: gl.constexpr):
+        """Row tiles the CTAs walk: M's; the row-tile table's entries; or M's for each expert."""
+        if GROUPING == 1:
+            return grouped[5]
+        elif GROUPING == 2:
+            return grouped[5] * gl.cdiv(M, BLOCK_M)
         else:
             return gl.cdiv(M, BLOCK_M)
 
     @gluon.jit
-    def _ws_tile(tile_id, num_pid_m, num_pid_n, M, N, num_k, grouped, BLOCK_M: gl.constexpr,
-                 BLOCK_N: gl.constexpr, GROUP_M: gl.constexpr, GROUPED: gl.constexpr):
+    def _ws_tile(tile_id, num_pid_m, num_pid_n, M, N, K, grouped, BLOCK_M: gl.constexpr,
+                 BLOCK_N: gl.constexpr, GROUP_M: gl.constexpr, GROUPING: gl.constexpr):
         """Where tile `tile_id` is: its first row of A and C, the end of its rows, its first row of
-        B (B^T, K-major: with experts, expert g's rows of the [G * N, K] stack), its K blocks, its
-        column tile and its expert. Experts (GROUPED): a row tile of the table
-        (triton_gemm_grouped.row_tile_table: m_start, the group's end, the group, 1 if it
+        B (B^T, K-major: with rows grouped, expert g's rows of the [G * N, K] stack), its number of
+        K blocks, its column tile, its expert, its first K block and the expert's token range.
+        Rows grouped: a row tile of the table (m_start, the group's end, the group, 1 if it
         multiplies), its column tiles in turn (an expert's B is shared by the CTAs at work on its
-        rows); a tile that only writes zeros (rows past the last group) has no K block."""
-        if GROUPED:
-            entry = grouped[3] + (tile_id // num_pid_n) * 4
+        rows); a tile that only writes zeros (rows past the last group) has no K block. Tokens
+        grouped: the token blocks from the one holding the expert's first token to the one holding
+        its last (none for an expert without tokens, whose tiles write zeros)."""
+        num_k = gl.cdiv(K, 128)
+        kb_first = 0
+        k_start = 0
+        k_end = K
+        if GROUPING == 1:
+            entry = grouped[4] + (tile_id // num_pid_n) * 4
             pid_n = tile_id % num_pid_n
             row0 = gl.load(entry)
             row_end = gl.load(entry + 1)
             group = gl.load(entry + 2)
             tile_k = gl.load(entry + 3) * num_k
+        elif GROUPING == 2:
+            tiles_m = gl.cdiv(M, BLOCK_M)
+            group = tile_id // (tiles_m * num_pid_n)
+            pid_m, pid_n = _tile_coords(tile_id % (tiles_m * num_pid_n), tiles_m, num_pid_n, GROUP_M)
+            row0 = pid_m * BLOCK_M
+            row_end = M
+            offs_ptr = grouped[4]
+            k_start = gl.minimum(gl.load(offs_ptr + gl.maximum(group - 1, 0)) * (group > 0).to(gl.int32), K)
+            k_end = gl.maximum(gl.minimum(gl.load(offs_ptr + group), K), k_start)
+            kb_first = k_start // 128
+            tile_k = (gl.cdiv(k_end, 128) - kb_first) * (k_end > k_start).to(gl.int32)
         else:
             pid_m, pid_n = _tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M)
             row0 = pid_m * BLOCK_M
             row_end = M
             group = 0
             tile_k = num_k
-        return row0, row_end, group * N + pid_n * BLOCK_N, tile_k, pid_n, group
+        b_row = pid_n * BLOCK_N
+        if GROUPING == 1:
+            b_row = group * N + b_row
+        return row0, row_end, b_row, tile_k, pid_n, group, kb_first, k_start, k_end
+
+    @gluon.jit
+    def _zero_tokens_outside(a, lo, hi, WG_M: gl.constexpr):
+        """Tokens grouped: the warpgroup's [WG_M, 128] A stage (its rows, the block's 128 tokens as
+        K) with the tokens outside [lo, hi) set to zero in shared memory, so that the block's wgmma
+        adds only the expert's tokens (a block at an expert's edge holds a neighbour's too). Each
+        consumer warpgroup clears its own rows; the fence orders the stores before the wgmma's
+        reads (async proxy), the barrier (of the warpgroup's partition) all its threads' stores."""
+        layout: gl.constexpr = gl.BlockedLayout([1, 16], [8, 4], [4, 1], [1, 0])
+        vals = a.load(layout)
+        t = gl.arange(0, 128, layout=gl.SliceLayout(0, layout))
+        keep = (t >= lo) & (t < hi)
+        a.store(gl.where(keep[None, :], vals, gl.zeros_like(vals)))
+        fence_async_shared()
+        _cta_barrier()
 
     @gluon.jit
     def _ws_producer(args, B_BLOCK: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                      NUM_STAGES: gl.constexpr, GROUP_M: gl.constexpr, OVERLAP: gl.constexpr,
-                     SPLIT_N: gl.constexpr, HALF: gl.constexpr, GROUPED: gl.constexpr):
+                     SPLIT_N: gl.constexpr, HALF: gl.constexpr, GROUPING: gl.constexpr):
         """One warp: walks the CTA's tiles and K blocks in the consumers' order and keeps the
         NUM_STAGES-deep ring of (A 128x128, B 128x128) FP8 stages filled by TMA; a stage is
         reused once both consumer warpgroups have arrived on its `empty` barrier."""
@@ -303,14 +345,14 @@ if gluon is not None:
          a_bufs, b_bufs, ready, empty, grouped) = args
         nbytes: gl.constexpr = (BLOCK_M + BLOCK_N) * 128
         A_PARTS: gl.constexpr = BLOCK_M // 64 if BLOCK_M == 192 else 1  # see _a_stage_parts
-        num_pid_m = _ws_row_tiles(M, grouped, BLOCK_M, GROUPED)
+        num_pid_m = _ws_row_tiles(M, grouped, BLOCK_M, GROUPING)
         num_pid_n = gl.cdiv(N, BLOCK_N)
-        num_k = gl.cdiv(K, 128)
         it = 0
         for tile_id in range(gl.program_id(0), num_pid_m * num_pid_n, gl.num_programs(0)):
-            row0, row_end, b_row, tile_k, pid_n, group = _ws_tile(tile_id, num_pid_m, num_pid_n, M, N, num_k,
-                                                                  grouped, BLOCK_M, BLOCK_N, GROUP_M, GROUPED)
-            for k in range(tile_k):
+            row0, row_end, b_row, tile_k, pid_n, group, kb_first, k_start, k_end = _ws_tile(
+                tile_id, num_pid_m, num_pid_n, M, N, K, grouped, BLOCK_M, BLOCK_N, GROUP_M, GROUPING)
+            for kk in range(tile_k):
+                k = kb_first + kk
                 s = it % NUM_STAGES
                 # a fresh mbarrier counts as having completed the phase before 0: the first
                 # pass over the ring does not wait
@@ -324,16 +366,21 @@ if gluon is not None:
 
     @gluon.jit
     def _ws_issue(a_bufs, b_bufs, ready, zero, it, NUM_STAGES: gl.constexpr, ROW0: gl.constexpr,
-                  WG_M: gl.constexpr, COL0: gl.constexpr, WG_N: gl.constexpr, A_PARTS: gl.constexpr = 1):
+                  WG_M: gl.constexpr, COL0: gl.constexpr, WG_N: gl.constexpr, A_PARTS: gl.constexpr = 1,
+                  lo=0, hi=128, MASK_K: gl.constexpr = False):
         """Wait for the stage of the CTA's it-th K block, then start this warpgroup's wgmma on its
         [WG_M, WG_N] part of the tile (rows ROW0.., columns COL0..) into a fresh partial. With the
-        A stage in A_PARTS buffers of WG_M rows, the warpgroup's rows are one of them."""
+        A stage in A_PARTS buffers of WG_M rows, the warpgroup's rows are one of them. MASK_K: only
+        the block's K columns [lo, hi) count (an expert's tokens, see _zero_tokens_outside)."""
         s = it % NUM_STAGES
         mbarrier.wait(ready.index(s), (it // NUM_STAGES) & 1)
         if A_PARTS == 1:
             a = a_bufs.index(s).slice(ROW0, WG_M)
         else:
             a = a_bufs.index(s * A_PARTS + ROW0 // WG_M)
+        if MASK_K:
+            if (lo > 0) | (hi < 128):
+                _zero_tokens_outside(a, lo, hi, WG_M)
         return warpgroup_mma(a, b_bufs.index(s).slice(COL0, WG_N).permute((1, 0)), zero, use_acc=False, is_async=True)
 
     @gluon.jit
@@ -383,7 +430,7 @@ if gluon is not None:
     @gluon.jit
     def _ws_consumer(args, B_BLOCK: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                      NUM_STAGES: gl.constexpr, GROUP_M: gl.constexpr, OVERLAP: gl.constexpr,
-                     SPLIT_N: gl.constexpr, HALF: gl.constexpr, GROUPED: gl.constexpr):
+                     SPLIT_N: gl.constexpr, HALF: gl.constexpr, GROUPING: gl.constexpr):
         """One warpgroup: rows [HALF * 64, (HALF + 1) * 64) of every tile. Per K block: wgmma into
         a fresh partial, wait for it, release the stage, promote the partial into the fp32
         accumulator with the block's scales. The other warpgroups' wgmmas keep the tensor cores
@@ -403,25 +450,28 @@ if gluon is not None:
         row_layout: gl.constexpr = gl.SliceLayout(1, mma_layout)
         col_layout: gl.constexpr = gl.SliceLayout(0, mma_layout)
         lin_layout: gl.constexpr = gl.BlockedLayout([1], [32], [4], [0])
-        num_pid_m = _ws_row_tiles(M, grouped, BLOCK_M, GROUPED)
+        gl.static_assert(GROUPING != 2 or not (OVERLAP or SPLIT_N or BLOCK_M != 128),
+                         "tokens grouped: the serial K loop of two 64-row consumers only")
+        num_pid_m = _ws_row_tiles(M, grouped, BLOCK_M, GROUPING)
         num_pid_n = gl.cdiv(N, BLOCK_N)
-        num_k = gl.cdiv(K, 128)
         zero = gl.zeros([WG_M, WG_N], gl.float32, mma_layout)
-        if not GROUPED:
+        if GROUPING == 0:
             c_smem = gl.allocate_shared_memory(c_desc.dtype, [WG_M, WG_N], c_desc.layout)
         it = 0
         for tile_id in range(gl.program_id(0), num_pid_m * num_pid_n, gl.num_programs(0)):
-            row0, row_end, b_row, tile_k, pid_n, group = _ws_tile(tile_id, num_pid_m, num_pid_n, M, N, num_k,
-                                                                  grouped, BLOCK_M, BLOCK_N, GROUP_M, GROUPED)
+            row0, row_end, b_row, tile_k, pid_n, group, kb_first, k_start, k_end = _ws_tile(
+                tile_id, num_pid_m, num_pid_n, M, N, K, grouped, BLOCK_M, BLOCK_N, GROUP_M, GROUPING)
             off_m = row0 + ROW0
             off_n = pid_n * BLOCK_N + COL0
             offs_m = off_m + gl.arange(0, WG_M, layout=row_layout)
             as_ptrs = as_ptr + (offs_m % M).to(gl.int64) * s_asm
             cols_lin = (off_n + gl.arange(0, WG_N, layout=lin_layout)) % N  # 128x1 b scales: a vector
-            if GROUPED:  # the expert's 128x128 b scales
-                bs_ptr_tile = bs_ptr + group.to(gl.int64) * grouped[5]
-            else:
-                bs_ptr_tile = bs_ptr
+            bs_ptr_tile = bs_ptr
+            if GROUPING == 1:  # the expert's 128x128 b scales
+                bs_ptr_tile = bs_ptr + group.to(gl.int64) * grouped[6]
+            if GROUPING == 2:  # the scales of the expert's first token block on
+                as_ptrs = as_ptrs + kb_first * s_ask
+                bs_ptr_tile = bs_ptr + kb_first * s_bsk
             if B_BLOCK:
                 # 128x128 b scales: one block column, the same value for every row, but loaded per
                 # row ((offs_m % M) >> 31 is 0, which the compilers cannot prove): a warp-uniform
@@ -437,7 +487,7 @@ if gluon is not None:
                 sa, sb = _load_scales(as_ptrs, bs_ptrs, 0, s_ask, s_bsk)
             acc = gl.zeros([WG_M, WG_N], gl.float32, mma_layout)
             if OVERLAP:
-                if GROUPED:  # a tile of zeros (rows past the last expert's) has no K block to start with
+                if GROUPING != 0:  # a tile of zeros (rows past the last expert's) has no K block to start with
                     if tile_k > 0:
                         acc = _ws_k_loop_overlapped(acc, zero, a_bufs, b_bufs, ready, empty, it, tile_k, as_ptrs,
                                                     bs_ptrs, s_ask, s_bsk, col_layout, B_BLOCK, NUM_STAGES, ROW0,
@@ -449,7 +499,13 @@ if gluon is not None:
             else:
                 for k in range(tile_k):
                     s = it % NUM_STAGES
-                    part = _ws_issue(a_bufs, b_bufs, ready, zero, it, NUM_STAGES, ROW0, WG_M, COL0, WG_N, A_PARTS)
+                    if GROUPING == 2:  # the block's tokens outside the expert's cleared first
+                        first_token = (kb_first + k) * 128
+                        part = _ws_issue(a_bufs, b_bufs, ready, zero, it, NUM_STAGES, ROW0, WG_M, COL0, WG_N,
+                                         A_PARTS, k_start - first_token, k_end - first_token, True)
+                    else:
+                        part = _ws_issue(a_bufs, b_bufs, ready, zero, it, NUM_STAGES, ROW0, WG_M, COL0, WG_N,
+                                         A_PARTS)
                     # the next block's scales load while this block's wgmma runs
                     kn = gl.minimum(k + 1, tile_k - 1)
                     sa_next, sb_next = _load_scales(as_ptrs, bs_ptrs, kn, s_ask, s_bsk)
@@ -461,12 +517,14 @@ if gluon is not None:
                         acc = acc + part * sa[:, None] * gl.convert_layout(sb, col_layout)[None, :]
                     sa, sb = sa_next, sb_next
                     it += 1
-            if GROUPED:
+            if GROUPING != 0:
                 # a masked store from the registers: the rows of the tile past its expert's end are
-                # the next expert's, written by another CTA (a TMA store would race with it)
-                (c_ptr, s_cm, s_cn) = (grouped[0], grouped[1], grouped[2])
+                # the next expert's, written by another CTA (a TMA store would race with it); with
+                # tokens grouped, into the expert's own matrix out[g]
+                (c_ptr, s_cg, s_cm, s_cn) = (grouped[0], grouped[1], grouped[2], grouped[3])
                 offs_n = off_n + gl.arange(0, WG_N, layout=col_layout)
-                c_ptrs = c_ptr + offs_m.to(gl.int64)[:, None] * s_cm + offs_n.to(gl.int64)[None, :] * s_cn
+                c_ptrs = (c_ptr + group.to(gl.int64) * s_cg + offs_m.to(gl.int64)[:, None] * s_cm
+                          + offs_n.to(gl.int64)[None, :] * s_cn)
                 gl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty),
                          mask=(offs_m < row_end)[:, None] & (offs_n < N)[None, :])
             else:
@@ -476,7 +534,7 @@ if gluon is not None:
                 c_smem.store(acc.to(c_desc.dtype))
                 fence_async_shared()
                 _tma_store(c_desc, [off_m, off_n], c_smem)
-        if not GROUPED:
+        if GROUPING == 0:
             tma.store_wait(0)
 
     @gluon.jit
@@ -484,7 +542,7 @@ if gluon is not None:
         a_desc, b_desc, c_desc, as_ptr, bs_ptr,
         M, N, K,
         s_asm, s_ask, s_bsk, s_bsn,
-        c_ptr, s_cm, s_cn, tiles_ptr, row_tiles, s_bsg,  # GROUPED only (else None / 0): see gemm_blockwise_grouped
+        c_ptr, s_cg, s_cm, s_cn, tiles_ptr, row_tiles, s_bsg,  # MoE experts only (else None / 0): see _ws_row_tiles
         B_BLOCK: gl.constexpr,
         BLOCK_M: gl.constexpr,
         BLOCK_N: gl.constexpr,
@@ -493,7 +551,7 @@ if gluon is not None:
         CONSUMER_REGS: gl.constexpr,
         OVERLAP: gl.constexpr,
         SPLIT_N: gl.constexpr,
-        GROUPED: gl.constexpr,
+        GROUPING: gl.constexpr,
         num_warps: gl.constexpr,
     ):
         """Persistent (grid = min(SMs, tiles)), warp-specialized: the default partition (4 warps)
@@ -516,19 +574,19 @@ if gluon is not None:
             mbarrier.init(empty.index(i), count=NUM_CONSUMERS)
         fence_async_shared()
         args = (a_desc, b_desc, c_desc, as_ptr, bs_ptr, M, N, K, s_asm, s_ask, s_bsk, s_bsn,
-                a_bufs, b_bufs, ready, empty, (c_ptr, s_cm, s_cn, tiles_ptr, row_tiles, s_bsg))
+                a_bufs, b_bufs, ready, empty, (c_ptr, s_cg, s_cm, s_cn, tiles_ptr, row_tiles, s_bsg))
         if NUM_CONSUMERS == 3:
             gl.warp_specialize([
-                (_ws_producer, (args, B_BLOCK, BLOCK_M, BLOCK_N, NUM_STAGES, GROUP_M, OVERLAP, SPLIT_N, 0, GROUPED)),
-                (_ws_consumer, (args, B_BLOCK, BLOCK_M, BLOCK_N, NUM_STAGES, GROUP_M, OVERLAP, SPLIT_N, 0, GROUPED)),
-                (_ws_consumer, (args, B_BLOCK, BLOCK_M, BLOCK_N, NUM_STAGES, GROUP_M, OVERLAP, SPLIT_N, 1, GROUPED)),
-                (_ws_consumer, (args, B_BLOCK, BLOCK_M, BLOCK_N, NUM_STAGES, GROUP_M, OVERLAP, SPLIT_N, 2, GROUPED)),
+                (_ws_producer, (args, B_BLOCK, BLOCK_M, BLOCK_N, NUM_STAGES, GROUP_M, OVERLAP, SPLIT_N, 0, GROUPING)),
+                (_ws_consumer, (args, B_BLOCK, BLOCK_M, BLOCK_N, NUM_STAGES, GROUP_M, OVERLAP, SPLIT_N, 0, GROUPING)),
+                (_ws_consumer, (args, B_BLOCK, BLOCK_M, BLOCK_N, NUM_STAGES, GROUP_M, OVERLAP, SPLIT_N, 1, GROUPING)),
+                (_ws_consumer, (args, B_BLOCK, BLOCK_M, BLOCK_N, NUM_STAGES, GROUP_M, OVERLAP, SPLIT_N, 2, GROUPING)),
             ], [4, 4, 4], [CONSUMER_REGS, CONSUMER_REGS, CONSUMER_REGS])
         else:
             gl.warp_specialize([
-                (_ws_producer, (args, B_BLOCK, BLOCK_M, BLOCK_N, NUM_STAGES, GROUP_M, OVERLAP, SPLIT_N, 0, GROUPED)),
-                (_ws_consumer, (args, B_BLOCK, BLOCK_M, BLOCK_N, NUM_STAGES, GROUP_M, OVERLAP, SPLIT_N, 0, GROUPED)),
-                (_ws_consumer, (args, B_BLOCK, BLOCK_M, BLOCK_N, NUM_STAGES, GROUP_M, OVERLAP, SPLIT_N, 1, GROUPED)),
+                (_ws_producer, (args, B_BLOCK, BLOCK_M, BLOCK_N, NUM_STAGES, GROUP_M, OVERLAP, SPLIT_N, 0, GROUPING)),
+                (_ws_consumer, (args, B_BLOCK, BLOCK_M, BLOCK_N, NUM_STAGES, GROUP_M, OVERLAP, SPLIT_N, 0, GROUPING)),
+                (_ws_consumer, (args, B_BLOCK, BLOCK_M, BLOCK_N, NUM_STAGES, GROUP_M, OVERLAP, SPLIT_N, 1, GROUPING)),
             ], [4, 4], [CONSUMER_REGS, CONSUMER_REGS])
 
 
@@ -647,25 +705,33 @@ def _launch_ws(a, a_scale, b, b_scale, out, cfg):
     grid = (min(tiles, sm_count(a.device)),)
     _gluon_gemm_ws_kernel[grid](
         a_desc, b_desc, c_desc, a_scale, b_scale, m, n, k,
-        a_scale.stride(0), a_scale.stride(1), b_scale.stride(0), b_scale.stride(1), None, 0, 0, None, 0, 0,
+        a_scale.stride(0), a_scale.stride(1), b_scale.stride(0), b_scale.stride(1), None, 0, 0, 0, None, 0, 0,
         B_BLOCK=b_block, BLOCK_M=bm, BLOCK_N=bn, NUM_STAGES=stages, GROUP_M=group_m, CONSUMER_REGS=consumer_regs,
-        OVERLAP=kind.startswith("ws2"), SPLIT_N=split_n, GROUPED=False, num_warps=warps, maxnreg=launch_regs,
+        OVERLAP=kind.startswith("ws2"), SPLIT_N=split_n, GROUPING=0, num_warps=warps, maxnreg=launch_regs,
         **COMPILE_OPTIONS,
     )
     return out
 
 
-# The grouped (MoE experts, rows grouped) form of the WS kernel: the overlapped schedule with 128x128
-# b scales, the fastest for dense Fprop/Dgrad, and the serial one (GROUP_M is not used: the row-tile
-# table sets the order). 128-row tiles only: no 192-row A stage, no column split.
+# The grouped (MoE experts) forms of the WS kernel. Rows grouped (Fprop, Dgrad): the overlapped
+# schedule with 128x128 b scales, the fastest for dense Fprop/Dgrad, and the serial one (GROUP_M is
+# not used: the row-tile table sets the order). Tokens grouped (Wgrad): the serial schedule only
+# (the tokens of a block outside its expert are cleared in shared memory before its wgmma, which
+# the overlapped one's registers leave no room for). 128-row tiles, no column split.
 GROUPED_WS_CONFIGS = [(128, 128, 4, 6, "ws2"), (128, 128, 4, 5, "ws")]
+GROUPED_K_WS_CONFIGS = [(128, 128, 4, 5, "ws", 8)]
 
 
 def grouped_supports(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Rows-grouped operands (a [S, K], b [G, K, N], as torch._grouped_mm's 2-D x 3-D form) this
-    kernel takes as they are: a K-major, and the experts' B^T stacked as one K-major [G * N, K]
-    matrix (b.transpose(1, 2) contiguous but for its row stride), both TMA-aligned."""
-    if not available() or not a.is_cuda or b.dim() != 3 or a.shape[1] == 0:
+    """Grouped operands this kernel takes as they are. Rows grouped (a [S, K], b [G, K, N], as
+    torch._grouped_mm's 2-D x 3-D form): a K-major, and the experts' B^T stacked as one K-major
+    [G * N, K] matrix (b.transpose(1, 2) contiguous but for its row stride). Tokens grouped (a [M,
+    S], b [S, N], 2-D x 2-D): both K-major along the S tokens. All TMA-aligned."""
+    if not available() or not a.is_cuda or a.shape[1] == 0:
+        return False
+    if b.dim() == 2:
+        return _k_major(a, b)
+    if b.dim() != 3:
         return False
     bt = b.transpose(1, 2)
     return (_tma_compatible(a) and bt.stride(2) == 1 and bt.stride(0) == bt.shape[1] * bt.stride(1)
@@ -673,29 +739,44 @@ def grouped_supports(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 def gemm_blockwise_grouped(a: torch.Tensor, a_scale: torch.Tensor, b: torch.Tensor, b_scale: torch.Tensor,
-                           tiles: torch.Tensor, out: torch.Tensor, config: tuple = GROUPED_WS_CONFIGS[0]
-                           ) -> torch.Tensor:
-    """out[S, N] = per expert g, a[rows of g] @ b[g], with 128x128 b scales per expert
-    (b_scale [G, K/128, N/128]): the WS kernel walking the row tiles of `tiles`
-    (triton_gemm_grouped.row_tile_table(offs, S, 128), which decides every row of `out`: rows past the
-    last expert get zeros). Operands as `grouped_supports` says; `out` any strides."""
-    bm, bn, warps, stages, kind = config[:5]
-    groups, k, n = b.shape
-    m = a.shape[0]
-    if m == 0 or n == 0:
+                           groups: torch.Tensor, out: torch.Tensor, config: tuple | None = None) -> torch.Tensor:
+    """MoE experts, as triton_gemm_grouped.gemm_blockwise_grouped (operands as `grouped_supports`
+    says; `out` any strides):
+    * rows grouped, b [G, K, N]: out[S, N] = per expert g, a[rows of g] @ b[g], 128x128 b scales
+      per expert (b_scale [G, K/128, N/128]); `groups` is the row-tile table
+      (triton_gemm_grouped.row_tile_table(offs, S, 128)), which decides every row of `out` (rows
+      past the last expert get zeros);
+    * tokens grouped, b [S, N]: out[G, M, N], out[g] = a[:, tokens of g] @ b[tokens of g], 128x1
+      scales along the tokens on both; `groups` is torch._grouped_mm's offs (int32 group ends)."""
+    rows_grouped = b.dim() == 3
+    bm, bn, warps, stages, kind, *rest = config or (GROUPED_WS_CONFIGS if rows_grouped else GROUPED_K_WS_CONFIGS)[0]
+    group_m = rest[0] if rest else 1  # tokens grouped: the order of an expert's output tiles
+    if not rows_grouped and kind != "ws":
+        raise ValueError(f"tokens grouped: the serial 'ws' schedule only, not {kind!r}")
+    if rows_grouped:
+        experts, k, n = b.shape
+        m = a.shape[0]
+        b_kn = b.transpose(1, 2).reshape(experts * n, k).t()  # a view (grouped_supports)
+        count, s_cg, bs_strides = groups.shape[0], 0, (b_scale.stride(1), b_scale.stride(2))
+    else:
+        m, k = a.shape
+        n = b.shape[1]
+        b_kn = b
+        count, s_cg, bs_strides = groups.shape[0], out.stride(0), (b_scale.stride(0), b_scale.stride(1))
+    if out.numel() == 0:
         return out
-    b_rows = b.transpose(1, 2).reshape(groups * n, k)  # a view (grouped_supports)
-    a_desc, b_desc = _descriptors(a, b_rows.t(), bm, bn)
+    a_desc, b_desc = _descriptors(a, b_kn, bm, bn)
     stages = min(stages, (_SMEM_BYTES - 1024) // ((bm + bn) * TILE))
     launch_regs, consumer_regs = ws_registers(2)
-    grid = (min(tiles.shape[0] * _cdiv(n, bn), sm_count(a.device)),)
+    row_tiles = count if rows_grouped else count * _cdiv(m, bm)
+    grid = (min(row_tiles * _cdiv(n, bn), sm_count(a.device)),)
     _gluon_gemm_ws_kernel[grid](
         a_desc, b_desc, None, a_scale, b_scale, m, n, k,
-        a_scale.stride(0), a_scale.stride(1), b_scale.stride(1), b_scale.stride(2),
-        out, out.stride(0), out.stride(1), tiles, tiles.shape[0], b_scale.stride(0),
-        B_BLOCK=True, BLOCK_M=bm, BLOCK_N=bn, NUM_STAGES=stages, GROUP_M=1, CONSUMER_REGS=consumer_regs,
-        OVERLAP=kind == "ws2", SPLIT_N=False, GROUPED=True, num_warps=warps, maxnreg=launch_regs,
-        **COMPILE_OPTIONS,
+        a_scale.stride(0), a_scale.stride(1), *bs_strides,
+        out, s_cg, out.stride(-2), out.stride(-1), groups, count, b_scale.stride(0) if rows_grouped else 0,
+        B_BLOCK=rows_grouped, BLOCK_M=bm, BLOCK_N=bn, NUM_STAGES=stages, GROUP_M=group_m,
+        CONSUMER_REGS=consumer_regs, OVERLAP=kind == "ws2", SPLIT_N=False, GROUPING=1 if rows_grouped else 2,
+        num_warps=warps, maxnreg=launch_regs, **COMPILE_OPTIONS,
     )
     return out
 

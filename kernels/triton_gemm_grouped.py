@@ -18,16 +18,20 @@ write zeros, so every row of the output is written without a separate fill. K gr
 per (group, M tile, N tile); its K loop covers the 128-token blocks that hold the group's rows,
 with the rows of other groups masked to zero on load, and an empty group writes zeros.
 
-Rows grouped on sm90, `gemm_blockwise_grouped` also has the warp-specialized Gluon kernel
-(triton_gemm_gluon, TMA loads, the promotion overlapped with the next block's wgmma) walk the same
-row tiles, written by `row_tile_table` for it, and keeps whichever of the two ran faster at the
-first call per shape.
+On sm90 `gemm_blockwise_grouped` also has the warp-specialized Gluon kernel (triton_gemm_gluon,
+TMA loads) do either grouping: rows grouped walking the same row tiles, written by `row_tile_table`
+for it; tokens grouped clearing the other experts' tokens of a shared 128-token block in shared
+memory before its wgmma. It keeps whichever of the two ran faster at the first call per shape,
+once their outputs agree.
 
 The offsets are not checked here (that would need a device sync): ends past the token count are
 clamped; they must not decrease (as torch._grouped_mm requires); the CPU kernel raises on both.
 """
 
 from __future__ import annotations
+
+import functools
+import warnings
 
 import torch
 import triton
@@ -178,14 +182,22 @@ except TypeError:  # an older Triton without the do_bench hook
     _grouped_gemm_kernel_tuned = triton.autotune(configs=GROUPED_CONFIGS, key=_KEY)(_grouped_gemm_kernel)
 
 
-# Rows grouped (Fprop, Dgrad) on sm90: the warp-specialized Gluon kernel too, the faster of it and
-# this one kept per key (timed at the first call; the group sizes are not in the key).
+# On sm90 the warp-specialized Gluon kernel too (rows grouped: walking row_tile_table's tiles;
+# tokens grouped: clearing each block's tokens of other experts in shared memory), the faster of
+# it and this one kept per key (timed at the first call; the group sizes are not in the key).
 _choice_cache: dict = {}
 
 
-def _rows_grouped_choice(a, a_scale, b, b_scale, offs, out) -> tuple | None:
-    """The WS config to use, or None for this file's kernel: each timed once per (shape, G, out
-    dtype, strides) on the call's own operands (median of triton.testing.do_bench)."""
+def _ws_groups(offs: torch.Tensor, a: torch.Tensor, b: torch.Tensor, config: tuple) -> torch.Tensor:
+    """What the WS kernel walks: the row-tile table (rows grouped), or the group ends themselves."""
+    return row_tile_table(offs, a.shape[0], config[0]) if b.dim() == 3 else offs
+
+
+def _ws_choice(a, a_scale, b, b_scale, offs, out) -> tuple | None:
+    """The WS config to use, or None for this file's kernel: each timed once per (shapes, strides,
+    out dtype) on the call's own operands (median of triton.testing.do_bench), after checking that
+    its output agrees with this kernel's (relative error < 1e-3; the two sum the same FP32 partials
+    in other orders): a WS config that disagrees is left out, with a warning."""
     from . import triton_gemm_gluon as wsg
 
     if not wsg.grouped_supports(a, b):
@@ -193,19 +205,28 @@ def _rows_grouped_choice(a, a_scale, b, b_scale, offs, out) -> tuple | None:
     key = (a.shape, b.shape, a.stride(), b.stride(), a_scale.stride(), b_scale.stride(), out.dtype, out.stride())
     if key in _choice_cache:
         return _choice_cache[key]
-    if torch.cuda.is_current_stream_capturing():  # no timing under graph capture
-        return wsg.GROUPED_WS_CONFIGS[0]
-    tiles = row_tile_table(offs, a.shape[0], 128)
+    configs = wsg.GROUPED_WS_CONFIGS if b.dim() == 3 else wsg.GROUPED_K_WS_CONFIGS
+    if torch.cuda.is_current_stream_capturing():  # no timing (nor checking) under graph capture
+        return None
     runs = {None: lambda: gemm_blockwise_grouped(a, a_scale, b, b_scale, offs, out.dtype, out=out, kernel="triton")}
-    for cfg in wsg.GROUPED_WS_CONFIGS:
-        runs[cfg] = lambda cfg=cfg: wsg.gemm_blockwise_grouped(a, a_scale, b, b_scale, tiles, out, cfg)
-    times = {}
-    for cfg, run in runs.items():
+    runs[None]()
+    want = out.float()
+    for cfg in configs:
+        run = functools.partial(wsg.gemm_blockwise_grouped, a, a_scale, b, b_scale, _ws_groups(offs, a, b, cfg),
+                                out, cfg)
         try:
-            times[cfg] = triton.testing.do_bench(run, warmup=5, rep=20, return_mode="median")
-        except Exception:  # a config that does not compile here is skipped
-            if cfg is None:
-                raise
+            run()
+        except Exception as exc:  # noqa: BLE001 - a config that does not compile here is skipped
+            warnings.warn(f"fp8pass: the warp-specialized grouped GEMM {cfg} failed at a {tuple(a.shape)}, b "
+                          f"{tuple(b.shape)} ({type(exc).__name__}: {exc}); the plain-Triton kernel runs there")
+            continue
+        err = float((out.float() - want).norm() / want.norm().clamp_min(1e-30))
+        if not err < 1e-3:
+            warnings.warn(f"fp8pass: the warp-specialized grouped GEMM {cfg} disagreed with the plain-Triton one at "
+                          f"a {tuple(a.shape)}, b {tuple(b.shape)} (relative error {err:.2e}); it is not used there")
+            continue
+        runs[cfg] = run
+    times = {cfg: triton.testing.do_bench(run, warmup=5, rep=20, return_mode="median") for cfg, run in runs.items()}
     _choice_cache[key] = min(times, key=times.get)
     return _choice_cache[key]
 
@@ -215,8 +236,9 @@ def gemm_blockwise_grouped(a: torch.Tensor, a_scale: torch.Tensor, b: torch.Tens
                            out: torch.Tensor | None = None, kernel: str = "auto") -> torch.Tensor:
     """Either grouping (b 3-D: rows grouped; b 2-D: K grouped). `kernel`: "triton" this file's
     kernel (autotuned, or with `config` (BLOCK_M, BLOCK_N, num_warps, num_stages) as given: the
-    interpreter tests), "ws" the warp-specialized Gluon kernel (rows grouped, sm90, K-major
-    operands: triton_gemm_gluon.grouped_supports), "auto" the faster of the two where both apply."""
+    interpreter tests), "ws" the warp-specialized Gluon kernel (sm90, K-major operands:
+    triton_gemm_gluon.grouped_supports), "auto" the faster of the two where both apply (checked
+    to agree at the first call per shape)."""
     if kernel not in ("auto", "triton", "ws"):
         raise ValueError(f"kernel must be 'auto', 'triton' or 'ws', not {kernel!r}")
     groups = offs.shape[0]
@@ -238,18 +260,18 @@ def gemm_blockwise_grouped(a: torch.Tensor, a_scale: torch.Tensor, b: torch.Tens
         return out
     if k == 0:
         return out.zero_()
-    if not group_k and config is None and kernel != "triton":
+    if config is None and kernel != "triton":
         from . import triton_gemm_gluon as wsg
 
         if kernel == "ws":
             if not wsg.grouped_supports(a, b):
                 raise ValueError("kernel='ws' needs an sm90 GPU, Gluon and K-major, 16-byte aligned operands "
                                  f"(a {tuple(a.shape)} strides {a.stride()}, b {tuple(b.shape)} strides {b.stride()})")
-            ws_config = wsg.GROUPED_WS_CONFIGS[0]
+            ws_config = (wsg.GROUPED_K_WS_CONFIGS if group_k else wsg.GROUPED_WS_CONFIGS)[0]
         else:
-            ws_config = _rows_grouped_choice(a, a_scale, b, b_scale, offs, out)
+            ws_config = _ws_choice(a, a_scale, b, b_scale, offs, out)
         if ws_config is not None:
-            return wsg.gemm_blockwise_grouped(a, a_scale, b, b_scale, row_tile_table(offs, m, ws_config[0]), out,
+            return wsg.gemm_blockwise_grouped(a, a_scale, b, b_scale, _ws_groups(offs, a, b, ws_config), out,
                                               ws_config)
     c_strides = out.stride() if group_k else (0, *out.stride())
     layout = 2 * int(a.stride(1) == 1) + int(b_strides[1] == 1)

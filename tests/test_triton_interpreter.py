@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -104,21 +105,27 @@ if kind.startswith("gluon"):
     const = {"B_BLOCK": bblock, "BLOCK_M": bm, "BLOCK_N": bn, "NUM_STAGES": st, "GROUP_M": 8, "num_warps": w,
              "s_cn": 1, "s_ask": 1}
     if kind.startswith("gluon_ws"):  # the warp-specialized kernel: 4 warps are its default (producer) partition
-        grouped = kind == "gluon_ws_grouped"  # MoE experts: the row-tile table, a masked store
+        # MoE experts: 1 rows grouped (the row-tile table), 2 tokens grouped (Wgrad); both store masked
+        grouping = {"gluon_ws_grouped": 1, "gluon_ws_grouped_k": 2}.get(kind, 0)
         cl = gl.NVMMASharedLayout.get_default_for([64, bn], gl.bfloat16)
         sig = {"a_desc": sig["a_desc"], "b_desc": sig["b_desc"],
-               "c_desc": "constexpr" if grouped else f"tensordesc<bf16[64,{bn}],{cl!r}>",
+               "c_desc": "constexpr" if grouping else f"tensordesc<bf16[64,{bn}],{cl!r}>",
                **{n: t for n, t in sig.items() if n not in ("a_desc", "b_desc", "c_ptr", "s_cm", "s_cn")},
-               "c_ptr": "*bf16" if grouped else "constexpr", "s_cm": "i32", "s_cn": "i32",
-               "tiles_ptr": "*i32" if grouped else "constexpr", "row_tiles": "i32", "s_bsg": "i32",
-               "CONSUMER_REGS": "constexpr", "OVERLAP": "constexpr", "SPLIT_N": "constexpr", "GROUPED": "constexpr"}
-        # what the launches pass: the grouped one no c_desc and a contiguous out (s_cn 1, which Triton
+               "c_ptr": "*bf16" if grouping else "constexpr", "s_cg": "i32", "s_cm": "i32", "s_cn": "i32",
+               "tiles_ptr": "*i32" if grouping else "constexpr", "row_tiles": "i32", "s_bsg": "i32",
+               "CONSUMER_REGS": "constexpr", "OVERLAP": "constexpr", "SPLIT_N": "constexpr", "GROUPING": "constexpr"}
+        # what the launches pass: the grouped ones no c_desc and a contiguous out (s_cn 1, which Triton
         # specializes), the dense one None and zeros for the grouped arguments
-        const.update({"c_desc": None, "s_cn": 1} if grouped else {"c_ptr": None, "tiles_ptr": None})
-        cfg = (G.GROUPED_WS_CONFIGS[0] if grouped else G.WS_CONFIGS[0]) if bm == 128 else G.WS_CONFIGS_192[0]
+        const.update({"c_desc": None, "s_cn": 1} if grouping else {"c_ptr": None, "tiles_ptr": None})
+        if grouping == 1:
+            cfg = G.GROUPED_WS_CONFIGS[0]
+        elif grouping == 2:
+            cfg = G.GROUPED_K_WS_CONFIGS[0]
+        else:
+            cfg = G.WS_CONFIGS[0] if bm == 128 else G.WS_CONFIGS_192[0]
         launch_regs, consumer_regs = G.ws_registers(bm // 64)
         const.update(CONSUMER_REGS=consumer_regs, OVERLAP=cfg[4] == "ws2", SPLIT_N=False, NUM_STAGES=cfg[3],
-                     GROUPED=grouped)
+                     GROUPING=grouping)
         w = const["num_warps"] = 4
         src = GluonASTSource(G._gluon_gemm_ws_kernel, sig, const)
         c = triton.compile(src, target=target, options={"num_warps": w, "maxnreg": launch_regs})
@@ -233,6 +240,25 @@ def test_gluon_ws_grouped_gemm_compiles_without_spills(tmp_path):
     assert f"TRY_ALLOC.CTAPOOL UP0, {hex(G.WS_CONSUMER_REGS)}" in sass
     assert "UTMALDG" in sass and "UTMASTG" not in sass
     assert "DEPBAR.LE gsb0, 0x1" in sass, "wgmma serialized by ptxas"
+    assert "LOCAL:0" in usage.replace(" ", "") and "STACK:0" in usage.replace(" ", ""), usage
+
+
+def test_gluon_ws_grouped_k_gemm_compiles_without_spills(tmp_path):
+    """The WS kernel's Wgrad over MoE experts (tokens grouped, 128x1 scales): the serial schedule's
+    wgmma chains, the shared-memory clearing of a block's tokens outside the expert (stores to
+    shared memory, the async-proxy fence, a barrier of the consumer's 128 threads only, not of the
+    CTA's 384, which the producer never reaches), and no spill at 240 registers."""
+    from fp8pass.kernels import triton_gemm_gluon as G
+
+    sass, usage = _sass_and_usage(_compile("gluon_ws_grouped_k", "0", tmp_path))
+    assert "QGMMA.64x128x32" in sass
+    assert f"TRY_ALLOC.CTAPOOL UP0, {hex(G.WS_CONSUMER_REGS)}" in sass
+    assert "UTMALDG" in sass and "UTMASTG" not in sass
+    # in each consumer (named barriers 2 and 3; 0 and 1 are the partitions' own), the cleared A
+    # stage's stores fenced for the async proxy and then its warpgroup synchronized
+    cleared = re.findall(r"STS\.128[^\n]*\n(?:[^\n]*\n){0,4}[^\n]*FENCE\.VIEW\.ASYNC\.S[^\n]*\n"
+                         r"(?:[^\n]*\n){0,2}[^\n]*BAR\.SYNC\.DEFER_BLOCKING (0x[0-9a-f]+), 0x80", sass)
+    assert sorted(cleared) == ["0x2", "0x3"], cleared
     assert "LOCAL:0" in usage.replace(" ", "") and "STACK:0" in usage.replace(" ", ""), usage
 
 
