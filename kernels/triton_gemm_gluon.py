@@ -469,9 +469,11 @@ if gluon is not None:
             bs_ptr_tile = bs_ptr
             if GROUPING == 1:  # the expert's 128x128 b scales
                 bs_ptr_tile = bs_ptr + group.to(gl.int64) * grouped[6]
-            if GROUPING == 2:  # the scales of the expert's first token block on
-                as_ptrs = as_ptrs + kb_first * s_ask
-                bs_ptr_tile = bs_ptr + kb_first * s_bsk
+            if GROUPING == 2:  # the scales of the expert's first token block on (an expert without
+                # tokens at the end has kb_first = K / 128: its tile loads block K / 128 - 1's, unused)
+                kb_scales = gl.minimum(kb_first, gl.cdiv(K, 128) - 1)
+                as_ptrs = as_ptrs + kb_scales * s_ask
+                bs_ptr_tile = bs_ptr + kb_scales * s_bsk
             if B_BLOCK:
                 # 128x128 b scales: one block column, the same value for every row, but loaded per
                 # row ((offs_m % M) >> 31 is 0, which the compilers cannot prove): a warp-uniform
