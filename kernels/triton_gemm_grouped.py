@@ -210,7 +210,7 @@ def _ws_choice(a, a_scale, b, b_scale, offs, out) -> tuple | None:
         return None
     runs = {None: lambda: gemm_blockwise_grouped(a, a_scale, b, b_scale, offs, out.dtype, out=out, kernel="triton")}
     runs[None]()
-    want = out.float()
+    want = out.to(torch.float32, copy=True)  # (a float32 out's .float() would be out itself)
     for cfg in configs:
         run = functools.partial(wsg.gemm_blockwise_grouped, a, a_scale, b, b_scale, _ws_groups(offs, a, b, cfg),
                                 out, cfg)

@@ -242,3 +242,48 @@ def test_moe_benchmark_runs_on_the_cpu(capsys):
     assert "FAILED" not in out and " fp8 " in out
     sqnr = dict(part.rsplit(" ", 1) for part in out.split("gradient SQNR dB: ")[1].splitlines()[0].split(", "))
     assert float(sqnr["gate_up"]) >= 20.0 and float(sqnr["down"]) >= 20.0, sqnr
+
+
+
+def test_grouped_op_leaves_out_a_ws_kernel_that_disagrees(monkeypatch):
+    """The grouped op's choice between the plain-Triton and the warp-specialized kernel (on sm90, at
+    the first call per shape): a WS config whose output differs from the plain kernel's is left out
+    with a warning, however fast; of the agreeing ones the fastest is kept, and cached. (The kernels
+    and the timer are stand-ins: this is the choice's logic, which otherwise runs only on a GPU.)"""
+    from fp8pass.kernels import triton_gemm_gluon as wsg
+    from fp8pass.kernels import triton_gemm_grouped as tgg
+
+    right = torch.arange(12.0).reshape(3, 4)
+    bad, good, slow = (128, 128, 4, 6, "ws2"), (128, 128, 4, 5, "ws"), (128, 128, 4, 4, "ws")
+    speed = {None: 2.0, bad: 0.5, good: 1.0, slow: 1.5}  # ms: the disagreeing config would be the fastest
+    last = {}
+
+    def plain(*args, out, kernel, **kwargs):
+        last["ran"] = None
+        return out.copy_(right)
+
+    def ws(a, sa, b, sb, groups, out, cfg):
+        last["ran"] = cfg
+        return out.copy_(right * (1.01 if cfg == bad else 1.0))
+
+    def timer(run, **kwargs):
+        run()
+        timed.append(last["ran"])
+        return speed[last["ran"]]
+
+    timed = []
+    monkeypatch.setattr(wsg, "grouped_supports", lambda a, b: True)
+    monkeypatch.setattr(wsg, "GROUPED_WS_CONFIGS", [bad, good, slow])
+    monkeypatch.setattr(wsg, "gemm_blockwise_grouped", ws)
+    monkeypatch.setattr(tgg, "gemm_blockwise_grouped", plain)
+    monkeypatch.setattr(tgg, "row_tile_table", lambda offs, rows, block_m: offs)
+    monkeypatch.setattr(tgg.triton.testing, "do_bench", timer)
+    monkeypatch.setattr(tgg.torch.cuda, "is_current_stream_capturing", lambda: False)
+    monkeypatch.setattr(tgg, "_choice_cache", {})
+    a, b, offs = torch.zeros(3, 128), torch.zeros(2, 128, 4), torch.tensor([2, 3], dtype=torch.int32)
+    out = torch.empty(3, 4)
+    with pytest.warns(UserWarning, match="disagreed with the plain-Triton one"):
+        choice = tgg._ws_choice(a, torch.ones(3, 1), b, torch.ones(2, 1, 1), offs, out)
+    assert choice == good and sorted(map(str, timed)) == sorted(map(str, [None, good, slow]))
+    timed.clear()
+    assert tgg._ws_choice(a, torch.ones(3, 1), b, torch.ones(2, 1, 1), offs, out) == good and not timed  # cached
