@@ -29,8 +29,9 @@
 #                                           # 32-element layouts)
 #   bash benchmarks/device_x2.sh s19a       # one GPU (not run yet): MoE experts in FP8: the grouped kernel's GPU tests
 #                                           # and compile check, benchmarks/moe.py (grouped GEMM table, experts layer)
-#   bash benchmarks/device_x2.sh s19b       # one GPU (not run yet): an MoE train step (8 layers, 64 experts of width
-#                                           # 768, top-8; 2.7B parameters), bf16 vs fp8 with grouped_gemms
+#   bash benchmarks/device_x2.sh s19b s18b  # one GPU (not run yet; one call): uneven routing's GEMM table, an MoE train
+#                                           # step (8 layers, 64 experts of width 768, top-8; 2.7B parameters), bf16 vs
+#                                           # fp8 with grouped_gemms; then the 1B step with fp8_output_head
 #   bash benchmarks/device_x2.sh s18a       # one GPU: the 1B step under activation_memory_budget 0.5 (GEMMs no longer
 #                                           # recomputed wholesale); s18b (not run yet): the 1B step with fp8_output_head
 #   bash benchmarks/device_x2.sh s18c       # one GPU (not run yet): the 1B step with +ac and under the budget after the
@@ -167,18 +168,20 @@ step_1b() {  # the 1B train_step.py: $1 timeout, $2 log name, then the script's 
 for what in "$@"; do
   case $what in
     s19a)  # session 19 (first run in session 20), one GPU: MoE experts' grouped GEMMs in FP8 (the plain-Triton kernel
-           # and session 20's warp-specialized Gluon one over grouped rows, never run on a GPU before): their GPU tests,
-           # the grouped GEMM table (op and each kernel), the experts layer at Qwen3-30B-A3B's shapes, uneven routing
-      CUDA_VISIBLE_DEVICES=0 timeout 200 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_gpu.py \
+           # and session 20's warp-specialized Gluon one in every role, never run on a GPU before): their GPU tests (and
+           # the weight stacks' quantizers), the grouped GEMM table (op and each kernel), the experts layer at
+           # Qwen3-30B-A3B's shapes
+      CUDA_VISIBLE_DEVICES=0 timeout 260 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_gpu.py \
         -k "grouped or experts or transposed_outputs" > "$OUT/moe_gpu.log" 2>&1
       echo "MoE GPU tests exit $?"; grep -E "^(FAILED|ERROR)|^E  |passed|failed" "$OUT/moe_gpu.log" | cut -c1-300 | tail -12
-      timeout 170 python3 benchmarks/moe.py --no-layer > "$OUT/moe.log" 2>&1
+      timeout 180 python3 benchmarks/moe.py --no-layer > "$OUT/moe.log" 2>&1
       echo "moe benchmark exit $?"; grep -v "^ *$" "$OUT/moe.log" | cut -c1-200
-      timeout 120 python3 benchmarks/moe.py --configs qwen3-30b > "$OUT/moe_layer.log" 2>&1
-      echo "moe layer exit $?"; grep -A8 "experts layer" "$OUT/moe_layer.log" | cut -c1-200
+      timeout 110 python3 benchmarks/moe.py --configs qwen3-30b > "$OUT/moe_layer.log" 2>&1
+      echo "moe layer exit $?"; grep -A8 "experts layer" "$OUT/moe_layer.log" | cut -c1-200 ;;
+    s19b)  # session 19 (not run yet), one GPU: uneven routing in the grouped GEMM table, then full MoE training steps
+           # (Qwen3-30B-A3B's widths, 8 layers, 64 experts)
       timeout 60 python3 benchmarks/moe.py --no-layer --configs qwen3-30b --imbalance 0.5 > "$OUT/moe_uneven.log" 2>&1
-      echo "moe uneven exit $?"; grep -v "^ *$" "$OUT/moe_uneven.log" | cut -c1-200 ;;
-    s19b)  # session 19 (not run yet), one GPU: full MoE training steps (Qwen3-30B-A3B's widths, 8 layers, 64 experts)
+      echo "moe uneven exit $?"; grep -v "^ *$" "$OUT/moe_uneven.log" | cut -c1-200
       step_1b 300 step_s19_moe --variants bf16,fp8 --layers 8 --hidden 768 --experts 64 --top-k 8 --explain ;;
     s18a)  # session 18, one GPU: the 1B step under activation_memory_budget 0.5 after the FP8 GEMMs were banned from
            # recompute (s17b: fp8 saved nothing and recomputed its forward, peak 1.24x BF16's)
