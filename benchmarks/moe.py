@@ -1,6 +1,6 @@
 """MoE experts in FP8 on one card: the grouped GEMMs, and an experts layer's fwd+bwd.
 
-    python benchmarks/moe.py [--configs qwen3-30b,mixtral,deepseek-v3-ep8] [--no-layer] [--imbalance 0.3]
+    python benchmarks/moe.py [--configs qwen3-30b,mixtral,deepseek-v3-ep8] [--no-layer | --no-table] [--imbalance 0.3]
     python benchmarks/moe.py --tiny      # a CPU-sized check of the whole script (CI runs it)
 
 1. Grouped GEMMs, per role of an expert's projection (Fprop x @ W_g^T, Dgrad dY @ W_g, Wgrad
@@ -11,7 +11,8 @@
    (gate_up: dim -> 2 * hidden, down: hidden -> dim).
 2. The experts layer of examples/train_gpt.py (router, grouped gate_up, SwiGLU, grouped down,
    weighted sum): fwd+bwd ms and peak memory, BF16 torch.compile beside backend="fp8" with
-   grouped_gemms=True (off by default until these figures exist), one run,
+   grouped_gemms=True (off by default until these figures exist), and on CUDA again with every
+   grouped GEMM on the plain-Triton kernel ("fp8 plain"), one run,
    gradient SQNR of the fp8 run against the BF16 one (same routing: the router reads the layer's
    input in BF16 in both).
 
@@ -137,6 +138,7 @@ def kernel_tflops(operands, offs, kernel: str, flops: int, device: str) -> str:
 
 def bench_layer(name: str, dim: int, hidden: int, experts: int, top_k: int, tokens: int, device: str) -> None:
     import fp8pass
+    from fp8pass.kernels import triton_gemm_grouped
     from train_gpt import Experts, GPTConfig
 
     torch.manual_seed(0)
@@ -148,8 +150,12 @@ def bench_layer(name: str, dim: int, hidden: int, experts: int, top_k: int, toke
     print(f"{'variant':>14} {'ms':>8} {'TFLOP/s':>8} {'peak MiB':>9} {'vs bf16':>8}")
     results, grads = {}, {}
     # the layer alone is its graph's output: its down projection would count as the output head
-    variants = {"bf16 compiled": "inductor", "fp8": fp8pass.backend(fp8_output_head=True, grouped_gemms=True)}
-    for variant, backend in variants.items():
+    fp8 = fp8pass.backend(fp8_output_head=True, grouped_gemms=True)
+    variants = {"bf16 compiled": ("inductor", None), "fp8": (fp8, None)}
+    if device == "cuda":  # the grouped GEMMs all on the plain-Triton kernel (the op's choice above)
+        variants["fp8 plain"] = (fp8, "triton")
+    for variant, (backend, kernel) in variants.items():
+        triton_gemm_grouped.DEFAULT_KERNEL = kernel or "auto"
         torch._dynamo.reset()
         model = torch.compile(layer, backend=backend)
 
@@ -170,13 +176,15 @@ def bench_layer(name: str, dim: int, hidden: int, experts: int, top_k: int, toke
         except Exception as exc:  # noqa: BLE001
             print(f"{variant:>14} FAILED: {type(exc).__name__}: {str(exc)[:300]}")
             continue
+        finally:
+            triton_gemm_grouped.DEFAULT_KERNEL = "auto"
         results[variant] = ms
         ratio = f"{results['bf16 compiled'] / ms:.2f}x" if variant != "bf16 compiled" and "bf16 compiled" in results else ""
         print(f"{variant:>14} {ms:8.3f} {flops / ms / 1e9:8.0f} {peak:9.0f} {ratio:>8}", flush=True)
-    if len(grads) == 2:
-        names = ["x"] + [n for n, _ in layer.named_parameters()]
-        print("fp8 vs bf16 compiled, gradient SQNR dB: " + ", ".join(
-            f"{n} {sqnr_db(b, f):.1f}" for n, b, f in zip(names, grads["bf16 compiled"], grads["fp8"])))
+    names = ["x"] + [n for n, _ in layer.named_parameters()]
+    for variant in [v for v in grads if v != "bf16 compiled" and "bf16 compiled" in grads]:
+        print(f"{variant} vs bf16 compiled, gradient SQNR dB: " + ", ".join(
+            f"{n} {sqnr_db(b, f):.1f}" for n, b, f in zip(names, grads["bf16 compiled"], grads[variant])))
 
 
 def main(argv=None):
@@ -185,6 +193,7 @@ def main(argv=None):
     p.add_argument("--imbalance", type=float, default=0.0,
                    help="0: even groups; f > 0: group sizes with a coefficient of variation of about f")
     p.add_argument("--no-layer", dest="layer", action="store_false", help="only the GEMM table")
+    p.add_argument("--no-table", dest="table", action="store_false", help="only the experts layer")
     p.add_argument("--tokens", type=int, default=None, help="override the configs' token count")
     p.add_argument("--tiny", action="store_true", help=f"one CPU-sized config {TINY} (on the GPU if there is one)")
     args = p.parse_args(argv)
@@ -200,7 +209,8 @@ def main(argv=None):
             p.error(f"unknown config {name!r}; choose from {sorted(CONFIGS)}")
         dim, hidden, experts, top_k, tokens = configs[name]
         tokens = args.tokens or tokens
-        bench_gemms(name, dim, hidden, experts, top_k, tokens, args.imbalance, device)
+        if args.table:
+            bench_gemms(name, dim, hidden, experts, top_k, tokens, args.imbalance, device)
         if args.layer:
             bench_layer(name, dim, hidden, experts, top_k, tokens, device)
 

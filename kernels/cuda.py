@@ -126,8 +126,9 @@ def gemm_op(a, a_scale, b, b_scale, out_dtype):
 
 
 def grouped_gemm_op(a, a_scale, b, b_scale, offs, out_dtype):
-    """The CUDA kernel of `fp8pass.gemm_blockwise_grouped` (MoE experts): the Triton grouped
-    kernel, the only one this op has on CUDA (no cuBLAS path is wired up for grouped GEMMs)."""
+    """The CUDA kernel of `fp8pass.gemm_blockwise_grouped` (MoE experts): on sm90 the faster of the
+    plain-Triton and the warp-specialized Gluon grouped kernels, elsewhere the former
+    (triton_gemm_grouped; no cuBLAS path is wired up for grouped GEMMs)."""
     ops.check_grouped_gemm_operands(a, a_scale, b, b_scale, offs)
     from . import triton_gemm_grouped
 

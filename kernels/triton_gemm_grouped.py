@@ -31,6 +31,7 @@ clamped; they must not decrease (as torch._grouped_mm requires); the CPU kernel 
 from __future__ import annotations
 
 import functools
+import os
 import warnings
 
 import torch
@@ -186,6 +187,12 @@ except TypeError:  # an older Triton without the do_bench hook
 # tokens grouped: clearing each block's tokens of other experts in shared memory), the faster of
 # it and this one kept per key (timed at the first call; the group sizes are not in the key).
 _choice_cache: dict = {}
+_KERNELS = ("auto", "triton", "ws")
+# What the op runs (kernel=None): FP8PASS_GROUPED_KERNEL=triton|ws|auto (read at import; benchmarks
+# may also set the attribute between runs) for A/B measurements of whole steps.
+DEFAULT_KERNEL = os.environ.get("FP8PASS_GROUPED_KERNEL", "auto")
+if DEFAULT_KERNEL not in _KERNELS:
+    raise ValueError(f"FP8PASS_GROUPED_KERNEL must be one of {_KERNELS}, not {DEFAULT_KERNEL!r}")
 
 
 def _ws_groups(offs: torch.Tensor, a: torch.Tensor, b: torch.Tensor, config: tuple) -> torch.Tensor:
@@ -233,14 +240,15 @@ def _ws_choice(a, a_scale, b, b_scale, offs, out) -> tuple | None:
 
 def gemm_blockwise_grouped(a: torch.Tensor, a_scale: torch.Tensor, b: torch.Tensor, b_scale: torch.Tensor,
                            offs: torch.Tensor, out_dtype: torch.dtype, *, config: dict | None = None,
-                           out: torch.Tensor | None = None, kernel: str = "auto") -> torch.Tensor:
+                           out: torch.Tensor | None = None, kernel: str | None = None) -> torch.Tensor:
     """Either grouping (b 3-D: rows grouped; b 2-D: K grouped). `kernel`: "triton" this file's
     kernel (autotuned, or with `config` (BLOCK_M, BLOCK_N, num_warps, num_stages) as given: the
     interpreter tests), "ws" the warp-specialized Gluon kernel (sm90, K-major operands:
     triton_gemm_gluon.grouped_supports), "auto" the faster of the two where both apply (checked
-    to agree at the first call per shape)."""
-    if kernel not in ("auto", "triton", "ws"):
-        raise ValueError(f"kernel must be 'auto', 'triton' or 'ws', not {kernel!r}")
+    to agree at the first call per shape); None: DEFAULT_KERNEL ("auto" unless set)."""
+    kernel = DEFAULT_KERNEL if kernel is None else kernel
+    if kernel not in _KERNELS:
+        raise ValueError(f"kernel must be one of {_KERNELS}, not {kernel!r}")
     groups = offs.shape[0]
     offs = offs.contiguous()  # read as offs_ptr + g
     group_k = b.dim() == 2
