@@ -401,6 +401,13 @@ def test_grouped_gemm_rejects_bad_operands_and_offsets():
         ops.gemm_blockwise_grouped(xq, xs, b, bs, torch.tensor([50, 40, 200, 290], dtype=torch.int32), torch.float32)
     with pytest.raises(ValueError, match="non-decreasing group ends <= 300"):
         ops.gemm_blockwise_grouped(xq, xs, b, bs, torch.tensor([50, 50, 200, 301], dtype=torch.int32), torch.float32)
+    # the CUDA kernels' wrapper: a kernel that does not exist, or the WS one where it cannot run
+    from fp8pass.kernels import triton_gemm_grouped
+
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        triton_gemm_grouped.gemm_blockwise_grouped(xq, xs, b, bs, offs, torch.float32, kernel="cublas")
+    with pytest.raises(ValueError, match="kernel='ws' needs an sm90 GPU"):
+        triton_gemm_grouped.gemm_blockwise_grouped(xq, xs, b, bs, offs, torch.float32, kernel="ws")
 
 
 def test_opcheck_grouped_gemm_and_flops():
