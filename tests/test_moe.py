@@ -45,8 +45,9 @@ def grads_of(model, x, backend):
 
 def test_experts_grouped_gemms_run_in_fp8_and_match_bf16():
     """Both projections of the experts run Fprop, Dgrad and Wgrad as FP8 grouped GEMMs (six in the
-    generated code; Dgrad's weights quantized straight into each expert's transpose). Gradients against the stock backend's in bf16 (the router reads the block's
-    input in bf16 in both, so both route every token alike; against a float32 model some tokens
+    generated code; Dgrad's weights quantized straight into each expert's transpose). Gradients
+    against the stock backend's in bf16 (the router reads the block's input in bf16 in both, so
+    both route every token alike; against a float32 model some tokens
     would go to other experts, a routing difference, not the GEMMs' error): >= 22 dB for the expert
     weights (23.5 / 23.6 dB measured; a dense SwiGLU of the same width 23.0-23.3 dB in the same
     comparison), >= 30 dB for the input's (33.0). The router (4 outputs, not a multiple of 128)
@@ -242,7 +243,6 @@ def test_moe_benchmark_runs_on_the_cpu(capsys):
     assert "FAILED" not in out and " fp8 " in out
     sqnr = dict(part.rsplit(" ", 1) for part in out.split("gradient SQNR dB: ")[1].splitlines()[0].split(", "))
     assert float(sqnr["gate_up"]) >= 20.0 and float(sqnr["down"]) >= 20.0, sqnr
-
 
 
 def test_grouped_op_leaves_out_a_ws_kernel_that_disagrees(monkeypatch):

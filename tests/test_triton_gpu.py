@@ -769,8 +769,8 @@ def _expert_groups(tokens: int, experts: int, seed: int) -> torch.Tensor:
 @pytest.mark.parametrize("tokens,dim,hidden,experts", [(4096, 1024, 768, 8), (3000, 512, 384, 32)])
 def test_grouped_gemm_roles(role, kernel, tokens, dim, hidden, experts):
     """The grouped kernels behind torch.ops.fp8pass.gemm_blockwise_grouped (the plain-Triton one in
-    every role, the warp-specialized Gluon one in every role: both its schedules where rows are grouped, the
-    serial one clearing other experts' tokens in Wgrad's shared blocks), each role of an expert's
+    every role, the warp-specialized Gluon one in every role: both its schedules where rows are
+    grouped, the serial one clearing other experts' tokens in Wgrad's shared blocks), each role of an expert's
     Linear [hidden, dim] on fresh random bf16 inputs: per expert, calc_diff < 1e-3 against the
     BF16-input FP32 product; the whole output within 1e-5 of the reference numerics on the same
     FP8 operands; rows past the last group zero, an empty expert's weight gradient zero; the

@@ -65,7 +65,8 @@ def test_gemm_kernel_matches_reference_under_interpreter():
 def test_grouped_gemm_kernel_matches_reference_under_interpreter():
     out = _run_checks("grouped")
     for rows in (256, 200):
-        for case in ("quantize_128x128[stack", "quantize_128x128_transposed[stack", "quantize_128x128_transposed[stack view"):
+        for case in ("quantize_128x128[stack", "quantize_128x128_transposed[stack",
+                     "quantize_128x128_transposed[stack view"):
             assert f"OK {case} 3x{rows}x256]" in out
     assert "OK row_tile_table[9 groups,BM=64]" in out and "OK row_tile_table[4 groups,BM=128]" in out
     for case in ("fprop9", "wgrad9", "fprop9_k320"):
