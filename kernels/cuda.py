@@ -6,8 +6,9 @@ with fake kernels, so torch.compile traces them without a graph break; the CPU p
 torch reference). `import fp8pass.kernels` calls it when Triton imports and torch is a CUDA build.
 Importing this module touches no GPU: devices are queried at the first call.
 
-GEMM dispatch: per (M, N, K, scale pairing, out dtype, operand layouts, device) the first call
-times each candidate and caches the fastest (candidates within 20% of it are timed again in turns):
+GEMM dispatch: per (M, N, K, scale pairing, out dtype, operand layouts, device), M and K by size
+bucket (launch.size_bucket: sequence lengths that vary share a choice), the first call times each
+candidate and caches the fastest (candidates within 20% of it are timed again in turns):
   * "triton"  - the plain-Triton kernel (triton_gemm.py), operands read as given;
   * "gluon"   - the Gluon sm90 kernels (triton_gemm_gluon.py: the warp-specialized persistent
                 one and the older one, the faster of their configs), which need K-major operands:
@@ -292,10 +293,24 @@ def clear_cache() -> None:
 
 
 def _key(a, a_scale, b, b_scale, out_dtype):
+    """The choice's cache key: M and K (one of them the token count: Fprop/Dgrad's M, Wgrad's K)
+    by size bucket (launch.size_bucket), N, the pairing, out dtype, layouts and device."""
     m, k = a.shape
     n = b.shape[1]
-    return (m, n, k, b_scale.shape[1] != n, out_dtype, a.stride(1) == 1, b.stride(0) == 1,
-            a_scale.stride(0) == 1, b_scale.stride(0) == 1, a.device.index)
+    return (launch.size_bucket(m), n, launch.size_bucket(k), b_scale.shape[1] != n, out_dtype, a.stride(1) == 1,
+            b.stride(0) == 1, a_scale.stride(0) == 1, b_scale.stride(0) == 1, a.device.index)
+
+
+def _cached_choice(a, a_scale, b, b_scale, out_dtype) -> tuple:
+    """(key, the cached backend or None). A backend chosen for another size of the same bucket that
+    cannot take these operands (the Gluon kernels' K-major copies need 16-byte rows; the swapped
+    cuBLAS problem its own alignment) does not count: these sizes get their own key and choice."""
+    key = _key(a, a_scale, b, b_scale, out_dtype)
+    name = _choice.get(key)
+    if name is not None and name not in _candidates(a, b, b_scale):
+        key = (*key, tuple(a.shape), tuple(b.shape))
+        name = _choice.get(key)
+    return key, name
 
 
 def _k_major_copies(a, b):
@@ -333,7 +348,7 @@ def _candidates(a, b, b_scale):
 
 def dispatch_choice(a, a_scale, b, b_scale, out_dtype):
     """The cached backend for these operands, or None if not yet measured."""
-    return _choice.get(_key(a, a_scale, b, b_scale, out_dtype))
+    return _cached_choice(a, a_scale, b, b_scale, out_dtype)[1]
 
 
 # Candidates timed within this fraction of the fastest are timed again, in turns, and judged by
@@ -407,8 +422,7 @@ _FORCED = os.environ.get("FP8PASS_GEMM_BACKEND", "auto")
 def gemm_blockwise(a, a_scale, b, b_scale, out_dtype):
     if _FORCED != "auto":
         return _run(_FORCED, a, a_scale, b, b_scale, out_dtype)
-    key = _key(a, a_scale, b, b_scale, out_dtype)
-    name = _choice.get(key)
+    key, name = _cached_choice(a, a_scale, b, b_scale, out_dtype)
     if name is None:
         if torch.cuda.is_current_stream_capturing():
             cfg = triton_gemm.GEMM_CONFIGS[0]
@@ -432,7 +446,7 @@ def gemm_plan(a, a_scale, b, b_scale, out_dtype):
     on the dev machine's CPU (2.2 us with the plan, torch's op stubbed out); on the H200 machine's
     host a GEMM through the registered op took 56.0 us with the plan, where torch._scaled_mm_v2
     alone took 45.5 (benchmarks/RESULTS.md, session 13)."""
-    name = _FORCED if _FORCED != "auto" else _choice.get(_key(a, a_scale, b, b_scale, out_dtype))
+    name = _FORCED if _FORCED != "auto" else _cached_choice(a, a_scale, b, b_scale, out_dtype)[1]
     if name is None:
         return None
     op = getattr(torch, "_scaled_mm_v2", None)

@@ -42,7 +42,7 @@ import warnings
 import torch
 import triton
 
-__all__ = ["FastLauncher", "fast_launch_enabled", "recording", "plan_from", "LaunchPlan", "sm_count"]
+__all__ = ["FastLauncher", "fast_launch_enabled", "recording", "plan_from", "LaunchPlan", "sm_count", "size_bucket"]
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _ENABLED = os.environ.get("FP8PASS_FAST_LAUNCH", "1") != "0" and not _INTERPRET
@@ -57,6 +57,17 @@ _I32_MIN, _I32_MAX = -(2 ** 31), 2 ** 31 - 1
 
 def fast_launch_enabled() -> bool:
     return _ENABLED
+
+
+def size_bucket(n: int) -> int:
+    """A GEMM size as a kernel choice's cache key: n rounded up to a quarter-octave step (n <= 1024
+    as it is). Token counts that vary with the sequence length (dynamic shapes) then share one
+    measurement of the candidates instead of timing them all again at every new length, while a
+    model's widths mostly stay apart (4096, 5632 -> 6144, 8192, 14336 are all their own)."""
+    if n <= 1024:
+        return n
+    step = 1 << (n.bit_length() - 3)  # a quarter of the power of two below n
+    return -(-n // step) * step
 
 
 def sm_count(device: torch.device) -> int:

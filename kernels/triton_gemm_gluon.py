@@ -35,7 +35,7 @@ import os
 import torch
 import triton
 
-from .launch import COMPILE_OPTIONS, sm_count
+from .launch import COMPILE_OPTIONS, size_bucket, sm_count
 from .reference import TILE, _cdiv
 
 try:  # Gluon is experimental: absent from older Triton, names move between releases
@@ -800,7 +800,9 @@ def gemm_blockwise(a: torch.Tensor, a_scale: torch.Tensor, b: torch.Tensor, b_sc
     if config is not None:
         return _launch(a, a_scale, b, b_scale, out, config)
     configs = tuple(configs) if configs is not None else tuple(ws_candidates() + GLUON_CONFIGS)
-    key = (m, n, k, b_scale.shape[1] != n, out_dtype, a_scale.stride(), b_scale.stride(), configs)
+    # M and K by size bucket, as the dispatcher's key: a new sequence length reuses the choice
+    key = (size_bucket(m), n, size_bucket(k), b_scale.shape[1] != n, out_dtype, a_scale.stride(0) == 1,
+           b_scale.stride(0) == 1, configs)
     cfg = _choice_cache.get(key)
     if cfg is None:
         if torch.cuda.is_current_stream_capturing():

@@ -38,7 +38,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import COMPILE_OPTIONS
+from .launch import COMPILE_OPTIONS, size_bucket
 from .reference import TILE, _cdiv
 from .triton_gemm import GEMM_CONFIGS, _bench
 
@@ -201,15 +201,17 @@ def _ws_groups(offs: torch.Tensor, a: torch.Tensor, b: torch.Tensor, config: tup
 
 
 def _ws_choice(a, a_scale, b, b_scale, offs, out) -> tuple | None:
-    """The WS config to use, or None for this file's kernel: each timed once per (shapes, strides,
-    out dtype) on the call's own operands (median of triton.testing.do_bench), after checking that
+    """The WS config to use, or None for this file's kernel: each timed once per (shapes by size
+    bucket, out dtype, device) on the call's own operands (median of triton.testing.do_bench), after checking that
     its output agrees with this kernel's (relative error < 1e-3; the two sum the same FP32 partials
     in other orders): a WS config that disagrees is left out, with a warning."""
     from . import triton_gemm_gluon as wsg
 
     if not wsg.grouped_supports(a, b):
         return None
-    key = (a.shape, b.shape, a.stride(), b.stride(), a_scale.stride(), b_scale.stride(), out.dtype, out.stride())
+    # sizes by bucket (the routed token count varies with the batch; the layouts are those
+    # grouped_supports admits), so a new token count reuses the choice
+    key = (b.dim(), *map(size_bucket, a.shape), *map(size_bucket, b.shape), out.dtype, a.device.index)
     if key in _choice_cache:
         return _choice_cache[key]
     configs = wsg.GROUPED_WS_CONFIGS if b.dim() == 3 else wsg.GROUPED_K_WS_CONFIGS

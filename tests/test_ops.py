@@ -175,6 +175,40 @@ def test_dispatcher_retimes_close_candidates():
     assert cuda.pick_fastest({"gluon": 0.99, "triton": 1.0}, lambda n: {"gluon": 0.99, "triton": 1.0}[n]) == "gluon"
 
 
+def test_dispatcher_shares_a_choice_across_token_counts_of_one_bucket(monkeypatch):
+    """Dynamic shapes: the GEMM dispatcher times the candidates once per size bucket of M and K
+    (launch.size_bucket), not at every new token count; a new bucket is measured again; a choice the
+    new size cannot run (the Gluon kernels, off sm90 here) is measured again for that size alone.
+    (Measurement and backends are stand-ins: the choice's caching is what is tested.)"""
+    from fp8pass.kernels import cuda
+
+    measured = []
+
+    def measure(a, a_scale, b, b_scale, out_dtype, key):
+        measured.append(a.shape[0])
+        cuda._choice[key] = "cublas"
+        return "cublas"
+
+    monkeypatch.setattr(cuda, "_FORCED", "auto")
+    monkeypatch.setattr(cuda, "_measure", measure)
+    monkeypatch.setattr(cuda, "_run", lambda name, a, *rest: name)
+    monkeypatch.setattr(cuda.torch.cuda, "is_current_stream_capturing", lambda: False)
+    monkeypatch.setattr(cuda, "_choice", {})
+
+    def operands(m):  # Fprop of a [256 -> 384] Linear on m tokens, 128x128 weight scales
+        return torch.empty(m, 256), torch.empty(m, 2), torch.empty(256, 384), torch.empty(2, 3)
+
+    for m in (8000, 8100, 8192, 7800, 9000, 7000):  # buckets 8192 x4, 10240, 7168
+        assert cuda.gemm_blockwise(*operands(m), torch.bfloat16) == "cublas"
+    assert measured == [8000, 9000, 7000]
+    assert cuda.dispatch_choice(*operands(8050), torch.bfloat16) == "cublas"
+    # a choice this size cannot take: measured for it alone, the bucket's choice kept for the rest
+    bucket_key = cuda._key(*operands(8000), torch.bfloat16)
+    cuda._choice[bucket_key] = "gluon"
+    assert cuda.gemm_blockwise(*operands(8100), torch.bfloat16) == "cublas"
+    assert measured[-1] == 8100 and cuda._choice[bucket_key] == "gluon"
+
+
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
 def test_non_finite_input_shows_as_nan(bad):
     x = torch.randn(256, 256)
