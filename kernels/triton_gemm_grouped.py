@@ -202,9 +202,10 @@ def _ws_groups(offs: torch.Tensor, a: torch.Tensor, b: torch.Tensor, config: tup
 
 def _ws_choice(a, a_scale, b, b_scale, offs, out) -> tuple | None:
     """The WS config to use, or None for this file's kernel: each timed once per (shapes by size
-    bucket, out dtype, device) on the call's own operands (median of triton.testing.do_bench), after checking that
-    its output agrees with this kernel's (relative error < 1e-3; the two sum the same FP32 partials
-    in other orders): a WS config that disagrees is left out, with a warning."""
+    bucket, out dtype, device) on the call's own operands (median of triton.testing.do_bench),
+    after checking that its output agrees with this kernel's (relative error < 1e-3; the two sum
+    the same FP32 partials in other orders): a WS config that disagrees is left out, with a
+    warning."""
     from . import triton_gemm_gluon as wsg
 
     if not wsg.grouped_supports(a, b):
