@@ -172,7 +172,7 @@ for what in "$@"; do
            # the weight stacks' quantizers), the grouped GEMM table (op and each kernel), the experts layer at
            # Qwen3-30B-A3B's shapes
       CUDA_VISIBLE_DEVICES=0 timeout 260 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_gpu.py \
-        -k "grouped or experts or transposed_outputs" > "$OUT/moe_gpu.log" 2>&1
+        -k "grouped or experts or transposed_outputs or tune_once" > "$OUT/moe_gpu.log" 2>&1
       echo "MoE GPU tests exit $?"; grep -E "^(FAILED|ERROR)|^E  |passed|failed" "$OUT/moe_gpu.log" | cut -c1-300 | tail -12
       timeout 170 python3 benchmarks/moe.py --no-layer > "$OUT/moe.log" 2>&1
       echo "moe benchmark exit $?"; grep -v "^ *$" "$OUT/moe.log" | cut -c1-200

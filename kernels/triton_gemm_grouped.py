@@ -93,13 +93,14 @@ def row_tile_table(offs: torch.Tensor, rows: int, block_m: int) -> torch.Tensor:
     return table
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M_KEY", "K_KEY"])
 def _grouped_gemm_kernel(
     a_ptr, b_ptr, c_ptr, as_ptr, bs_ptr, offs_ptr,
     M, N, K, G,  # rows grouped: M = S rows of A; K grouped: K = S tokens
     s_am, s_ak, s_bg, s_bk, s_bn, s_cg, s_cm, s_cn,
     s_asm, s_ask, s_bsg, s_bsk, s_bsn,
     LAYOUT,  # autotune key only: 2 * (A is K-major) + (B is K-major)
+    M_KEY, K_KEY,  # autotune key only: M and K by size bucket (one of them the routed token count)
     GROUP_K: tl.constexpr,  # False: rows of A grouped, B per group in 128x128 blocks; True: K grouped, 128x1
     G_POW2: tl.constexpr,  # G rounded up to a power of two (the lanes of the group lookup)
     EVEN_K: tl.constexpr,  # K % 128 == 0: rows-grouped loads need no K mask (Fprop/Dgrad as the pass emits them)
@@ -174,8 +175,9 @@ GROUPED_CONFIGS = [triton.Config({k: v for k, v in c.kwargs.items() if k != "GRO
                                  num_stages=c.num_stages) for c in GEMM_CONFIGS]
 
 
-# The groups' sizes are not in the key (they change every step); G, the shape and layouts are.
-_KEY = ["M", "N", "K", "G", "LAYOUT", "GROUP_K", "EVEN_K"]
+# The groups' sizes are not in the key (they change every step); G, the shape and layouts are,
+# M and K by size bucket (launch.size_bucket: a new token count does not autotune again).
+_KEY = ["M_KEY", "N", "K_KEY", "G", "LAYOUT", "GROUP_K", "EVEN_K"]
 try:
     _grouped_gemm_kernel_tuned = triton.autotune(configs=GROUPED_CONFIGS, key=_KEY, do_bench=_bench)(
         _grouped_gemm_kernel)
@@ -288,7 +290,7 @@ def gemm_blockwise_grouped(a: torch.Tensor, a_scale: torch.Tensor, b: torch.Tens
     layout = 2 * int(a.stride(1) == 1) + int(b_strides[1] == 1)
     args = (a, b, out, a_scale, b_scale, offs, m, n, k, groups,
             a.stride(0), a.stride(1), *b_strides, *c_strides,
-            a_scale.stride(0), a_scale.stride(1), *bs_strides, layout)
+            a_scale.stride(0), a_scale.stride(1), *bs_strides, layout, size_bucket(m), size_bucket(k))
 
     def grid_size(bm, bn):
         row_tiles = groups * _cdiv(m, bm) if group_k else _cdiv(m, bm) + groups

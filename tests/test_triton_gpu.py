@@ -832,6 +832,23 @@ def test_grouped_gemm_roles(role, kernel, tokens, dim, hidden, experts):
     assert calc_diff(op_out.float(), exact) < 1e-5
 
 
+def test_grouped_kernels_tune_once_per_token_count_bucket():
+    """Varying routed token counts in one size bucket (launch.size_bucket) autotune the plain kernel
+    and choose between the kernels once, not at every new count."""
+    from fp8pass.kernels import triton_gemm_grouped as tgg
+
+    tq = _q()
+    w = torch.randn(8, 512, 256, device="cuda").to(torch.bfloat16)
+    qw, sw = tq.quantize_128x128(w)
+    tuned, chosen = len(tgg._grouped_gemm_kernel_tuned.cache), len(tgg._choice_cache)
+    for tokens in (3100, 3200, 3500):  # all in the 3584 bucket
+        a, sa = tq.quantize_1x128(torch.randn(tokens, 256, device="cuda").to(torch.bfloat16))
+        offs = _expert_groups(tokens, 8, seed=tokens)
+        tgg.gemm_blockwise_grouped(a, sa, qw.transpose(1, 2), sw.transpose(1, 2), offs, torch.bfloat16)
+    assert len(tgg._grouped_gemm_kernel_tuned.cache) == tuned + 1
+    assert len(tgg._choice_cache) <= chosen + 1
+
+
 def test_experts_train_in_fp8_on_cuda():
     """The MoE block of tests/test_moe.py on the GPU (the Triton grouped kernel): gradients against
     the stock backend's in bf16 within the CPU test's bounds."""

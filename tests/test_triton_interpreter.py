@@ -137,7 +137,7 @@ elif kind == "grouped":
     from triton.compiler import ASTSource
     from fp8pass.kernels import triton_gemm_grouped as T
     ints = ["M", "N", "K", "G", "s_am", "s_ak", "s_bg", "s_bk", "s_bn", "s_cg", "s_cm", "s_cn", "s_asm", "s_ask",
-            "s_bsg", "s_bsk", "s_bsn", "LAYOUT"]
+            "s_bsg", "s_bsk", "s_bsn", "LAYOUT", "M_KEY", "K_KEY"]
     sig = {n: "i32" for n in ints}
     sig.update({"a_ptr": "*fp8e4nv", "b_ptr": "*fp8e4nv", "c_ptr": "*bf16", "as_ptr": "*fp32", "bs_ptr": "*fp32",
                 "offs_ptr": "*i32", "GROUP_K": "constexpr", "G_POW2": "constexpr", "EVEN_K": "constexpr",
