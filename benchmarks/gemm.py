@@ -168,10 +168,10 @@ def run_gemm(roles, shapes, out_dtype=torch.bfloat16, columns=None):
         print(f"  {key[:6]}: {cfg}", flush=True)
     print("Gluon configs chosen (BLOCK_M, BLOCK_N, warps, stages[, ws]) among the candidates:", flush=True)
     for key, cfg in triton_gemm_gluon._choice_cache.items():
-        print(f"  M,N,K={key[:3]} b128x128={key[3]} of {len(key[-1])}: {cfg}", flush=True)
+        print(f"  M,N,K (M, K by size bucket)={key[:3]} b128x128={key[3]} of {len(key[-1])}: {cfg}", flush=True)
     print("\ndispatcher measurements (ms, or why a backend was skipped):", flush=True)
     for key, val in cuda.dispatch_report().items():
-        print(f"  M,N,K={key[:3]} b128x128={key[3]} A_kmajor={key[5]} B_kmajor={key[6]}: "
+        print(f"  M,N,K (M, K by size bucket)={key[:3]} b128x128={key[3]} A_kmajor={key[5]} B_kmajor={key[6]}: "
               + ", ".join(f"{n}={v:.4f}" if isinstance(v, float) else f"{n}={v}" for n, v in val.items()), flush=True)
     return rows
 

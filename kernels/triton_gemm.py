@@ -30,19 +30,20 @@ import triton
 import triton.language as tl
 import triton.testing
 
-from .launch import COMPILE_OPTIONS
+from .launch import COMPILE_OPTIONS, size_bucket
 from .reference import TILE, _cdiv
 
 __all__ = ["gemm_blockwise", "GEMM_CONFIGS", "b_scale_is_blockwise"]
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M_KEY", "K_KEY"])
 def _gemm_kernel(
     a_ptr, b_ptr, c_ptr, as_ptr, bs_ptr,
     M, N, K,
     s_am, s_ak, s_bk, s_bn, s_cm, s_cn,
     s_asm, s_ask, s_bsk, s_bsn,
     LAYOUT,  # autotune key only: 2 * (A is K-major) + (B is K-major)
+    M_KEY, K_KEY,  # autotune key only: M and K by size bucket (one of them the token count)
     B_BLOCK: tl.constexpr,  # True: b_scale per 128x128 block; False: per 128x1 column tile
     EVEN_K: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -126,9 +127,10 @@ def _bench(fn, quantiles):
     return triton.testing.do_bench(fn, warmup=5, rep=25, quantiles=quantiles)
 
 
-# The key holds the shape, the operand layouts (K-major or not), the scale pairing and K's
-# evenness; the autotuner adds the dtypes of the tensor arguments, so the output dtype too.
-_KEY = ["M", "N", "K", "LAYOUT", "B_BLOCK", "EVEN_K"]
+# The key holds the shape (M and K by size bucket, launch.size_bucket: a new token count does not
+# autotune again), the operand layouts (K-major or not), the scale pairing and K's evenness; the
+# autotuner adds the dtypes of the tensor arguments, so the output dtype too.
+_KEY = ["M_KEY", "N", "K_KEY", "LAYOUT", "B_BLOCK", "EVEN_K"]
 try:
     _gemm_kernel_tuned = triton.autotune(configs=GEMM_CONFIGS, key=_KEY, do_bench=_bench)(_gemm_kernel)
 except TypeError:  # an older Triton without the do_bench hook
@@ -161,6 +163,7 @@ def gemm_blockwise(a: torch.Tensor, a_scale: torch.Tensor, b: torch.Tensor, b_sc
         a, b, out, a_scale, b_scale, m, n, k,
         a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1),
         a_scale.stride(0), a_scale.stride(1), b_scale.stride(0), b_scale.stride(1), layout,
+        size_bucket(m), size_bucket(k),
     )
     even_k = k % TILE == 0
     if config is None:

@@ -150,7 +150,7 @@ else:
     from triton.compiler import ASTSource
     from fp8pass.kernels import triton_gemm as T
     sig = {n: "i32" for n in ["M", "N", "K", "s_am", "s_ak", "s_bk", "s_bn", "s_cm", "s_cn", "s_asm", "s_ask",
-                               "s_bsk", "s_bsn", "LAYOUT"]}
+                               "s_bsk", "s_bsn", "LAYOUT", "M_KEY", "K_KEY"]}
     sig.update({"a_ptr": "*fp8e4nv", "b_ptr": "*fp8e4nv", "c_ptr": "*bf16", "as_ptr": "*fp32", "bs_ptr": "*fp32",
                 "B_BLOCK": "constexpr", "EVEN_K": "constexpr", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr",
                 "GROUP_M": "constexpr"})
