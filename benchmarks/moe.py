@@ -107,7 +107,7 @@ def bench_gemms(name: str, dim: int, hidden: int, experts: int, top_k: int, toke
         for role, (bf16, (m_, k_, n_)) in roles.items():
             # the op (on CUDA the faster kernel, chosen at its first call), then each kernel by itself
             def fp8(ab=operands[role]):
-                return torch.ops.fp8pass.gemm_blockwise_grouped(*ab, offs, torch.bfloat16)
+                return ops.gemm_blockwise_grouped(*ab, offs, torch.bfloat16)
             flops = 2 * m_ * k_ * n_
             try:
                 t_bf16 = time_ms(bf16, device)

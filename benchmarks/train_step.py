@@ -95,9 +95,8 @@ def run_variant(name: str, cfg: GPTConfig, args, device, dtype, tokens, targets)
     backend, ac = VARIANTS[name]
     cuda = device.type == "cuda"
     model = build(cfg, ac, device, dtype, args.seed)
-    if backend == "fp8" and args.fp8_option:
-        options = dict(map(parse_option, args.fp8_option))
-        compiled = torch.compile(model, backend=fp8pass.backend(mode=args.mode, **options))
+    if backend == "fp8" and args.fp8_options:
+        compiled = torch.compile(model, backend=fp8pass.backend(mode=args.mode, **args.fp8_options))
     else:
         compiled = torch.compile(model, backend=backend, mode=args.mode)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=cuda or None)
@@ -243,6 +242,7 @@ def main(argv=None):
         p.error("--experts runs in bf16 (torch._grouped_mm takes bf16 only under torch.compile)")
     if args.experts and not any(o.startswith("grouped_gemms=") for o in args.fp8_option):
         args.fp8_option.append("grouped_gemms=true")
+    args.fp8_options = dict(map(parse_option, args.fp8_option))  # parsed once, for explain and every fp8 variant
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype_name]
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in names if v not in VARIANTS]
@@ -272,8 +272,7 @@ def main(argv=None):
     if args.explain:
         model = build(cfg, False, device, dtype, args.seed)
         print("\nWhat backend='fp8' converts (fp8pass.explain on one training step):")
-        config = fp8pass.Config(**dict(map(parse_option, args.fp8_option)))
-        print(fp8pass.explain(model, tokens, targets, fp8_config=config), flush=True)
+        print(fp8pass.explain(model, tokens, targets, fp8_config=fp8pass.Config(**args.fp8_options)), flush=True)
         del model
         release(device)
 
